@@ -1,0 +1,168 @@
+"""SVG-LP and HAF-SVG: training loss and sampling of many futures per clip."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hafsvg_kernels import LSTM, HierarchicalGaussianLSTM
+
+from ..config import HAFSVGConfig
+from ..losses import kl_gaussian
+from .dcgan64 import DCGANDecoder, DCGANEncoder
+from .vgg64 import VGGDecoder, VGGEncoder
+
+BACKBONES = {"dcgan": (DCGANEncoder, DCGANDecoder), "vgg": (VGGEncoder, VGGDecoder)}
+
+#: Rows (clips x samples) decoded at once when ``sample`` chooses the chunk itself.
+SAMPLE_ROWS = 1600
+
+
+class HAFSVG(nn.Module):
+    """HAF-SVG-G (``config.aligner``, ``config.groups = G``); SVG-LP with groups=1, no aligner.
+
+    Submodules: ``encoder``, ``decoder`` (with ``decoder.aligners`` at the aligned levels),
+    ``frame_predictor`` (SVG's ``lstm``), ``posterior`` and ``prior`` (hierarchical Gaussian
+    LSTMs; their group j is SVG's ``gaussian_lstm`` reading [h, z^{1:j-1}]).
+    """
+
+    def __init__(self, config: HAFSVGConfig):
+        super().__init__()
+        self.config = c = config
+        enc, dec = BACKBONES[c.backbone]
+        self.encoder = enc(c.g_dim, c.channels, c.nf)
+        self.decoder = dec(c.g_dim, c.channels, c.nf, c.levels, c.qk_channels, c.aligner_scale, c.value_from, c.backend)
+        self.frame_predictor = LSTM(c.g_dim + c.z_dim, c.g_dim, c.rnn_size, c.predictor_layers, backend=c.backend)
+        self.posterior = HierarchicalGaussianLSTM(
+            c.g_dim, c.z_dim, c.rnn_size, c.posterior_layers, c.groups, backend=c.backend
+        )
+        self.prior = HierarchicalGaussianLSTM(c.g_dim, c.z_dim, c.rnn_size, c.prior_layers, c.groups, backend=c.backend)
+
+    def _check_clip(self, x, name, min_frames):
+        c = self.config
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor (B, T, C, H, W)")
+        if x.dim() != 5 or x.shape[2:] != (c.channels, 64, 64) or x.shape[1] < min_frames:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}; expected (B, T, {c.channels}, 64, 64) with T >= {min_frames}"
+            )
+
+    def _init_states(self, rows):
+        return (
+            self.frame_predictor.init_state(rows),
+            self.posterior.init_state(rows),
+            self.prior.init_state(rows),
+        )
+
+    def loss(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The negative ELBO of a clip batch, with teacher forcing.
+
+        Every frame after the first is predicted from its predecessor (SVG-LP's training loop);
+        the decoder's skip features come from the previous frame while it is a context frame
+        and from the last context frame x_k afterwards. The prior's groups are conditioned on the
+        posterior's samples.
+
+        Args:
+            x: (B, T, C, 64, 64) in [0, 1], T >= 2.
+            eps: (B, T - 1, z_dim) posterior noise; drawn when None.
+
+        Returns:
+            ``total`` = mse + beta * kl.sum(); ``mse`` summed over steps (each step's mean
+            squared error); ``kl`` (G,) per group, summed over steps and averaged over the batch;
+            ``prediction`` (B, T - 1, C, 64, 64).
+        """
+        c = self.config
+        self._check_clip(x, "x", 2)
+        B, T = x.shape[:2]
+        if eps is None:
+            eps = torch.randn(B, T - 1, c.z_dim, device=x.device, dtype=x.dtype)
+        h_all, skips = self.encoder(x.flatten(0, 1))
+        h_all = h_all.view(B, T, -1)
+        pred_state, post_state, prior_state = self._init_states(B)
+        zeros = x.new_zeros(B, c.z_dim)
+        kl = x.new_zeros(c.groups)
+        gs = []
+        for t in range(1, T):
+            (z, mu, logvar), post_state = self.posterior.step(h_all[:, t], post_state, eps[:, t - 1])
+            (_, mu_p, logvar_p), prior_state = self.prior.step(h_all[:, t - 1], prior_state, zeros, cond=z)
+            g, pred_state = self.frame_predictor.step(torch.cat([h_all[:, t - 1], z], 1), pred_state)
+            gs.append(g)
+            kl = kl + kl_gaussian(mu, logvar, mu_p, logvar_p, c.groups)
+        src = torch.arange(T - 1, device=x.device).clamp(max=c.n_past - 1)
+        step_skips = [s.view(B, T, *s.shape[1:])[:, src].flatten(0, 1) for s in skips]
+        prediction = self.decoder(torch.stack(gs, 1).flatten(0, 1), self.decoder.prepare(step_skips))
+        prediction = prediction.view(B, T - 1, *x.shape[2:])
+        mse = ((prediction - x[:, 1:]) ** 2).mean(dim=(0, 2, 3, 4)).sum()
+        return {"total": mse + c.beta * kl.sum(), "mse": mse, "kl": kl, "prediction": prediction}
+
+    @torch.no_grad()
+    def sample(self, context, n_future, n_samples, generator=None, *, noise=None, chunk_size=None):
+        """Draw ``n_samples`` futures of ``n_future`` frames for each clip.
+
+        The context is encoded once per clip, and the last context frame's skip features and
+        the aligner's K/V once per clip; the samples of a clip share them through the batch
+        folding of :func:`hafsvg_kernels.aligned_attention`. In the context steps the posterior
+        samples z and advances all three recurrent modules (SVG-LP); in the future steps z comes
+        from the prior and each predicted frame is re-encoded. BatchNorm runs in eval mode; the
+        module's mode is restored afterwards.
+
+        Args:
+            context: (B, k, C, 64, 64) in [0, 1], k >= 1 observed frames.
+            n_future, n_samples: frames to predict and futures per clip.
+            generator: ``torch.Generator`` for the noise (same seed, same output).
+            noise: (B, n_samples, k - 1 + n_future, z_dim) standard normal noise instead: step i's
+                z (posterior in the context, prior after) uses ``noise[:, :, i]``.
+            chunk_size: samples per chunk (default: as many as keep clips x samples <= 1600).
+
+        Returns:
+            (B, n_samples, n_future, C, 64, 64) in [0, 1].
+        """
+        c = self.config
+        self._check_clip(context, "context", 1)
+        if n_future < 1 or n_samples < 1:
+            raise ValueError(f"n_future ({n_future}) and n_samples ({n_samples}) must be >= 1")
+        B, k = context.shape[:2]
+        shape = (B, n_samples, k - 1 + n_future, c.z_dim)
+        if noise is None:
+            dev = generator.device if generator is not None else context.device
+            noise = torch.randn(shape, generator=generator, device=dev, dtype=context.dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
+        noise = noise.to(context.device, context.dtype)
+        chunk = chunk_size or max(1, SAMPLE_ROWS // B)
+        was_training = self.training
+        self.eval()
+        try:
+            h_ctx, skips = self.encoder(context.flatten(0, 1))
+            h_ctx = h_ctx.view(B, k, -1)
+            ctx = self.decoder.prepare([s.view(B, k, *s.shape[1:])[:, -1] for s in skips])
+            out = context.new_empty(B, n_samples, n_future, *context.shape[2:])
+            for s0 in range(0, n_samples, chunk):
+                n = min(chunk, n_samples - s0)
+                out[:, s0 : s0 + n] = self._sample_chunk(h_ctx, ctx, noise[:, s0 : s0 + n], n_future)
+        finally:
+            self.train(was_training)
+        return out
+
+    def _sample_chunk(self, h_ctx, ctx, noise, n_future):
+        """h_ctx (B, k, g_dim) per clip; noise (B, n, k - 1 + n_future, z_dim) -> (B, n, n_future, C, H, W)."""
+        B, n = noise.shape[:2]
+        k = h_ctx.shape[1]
+        rows = B * n
+        per_sample = lambda t: t.unsqueeze(1).expand(B, n, *t.shape[1:]).reshape(rows, *t.shape[1:])  # noqa: E731
+        eps = noise.reshape(rows, -1, noise.shape[-1])
+        pred_state, post_state, prior_state = self._init_states(rows)
+        for i in range(1, k):
+            h = per_sample(h_ctx[:, i - 1])
+            (z, _, _), post_state = self.posterior.step(per_sample(h_ctx[:, i]), post_state, eps[:, i - 1])
+            _, prior_state = self.prior.step(h, prior_state, torch.zeros_like(z), cond=z)
+            _, pred_state = self.frame_predictor.step(torch.cat([h, z], 1), pred_state)
+        h = per_sample(h_ctx[:, -1])
+        frames = []
+        for f in range(n_future):
+            if f:
+                h = self.encoder(frames[-1])[0]
+            (z, _, _), prior_state = self.prior.step(h, prior_state, eps[:, k - 1 + f])
+            g, pred_state = self.frame_predictor.step(torch.cat([h, z], 1), pred_state)
+            frames.append(self.decoder(g, ctx, samples_per_clip=n))
+        return torch.stack(frames, 1).view(B, n, n_future, *frames[0].shape[1:])

@@ -1,0 +1,16 @@
+from .interface import GAUSSIAN_LSTM_STEP, LSTM_STEP, gaussian_lstm_step, lstm_step
+from .modules import LSTM, GaussianLSTM, HierarchicalGaussianLSTM
+from .reference import CellWeights, GaussianLSTMWeights, LSTMWeights
+
+__all__ = [
+    "GAUSSIAN_LSTM_STEP",
+    "LSTM_STEP",
+    "gaussian_lstm_step",
+    "lstm_step",
+    "LSTM",
+    "GaussianLSTM",
+    "HierarchicalGaussianLSTM",
+    "CellWeights",
+    "GaussianLSTMWeights",
+    "LSTMWeights",
+]

@@ -1,0 +1,100 @@
+"""PyTorch reference of the recurrent step of SVG-style models: the math the fused backends
+must reproduce.
+
+Weights travel as named tuples of tensors in ``nn.Linear``/``nn.LSTMCell`` layout (weight
+(out, in), bias (out,)); a state is a tuple of (h, c) pairs, one per stacked LSTM cell, each
+(B, hidden). Gate order is PyTorch's: input, forget, cell, output.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+
+class CellWeights(NamedTuple):
+    w_ih: torch.Tensor  # (4H, I)
+    w_hh: torch.Tensor  # (4H, H)
+    b_ih: torch.Tensor  # (4H,)
+    b_hh: torch.Tensor  # (4H,)
+
+
+class LSTMWeights(NamedTuple):
+    """SVG's ``lstm`` (the frame predictor): embed -> cells -> Linear -> tanh."""
+
+    embed_w: torch.Tensor  # (H, I)
+    embed_b: torch.Tensor  # (H,)
+    cells: tuple[CellWeights, ...]
+    out_w: torch.Tensor  # (O, H)
+    out_b: torch.Tensor  # (O,)
+
+
+class GaussianLSTMWeights(NamedTuple):
+    """SVG's ``gaussian_lstm``: embed -> cells -> (mu, logvar) heads."""
+
+    embed_w: torch.Tensor  # (H, I)
+    embed_b: torch.Tensor  # (H,)
+    cells: tuple[CellWeights, ...]
+    mu_w: torch.Tensor  # (Z, H)
+    mu_b: torch.Tensor  # (Z,)
+    logvar_w: torch.Tensor  # (Z, H)
+    logvar_b: torch.Tensor  # (Z,)
+
+
+State = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def lstm_cell_ref(x, h, c, w: CellWeights):
+    """x (B, I), h and c (B, H) -> new (h, c), each (B, H)."""
+    gates = F.linear(x, w.w_ih, w.b_ih) + F.linear(h, w.w_hh, w.b_hh)
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def _stack_ref(x, state: State, embed_w, embed_b, cells):
+    h_in = F.linear(x, embed_w, embed_b)
+    new = []
+    for (h, c), w in zip(state, cells):
+        h_in, c = lstm_cell_ref(h_in, h, c, w)
+        new.append((h_in, c))
+    return h_in, tuple(new)
+
+
+def lstm_step_ref(x, state: State, w: LSTMWeights):
+    """x (B, I) -> (out (B, O), new state)."""
+    h, state = _stack_ref(x, state, w.embed_w, w.embed_b, w.cells)
+    return torch.tanh(F.linear(h, w.out_w, w.out_b)), state
+
+
+def gaussian_lstm_step_ref(x, states, weights, eps, cond=None):
+    """One step of G hierarchical Gaussian LSTMs (G = len(weights); G = 1 is SVG's).
+
+    Group j reads [x, z^{1:j-1}] where z^{1:j-1} are the groups already sampled in this step,
+    or, when ``cond`` is given, ``cond``'s first j groups (the posterior's samples that condition
+    the prior during training).
+
+    Args:
+        x: (B, I); states: G states; weights: G ``GaussianLSTMWeights``, group j's embed taking
+        I + j * Zg inputs; eps: (B, G * Zg) standard normal noise; cond: None or (B, G * Zg).
+
+    Returns:
+        z, mu, logvar, each (B, G * Zg), with z = mu + exp(logvar / 2) * eps; the G new states.
+    """
+    zg = eps.shape[1] // len(weights)
+    zs, mus, logvars, new = [], [], [], []
+    for j, (state, w) in enumerate(zip(states, weights)):
+        inp = x
+        if j:
+            prev = cond if cond is not None else torch.cat(zs, dim=1)
+            inp = torch.cat([x, prev[:, : j * zg]], dim=1)
+        h, state = _stack_ref(inp, state, w.embed_w, w.embed_b, w.cells)
+        mu = F.linear(h, w.mu_w, w.mu_b)
+        logvar = F.linear(h, w.logvar_w, w.logvar_b)
+        zs.append(mu + torch.exp(0.5 * logvar) * eps[:, j * zg : (j + 1) * zg])
+        mus.append(mu)
+        logvars.append(logvar)
+        new.append(state)
+    return torch.cat(zs, 1), torch.cat(mus, 1), torch.cat(logvars, 1), tuple(new)
