@@ -22,14 +22,17 @@ from .reference import CellWeights, GaussianLSTMWeights, LSTMWeights
 
 
 class _Stateful(nn.Module):
-    """Shared state handling; subclasses define ``n_states``, ``hidden_size`` and ``n_layers``."""
+    """Shared state handling; subclasses define ``hidden_size``, ``n_layers`` and, when their state
+    is one per group, ``n_groups``."""
+
+    n_groups = None
 
     def init_state(self, batch_size: int):
         """Zero state for ``batch_size`` rows on the parameters' device and dtype."""
         p = next(self.parameters())
         zeros = lambda: torch.zeros(batch_size, self.hidden_size, device=p.device, dtype=p.dtype)  # noqa: E731
         one = lambda: tuple((zeros(), zeros()) for _ in range(self.n_layers))  # noqa: E731
-        return one() if self.n_states == 1 else tuple(one() for _ in range(self.n_states))
+        return one() if self.n_groups is None else tuple(one() for _ in range(self.n_groups))
 
     def init_hidden(self, batch_size: int | None = None):
         """SVG's interface: a zero state for ``batch_size`` (default: the constructor's)."""
@@ -42,7 +45,7 @@ class _Stateful(nn.Module):
         B = x.shape[0]
         if self.hidden is None:
             self.hidden = self.init_state(B)
-        rows = self.hidden[0][0] if self.n_states == 1 else self.hidden[0][0][0]
+        rows = self.hidden[0][0] if self.n_groups is None else self.hidden[0][0][0]
         if rows.shape[0] != B:
             raise ValueError(
                 f"{type(self).__name__}: input batch {B} but the hidden state holds {rows.shape[0]} "
@@ -60,8 +63,6 @@ class LSTM(_Stateful):
 
     ``step(x, state)``: x (B, input_size) -> out (B, output_size), new state.
     """
-
-    n_states = 1
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size=None, backend="auto"):
         super().__init__()
@@ -92,8 +93,6 @@ class GaussianLSTM(_Stateful):
     ``step(x, state, eps=None, generator=None)``: x (B, input_size), eps (B, output_size) or
     drawn from ``generator`` -> (z, mu, logvar) each (B, output_size), new state.
     """
-
-    n_states = 1
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size=None, backend="auto"):
         super().__init__()
@@ -143,7 +142,7 @@ class HierarchicalGaussianLSTM(_Stateful):
         zg = output_size // groups
         self.input_size, self.output_size, self.group_size = input_size, output_size, zg
         self.hidden_size, self.n_layers, self.batch_size = hidden_size, n_layers, batch_size
-        self.n_states = groups
+        self.n_groups = groups
         self.backend = backend
         self.groups = nn.ModuleList(
             [GaussianLSTM(input_size + j * zg, zg, hidden_size, n_layers) for j in range(groups)]
