@@ -37,7 +37,8 @@ class MovingMNISTNpy(Dataset):
     """The fixed Moving MNIST set in an .npy file: item i is video i, float32 (T, 1, 64, 64).
 
     Values are in [0, 1]. ``n_frames`` keeps the first n_frames frames (default: all T).
-    The file is memory-mapped.
+    The file is memory-mapped, and re-mapped in each process it is pickled to (DataLoader
+    workers) rather than copied.
     """
 
     def __init__(self, path: str | Path, n_frames: int | None = None) -> None:
@@ -60,16 +61,21 @@ class MovingMNISTNpy(Dataset):
             raise ValueError(
                 f"{path}: n_frames must be in [1, {total}] (frames per video), got {n_frames}"
             )
-        self.data = data
+        self.path, self.num_videos, self._data = path, data.shape[1], data
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_data": None}
 
     def __len__(self) -> int:
-        return self.data.shape[1]
+        return self.num_videos
 
     def __getitem__(self, index: int) -> Tensor:
         """Video ``index``: float32 (n_frames, 1, 64, 64) in [0, 1]."""
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} videos")
-        clip = np.asarray(self.data[: self.n_frames, index], dtype=np.float32) / 255.0
+        if self._data is None:
+            self._data = np.load(self.path, mmap_mode="r", allow_pickle=False)
+        clip = np.asarray(self._data[: self.n_frames, index], dtype=np.float32) / 255.0
         return torch.from_numpy(clip).unsqueeze(1)
 
 
