@@ -34,11 +34,13 @@ def report() -> str:
         f"torch    {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
         f"triton   {triton_version}",
         f"nvcc     {_nvcc_version()}",
-        "devices  cpu" + "".join(f", cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())),
+        "devices  cpu"
+        + "".join(f", cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())),
         "",
     ]
     for op in OPS:
-        lines.append(f"{op.name}  (auto order: " + "; ".join(f"{d}: {', '.join(o)}" for d, o in op.preference.items()) + ")")
+        order = "; ".join(f"{d}: {', '.join(o)}" for d, o in op.preference.items())
+        lines.append(f"{op.name}  (auto order: {order})")
         for name, b in op.backends.items():
             why = b.unavailable()
             lines.append(f"  {name:8s} {'available' if why is None else 'unavailable: ' + why}")

@@ -97,7 +97,7 @@ def naive_sample(model, context, n_future, noise):
     with torch.no_grad():
         for s in range(noise.shape[1]):
             eps = noise[:, s]
-            pred, post, prior = model.frame_predictor.init_state(B), model.posterior.init_state(B), model.prior.init_state(B)
+            pred, post, prior = (m.init_state(B) for m in (model.frame_predictor, model.posterior, model.prior))
             for i in range(1, k):
                 h = model.encoder(context[:, i - 1])[0]
                 (z, _, _), post = model.posterior.step(model.encoder(context[:, i])[0], post, eps[:, i - 1])

@@ -1,0 +1,323 @@
+"""Command line: ``hafsvg train | sample | evaluate`` (also ``python -m hafsvg``).
+
+Bad arguments and bad inputs print one ``error: ...`` line to stderr and return a non-zero code
+(2 for usage, 1 for inputs) instead of raising.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+import sys
+import typing
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, HAFSVGConfig
+from .data import make_dataset
+from .evaluate import evaluate
+from .models import HAFSVG
+from .train import check_clips, load_checkpoint, resolve_device, train
+from .viz import save_grid
+
+__all__ = ["build_parser", "main", "parse_overrides"]
+
+DEMO_PRESET = "tiny"
+DEMO_STEPS = 40  # the default ``hafsvg train`` demo: about a minute on two CPU cores
+RUNS = Path("runs")
+
+
+class UsageError(Exception):
+    """A command-line argument argparse rejected."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _parse_value(name: str, kind, text: str):
+    """``text`` converted to the config field type ``kind`` (bool, int, float, str, tuple[int, ...], X | None)."""
+    args = typing.get_args(kind)
+    if type(None) in args:
+        if text.strip().lower() == "none":
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        return tuple(_parse_value(name, item, part) for part in text.split(",") if part.strip())
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"malformed value for {name}: {text!r} (expected true or false)")
+    if kind in (int, float):
+        try:
+            return kind(text.strip())
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise ValueError(f"malformed value for {name}: {text!r} (expected {expected})") from None
+    return text
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["key=value", ...]`` -> {field: typed value} for :class:`HAFSVGConfig`.
+
+    Values are converted by the field's type: ints, floats, bools (true/false/1/0/yes/no/on/off),
+    comma-separated tuples (``aligned_levels=0,1``; empty for ``()``), ``none`` for optional fields.
+    """
+    hints = typing.get_type_hints(HAFSVGConfig)
+    fields = [f.name for f in dataclasses.fields(HAFSVGConfig)]
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        if key not in fields:
+            raise ValueError(f"unknown --set key {key!r}; config fields: {', '.join(fields)}")
+        overrides[key] = _parse_value(key, hints[key], text)
+    return overrides
+
+
+def _with_overrides(config: HAFSVGConfig, overrides: dict) -> HAFSVGConfig:
+    return HAFSVGConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+
+def _load_model(args, device: torch.device) -> tuple[HAFSVG, str]:
+    """The checkpoint's model (``--set`` fields applied) or a preset's randomly initialised one,
+    in eval mode on ``device``; with a short description of where it came from."""
+    overrides = parse_overrides(args.set)
+    if args.checkpoint is not None:
+        stored, _, step, config = load_checkpoint(args.checkpoint, device)
+        model = stored
+        if overrides:
+            model = HAFSVG(_with_overrides(config, overrides)).to(device)
+            try:
+                model.load_state_dict(stored.state_dict())
+            except RuntimeError as err:
+                message = str(err).splitlines()[0]
+                raise ValueError(f"--set changes the architecture of {args.checkpoint}: {message}") from err
+        source = f"checkpoint {args.checkpoint} (step {step})"
+    else:
+        torch.manual_seed(args.seed)
+        model = HAFSVG(HAFSVGConfig.preset(args.preset, **overrides)).to(device)
+        source = f"preset {args.preset!r} with random weights"
+    return model.eval(), source
+
+
+def _default_out(args) -> Path:
+    if args.out is not None:
+        return Path(args.out)
+    return Path(args.checkpoint).parent if args.checkpoint is not None else RUNS / args.preset
+
+
+def _test_data(args, config: HAFSVGConfig, n_frames: int):
+    dataset = make_dataset(
+        config.dataset, n_frames, path=args.data, train=False, seed=args.seed, length=args.clips,
+        num_digits=config.num_digits,
+    )
+    check_clips(dataset, config, n_frames)
+    return dataset
+
+
+def _print_table(result: dict) -> None:
+    print(
+        f"best of {result['n_samples']} samples over {result['n_clips']} clips "
+        f"({result['n_past']} context frames, {result['n_future']} predicted)"
+    )
+    print(f"{'step':>5}  {'SSIM':>7}  {'PSNR':>7}")
+    for t, (s, p) in enumerate(zip(result["ssim"]["per_step"], result["psnr"]["per_step"]), start=1):
+        print(f"{t:>5}  {s:7.4f}  {p:7.3f}")
+    print(f"{'all':>5}  {result['ssim']['overall']:7.4f}  {result['psnr']['overall']:7.3f}")
+
+
+def _write_json(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+
+
+def cmd_train(args) -> int:
+    overrides = parse_overrides(args.set)
+    if args.resume is not None:
+        _, _, _, stored = load_checkpoint(args.resume)
+        config = _with_overrides(stored, overrides)
+        out = Path(args.out) if args.out is not None else Path(args.resume).parent
+    else:
+        config = HAFSVGConfig.preset(args.preset, **overrides)
+        out = Path(args.out) if args.out is not None else RUNS / args.preset
+    summary = train(
+        config,
+        steps=args.steps,
+        out_dir=out,
+        data_path=args.data,
+        resume=args.resume,
+        sample_every=args.sample_every,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        seed=args.seed,
+        num_workers=args.workers,
+    )
+    print(
+        f"step {summary['step']}: total {summary['total']:.4f}, mse {summary['mse']:.4f}, kl {summary['kl']:.3f} "
+        f"({summary['seconds']:.1f} s)"
+    )
+    print(f"checkpoint: {summary['checkpoint']}")
+    if summary["samples"]:
+        print(f"samples:    {summary['samples']}")
+    print(f"metrics:    {out / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    device = resolve_device(args.device)
+    model, source = _load_model(args, device)
+    c = model.config
+    n_future = args.n_future or c.n_eval
+    dataset = _test_data(args, c, c.n_past + n_future)
+    pick = torch.Generator().manual_seed(args.seed)
+    rows, labels, clip_ids = [], [], itertools.count()
+
+    def draw(clips, samples, scores):
+        """Grid rows per clip: truth, best-SSIM sample, ``--show`` random others (context first)."""
+        for b, clip in enumerate(clips):
+            best = int(scores["ssim"].index[b])
+            others = [s for s in torch.randperm(args.samples, generator=pick).tolist() if s != best][: args.show]
+            rows.append(clip)
+            labels.append(f"clip {next(clip_ids)} truth")
+            rows.append(torch.cat([clip[: c.n_past], samples[b, best]]))
+            labels.append(f"best SSIM #{best} ({float(scores['ssim'].per_clip[b]):.3f})")
+            for s in others:
+                rows.append(torch.cat([clip[: c.n_past], samples[b, s]]))
+                labels.append(f"sample #{s}")
+
+    gen = torch.Generator(device).manual_seed(args.seed)
+    result = evaluate(
+        model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
+        on_batch=draw,
+    )
+    out = _default_out(args)
+    grid = save_grid(out / "samples.png", [r.cpu() for r in rows], labels, split=c.n_past)
+    path = _write_json(out / "samples.json", {"source": source, "seed": args.seed, "grid": str(grid), **result})
+    _print_table(result)
+    print(f"grid:    {grid}\nmetrics: {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    device = resolve_device(args.device)
+    model, source = _load_model(args, device)
+    c = model.config
+    n_future = args.n_future or c.n_eval
+    dataset = _test_data(args, c, c.n_past + n_future)
+    gen = torch.Generator(device).manual_seed(args.seed)
+    result = evaluate(
+        model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
+        progress=True,
+    )
+    path = _write_json(_default_out(args) / "evaluation.json", {"source": source, "seed": args.seed, **result})
+    _print_table(result)
+    print(f"metrics: {path}")
+    return 0
+
+
+def _at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set groups=2 --set aligned_levels=0,1 (repeatable)")
+    p.add_argument("--data", metavar="PATH", help="data file or folder (default: embedded font digits)")
+    p.add_argument("--out", metavar="DIR", help="output folder")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of weights init, data and noise (default 0)")
+
+
+def _add_model_source(p: argparse.ArgumentParser, clips: int, samples: int) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by 'hafsvg train'")
+    src.add_argument("--preset", choices=sorted(PRESETS), help=f"random weights of a preset (default {DEMO_PRESET})")
+    p.add_argument("--clips", type=_at_least(1), default=clips, metavar="N", help="test clips (default %(default)s)")
+    p.add_argument("--samples", type=_at_least(1), default=samples, metavar="N",
+                   help="futures per clip (default %(default)s)")
+    p.add_argument("--n-future", type=_at_least(1), metavar="N", help="predicted frames (default: the config's n_eval)")
+    p.add_argument("--batch-clips", type=_at_least(1), default=1, metavar="N",
+                   help="clips sampled together (default 1; raise it on a GPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hafsvg", description="SVG-LP / HAF-SVG stochastic video prediction")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a model (no options: a short demo of preset 'tiny')",
+                            description="Train with Adam on the ELBO; writes checkpoint.pt, metrics.jsonl, "
+                                        "config.json and samples_<step>.png into --out (default runs/<preset>).")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--preset", choices=sorted(PRESETS), help=f"config preset (default {DEMO_PRESET})")
+    src.add_argument("--resume", metavar="CKPT",
+                     help="continue from a checkpoint: its config (--set applied), optimizer and step; "
+                          "writes beside it unless --out")
+    p.add_argument("--steps", type=_at_least(1), default=DEMO_STEPS, metavar="N",
+                   help="steps to run (default %(default)s)")
+    p.add_argument("--sample-every", type=_at_least(0), default=10, metavar="K",
+                   help="sample grid every K steps and at the end (0: off; default %(default)s)")
+    p.add_argument("--checkpoint-every", type=_at_least(1), default=100, metavar="K",
+                   help="checkpoint every K steps and at the end (default %(default)s)")
+    p.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
+                   help="DataLoader worker processes (default 0)")
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("sample", help="draw futures for a few clips: PNG grid + best-of-N JSON",
+                            description="Per clip: ground truth, the best-SSIM sample and --show random samples "
+                                        "(context frames first), written to samples.png; scores to samples.json.")
+    _add_model_source(p, clips=4, samples=20)
+    p.add_argument("--show", type=_at_least(0), default=3, metavar="K",
+                   help="random samples drawn per clip (default 3)")
+    _add_common(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = commands.add_parser("evaluate", help="best-of-N SSIM/PSNR over a test set (writes evaluation.json)",
+                            description="SPEC §2's protocol: per clip draw --samples futures, keep the best by "
+                                        "SSIM and by PSNR, average over clips per step and overall.")
+    _add_model_source(p, clips=16, samples=100)
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else 0
+    if "preset" in args and args.preset is None:  # defaulted here: argparse sees an explicit --preset as a conflict
+        args.preset = DEMO_PRESET
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
