@@ -1,0 +1,462 @@
+"""The Triton aligned attention against the float64 PyTorch reference (SPEC §5).
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors (``conftest.py`` sets
+``TRITON_INTERPRET=1``): float32 and float64 there; bf16/fp16/TF32 only on a GPU (those cases skip
+with "needs CUDA"). Errors are relative norms ‖out − ref‖ / ‖ref‖.
+"""
+
+import pytest
+import torch
+
+from hafsvg_kernels import BackendUnavailable, aligned_attention, aligned_attention_ref
+from hafsvg_kernels._triton import triton_unavailable
+
+pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=str(triton_unavailable()))
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+FP32_TOL = 1e-3 if CUDA and torch.backends.cuda.matmul.allow_tf32 else 1e-4
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖a − ref‖ / ‖ref‖ in float64; for an all-zero ref, the absolute RMS of a instead."""
+    a, ref = a.double(), ref.double()
+    den = ref.norm().item()
+    if den == 0.0:
+        return (a.norm() / a.numel() ** 0.5).item()
+    return ((a - ref).norm() / den).item()
+
+
+def make_inputs(B, Bk, Bv, N, M, d_qk, d_v, dtype=torch.float32, seed=0, device=DEV):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, N, d_qk, generator=g, dtype=torch.float64)
+    k = torch.randn(Bk, M, d_qk, generator=g, dtype=torch.float64)
+    v = torch.randn(Bv, M, d_v, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype).requires_grad_() for t in (q, k, v)]
+
+
+def reference(q, k, v, scale, do):
+    """float64 output and gradients (dq, dk, dv) of the reference for the output gradient do."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out = aligned_attention_ref(q64, k64, v64, scale)
+    grads = torch.autograd.grad(out, (q64, k64, v64), do.double())
+    return out.detach(), grads
+
+
+# (B, Bk, Bv, N, M, d_qk, d_v, scale): covers N, M in {1, 17, 100, 257}, d_qk in {1, 8, 16, 64},
+# d_v in {3, 64, 200, 512}, B // Bk in {1, 3, 7}, V per sample (Bv = B) and per clip, rk != rv,
+# Bk and Bv not dividing each other, one and several d_v tiles, without the cartesian product.
+CASES = [
+    (2, 2, 2, 1, 1, 1, 3, 1.0),  # one query, one key: dq = dk = 0
+    (3, 1, 3, 17, 100, 8, 64, 1.0),  # K per clip (rk = 3), V per sample (rv = 1)
+    (7, 1, 1, 100, 17, 16, 200, 0.5),  # rk = rv = 7, two d_v tiles: separate dK and dV launches
+    (2, 2, 2, 257, 257, 64, 3, 0.125),  # several query and key blocks with ragged tails
+    (3, 1, 1, 17, 257, 64, 512, 0.2),  # d_v = 512: four d_v tiles
+    (7, 7, 1, 100, 1, 8, 64, 1.0),  # K per sample, V per clip (rv = 7); a single key
+    (6, 2, 3, 17, 17, 16, 64, -0.7),  # Bk = 2, Bv = 3: neither divides the other; negative scale
+    (3, 1, 1, 100, 100, 1, 64, 2.0),  # d_qk = 1 (padded to 16), rk = rv = 3: fused dK/dV launch
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}-Bk{}-Bv{}-N{}-M{}-dqk{}-dv{}-s{}".format(*c))
+def test_matches_reference_fp32(case):
+    *shape, scale = case
+    q, k, v = make_inputs(*shape)
+    out = aligned_attention(q, k, v, scale=scale, backend="triton")
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref, ref_grads = reference(q, k, v, scale, do)
+    assert out.dtype == q.dtype and out.shape == ref.shape
+    assert rel_err(out, ref) <= 1e-4
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.shape == r.shape, name
+        assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
+
+
+def test_lse_and_float64():
+    """The private launchers in float64: output and lse to 1e-12, gradients to 1e-10."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 6, 17, 100, 16, 64, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.5)
+    kk = k.repeat_interleave(3, 0)
+    assert lse.shape == (6, 17) and lse.dtype == torch.float64
+    assert rel_err(lse, torch.logsumexp(0.5 * q @ kk.transpose(1, 2), -1)) <= 1e-12
+    do = torch.randn_like(out)
+    ref, ref_grads = reference(q, k, v, 0.5, do)
+    assert rel_err(out, ref) <= 1e-12
+    for g, r in zip(ta.backward(do, q, k, v, out, lse, 0.5), ref_grads):
+        assert rel_err(g, r) <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "case",
+    [(7, 1, 1, 17, 33, 8, 64), (7, 1, 7, 17, 33, 8, 64), (6, 2, 2, 17, 33, 8, 200)],
+    ids=["fused", "v-per-sample", "dv-tiles"],
+)
+@pytest.mark.parametrize("split", [2, 3, 7])
+def test_split_partial_sums(case, split):
+    """dK/dV summed over programs that split a clip's query batches (fp32 partial sums)."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    q, k, v = (t.detach() for t in make_inputs(*case))
+    out, lse = ta.forward(q, k, v, 1.0)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 1.0, do)
+    grads = ta.backward(do, q, k, v, out, lse, 1.0, split=split)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
+
+
+def _nchw_tokens(B, C, H, W, g, dtype=torch.float32):
+    """(B, H*W, C) as the aligner builds it: a transposed view of an NCHW tensor (stride 1 on N)."""
+    x = torch.randn(B, C, H, W, generator=g, dtype=torch.float64).to(DEV, dtype)
+    return x.flatten(2).transpose(1, 2)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
+def test_strided_inputs_and_out_slice(grad):
+    """q/k/v as transposed NCHW views, out a channel slice of a concatenation buffer; the rest of
+    the buffer stays bitwise untouched, and gradients flow to q, k, v through the buffer."""
+    g = torch.Generator().manual_seed(3)
+    B, S, C, H, W, d = 6, 3, 24, 5, 7, 8
+    q = _nchw_tokens(B, d, H, W, g).requires_grad_(grad)
+    k = _nchw_tokens(B // S, d, H, W, g).requires_grad_(grad)
+    v = _nchw_tokens(B // S, C, H, W, g).requires_grad_(grad)
+    assert q.stride(1) == 1 and not q.is_contiguous()
+    buf = torch.randn(B, 3 * C, H, W, generator=g, dtype=torch.float64).to(DEV, torch.float32)
+    before = buf.clone()
+    out = buf[:, 2 * C :].flatten(2).transpose(1, 2)
+    with torch.set_grad_enabled(grad):
+        res = aligned_attention(q, k, v, scale=0.5, out=out, backend="triton")
+    assert res is out
+    ref, _ = reference(q, k, v, 0.5, torch.zeros(B, H * W, C, dtype=torch.float64, device=DEV))
+    assert rel_err(out, ref) <= 1e-4
+    assert torch.equal(buf[:, : 2 * C], before[:, : 2 * C])
+    if grad:
+        # A strided (transposed) output gradient over the whole buffer.
+        w = torch.randn(B, H, W, 3 * C, generator=g, dtype=torch.float64).to(DEV, torch.float32).permute(0, 3, 1, 2)
+        grads = torch.autograd.grad((buf * w).sum(), (q, k, v))
+        do = w[:, 2 * C :].flatten(2).transpose(1, 2)
+        _, ref_grads = reference(q, k, v, 0.5, do)
+        for name, gr, r in zip("qkv", grads, ref_grads):
+            assert rel_err(gr, r) <= 1e-4, f"d{name}: {rel_err(gr, r):.3e}"
+
+
+def test_gradcheck_float64_through_out_buffer():
+    """torch.autograd.gradcheck in float64 (the interpreter runs fp64 tl.dot) of a function that
+    fills a buffer [x; Z] with Z written by the kernel through ``out``: the buffer's gradient
+    reaches x (the part not overwritten) and q, k, v."""
+    if CUDA:
+        pytest.skip("float64 Triton runs under the interpreter only (the backend refuses fp64 on CUDA)")
+    g = torch.Generator().manual_seed(4)
+    B, Bk, N, M, d, dv = 4, 2, 5, 3, 2, 3
+    q = torch.randn(B, N, d, generator=g, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(Bk, M, d, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, M, dv, generator=g, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(B, dv, N, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def f(q, k, v, x):
+        buf = torch.empty(B, 2 * dv, N, dtype=torch.float64)
+        buf[:, :dv] = x
+        aligned_attention(q, k, v, scale=0.7, out=buf[:, dv:].transpose(1, 2), backend="triton")
+        return buf
+
+    # fast_mode checks random projections of the Jacobian: a few kernel launches instead of one
+    # per input and output element (the interpreter costs ~0.1 s a launch).
+    assert torch.autograd.gradcheck(f, (q, k, v, x), fast_mode=True)
+    attention = lambda q, k, v: aligned_attention(q, k, v, backend="triton")  # noqa: E731
+    assert torch.autograd.gradcheck(attention, (q, k, v), fast_mode=True)
+
+
+def test_custom_op_opcheck():
+    """The torch.library ops: schema, fake tensors, autograd registration, AOT dispatch."""
+    from hafsvg_kernels.attention import function
+
+    if not function.HAS_CUSTOM_OP:
+        pytest.skip("this torch has no torch.library.custom_op")
+    q, k, v = make_inputs(4, 2, 4, 17, 9, 8, 16)
+    torch.library.opcheck(torch.ops.hafsvg.aligned_attention.default, (q, k, v, 0.5))
+    q, k, v = (t.detach() for t in (q, k, v))
+    out = torch.empty(4, 17, 16, device=DEV)
+    torch.library.opcheck(torch.ops.hafsvg.aligned_attention_out.default, (q, k, v, 0.5, out))
+    out, lse = torch.ops.hafsvg.aligned_attention(q, k, v, 0.5)
+    do = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.hafsvg.aligned_attention_backward.default, (do, q, k, v, out, lse, 0.5))
+
+
+def test_torch_compile_uses_custom_op():
+    """torch.compile (fullgraph, AOT autograd) of a function writing Z through ``out``: the graph
+    holds the hafsvg op, and outputs and gradients match eager."""
+    from hafsvg_kernels.attention import function
+
+    if not function.HAS_CUSTOM_OP:
+        pytest.skip("this torch has no torch.library.custom_op")
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(str(gm.graph))
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=record, bw_compiler=record)
+    q, k, v = make_inputs(6, 2, 2, 17, 9, 8, 16)
+    x = torch.randn(6, 17, 16, device=DEV, requires_grad=True)
+
+    def f(q, k, v, x):
+        buf = torch.empty(6, 17, 32, device=DEV)
+        buf[..., :16] = x
+        aligned_attention(q, k, v, scale=0.5, out=buf[..., 16:], backend="triton")
+        return buf
+
+    compiled = torch.compile(f, backend=backend, fullgraph=True)
+    w = torch.randn(6, 17, 32, device=DEV)
+    got = compiled(q, k, v, x)
+    got_grads = torch.autograd.grad((got * w).sum(), (q, k, v, x))
+    want = f(q, k, v, x)
+    want_grads = torch.autograd.grad((want * w).sum(), (q, k, v, x))
+    assert any("hafsvg.aligned_attention.default" in gr for gr in graphs)
+    assert any("hafsvg.aligned_attention_backward.default" in gr for gr in graphs)
+    assert rel_err(got, want) <= 1e-6
+    for a, b in zip(got_grads, want_grads):
+        assert rel_err(a, b) <= 1e-6
+    torch._dynamo.reset()
+
+
+_AOT_SCRIPT = r"""
+import sys
+try:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError as e:
+    print(f"no ahead-of-time compilation API in this Triton: {e}")
+    sys.exit(3)
+from hafsvg_kernels.attention import triton_attention as ta
+
+PTR = {"bf16": "*bf16", "fp32": "*fp32"}
+FLOATS = ("qk_scale", "scale")
+
+
+def build(fn, ptrs, consts, cfg):
+    sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in FLOATS else "i32") for a in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+    opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
+    triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+
+
+for dt in ("bf16", "fp32"):
+    io = PTR[dt]
+    common = {"DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "ACC_DTYPE": tl.float32}
+    for N, d_qk, d_v in ((4096, 8, 64), (64, 32, 256)):
+        cfg = ta._fwd_config(N, N, d_qk, d_v)
+        blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
+        build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common}, cfg)
+        cfg = ta._bwd_config(N, N, d_qk, d_v)
+        blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
+        pre = {"BLOCK_Q": blocks["BLOCK_Q"], "BLOCK_DV": blocks["BLOCK_DV"], "ACC_DTYPE": tl.float32}
+        build(ta._bwd_preprocess, dict(Out=io, DO=io, Delta="*fp32"), pre, cfg)
+        ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DQ=io)
+        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common}, cfg)
+        for dk, dv, split in ((True, True, 1), (True, False, 4), (False, True, 1)):
+            out = io if split == 1 else "*fp32"
+            ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out)
+            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv}
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_sm90():
+    """Compile every kernel (bf16 and fp32/TF32, two block configurations, the three dK/dV
+    variants) to an sm_90 cubin without a GPU: the interpreter runs Python and accepts code that
+    the compiler rejects (scoping, types, constexpr rules). Needs a process without
+    TRITON_INTERPRET."""
+    if CUDA:
+        pytest.skip("on a GPU the other tests compile and run the kernels for real")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    cmd = [sys.executable, "-c", _AOT_SCRIPT]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if res.returncode == 3:
+        pytest.skip(res.stdout.strip())
+    assert res.returncode == 0 and "compiled" in res.stdout, res.stderr[-4000:]
+
+
+def _tiny_models(mode):
+    """The tiny HAF-SVG built with ``backend="triton"`` and the same weights with "torch".
+
+    ``backend="triton"`` reaches the recurrent ops too. ``mode="aligner"`` switches those back to
+    "torch", so that the aligner's attention is the only Triton op; ``mode="all"`` keeps them (it
+    needs the recurrent Triton backend, which lives in ``hafsvg_kernels/recurrent``)."""
+    from hafsvg import HAFSVG, FeatureAligner, HAFSVGConfig
+    from hafsvg_kernels.recurrent import GAUSSIAN_LSTM_STEP, LSTM_STEP
+
+    if mode == "all" and not ("triton" in LSTM_STEP.backends and "triton" in GAUSSIAN_LSTM_STEP.backends):
+        pytest.skip("the recurrent ops have no Triton backend yet")
+    torch.manual_seed(0)
+    ref = HAFSVG(HAFSVGConfig.preset("tiny", backend="torch")).to(DEV)
+    fused = HAFSVG(HAFSVGConfig.preset("tiny", backend="triton")).to(DEV)
+    fused.load_state_dict(ref.state_dict())
+    aligners = [m for m in fused.modules() if isinstance(m, FeatureAligner)]
+    assert len(aligners) == 4 and all(m.backend == "triton" for m in aligners)
+    if mode == "aligner":
+        for m in fused.modules():
+            if hasattr(m, "backend") and not isinstance(m, FeatureAligner):
+                m.backend = "torch"
+    return ref, fused
+
+
+MODEL_MODES = pytest.mark.parametrize("mode", ["aligner", "all"])
+
+
+@pytest.fixture
+def count_triton_calls(monkeypatch):
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    calls = {"forward": 0, "backward": 0}
+    fwd, bwd = ta.forward, ta.backward
+
+    def forward(*a, **kw):
+        calls["forward"] += 1
+        return fwd(*a, **kw)
+
+    def backward(*a, **kw):
+        calls["backward"] += 1
+        return bwd(*a, **kw)
+
+    monkeypatch.setattr(ta, "forward", forward)
+    monkeypatch.setattr(ta, "backward", backward)
+    return calls
+
+
+@MODEL_MODES
+def test_model_loss_and_gradients_match_torch_backend(count_triton_calls, mode):
+    ref, fused = _tiny_models(mode)
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 1, 64, 64, generator=g).to(DEV)
+    eps = torch.randn(2, 2, ref.config.z_dim, generator=g).to(DEV)
+    params = ["decoder.aligners.0.query.weight", "decoder.aligners.0.key.weight", "decoder.aligners.1.value.weight",
+              "decoder.aligners.3.query.weight", "decoder.upc5.0.weight", "encoder.c1.main.0.weight",
+              "posterior.groups.0.embed.weight"]  # fmt: skip
+    results = []
+    for model in (ref, fused):
+        named = dict(model.named_parameters())
+        loss = model.loss(x, eps)
+        grads = torch.autograd.grad(loss["total"], [named[p] for p in params])
+        results.append((loss, grads))
+    assert count_triton_calls["forward"] == 4 and count_triton_calls["backward"] == 4
+    (lr, gr), (lf, gf) = results
+    assert rel_err(lf["total"], lr["total"]) <= FP32_TOL
+    assert rel_err(lf["prediction"], lr["prediction"]) <= FP32_TOL
+    for name, a, b in zip(params, gf, gr):
+        assert rel_err(a, b) <= FP32_TOL, f"{name}: {rel_err(a, b):.3e}"
+
+
+@MODEL_MODES
+def test_model_sample_matches_torch_backend(count_triton_calls, mode):
+    """Sampling folds each clip's 2 samples onto its K/V (rk = 2 in the attention)."""
+    ref, fused = _tiny_models(mode)
+    g = torch.Generator().manual_seed(6)
+    context = torch.rand(1, 3, 1, 64, 64, generator=g).to(DEV)
+    noise = torch.randn(1, 2, 2 + 2, ref.config.z_dim, generator=g).to(DEV)
+    want = ref.sample(context, 2, 2, noise=noise)
+    got = fused.sample(context, 2, 2, noise=noise)
+    assert count_triton_calls["forward"] == 4 * 2 and count_triton_calls["backward"] == 0
+    assert got.shape == (1, 2, 2, 1, 64, 64)
+    assert rel_err(got, want) <= FP32_TOL
+
+
+def test_bad_inputs_raise_naming_the_argument():
+    q, k, v = (t.detach() for t in make_inputs(4, 2, 4, 5, 6, 8, 16))
+    with pytest.raises(TypeError, match="q must be a torch.Tensor"):
+        aligned_attention(q.tolist(), k, v, backend="triton")
+    with pytest.raises(ValueError, match="k's last dim"):
+        aligned_attention(q, k[..., :4], v, backend="triton")
+    with pytest.raises(ValueError, match="v has 5 keys"):
+        aligned_attention(q, k, v[:, :5], backend="triton")
+    with pytest.raises(ValueError, match="k's batch 3 does not divide"):
+        aligned_attention(q, torch.cat([k, k[:1]]), v, backend="triton")
+    with pytest.raises(TypeError, match="v has dtype torch.float64"):
+        aligned_attention(q, k, v.double(), backend="triton")
+    with pytest.raises(ValueError, match="out has shape"):
+        aligned_attention(q, k, v, out=torch.empty(4, 5, 15, device=DEV), backend="triton")
+    with pytest.raises(ValueError, match="scale"):
+        aligned_attention(q, k, v, scale=float("nan"), backend="triton")
+
+
+@pytest.mark.skipif(CUDA, reason="the GPU tests cover fp16 on the device")
+def test_float16_interpreter():
+    """fp16 runs under the interpreter too (bf16 does not: see test_triton_refusals)."""
+    q, k, v = make_inputs(6, 2, 6, 17, 33, 16, 64, dtype=torch.float16)
+    out = aligned_attention(q, k, v, scale=0.25, backend="triton")
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    ref, ref_grads = reference(q, k, v, 0.25, do)
+    assert out.dtype == torch.float16 and rel_err(out, ref) <= 2e-2
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == torch.float16 and rel_err(g, r) <= 2e-2, name
+
+
+def test_triton_refusals():
+    q, k, v = (t.detach() for t in make_inputs(2, 1, 1, 3, 4, 129, 8))
+    with pytest.raises(BackendUnavailable, match="d_qk = 129 > 128"):
+        aligned_attention(q, k, v, backend="triton")
+    q, k, v = (t.detach() for t in make_inputs(2, 1, 1, 3, 4, 8, 513))
+    with pytest.raises(BackendUnavailable, match="d_v = 513 > 512"):
+        aligned_attention(q, k, v, backend="triton")
+    if not CUDA:
+        q, k, v = (t.detach() for t in make_inputs(2, 1, 1, 3, 4, 8, 8, dtype=torch.bfloat16))
+        with pytest.raises(BackendUnavailable, match="bfloat16 runs on GPU only"):
+            aligned_attention(q, k, v, backend="triton")
+
+
+@needs_cuda
+def test_cuda_auto_prefers_triton_and_refuses_float64():
+    from hafsvg_kernels.attention.interface import ATTENTION
+
+    q, k, v = (t.detach() for t in make_inputs(2, 1, 1, 3, 4, 8, 8))
+    assert ATTENTION.select("auto", "cuda", q, k, v, 1.0, None).name == "triton"
+    q, k, v = (t.detach() for t in make_inputs(2, 1, 1, 3, 4, 8, 8, dtype=torch.float64))
+    with pytest.raises(BackendUnavailable, match="float64"):
+        aligned_attention(q, k, v, backend="triton")
+    assert ATTENTION.select("auto", "cuda", q, k, v, 1.0, None).name != "triton"
+
+
+# SPEC §3 rows (N, C, d_qk) at a reduced sampling batch (4 clips x 8 samples), K/V per clip.
+GPU_ROWS = [(1024, 64, 8), (256, 128, 16), (64, 256, 32), (16, 512, 64), (4096, 64, 8)]
+GPU_DTYPES = {"bf16": (torch.bfloat16, 2e-2), "fp16": (torch.float16, 2e-2), "fp32-tf32": (torch.float32, 1e-3)}
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", list(GPU_DTYPES))
+@pytest.mark.parametrize("row", GPU_ROWS, ids=lambda r: f"N{r[0]}-C{r[1]}-dqk{r[2]}")
+@pytest.mark.parametrize("value_per_sample", [False, True], ids=["v-per-clip", "v-per-sample"])
+def test_gpu_low_precision(row, dtype, value_per_sample):
+    N, C, d = row
+    dt, tol = GPU_DTYPES[dtype]
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "fp32-tf32"
+    try:
+        q, k, v = make_inputs(32, 4, 32 if value_per_sample else 4, N, N, d, C, dtype=dt, device="cuda")
+        # Scores of order 1 whatever d (as after trained 1x1 projections): unit-variance softmax logits.
+        out = aligned_attention(q, k, v, scale=d**-0.5, backend="triton")
+        do = torch.randn_like(out)
+        grads = torch.autograd.grad(out, (q, k, v), do)
+        ref, ref_grads = reference(q, k, v, d**-0.5, do)
+        assert rel_err(out, ref) <= tol
+        for name, g, r in zip("qkv", grads, ref_grads):
+            assert rel_err(g, r) <= tol, f"d{name}: {rel_err(g, r):.3e}"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
