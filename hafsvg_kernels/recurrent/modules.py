@@ -10,6 +10,10 @@ Their state_dicts are interchangeable with modules built the way the SVG code bu
   SVG's does, for ``m.hidden = m.init_hidden()``) and ``forward(x)``. ``forward`` creates the
   state on first use for the batch it sees; a later batch of a different size raises
   (call ``init_hidden`` for the new size) rather than broadcasting.
+
+Noise of the Gaussian modules: ``eps`` passed in; else, after ``m.manual_seed(seed)``, drawn by
+the backend from (seed, offset) with the offset advanced every call (in-kernel Philox with the
+Triton backend: the noise never goes through memory); else ``torch.randn`` (SVG's behaviour).
 """
 
 from __future__ import annotations
@@ -54,6 +58,29 @@ class _Stateful(nn.Module):
         return self.hidden
 
 
+class _Seeded(_Stateful):
+    """Noise drawn by the backend from (seed, offset) in ``forward`` after :meth:`manual_seed`."""
+
+    noise_seed: int | None = None
+    noise_offset: int = 0
+
+    def manual_seed(self, seed: int | None, offset: int = 0):
+        """Make ``forward(x)`` without ``eps`` draw its noise in the backend from (seed, offset),
+        advancing the offset by the numbers drawn (B * output_size) each call: the Triton
+        kernels draw it in-kernel (Philox); the torch backend with a generator seeded from
+        both (other numbers; both reproducible). ``None`` goes back to ``torch.randn``."""
+        self.noise_seed, self.noise_offset = seed, offset
+        return self
+
+    def _forward_noise(self, x):
+        """(eps, seed, offset) for a forward call without eps; advances the offset."""
+        if self.noise_seed is None:
+            return None, None, 0
+        offset = self.noise_offset
+        self.noise_offset += x.shape[0] * self.output_size
+        return None, self.noise_seed, offset
+
+
 def _cells(lstm: nn.ModuleList) -> tuple[CellWeights, ...]:
     return tuple(CellWeights(c.weight_ih, c.weight_hh, c.bias_ih, c.bias_hh) for c in lstm)
 
@@ -87,11 +114,13 @@ class LSTM(_Stateful):
         return out
 
 
-class GaussianLSTM(_Stateful):
+class GaussianLSTM(_Seeded):
     """SVG's ``gaussian_lstm``: embed -> LSTMCells -> mu_net, logvar_net; z = mu + exp(logvar/2) eps.
 
-    ``step(x, state, eps=None, generator=None)``: x (B, input_size), eps (B, output_size) or
-    drawn from ``generator`` -> (z, mu, logvar) each (B, output_size), new state.
+    ``step(x, state, eps=None, generator=None, *, seed=None, offset=0)``: x (B, input_size), eps
+    (B, output_size), or drawn by the backend from (seed, offset) (see
+    :func:`~hafsvg_kernels.recurrent.interface.gaussian_lstm_step`), or by ``torch.randn`` from
+    ``generator`` -> (z, mu, logvar) each (B, output_size), new state.
     """
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size=None, backend="auto"):
@@ -111,28 +140,31 @@ class GaussianLSTM(_Stateful):
             self.mu_net.weight, self.mu_net.bias, self.logvar_net.weight, self.logvar_net.bias,
         )  # fmt: skip
 
-    def step(self, x, state, eps=None, generator=None):
+    def step(self, x, state, eps=None, generator=None, *, seed=None, offset=0):
         x = x.reshape(-1, self.input_size)
-        eps = _noise(eps, x, self.output_size, generator)
+        eps = _noise(eps, x, self.output_size, generator, seed)
         z, mu, logvar, (state,) = gaussian_lstm_step(
-            x, (state,), (self.weights(),), eps, backend=self.backend
+            x, (state,), (self.weights(),), eps, seed=seed, offset=offset, backend=self.backend
         )
         return (z, mu, logvar), state
 
     def forward(self, x, eps=None):
+        """SVG's ``forward``: x (B, ...) -> (z, mu, logvar), each (B, output_size)."""
         x = x.reshape(-1, self.input_size)
-        out, self.hidden = self.step(x, self._current(x), eps)
+        _, seed, offset = self._forward_noise(x) if eps is None else (eps, None, 0)
+        out, self.hidden = self.step(x, self._current(x), eps, seed=seed, offset=offset)
         return out
 
 
-class HierarchicalGaussianLSTM(_Stateful):
+class HierarchicalGaussianLSTM(_Seeded):
     """HAF-SVG's hierarchical Gaussian LSTM: z split into G groups sampled in order, group j a
     ``GaussianLSTM`` reading [x, z^{1:j-1}]. G = 1 computes exactly SVG's ``gaussian_lstm``.
 
-    ``step(x, states, eps=None, cond=None, generator=None)``: x (B, input_size), eps
-    (B, output_size), cond None or (B, output_size) (samples that condition groups 2..G instead
-    of this module's own, e.g. the posterior's when training the prior) -> (z, mu, logvar) each
-    (B, output_size), the G new states.
+    ``step(x, states, eps=None, cond=None, generator=None, *, seed=None, offset=0)``: x
+    (B, input_size), eps (B, output_size) (or drawn as in :class:`GaussianLSTM`), cond None or
+    (B, output_size) (samples that condition groups 2..G instead of this module's own, e.g. the
+    posterior's when training the prior) -> (z, mu, logvar) each (B, output_size), the G new
+    states.
     """
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, groups, batch_size=None, backend="auto"):
@@ -149,20 +181,24 @@ class HierarchicalGaussianLSTM(_Stateful):
         )
         self.hidden = None
 
-    def step(self, x, states, eps=None, cond=None, generator=None):
+    def step(self, x, states, eps=None, cond=None, generator=None, *, seed=None, offset=0):
         x = x.reshape(-1, self.input_size)
-        eps = _noise(eps, x, self.output_size, generator)
+        eps = _noise(eps, x, self.output_size, generator, seed)
         weights = tuple(g.weights() for g in self.groups)
-        z, mu, logvar, states = gaussian_lstm_step(x, states, weights, eps, cond, backend=self.backend)
+        z, mu, logvar, states = gaussian_lstm_step(
+            x, states, weights, eps, cond, seed=seed, offset=offset, backend=self.backend
+        )
         return (z, mu, logvar), states
 
     def forward(self, x, eps=None, cond=None):
         x = x.reshape(-1, self.input_size)
-        out, self.hidden = self.step(x, self._current(x), eps, cond)
+        _, seed, offset = self._forward_noise(x) if eps is None else (eps, None, 0)
+        out, self.hidden = self.step(x, self._current(x), eps, cond, seed=seed, offset=offset)
         return out
 
 
-def _noise(eps, x, size, generator):
-    if eps is not None:
+def _noise(eps, x, size, generator, seed=None):
+    """eps as given; None when the backend draws it from a seed; else torch.randn."""
+    if eps is not None or seed is not None:
         return eps
     return torch.randn(x.shape[0], size, device=x.device, dtype=x.dtype, generator=generator)

@@ -1,0 +1,732 @@
+"""The fused Triton recurrent step against the float64 PyTorch reference (SPEC §5), the in-kernel
+noise, the drop-in SVG layers, ``fuse``, and the whole model on ``backend="triton"``.
+
+Without CUDA the kernels run under the Triton interpreter on CPU tensors (``conftest.py`` sets
+``TRITON_INTERPRET=1``): float32 there; bf16 and launch counts only on a GPU (those cases skip
+with "needs CUDA"). Errors are relative norms ‖out − ref‖ / ‖ref‖.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from hafsvg_kernels import BackendUnavailable
+from hafsvg_kernels._triton import triton_unavailable
+from hafsvg_kernels.recurrent import (
+    GAUSSIAN_LSTM_STEP,
+    LSTM_STEP,
+    CellWeights,
+    FusedGaussianLSTM,
+    FusedHierarchicalGaussianLSTM,
+    FusedLSTM,
+    GaussianLSTMWeights,
+    HierarchicalGaussianLSTM,
+    LSTMWeights,
+    fuse,
+    gaussian_lstm_step,
+    lstm_step,
+)
+from hafsvg_kernels.recurrent.reference import gaussian_lstm_step_ref, lstm_step_ref
+
+pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=str(triton_unavailable()))
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
+FP32_TOL = 1e-3 if CUDA and torch.backends.cuda.matmul.allow_tf32 else 1e-4
+TOL = {torch.float32: FP32_TOL, torch.bfloat16: 2e-2}
+
+
+def rel_err(a, ref) -> float:
+    a, ref = a.double(), ref.double()
+    return ((a - ref).norm() / ref.norm()).item()
+
+
+def _r(g, *shape, scale=1.0):
+    return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+
+def make_cell(g, H):
+    s = H**-0.5
+    return CellWeights(
+        _r(g, 4 * H, H, scale=s), _r(g, 4 * H, H, scale=s), _r(g, 4 * H, scale=0.1), _r(g, 4 * H, scale=0.1)
+    )
+
+
+def make_lstm(n_in, H, n_out, L, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return LSTMWeights(
+        _r(g, H, n_in, scale=n_in**-0.5), _r(g, H, scale=0.1), tuple(make_cell(g, H) for _ in range(L)),
+        _r(g, n_out, H, scale=H**-0.5), _r(g, n_out, scale=0.1),
+    )  # fmt: skip
+
+
+def make_gaussian(n_in, H, Zg, G, L, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return tuple(
+        GaussianLSTMWeights(
+            _r(g, H, n_in + j * Zg, scale=(n_in + j * Zg) ** -0.5), _r(g, H, scale=0.1),
+            tuple(make_cell(g, H) for _ in range(L)),
+            _r(g, Zg, H, scale=H**-0.5), _r(g, Zg, scale=0.1), _r(g, Zg, H, scale=H**-0.5), _r(g, Zg, scale=0.1),
+        )
+        for j in range(G)
+    )
+
+
+def make_state(B, H, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    return tuple((_r(g, B, H, scale=0.5), _r(g, B, H)) for _ in range(L))
+
+
+def cast(tree, dtype, device=DEV, grad=True):
+    """Every tensor of a (named) tuple tree as a fresh leaf of ``dtype`` on ``device``."""
+    if isinstance(tree, torch.Tensor):
+        t = tree.detach().to(device=device, dtype=dtype).clone()
+        return t.requires_grad_(grad)
+    if tree is None:
+        return None
+    items = [cast(t, dtype, device, grad) for t in tree]
+    return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+
+
+def leaves(tree):
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if tree is None:
+        return []
+    return [t for sub in tree for t in leaves(sub)]
+
+
+def probe(outputs, seed=1):
+    """A random linear functional of every output tensor (a fixed, generic output gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    total = 0
+    for t in leaves(outputs):
+        total = total + (t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t)).sum()
+    return total
+
+
+def check_close(out, ref, tol, what):
+    for i, (a, b) in enumerate(zip(leaves(out), leaves(ref), strict=True)):
+        assert a.shape == b.shape, f"{what}[{i}]: shape {tuple(a.shape)} != {tuple(b.shape)}"
+        err = rel_err(a.detach(), b.detach())
+        assert err <= tol, f"{what}[{i}] relative error {err:.2e} > {tol:.0e}"
+
+
+# ---------------------------------------------------------------------------------------------
+# lstm_step (the frame predictor)
+# ---------------------------------------------------------------------------------------------
+
+# (B, n_in, H, n_out, L): batch 1, 7, 130; hidden 256 and 200 (non-power-of-2, masked); 1 and 2 layers.
+LSTM_CASES = [(1, 144, 256, 128, 2), (7, 40, 200, 24, 1), (130, 64, 200, 32, 2)]
+
+
+@pytest.mark.parametrize("B,n_in,H,n_out,L", LSTM_CASES)
+def test_lstm_step_matches_float64_reference(B, n_in, H, n_out, L):
+    dtype = torch.float32
+    w64, x64 = make_lstm(n_in, H, n_out, L, seed=B), _r(torch.Generator().manual_seed(9), B, n_in)
+    s64 = make_state(B, H, L, seed=B + 1)
+    w, x, s = cast(w64, dtype), cast(x64, dtype), cast(s64, dtype)
+    if B == 130:
+        x = strided(x)  # rows not contiguous
+    out, new = lstm_step(x, s, w, backend="triton")
+    wr, xr, sr = cast(w64, torch.float64, "cpu"), cast(x64, torch.float64, "cpu"), cast(s64, torch.float64, "cpu")
+    out_r, new_r = lstm_step_ref(xr, sr, wr)
+    check_close((out, new), (out_r, new_r), TOL[dtype], "forward")
+    grads = torch.autograd.grad(probe((out, new)), leaves((x, s, w)))
+    grads_r = torch.autograd.grad(probe((out_r, new_r)), leaves((xr, sr, wr)))
+    check_close(grads, grads_r, TOL[dtype], "grad")
+
+
+def test_lstm_step_backward_through_output_only():
+    """Only the output is used: the state gradients arrive as None (no zeros materialised)."""
+    B, n_in, H, n_out, L = 7, 24, 200, 16, 2
+    w64, x64 = make_lstm(n_in, H, n_out, L, seed=3), _r(torch.Generator().manual_seed(4), B, n_in)
+    s64 = make_state(B, H, L, 5)
+    w, x, s = cast(w64, torch.float32), cast(x64, torch.float32), cast(s64, torch.float32)
+    wr, xr, sr = cast(w64, torch.float64, "cpu"), cast(x64, torch.float64, "cpu"), cast(s64, torch.float64, "cpu")
+    out = lstm_step(x, s, w, backend="triton")[0]
+    out_r = lstm_step_ref(xr, sr, wr)[0]
+    grads = torch.autograd.grad(probe(out), leaves((x, s, w)))
+    grads_r = torch.autograd.grad(probe(out_r), leaves((xr, sr, wr)))
+    check_close(grads, grads_r, FP32_TOL, "grad")
+
+
+def test_lstm_step_no_grad_matches_autograd_path():
+    B, n_in, H, n_out, L = 7, 24, 200, 16, 1
+    w, x = cast(make_lstm(n_in, H, n_out, L), torch.float32, grad=False), torch.randn(B, n_in)
+    s = cast(make_state(B, H, L, 1), torch.float32, grad=False)
+    out, new = lstm_step(x, s, w, backend="triton")
+    ref, new_ref = lstm_step(x, s, w, backend="torch")
+    assert not out.requires_grad
+    check_close((out, new), (ref, new_ref), FP32_TOL, "no-grad forward")
+
+
+# ---------------------------------------------------------------------------------------------
+# gaussian_lstm_step (posterior / prior, G hierarchical groups)
+# ---------------------------------------------------------------------------------------------
+
+# (B, n_in, H, Zg, G, L, cond, strided): batch 1, 7, 130; hidden 256/200; G in {1, 2, 4}; 1-2
+# layers; the groups reading the step's own z (gradients flow back into earlier groups) or cond;
+# x, eps, cond contiguous or column slices of wider tensors (non-contiguous rows).
+GAUSSIAN_CASES = [
+    (1, 32, 200, 4, 4, 1, False, False),
+    (7, 48, 256, 8, 2, 2, True, True),
+    (130, 24, 200, 3, 1, 1, False, True),
+    (130, 40, 256, 4, 4, 1, True, False),
+    (7, 16, 200, 16, 4, 2, False, True),
+]
+
+
+def gaussian_inputs(B, n_in, H, Zg, G, L, with_cond, seed=0):
+    g = torch.Generator().manual_seed(100 + seed)
+    w = make_gaussian(n_in, H, Zg, G, L, seed=seed)
+    s = tuple(make_state(B, H, L, seed=seed + 10 + j) for j in range(G))
+    x, eps = _r(g, B, n_in), _r(g, B, G * Zg)
+    cond = _r(g, B, G * Zg) if with_cond else None
+    return x, s, w, eps, cond
+
+
+def strided(t):
+    """t as a column slice of a wider tensor (rows not contiguous), as the model passes eps[:, t]."""
+    if t is None:
+        return None
+    wide = torch.zeros(t.shape[0], t.shape[1] + 3, dtype=t.dtype, device=t.device)
+    wide[:, 1 : 1 + t.shape[1]] = t.detach()
+    return wide[:, 1 : 1 + t.shape[1]].requires_grad_(t.requires_grad)
+
+
+@pytest.mark.parametrize("B,n_in,H,Zg,G,L,with_cond,strided_inputs", GAUSSIAN_CASES)
+def test_gaussian_step_matches_float64_reference(B, n_in, H, Zg, G, L, with_cond, strided_inputs):
+    dtype = torch.float32
+    inputs64 = gaussian_inputs(B, n_in, H, Zg, G, L, with_cond, seed=B + G)
+    x, s, w, eps, cond = (cast(t, dtype) for t in inputs64)
+    if strided_inputs:
+        x, eps, cond = strided(x), strided(eps), strided(cond)
+        assert not eps.is_contiguous()
+    xr, sr, wr, epsr, condr = (cast(t, torch.float64, "cpu") for t in inputs64)
+    out = gaussian_lstm_step(x, s, w, eps, cond, backend="triton")
+    ref = gaussian_lstm_step_ref(xr, sr, wr, epsr, condr)
+    check_close(out, ref, TOL[dtype], "forward (z, mu, logvar, states)")
+    grads = torch.autograd.grad(probe(out), leaves((x, s, w, eps, cond)))
+    grads_r = torch.autograd.grad(probe(ref), leaves((xr, sr, wr, epsr, condr)))
+    check_close(grads, grads_r, TOL[dtype], "grad (x, states, weights, eps, cond)")
+
+
+def test_gaussian_step_backward_through_z_only():
+    """Gradient only through z (as when a later module consumes the sample): dmu, dlogvar and
+    the state gradients arrive as None; z^{1:j-1} still feeds groups j (own samples)."""
+    inputs64 = gaussian_inputs(7, 24, 200, 5, 4, 1, False, seed=3)
+    x, s, w, eps, _ = (cast(t, torch.float32) for t in inputs64)
+    xr, sr, wr, epsr, _ = (cast(t, torch.float64, "cpu") for t in inputs64)
+    z = gaussian_lstm_step(x, s, w, eps, backend="triton")[0]
+    zr = gaussian_lstm_step_ref(xr, sr, wr, epsr)[0]
+    grads = torch.autograd.grad(probe(z), leaves((x, s, w)))
+    grads_r = torch.autograd.grad(probe(zr), leaves((xr, sr, wr)))
+    check_close(grads, grads_r, FP32_TOL, "grad")
+
+
+def test_gaussian_step_eps_passed_in_equals_reference_exactly_enough():
+    """With eps passed in, z = mu + exp(logvar / 2) eps uses exactly that eps: z - mu matches
+    exp(logvar / 2) * eps elementwise (not just in norm)."""
+    x, s, w, eps, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(7, 16, 200, 4, 2, 1, False))
+    z, mu, lv, _ = gaussian_lstm_step(x, s, w, eps, backend="triton")
+    torch.testing.assert_close(z - mu, torch.exp(0.5 * lv) * eps, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-kernel noise
+# ---------------------------------------------------------------------------------------------
+
+
+def zero_heads(weights):
+    """Heads with mu = 0 and logvar = 0: z is the noise itself."""
+    return tuple(
+        w._replace(mu_w=torch.zeros_like(w.mu_w), mu_b=torch.zeros_like(w.mu_b),
+                   logvar_w=torch.zeros_like(w.logvar_w), logvar_b=torch.zeros_like(w.logvar_b))
+        for w in weights
+    )  # fmt: skip
+
+
+def draw(B, G, Zg, seed, offset, backend="triton", H=32, n_in=8):
+    w = zero_heads(cast(make_gaussian(n_in, H, Zg, G, 1), torch.float32, grad=False))
+    s = tuple(cast(make_state(B, H, 1, j), torch.float32, grad=False) for j in range(G))
+    x = torch.randn(B, n_in, device=DEV)
+    return gaussian_lstm_step(x, s, w, seed=seed, offset=offset, backend=backend)[0]
+
+
+def test_in_kernel_noise_statistics_and_independence():
+    B, G, Zg = 130, 4, 8
+    Z = G * Zg
+    e1 = draw(B, G, Zg, seed=1234, offset=0).double()
+    e2 = draw(B, G, Zg, seed=1234, offset=B * Z).double()  # the next step's counters
+    for e in (e1, e2):
+        n = e.numel()
+        assert abs(e.mean().item()) < 4 / n**0.5, e.mean()
+        assert abs(e.var().item() - 1) < 0.12, e.var()
+        # standard normal, not just matching moments: about 68.3% within one sigma
+        assert abs((e.abs() < 1).double().mean().item() - 0.6827) < 0.03
+    # no correlation between groups (columns of different groups), nor between steps
+    groups = e1.view(B, G, Zg).transpose(0, 1).reshape(G, -1)
+    corr = torch.corrcoef(groups)
+    off = corr[~torch.eye(G, dtype=torch.bool)]
+    assert off.abs().max().item() < 4 / (B * Zg) ** 0.5, corr
+    step_corr = torch.corrcoef(torch.stack([e1.flatten(), e2.flatten()]))[0, 1]
+    assert abs(step_corr.item()) < 4 / (B * Z) ** 0.5
+    # within a row, neighbouring columns are uncorrelated too
+    lag = torch.corrcoef(torch.stack([e1[:, :-1].flatten(), e1[:, 1:].flatten()]))[0, 1]
+    assert abs(lag.item()) < 4 / (B * Z) ** 0.5
+
+
+def test_in_kernel_noise_reproducible_and_counter_based():
+    G, Zg = 2, 8
+    a = draw(130, G, Zg, seed=7, offset=64)
+    b = draw(130, G, Zg, seed=7, offset=64)
+    assert torch.equal(a, b), "same seed and offset must give the same numbers"
+    assert not torch.allclose(draw(130, G, Zg, seed=8, offset=64), a), "another seed, other numbers"
+    # eps[r, c] = randn(seed, offset + r * G * Zg + c): independent of the batch size and blocks,
+    # and row r of a step at offset o is row 0 of a step at offset o + r * G * Zg
+    small = draw(7, G, Zg, seed=7, offset=64)
+    assert torch.equal(small, a[:7])
+    shifted = draw(7, G, Zg, seed=7, offset=64 + 3 * G * Zg)
+    assert torch.equal(shifted, a[3:10])
+
+
+def test_torch_backend_seeded_noise_reproducible():
+    a = draw(64, 2, 8, seed=5, offset=0, backend="torch")
+    assert torch.equal(a, draw(64, 2, 8, seed=5, offset=0, backend="torch"))
+    b = draw(64, 2, 8, seed=5, offset=64 * 16, backend="torch")
+    assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()) < 4 / a.numel() ** 0.5
+    assert abs(a.double().var().item() - 1) < 0.15
+
+
+def test_in_kernel_noise_gradients():
+    """Backward with noise drawn in-kernel uses the drawn noise (stored for backward)."""
+    B, n_in, H, Zg, G, L = 7, 16, 200, 4, 4, 1
+    x64, s64, w64, _, _ = gaussian_inputs(B, n_in, H, Zg, G, L, False, seed=4)
+    x, s, w = (cast(t, torch.float32) for t in (x64, s64, w64))
+    out = gaussian_lstm_step(x, s, w, seed=99, offset=12345, backend="triton")
+    z, mu, lv = (t.detach().double().cpu() for t in out[:3])
+    eps = (z - mu) / torch.exp(0.5 * lv)  # the noise the kernel drew
+    xr, sr, wr = (cast(t, torch.float64, "cpu") for t in (x64, s64, w64))
+    ref = gaussian_lstm_step_ref(xr, sr, wr, eps)
+    check_close(out, ref, FP32_TOL, "forward")
+    grads = torch.autograd.grad(probe(out), leaves((x, s, w)))
+    grads_r = torch.autograd.grad(probe(ref), leaves((xr, sr, wr)))
+    check_close(grads, grads_r, FP32_TOL, "grad")
+
+
+# ---------------------------------------------------------------------------------------------
+# Drop-in modules, state_dicts, fuse
+# ---------------------------------------------------------------------------------------------
+
+
+class svg_lstm(nn.Module):  # as Denton & Fergus' svg/models/lstm.py (CPU tensors here)
+    def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size):
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.hidden_size = hidden_size
+        self.batch_size = batch_size
+        self.n_layers = n_layers
+        self.embed = nn.Linear(input_size, hidden_size)
+        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for i in range(self.n_layers)])
+        self.output = nn.Sequential(nn.Linear(hidden_size, output_size), nn.Tanh())
+        self.hidden = self.init_hidden()
+
+    def init_hidden(self):
+        return [(torch.zeros(self.batch_size, self.hidden_size), torch.zeros(self.batch_size, self.hidden_size))
+                for _ in range(self.n_layers)]  # fmt: skip
+
+    def forward(self, input):
+        embedded = self.embed(input.view(-1, self.input_size))
+        h_in = embedded
+        for i in range(self.n_layers):
+            self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
+            h_in = self.hidden[i][0]
+        return self.output(h_in)
+
+
+class svg_gaussian_lstm(nn.Module):
+    def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size):
+        super().__init__()
+        self.input_size = input_size
+        self.output_size = output_size
+        self.hidden_size = hidden_size
+        self.n_layers = n_layers
+        self.batch_size = batch_size
+        self.embed = nn.Linear(input_size, hidden_size)
+        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for i in range(self.n_layers)])
+        self.mu_net = nn.Linear(hidden_size, output_size)
+        self.logvar_net = nn.Linear(hidden_size, output_size)
+        self.hidden = self.init_hidden()
+
+    def init_hidden(self):
+        return [(torch.zeros(self.batch_size, self.hidden_size), torch.zeros(self.batch_size, self.hidden_size))
+                for _ in range(self.n_layers)]  # fmt: skip
+
+    def reparameterize(self, mu, logvar):
+        logvar = logvar.mul(0.5).exp_()
+        eps = logvar.data.new(logvar.size()).normal_()
+        return eps.mul(logvar).add_(mu)
+
+    def forward(self, input):
+        embedded = self.embed(input.view(-1, self.input_size))
+        h_in = embedded
+        for i in range(self.n_layers):
+            self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
+            h_in = self.hidden[i][0]
+        mu = self.mu_net(h_in)
+        logvar = self.logvar_net(h_in)
+        z = self.reparameterize(mu, logvar)
+        return z, mu, logvar
+
+
+class SVGStyleModel(nn.Module):
+    """The recurrent parts of SVG-LP as its train script builds them, plus a non-recurrent layer."""
+
+    def __init__(self, g_dim=16, z_dim=4, rnn=200, batch=7):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(12, g_dim), nn.Tanh())
+        self.frame_predictor = svg_lstm(g_dim + z_dim, g_dim, rnn, 2, batch)
+        self.posterior = svg_gaussian_lstm(g_dim, z_dim, rnn, 1, batch)
+        self.prior = svg_gaussian_lstm(g_dim, z_dim, rnn, 1, batch)
+
+    def forward(self, frames):
+        preds, kl_terms = [], []
+        for t in range(1, frames.shape[1]):
+            h, h_target = self.encoder(frames[:, t - 1]), self.encoder(frames[:, t])
+            z, mu, logvar = self.posterior(h_target)
+            _, mu_p, logvar_p = self.prior(h)
+            preds.append(self.frame_predictor(torch.cat([h, z], 1)))
+            kl_terms.append((mu - mu_p, logvar - logvar_p))
+        return preds, kl_terms
+
+
+def test_state_dict_round_trip_with_svg_modules():
+    torch.manual_seed(0)
+    svg_l, svg_g = svg_lstm(20, 16, 200, 2, 7), svg_gaussian_lstm(16, 4, 256, 1, 7)
+    fl = FusedLSTM(20, 16, 200, 2, 7, backend="triton")
+    fg = FusedGaussianLSTM(16, 4, 256, 1, 7, backend="triton")
+    assert fl.load_state_dict(svg_l.state_dict()).missing_keys == []
+    assert fg.load_state_dict(svg_g.state_dict()).missing_keys == []
+    assert set(fl.state_dict()) == set(svg_l.state_dict()) and set(fg.state_dict()) == set(svg_g.state_dict())
+    x, xg = torch.randn(7, 20), torch.randn(7, 16)
+    with torch.no_grad():
+        for _ in range(2):  # two steps: the stateful hidden is carried like SVG's
+            ref = svg_l(x)
+            assert rel_err(fl(x), ref) <= FP32_TOL
+            torch.manual_seed(1)
+            z_ref, mu_ref, lv_ref = svg_g(xg)
+            torch.manual_seed(1)  # SVG draws eps with normal_(), the fused layer with torch.randn: same numbers
+            z, mu, lv = fg(xg)
+            for a, b in ((z, z_ref), (mu, mu_ref), (lv, lv_ref)):
+                assert rel_err(a, b) <= FP32_TOL
+    # and back: fused -> SVG
+    other = svg_lstm(20, 16, 200, 2, 7)
+    other.load_state_dict(fl.state_dict())
+    for k, v in fl.state_dict().items():
+        assert torch.equal(other.state_dict()[k], v)
+
+
+def test_fused_modules_svg_interface():
+    m = FusedGaussianLSTM(16, 4, 32, 1, batch_size=5)
+    m.hidden = m.init_hidden()
+    assert len(m.hidden) == 1 and m.hidden[0][0].shape == (5, 32)
+    with pytest.raises(ValueError, match="init_hidden"):
+        m(torch.randn(3, 16))  # batch 3, state for 5
+    z, mu, logvar = m(torch.randn(5, 16))
+    assert z.shape == mu.shape == logvar.shape == (5, 4)
+    h = FusedHierarchicalGaussianLSTM(16, 8, 32, 1, groups=4, batch_size=5)
+    assert isinstance(h, HierarchicalGaussianLSTM) and len(h.groups) == 4
+    assert h(torch.randn(5, 16))[0].shape == (5, 8)
+
+
+def test_module_manual_seed_draws_in_kernel_and_advances_offset():
+    torch.manual_seed(0)
+    m = FusedHierarchicalGaussianLSTM(8, 8, 32, 1, groups=2, backend="triton")
+    for g in m.groups:  # zero heads: z is the noise
+        for p in (*g.mu_net.parameters(), *g.logvar_net.parameters()):
+            nn.init.zeros_(p)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        m.manual_seed(11)
+        z1, z2 = m(x)[0], m(x)[0]
+        assert m.noise_offset == 2 * 5 * 8
+        m.hidden = None
+        m.manual_seed(11)
+        assert torch.equal(m(x)[0], z1), "same seed: same noise"
+        assert not torch.allclose(z1, z2), "the offset advances between calls"
+
+
+def test_fuse_replaces_svg_modules_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = SVGStyleModel()
+    ref_model = copy.deepcopy(model)
+    old_embed = model.posterior.embed.weight
+    frames = torch.randn(7, 3, 12)
+    assert fuse(model, backend="triton") == 3
+    assert isinstance(model.frame_predictor, FusedLSTM)
+    assert isinstance(model.posterior, FusedGaussianLSTM) and isinstance(model.prior, FusedGaussianLSTM)
+    assert model.posterior.embed.weight is old_embed, "parameters are shared, not copied"
+    assert model.frame_predictor.batch_size == 7 and len(model.frame_predictor.hidden) == 2
+    assert isinstance(model.encoder, nn.Sequential)
+    assert fuse(model) == 0, "already fused"
+    with torch.no_grad():
+        torch.manual_seed(3)
+        preds_r, kl_r = ref_model(frames)
+        torch.manual_seed(3)
+        preds, kl = model(frames)
+    check_close((preds, kl), (preds_r, kl_r), FP32_TOL, "outputs after fuse")
+    assert model.frame_predictor.hidden[0][0].shape == (7, 200)
+
+
+def test_fuse_by_structure_only():
+    class Lookalike(nn.Module):  # same names, wrong activation: not SVG's lstm
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(4, 8)
+            self.lstm = nn.ModuleList([nn.LSTMCell(8, 8)])
+            self.output = nn.Sequential(nn.Linear(8, 2), nn.ReLU())
+
+    class Renamed(svg_gaussian_lstm):  # another class name, SVG's structure: replaced
+        pass
+
+    shared = svg_lstm(4, 2, 8, 1, 3)
+    root = nn.ModuleDict({"a": Lookalike(), "b": Renamed(4, 2, 8, 1, 3), "c": shared, "d": nn.Sequential(shared)})
+    assert fuse(root) == 2
+    assert isinstance(root["a"], Lookalike) and isinstance(root["b"], FusedGaussianLSTM)
+    assert root["c"] is root["d"][0], "a module registered twice gets one replacement"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model on backend="triton"
+# ---------------------------------------------------------------------------------------------
+
+
+def test_model_triton_recurrent_equals_torch():
+    """Same weights, same noise: the loss, every parameter gradient and the samples of the model
+    with the recurrent ops on Triton match the model on torch. Both fp32 models are compared
+    with the float64 model, so that gradients with cancellation (BatchNorm weights: fp32 noise
+    of ~1e-4 on either backend) are judged against the float64 truth, not against each other."""
+    from hafsvg.config import HAFSVGConfig
+    from hafsvg.models.hafsvg import HAFSVG
+
+    torch.manual_seed(0)
+    cfg = HAFSVGConfig.preset("tiny", backend="torch")
+    ref = HAFSVG(cfg).to(DEV)
+    model = copy.deepcopy(ref)
+    ref64 = copy.deepcopy(ref).double()
+    # Only the recurrent ops on Triton: the aligner's Triton backend is tested on its own.
+    for m in (model.frame_predictor, model.posterior, model.prior):
+        m.backend = "triton"
+    B, T = 2, cfg.n_past + cfg.n_future
+    x = torch.rand(B, T, cfg.channels, 64, 64, device=DEV)
+    eps = torch.randn(B, T - 1, cfg.z_dim, device=DEV)
+    outs = [m.loss(x.to(p.dtype), eps.to(p.dtype)) for m, p in ((ref, x), (model, x), (ref64, x.double()))]
+    for k in ("total", "mse", "kl", "prediction"):
+        assert rel_err(outs[1][k].detach(), outs[0][k].detach()) <= FP32_TOL, k
+    for o in outs:
+        o["total"].backward()
+    for (name, p64), p_t, p in zip(ref64.named_parameters(), ref.parameters(), model.parameters(), strict=True):
+        assert (p.grad is None) == (p64.grad is None), name
+        if p64.grad is None:
+            continue
+        # (conv biases before BatchNorm have a zero true gradient: absolute floor)
+        err, err_torch = ((q.grad.double() - p64.grad).norm().item() for q in (p, p_t))
+        bound = max(FP32_TOL * p64.grad.norm().item(), 3 * err_torch, 1e-9)
+        assert err <= bound, f"{name}: |triton - fp64| {err:.2e}, |torch fp32 - fp64| {err_torch:.2e}"
+    ctx = x[:, : cfg.n_past]
+    noise = torch.randn(B, 3, cfg.n_past - 1 + 2, cfg.z_dim, device=DEV)
+    s_r = ref.sample(ctx, n_future=2, n_samples=3, noise=noise)
+    s = model.sample(ctx, n_future=2, n_samples=3, noise=noise)
+    assert rel_err(s, s_r) <= FP32_TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch, refusals, bad input
+# ---------------------------------------------------------------------------------------------
+
+
+def test_triton_first_on_cuda_not_on_cpu():
+    for op in (LSTM_STEP, GAUSSIAN_LSTM_STEP):
+        assert op.preference["cuda"][0] == "triton" and "triton" not in op.preference["cpu"]
+
+
+def test_triton_refuses_cpu_without_interpreter(monkeypatch):
+    x, s, w, eps, _ = (cast(t, torch.float32, "cpu", grad=False) for t in gaussian_inputs(3, 8, 32, 2, 2, 1, False))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(BackendUnavailable, match="TRITON_INTERPRET"):
+        gaussian_lstm_step(x, s, w, eps, backend="triton")
+    # auto on CPU takes torch regardless
+    assert gaussian_lstm_step(x, s, w, eps)[0].shape == (3, 4)
+
+
+def test_triton_refusal_reasons():
+    x, s, w, eps, _ = (cast(t, torch.float32, "cpu", grad=False) for t in gaussian_inputs(3, 4, 16, 1, 33, 1, False))
+    why = GAUSSIAN_LSTM_STEP.reasons("triton", x, s, w, eps, None)
+    assert any("33 LSTM cells" in r for r in why), why
+    w2 = list(cast(make_gaussian(4, 16, 1, 2, 1), torch.float32, "cpu", grad=False))
+    w2[1] = w2[1]._replace(cells=w2[1].cells * 2)
+    s2 = (s[0], s[1] * 2)
+    why = GAUSSIAN_LSTM_STEP.reasons("triton", x, s2, tuple(w2), eps[:, :2], None)
+    assert any("different numbers of LSTM cells" in r for r in why), why
+
+
+def test_bad_inputs_name_the_argument():
+    x, s, w, eps, cond = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(3, 8, 32, 2, 2, 1, True))
+    with pytest.raises(ValueError, match="eps has shape"):
+        gaussian_lstm_step(x, s, w, eps[:, :3], backend="triton")
+    with pytest.raises(ValueError, match="cond has shape"):
+        gaussian_lstm_step(x, s, w, eps, cond[:1], backend="triton")
+    with pytest.raises(ValueError, match="not both"):
+        gaussian_lstm_step(x, s, w, eps, seed=1, backend="triton")
+    with pytest.raises(ValueError, match=r"give eps \(the noise\) or seed"):
+        gaussian_lstm_step(x, s, w, backend="triton")
+    with pytest.raises(ValueError, match="seed must be"):
+        gaussian_lstm_step(x, s, w, seed=-1, backend="triton")
+    with pytest.raises(ValueError, match="offset must be"):
+        gaussian_lstm_step(x, s, w, seed=1, offset=1.5, backend="triton")
+    bad = list(w)
+    bad[1] = bad[1]._replace(mu_w=bad[1].mu_w.double())
+    with pytest.raises(TypeError, match="group 1 mu_w has dtype"):
+        gaussian_lstm_step(x, s, tuple(bad), eps, backend="triton")
+    bad[1] = w[1]._replace(cells=(w[1].cells[0]._replace(w_hh=w[1].cells[0].w_hh[:, :5]),))
+    with pytest.raises(ValueError, match=r"group 1 cells\[0\].w_hh has shape"):
+        gaussian_lstm_step(x, s, tuple(bad), eps, backend="triton")
+    bad[1] = w[1]._replace(embed_w=w[1].embed_w[:, :-1])
+    with pytest.raises(ValueError, match="group 1's embed_w has shape"):
+        gaussian_lstm_step(x, s, tuple(bad), eps, backend="triton")
+    with pytest.raises(ValueError, match=r"group 0 state\[0\].c has shape"):
+        gaussian_lstm_step(x, (((s[0][0][0], s[0][0][1][:2]),), s[1]), w, eps, backend="triton")
+    lw = cast(make_lstm(8, 32, 4, 1), torch.float32, grad=False)
+    ls = cast(make_state(3, 32, 1, 0), torch.float32, grad=False)
+    with pytest.raises(ValueError, match="x has shape"):
+        lstm_step(x[:, :5], ls, lw, backend="triton")
+    with pytest.raises(ValueError, match="out_b has shape"):
+        lstm_step(x, ls, lw._replace(out_b=lw.out_b[:2]), backend="triton")
+    with pytest.raises(TypeError, match=r"cells\[0\].b_ih has dtype"):
+        lstm_step(x, ls, lw._replace(cells=(lw.cells[0]._replace(b_ih=lw.cells[0].b_ih.half()),)), backend="triton")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: bf16, launch counts; and a compile check of the kernels for sm_90 without a GPU
+# ---------------------------------------------------------------------------------------------
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", [GAUSSIAN_CASES[3], GAUSSIAN_CASES[1]])
+def test_gaussian_step_bf16(case):
+    B, n_in, H, Zg, G, L, with_cond, _ = case
+    inputs64 = gaussian_inputs(B, n_in, H, Zg, G, L, with_cond, seed=1)
+    args = [cast(t, torch.bfloat16) for t in inputs64]
+    ref_args = [cast(t, torch.float64) for t in inputs64]
+    out = gaussian_lstm_step(*args, backend="triton")
+    ref = gaussian_lstm_step_ref(*ref_args)
+    check_close(out, ref, 2e-2, "bf16 forward")
+    grads = torch.autograd.grad(probe(out), leaves(args))
+    grads_r = torch.autograd.grad(probe(ref), leaves(ref_args))
+    check_close(grads, grads_r, 2e-2, "bf16 grad")
+
+
+@needs_cuda
+def test_lstm_step_bf16():
+    B, n_in, H, n_out, L = LSTM_CASES[2]
+    w64, x64, s64 = make_lstm(n_in, H, n_out, L), _r(torch.Generator().manual_seed(2), B, n_in), make_state(B, H, L, 3)
+    args = [cast(t, torch.bfloat16) for t in (x64, s64, w64)]
+    ref_args = [cast(t, torch.float64) for t in (x64, s64, w64)]
+    out, ref = lstm_step(*args, backend="triton"), lstm_step_ref(*ref_args)
+    check_close(out, ref, 2e-2, "bf16 forward")
+    check_close(torch.autograd.grad(probe(out), leaves(args)), torch.autograd.grad(probe(ref), leaves(ref_args)),
+                2e-2, "bf16 grad")  # fmt: skip
+
+
+@needs_cuda
+def test_one_launch_per_step():
+    """The whole G = 4 step is one kernel launch (forward, no grad), the predictor step too."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x, s, w, _, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(1600, 128, 256, 4, 4, 1, False))
+    lw = cast(make_lstm(144, 256, 128, 2), torch.float32, grad=False)
+    ls = cast(make_state(1600, 256, 2, 0), torch.float32, grad=False)
+    xl = torch.randn(1600, 144, device=DEV)
+    for _ in range(2):  # compile outside the profile
+        gaussian_lstm_step(x, s, w, seed=1, backend="triton")
+        lstm_step(xl, ls, lw, backend="triton")
+    torch.cuda.synchronize()
+    for fn in (lambda: gaussian_lstm_step(x, s, w, seed=1, backend="triton"),
+               lambda: lstm_step(xl, ls, lw, backend="triton")):  # fmt: skip
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        assert len(kernels) == 1, [e.name for e in kernels]
+
+
+COMPILE_CHECK = textwrap.dedent(
+    """
+    import torch, triton
+    from triton.backends.compiler import GPUTarget
+    from triton.backends.nvidia.driver import CudaDriver
+    from triton.runtime import driver
+
+    class CompileOnly(CudaDriver):  # no device: compile for sm_90 and stop before loading
+        def __init__(self):
+            pass
+        def get_current_device(self):
+            return 0
+        def get_current_stream(self, device=None):
+            return 0
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    driver.set_active(CompileOnly())
+    from hafsvg_kernels.recurrent import triton_gaussian as tg, triton_lstm as tl_
+    B, n_in, H, n_out, Zg, G, L = 1600, 128, 256, 128, 4, 2, 2
+    e = lambda *s: torch.empty(*s)
+    t = lambda n, *s: tuple(e(*s) for _ in range(n))
+    cfg = tl_.launch_config(B, H)
+    meta = dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages, PRECISION="tf32")
+    tl_._lstm_step_kernel.warmup(e(B, n_in), t(L, B, H), t(L, B, H), e(B, H), e(L, B, H), e(L, B, H), e(L, B, 4 * H),
+        e(B, n_out), e(H, n_in), e(H), t(L, 4 * H, H), t(L, 4 * H, H), t(L, 4 * H), t(L, 4 * H), e(n_out, H), e(n_out),
+        B, n_in, H, n_out, n_in, L=L, SAVE_GATES=True, grid=(1,), **meta)
+    Zt = G * Zg
+    tg._gaussian_step_kernel.warmup(e(B, n_in), e(B, Zt), e(B, Zt), t(G * L, B, H), t(G * L, B, H),
+        tuple(e(H, n_in + j * Zg) for j in range(G)), t(G, H), t(G * L, 4 * H, H), t(G * L, 4 * H, H),
+        t(G * L, 4 * H), t(G * L, 4 * H), t(G, Zg, H), t(G, Zg), t(G, Zg, H), t(G, Zg),
+        e(B, Zt), e(B, Zt), e(B, Zt), e(G, B, H), e(G, L, B, H), e(G, L, B, H), e(G, L, B, 4 * H),
+        B, n_in, H, Zg, n_in, Zt, Zt, 1234, 0, G=G, L=L, DRAW_EPS=True, STORE_EPS=True, SAVE_GATES=True, BLOCK_Z=16,
+        grid=(1,), **meta)
+    tl_._cell_bwd_kernel.warmup(*t(6, B, H), e(B, 4 * H), e(B, H), B, H, HAS_DH_A=True, HAS_DH_B=True, HAS_DC=True,
+        BLOCK_B=16, BLOCK_H=64, grid=(1,))
+    tg._head_bwd_kernel.warmup(*t(5, B, Zt), e(B, Zg), e(B, Zg), e(B, Zt), B, Zg, Zt, 0, HAS_DZ=True, HAS_DMU=True,
+        HAS_DLV=True, STORE_DEPS=True, BLOCK_B=32, BLOCK_Z=16, grid=(1,))
+    print("COMPILED")
+    """
+)
+
+
+@pytest.mark.skipif(CUDA, reason="on a GPU the other tests compile the kernels for real")
+def test_kernels_compile_for_sm90():
+    """The interpreter accepts things the compiler rejects (e.g. constexpr handling): compile
+    every kernel for sm_90 with Triton's bundled ptxas, no GPU needed."""
+    try:
+        from triton.backends.nvidia.driver import CudaDriver  # noqa: F401
+    except ImportError as e:  # a Triton build without the NVIDIA backend
+        pytest.skip(f"this Triton cannot compile for NVIDIA GPUs: {e}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(
+        [sys.executable, "-c", COMPILE_CHECK], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert "COMPILED" in res.stdout, res.stderr[-3000:]
