@@ -1,4 +1,6 @@
-"""``python -m hafsvg_kernels.info``: versions, devices, and each op's backends with why not."""
+"""``python -m hafsvg_kernels.info``: versions, devices, the C++/CUDA extension's build state
+(prebuilt, JIT-built and cached, will JIT-compile at first use, or cannot build and why; asking
+never compiles), and each op's backends with why not."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import subprocess
 
 import torch
 
+from ._ext import build_state
 from .attention.interface import ATTENTION
 from .recurrent.interface import GAUSSIAN_LSTM_STEP, LSTM_STEP
 
@@ -36,6 +39,8 @@ def report() -> str:
         f"nvcc     {_nvcc_version()}",
         "devices  cpu"
         + "".join(f", cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())),
+        f"C++ ext  {build_state('cpu')}",
+        f"CUDA ext {build_state('cuda')}",
         "",
     ]
     for op in OPS:

@@ -7,12 +7,17 @@ import math
 import torch
 
 from .._dispatch import Backend, Op
+from .._triton import device_refusal, triton_unavailable
+from .cpp_attention import CPP_BACKEND, CUDA_BACKEND
 from .reference import aligned_attention_ref
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-#: Backends per device type, fastest first (``auto`` takes the first that accepts).
-ATTENTION = Op("aligned_attention", {"cuda": ("torch",), "cpu": ("torch",)})
+#: Backends per device type, fastest first (``auto`` takes the first that accepts). The CUDA order
+#: (triton, then the C++/CUDA extension's "cuda", then torch) is by design, not yet by measurement:
+#: the extension's CUDA kernels are the fallback where Triton is missing and have not been timed
+#: on a GPU. On CPUs the extension's "cpp" beats the eager reference (benchmarks/test_bench_cpu.py).
+ATTENTION = Op("aligned_attention", {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")})
 
 
 def _torch_backend(q, k, v, scale, out):
@@ -23,6 +28,33 @@ def _torch_backend(q, k, v, scale, out):
 
 
 ATTENTION.register(Backend("torch", _torch_backend))
+
+
+def _triton_backend(q, k, v, scale, out):
+    from .function import aligned_attention_triton  # imports Triton: only once the backend is chosen
+
+    return aligned_attention_triton(q, k, v, scale, out)
+
+
+def _triton_refuses(q, k, v, scale, out) -> list[str]:
+    """Why the Triton kernels refuse these (already checked) inputs."""
+    why = device_refusal(q)
+    if q.dtype == torch.float64 and q.device.type != "cpu":
+        why.append("float64 runs on the Triton interpreter (CPU) only; use backend='torch' for float64 on GPU")
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        why.append(
+            "bfloat16 runs on GPU only: the Triton interpreter keeps bf16 as raw uint16 and its tl.dot multiplies bits"
+        )
+    if q.shape[-1] > 128:
+        why.append(f"d_qk = {q.shape[-1]} > 128 (the kernels hold one padded q/k tile of at most 128 channels)")
+    if v.shape[-1] > 512:
+        why.append(f"d_v = {v.shape[-1]} > 512 (the kernels are tuned and tested up to the widest aligner level, 512)")
+    return why
+
+
+ATTENTION.register(Backend("triton", _triton_backend, unavailable=triton_unavailable, refuses=_triton_refuses))
+ATTENTION.register(CPP_BACKEND)
+ATTENTION.register(CUDA_BACKEND)
 
 
 def check_attention_inputs(q, k, v, scale, out) -> None:
@@ -47,9 +79,13 @@ def check_attention_inputs(q, k, v, scale, out) -> None:
     Bk, M, dk = k.shape
     Bv, Mv, d_v = v.shape
     if dk != d_qk:
-        raise ValueError(f"aligned_attention: k's last dim is {dk} but q's is {d_qk} (k {tuple(k.shape)}, q {tuple(q.shape)})")
+        raise ValueError(
+            f"aligned_attention: k's last dim is {dk} but q's is {d_qk} (k {tuple(k.shape)}, q {tuple(q.shape)})"
+        )
     if Mv != M:
-        raise ValueError(f"aligned_attention: v has {Mv} keys (dim 1) but k has {M} (v {tuple(v.shape)}, k {tuple(k.shape)})")
+        raise ValueError(
+            f"aligned_attention: v has {Mv} keys (dim 1) but k has {M} (v {tuple(v.shape)}, k {tuple(k.shape)})"
+        )
     if B % Bk:
         raise ValueError(f"aligned_attention: k's batch {Bk} does not divide q's batch {B}")
     if B % Bv:

@@ -1,19 +1,108 @@
-"""Functional entry points of the recurrent step: input checks, then backend dispatch."""
+"""Functional entry points of the recurrent step: input checks, then backend dispatch.
+
+Backends: ``"torch"`` (the reference, any device) and ``"triton"`` (fused kernels: one launch per
+step for :func:`lstm_step`, one launch for all G groups of :func:`gaussian_lstm_step`; CUDA
+tensors, or CPU tensors under ``TRITON_INTERPRET=1``). ``auto`` prefers Triton on CUDA.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from .._dispatch import Backend, Op
+from .._triton import device_refusal, triton_unavailable
+from .cpp_recurrent import GAUSSIAN_CPP, GAUSSIAN_CUDA, LSTM_CPP, LSTM_CUDA
 from .reference import gaussian_lstm_step_ref, lstm_step_ref
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-#: Backends per device type, fastest first (``auto`` takes the first that accepts).
-LSTM_STEP = Op("lstm_step", {"cuda": ("torch",), "cpu": ("torch",)})
-GAUSSIAN_LSTM_STEP = Op("gaussian_lstm_step", {"cuda": ("torch",), "cpu": ("torch",)})
+#: Backends per device type, fastest first (``auto`` takes the first that accepts). The CUDA order
+#: (triton, then the C++/CUDA extension's "cuda", then torch) is by design, not yet by measurement:
+#: the extension's CUDA kernels are the fallback where Triton is missing and have not been timed
+#: on a GPU. On CPUs the extension's "cpp" beats the eager reference (benchmarks/test_bench_cpu.py).
+_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpp", "torch")}
+LSTM_STEP = Op("lstm_step", _ORDER)
+GAUSSIAN_LSTM_STEP = Op("gaussian_lstm_step", _ORDER)
+
+#: G x n_layers above which the Triton kernel (unrolled over groups and layers) is refused.
+MAX_FUSED_CELLS = 32
+
+
+def _mix_seed(seed: int, offset: int) -> int:
+    """A torch generator seed from (seed, offset): splitmix64 of the pair, 63 bits."""
+    m = (1 << 64) - 1
+    v = (seed * 0x9E3779B97F4A7C15 + offset + 0x632BE59BD9B4E019) & m
+    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & m
+    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & m
+    return (v ^ (v >> 31)) >> 1
+
+
+def draw_noise_torch(x, n: int, seed: int, offset: int) -> torch.Tensor:
+    """The torch backend's noise for (seed, offset): (B, n) from a generator seeded with both;
+    reproducible, but not the numbers the Triton kernels draw."""
+    gen = torch.Generator(device=x.device)
+    gen.manual_seed(_mix_seed(seed, offset))
+    return torch.randn(x.shape[0], n, device=x.device, dtype=x.dtype, generator=gen)
+
+
+def _gaussian_torch(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
+    if eps is None:
+        eps = draw_noise_torch(x, len(weights) * weights[0].mu_w.shape[0], seed, offset)
+    return gaussian_lstm_step_ref(x, states, weights, eps, cond)
+
+
 LSTM_STEP.register(Backend("torch", lstm_step_ref))
-GAUSSIAN_LSTM_STEP.register(Backend("torch", gaussian_lstm_step_ref))
+GAUSSIAN_LSTM_STEP.register(Backend("torch", _gaussian_torch))
+for _b in (LSTM_CPP, LSTM_CUDA):
+    LSTM_STEP.register(_b)
+for _b in (GAUSSIAN_CPP, GAUSSIAN_CUDA):
+    GAUSSIAN_LSTM_STEP.register(_b)
+
+
+def _triton_refusal(x, n_cells: int) -> list[str]:
+    why = device_refusal(x)
+    if x.dtype == torch.float64 and x.device.type != "cpu":
+        why.append("float64 runs on the Triton interpreter (CPU) only; use backend='torch' for float64 on GPU")
+    if n_cells > MAX_FUSED_CELLS:
+        why.append(
+            f"{n_cells} LSTM cells per step (groups x n_layers) > {MAX_FUSED_CELLS}: the kernel unrolls over them"
+        )
+    return why
+
+
+def _lstm_triton(x, state, weights):
+    from .triton_lstm import lstm_step_triton  # imports Triton: only once the backend is chosen
+
+    return lstm_step_triton(x, state, weights)
+
+
+def _lstm_triton_refuses(x, state, weights) -> list[str]:
+    why = _triton_refusal(x, len(weights.cells))
+    if not weights.cells:
+        why.append("no LSTM cells (n_layers = 0)")
+    return why
+
+
+def _gaussian_triton(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
+    from .triton_gaussian import gaussian_lstm_step_triton  # imports Triton: only once chosen
+
+    return gaussian_lstm_step_triton(x, states, weights, eps, cond, seed=seed, offset=offset)
+
+
+def _gaussian_triton_refuses(x, states, weights, eps=None, cond=None, *, seed=None, offset=0) -> list[str]:
+    L = {len(w.cells) for w in weights}
+    why = _triton_refusal(x, sum(len(w.cells) for w in weights))
+    if len(L) > 1:
+        why.append(f"groups with different numbers of LSTM cells ({sorted(L)}); the kernel stacks them")
+    if 0 in L:
+        why.append("no LSTM cells (n_layers = 0)")
+    return why
+
+
+LSTM_STEP.register(Backend("triton", _lstm_triton, unavailable=triton_unavailable, refuses=_lstm_triton_refuses))
+GAUSSIAN_LSTM_STEP.register(
+    Backend("triton", _gaussian_triton, unavailable=triton_unavailable, refuses=_gaussian_triton_refuses)
+)
 
 
 def _check_tensor(op, name, t, shape, like):
@@ -27,14 +116,26 @@ def _check_tensor(op, name, t, shape, like):
         raise ValueError(f"{op}: {name} is on {t.device}, expected {like.device} (that of x)")
 
 
-def _check_stack(op, x, state, embed_w, cells, prefix=""):
+def _check_weight(op, name, t, shape, like):
+    _check_tensor(op, name, t, shape, like)
+
+
+def _check_stack(op, x, state, embed_w, embed_b, cells, prefix=""):
+    """The state and the embed + cell weights of one stack; H is embed_w's output size."""
     B = x.shape[0]
+    if not isinstance(embed_w, torch.Tensor) or embed_w.dim() != 2:
+        raise ValueError(f"{op}: {prefix}embed_w must be a 2-D tensor (H, in_features)")
     H = embed_w.shape[0]
+    _check_weight(op, f"{prefix}embed_w", embed_w, (H, embed_w.shape[1]), x)
+    _check_weight(op, f"{prefix}embed_b", embed_b, (H,), x)
     if len(state) != len(cells):
         raise ValueError(f"{op}: {prefix}state has {len(state)} layers, the weights {len(cells)}")
-    for i, ((h, c), _) in enumerate(zip(state, cells)):
+    for i, ((h, c), w) in enumerate(zip(state, cells)):
         _check_tensor(op, f"{prefix}state[{i}].h", h, (B, H), x)
         _check_tensor(op, f"{prefix}state[{i}].c", c, (B, H), x)
+        for name, shape in (("w_ih", (4 * H, H)), ("w_hh", (4 * H, H)), ("b_ih", (4 * H,)), ("b_hh", (4 * H,))):
+            _check_weight(op, f"{prefix}cells[{i}].{name}", getattr(w, name), shape, x)
+    return H
 
 
 def _check_x(op, x, in_features):
@@ -56,40 +157,71 @@ def lstm_step(x, state, weights, *, backend: str = "auto"):
     Returns:
         (out (B, O) = tanh(Linear(h_last)), new state).
     """
-    _check_x("lstm_step", x, weights.embed_w.shape[1])
-    _check_stack("lstm_step", x, state, weights.embed_w, weights.cells)
+    op = "lstm_step"
+    _check_x(op, x, weights.embed_w.shape[1])
+    H = _check_stack(op, x, state, weights.embed_w, weights.embed_b, weights.cells)
+    n_out = weights.out_w.shape[0] if weights.out_w.dim() == 2 else -1
+    _check_weight(op, "out_w", weights.out_w, (n_out, H), x)
+    _check_weight(op, "out_b", weights.out_b, (n_out,), x)
     return LSTM_STEP(backend, x.device.type, x, tuple(state), weights)
 
 
-def gaussian_lstm_step(x, states, weights, eps, cond=None, *, backend: str = "auto"):
+def _check_noise_args(op, eps, seed, offset):
+    if eps is not None and seed is not None:
+        raise ValueError(f"{op}: give eps or seed, not both")
+    if eps is None and seed is None:
+        raise ValueError(f"{op}: give eps (the noise) or seed (to draw it: see offset)")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ValueError(f"{op}: seed must be an int in [0, 2**63), got {seed!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**62:
+            raise ValueError(f"{op}: offset must be an int in [0, 2**62), got {offset!r}")
+
+
+def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, offset=0, backend: str = "auto"):
     """One step of G hierarchical Gaussian LSTMs; G = 1 is SVG's ``gaussian_lstm``.
 
     Args:
         x: (B, I); states: G states (tuples of (h, c) pairs, each (B, H));
         weights: G :class:`~hafsvg_kernels.recurrent.reference.GaussianLSTMWeights`, group j's
-        embed taking I + j * Zg inputs; eps: (B, G * Zg) standard normal noise;
+        embed taking I + j * Zg inputs; eps: (B, G * Zg) standard normal noise, or None to let
+        the backend draw it from ``seed``;
         cond: None, or (B, G * Zg) samples that replace the step's own z^{1:j-1} as group j's
         extra input (the posterior's, when the prior is trained).
+        seed, offset: with ``eps=None``, the noise is drawn by the backend from (seed, offset):
+        the Triton kernels draw ``eps[r, c] = Philox-randn(seed, offset + r * G * Zg + c)``
+        in-kernel (never written to memory unless needed for backward); the torch backend
+        draws with a torch generator seeded from (seed, offset). Both are reproducible for the
+        same (seed, offset), but the two backends' numbers differ. A step uses B * G * Zg
+        counters: advance ``offset`` by that between steps for independent noise.
 
     Returns:
         z, mu, logvar, each (B, G * Zg); the tuple of G new states.
     """
     op = "gaussian_lstm_step"
+    if not weights:
+        raise ValueError(f"{op}: weights must hold at least one group")
     _check_x(op, x, weights[0].embed_w.shape[1])
     if len(states) != len(weights):
         raise ValueError(f"{op}: {len(states)} states for {len(weights)} groups")
+    _check_noise_args(op, eps, seed, offset)
     zg = weights[0].mu_w.shape[0]
     B, G = x.shape[0], len(weights)
-    _check_tensor(op, "eps", eps, (B, G * zg), x)
+    if eps is not None:
+        _check_tensor(op, "eps", eps, (B, G * zg), x)
     if cond is not None:
         _check_tensor(op, "cond", cond, (B, G * zg), x)
+    H = weights[0].embed_w.shape[0]
     for j, (state, w) in enumerate(zip(states, weights)):
-        if w.embed_w.shape[1] != x.shape[1] + j * zg:
+        if w.embed_w.dim() != 2 or w.embed_w.shape != (H, x.shape[1] + j * zg):
             raise ValueError(
-                f"{op}: group {j}'s embed takes {w.embed_w.shape[1]} inputs, expected "
-                f"{x.shape[1] + j * zg} (x's {x.shape[1]} + {j} groups of {zg})"
+                f"{op}: group {j}'s embed_w has shape {tuple(w.embed_w.shape)}, expected "
+                f"({H}, {x.shape[1] + j * zg}) (x's {x.shape[1]} inputs + {j} groups of {zg})"
             )
-        _check_stack(op, x, state, w.embed_w, w.cells, prefix=f"group {j} ")
+        _check_stack(op, x, state, w.embed_w, w.embed_b, w.cells, prefix=f"group {j} ")
+        for name, shape in (("mu_w", (zg, H)), ("mu_b", (zg,)), ("logvar_w", (zg, H)), ("logvar_b", (zg,))):
+            _check_weight(op, f"group {j} {name}", getattr(w, name), shape, x)
     return GAUSSIAN_LSTM_STEP(
-        backend, x.device.type, x, tuple(tuple(s) for s in states), tuple(weights), eps, cond
-    )
+        backend, x.device.type, x, tuple(tuple(s) for s in states), tuple(weights), eps, cond,
+        seed=seed, offset=offset,
+    )  # fmt: skip

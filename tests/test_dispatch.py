@@ -1,0 +1,139 @@
+"""Backend dispatch: reasons, the HAFSVG_BACKEND override, the auto order, unknown names, and the
+C++/CUDA extension's part in it (cpp first on CPUs when it can be had, torch otherwise; info never
+compiles)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import hafsvg_kernels.attention.cpp_attention as cpp_attention
+from hafsvg_kernels import ENV_VAR, BackendUnavailable, _ext, aligned_attention, info
+from hafsvg_kernels.attention.interface import ATTENTION
+from hafsvg_kernels.recurrent import HierarchicalGaussianLSTM
+from hafsvg_kernels.recurrent.interface import GAUSSIAN_LSTM_STEP, LSTM_STEP
+
+
+def qkv(dtype=torch.float32):
+    g = torch.Generator().manual_seed(0)
+    return (
+        torch.randn(6, 17, 8, generator=g, dtype=dtype),
+        torch.randn(2, 17, 8, generator=g, dtype=dtype),
+        torch.randn(2, 17, 5, generator=g, dtype=dtype),
+    )
+
+
+def gaussian_args(B=3):
+    m = HierarchicalGaussianLSTM(11, 4, 16, 1, 2)
+    return (torch.randn(B, 11), m.init_state(B), tuple(g.weights() for g in m.groups), torch.randn(B, 4))
+
+
+CPP_BUILT = _ext.cpu_unavailable() is None
+
+
+def test_triton_on_cpu_without_interpreter_gives_the_reason(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    why = ATTENTION.reasons("triton", *qkv(), 1.0, None)
+    assert any("TRITON_INTERPRET=1" in w for w in why), why
+
+
+def test_cuda_backend_refuses_cpu_tensors_with_reasons():
+    q, k, v = qkv()
+    assert any("runs on CUDA tensors" in w for w in cpp_attention.CUDA_BACKEND.refuses(q, k, v, 1.0, None))
+    why = ATTENTION.reasons("cuda", q, k, v, 1.0, None)
+    assert why and all(w for w in why)
+    with pytest.raises(BackendUnavailable, match="backend 'cuda' cannot run these inputs: .+"):
+        aligned_attention(q, k, v, backend="cuda")
+    x, states, weights, eps = gaussian_args()
+    assert GAUSSIAN_LSTM_STEP.reasons("cuda", x, states, weights, eps)
+
+
+def test_cpp_refuses_other_devices_and_dtypes():
+    q, k, v = qkv(torch.float16)
+    why = cpp_attention.CPP_BACKEND.refuses(q, k, v, 1.0, None)
+    assert any("float32/float64" in w for w in why), why
+    meta = q.to("meta"), k.to("meta"), v.to("meta")
+    assert any("runs on CPU tensors" in w for w in cpp_attention.CPP_BACKEND.refuses(*meta, 1.0, None))
+
+
+def test_unknown_backend_lists_the_known_ones():
+    with pytest.raises(BackendUnavailable) as err:
+        aligned_attention(*qkv(), backend="nope")
+    for name in ("torch", "triton", "cpp", "cuda"):
+        assert repr(name) in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["torch", "cpp"])
+def test_env_var_forces_a_backend(monkeypatch, name):
+    if name == "cpp" and not CPP_BUILT:
+        pytest.skip(f"C++ extension: {_ext.cpu_unavailable()}")
+    monkeypatch.setenv(ENV_VAR, name)
+    assert ATTENTION.select("auto", "cpu", *qkv(), 1.0, None).name == name
+    assert GAUSSIAN_LSTM_STEP.select("auto", "cpu", *gaussian_args()).name == name
+    # an explicit backend argument wins over the variable
+    assert ATTENTION.select("torch", "cpu", *qkv(), 1.0, None).name == "torch"
+
+
+def test_env_var_forcing_an_impossible_backend_raises(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "cuda")
+    with pytest.raises(BackendUnavailable, match="'cuda'"):
+        aligned_attention(*qkv())
+
+
+@pytest.mark.skipif(not CPP_BUILT, reason=f"C++ extension: {_ext.cpu_unavailable()}")
+def test_auto_on_cpu_picks_cpp_when_it_can_be_had(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    assert ATTENTION.preference["cpu"][0] == "cpp"
+    assert ATTENTION.select("auto", "cpu", *qkv(), 1.0, None).name == "cpp"
+    assert GAUSSIAN_LSTM_STEP.select("auto", "cpu", *gaussian_args()).name == "cpp"
+    # float16 is refused by cpp: auto moves on to torch
+    assert ATTENTION.select("auto", "cpu", *qkv(torch.float16), 1.0, None).name == "torch"
+
+
+def test_auto_on_cpu_falls_back_to_torch_without_the_extension(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setenv("HAFSVG_DISABLE_EXT", "1")
+    assert "HAFSVG_DISABLE_EXT" in _ext.cpu_unavailable()
+    assert ATTENTION.select("auto", "cpu", *qkv(), 1.0, None).name == "torch"
+    assert GAUSSIAN_LSTM_STEP.select("auto", "cpu", *gaussian_args()).name == "torch"
+    x = torch.randn(3, 11)
+    m = HierarchicalGaussianLSTM(11, 4, 16, 1, 2)
+    assert LSTM_STEP.preference["cpu"] == ("cpp", "torch")
+    z, *_ = m.step(x, m.init_state(3), torch.randn(3, 4))[0]
+    assert z.shape == (3, 4)
+
+
+def test_auto_falls_back_when_the_build_fails(monkeypatch):
+    """A compiler error at first use: auto takes torch, an explicit cpp raises with the reason."""
+
+    def failing():
+        raise _ext.ExtensionUnavailable("compiling the cpu extension failed (simulated)")
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    monkeypatch.setattr(cpp_attention, "load_cpu", failing)
+    assert ATTENTION.select("auto", "cpu", *qkv(), 1.0, None).name == "torch"
+    with pytest.raises(BackendUnavailable, match="simulated"):
+        aligned_attention(*qkv(), backend="cpp")
+
+
+def test_info_reports_build_state_without_compiling(monkeypatch):
+    def no_build(kind):
+        raise AssertionError("info must not compile")
+
+    monkeypatch.setattr(_ext, "_modules", {})
+    monkeypatch.setattr(_ext, "_errors", {})
+    monkeypatch.setattr(_ext, "_jit_build", no_build)
+    text = info.report()
+    assert "C++ ext" in text and "CUDA ext" in text
+    assert "cpp" in text and "cuda" in text
+
+
+def test_extension_builds_where_required():
+    """CI sets HAFSVG_REQUIRE_EXT=1: there the C++ extension must load (compiling it if need be),
+    so that a broken build fails instead of turning the cpp tests into skips."""
+    if os.environ.get("HAFSVG_REQUIRE_EXT", "0") in ("", "0"):
+        pytest.skip("HAFSVG_REQUIRE_EXT is not set (CI sets it)")
+    assert _ext.cpu_unavailable() is None, _ext.cpu_unavailable()
+    assert _ext.load_cpu().attention_forward is not None
