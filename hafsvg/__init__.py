@@ -2,7 +2,8 @@
 Features): models, ELBO training, sampling of many futures per clip, metrics, data, CLI."""
 
 from .config import HAFSVGConfig
+from .fast_sampling import FastSampler
 from .models import HAFSVG, FeatureAligner
 
-__all__ = ["HAFSVG", "HAFSVGConfig", "FeatureAligner"]
+__all__ = ["HAFSVG", "HAFSVGConfig", "FastSampler", "FeatureAligner"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: ``hafsvg train | sample | evaluate`` (also ``python -m hafsvg``).
+"""Command line: ``hafsvg train | sample | evaluate | profile | bench-report`` (also ``python -m hafsvg``).
 
 Bad arguments and bad inputs print one ``error: ...`` line to stderr and return a non-zero code
 (2 for usage, 1 for inputs) instead of raising.
@@ -16,10 +16,14 @@ from pathlib import Path
 
 import torch
 
+from hafsvg_kernels import BackendUnavailable
+
+from .bench_report import bench_report
 from .config import PRESETS, HAFSVGConfig
 from .data import make_dataset
 from .evaluate import evaluate
 from .models import HAFSVG
+from .profile import CPU_SIZE, GPU_SIZE, default_backends, format_table, profile
 from .train import check_clips, load_checkpoint, resolve_device, train
 from .viz import save_grid
 
@@ -227,6 +231,50 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+BACKENDS = ("auto", "torch", "triton", "cpp", "cuda")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def cmd_profile(args) -> int:
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backends = [b.strip() for item in args.backend or [] for b in item.split(",") if b.strip()]
+    backends = backends or default_backends(device)
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    model, source = _load_model(args, device)
+    c = model.config
+    size = GPU_SIZE if device.type == "cuda" else CPU_SIZE
+    clips, samples, steps = (given or default for given, default in zip((args.clips, args.samples, args.steps), size))
+    if device.type == "cpu" and None in (args.clips, args.samples, args.steps):
+        print(f"on a CPU: {clips} clips x {samples} samples x {steps} steps (--clips/--samples/--steps to change)")
+    dataset = make_dataset(
+        c.dataset, c.n_past + steps, path=args.data, train=False, seed=args.seed, length=clips,
+        num_digits=c.num_digits,
+    )
+    check_clips(dataset, c, c.n_past + steps)
+    data = torch.stack([dataset[i] for i in range(min(clips, len(dataset)))]).to(device)
+    out = Path(args.out) if args.out is not None else RUNS / "profile"
+    try:
+        summary = profile(
+            model, data, n_past=c.n_past, samples=samples, backends=backends, dtype=DTYPES[args.dtype],
+            graphs=args.graphs, noise=args.noise, compile_=args.compile, out=out, seed=args.seed,
+        )
+    except BackendUnavailable as err:
+        raise ValueError(str(err)) from err
+    print(f"{source}")
+    print(format_table(summary))
+    print(f"traces:  {out}/trace_*.json\nsummary: {out / 'profile.json'}")
+    return 0
+
+
+def cmd_bench_report(args) -> int:
+    table, chart = bench_report([Path(p) for p in args.json], Path(args.out))
+    print(table.read_text(), end="")
+    print(f"table: {table}\nchart: {chart}")
+    return 0
+
+
 def _at_least(low: int):
     """argparse type: an integer >= ``low``."""
 
@@ -301,6 +349,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_source(p, clips=16, samples=100)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("profile", help="time sampling + best-of-N per stage and backend (trace + JSON)",
+                            description="Sampling and best-of-N scoring of --samples futures for --clips test clips "
+                                        "with the reference sampler and FastSampler per --backend: time per stage "
+                                        "(encoder, recurrent, aligner, decoder, metrics), frames/s, memory peak; "
+                                        "writes Chrome traces and profile.json into --out (default runs/profile).")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by 'hafsvg train'")
+    src.add_argument("--preset", choices=sorted(PRESETS), help="random weights of a preset (default moving-mnist)")
+    p.add_argument("--backend", action="append", metavar="NAME[,NAME]",
+                   help=f"FastSampler backend(s) among {', '.join(BACKENDS)} (repeatable; default: torch and the "
+                        "device's fused one)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                   help="FastSampler dtype (bf16/fp16: CUDA autocast)")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=False,
+                   help="capture one future step in a CUDA graph (CUDA only)")
+    p.add_argument("--noise", choices=("torch", "kernel"), default="torch", help="where FastSampler draws the noise")
+    p.add_argument("--compile", action="store_true",
+                   help="add a row: the reference sampler with torch.compile of the encoder and decoder modules")
+    for name, i in (("clips", 0), ("samples", 1), ("steps", 2)):
+        p.add_argument(f"--{name}", type=_at_least(1), metavar="N",
+                       help=f"default {GPU_SIZE[i]} on a GPU, {CPU_SIZE[i]} on a CPU")
+    _add_common(p)
+    p.set_defaults(func=cmd_profile, device=None, default_preset="moving-mnist")
+
+    p = commands.add_parser("bench-report", help="Markdown table + PNG chart of pytest-benchmark JSON files",
+                            description="Group the cases of pytest-benchmark --benchmark-json files by op, shape "
+                                        "and pass; median per implementation, speedup of each fused backend vs "
+                                        "eager and vs the strongest peer, per device.")
+    p.add_argument("json", nargs="+", metavar="JSON", help="pytest-benchmark --benchmark-json output file(s)")
+    p.add_argument("--out", default="bench-report", metavar="DIR",
+                   help="folder for report.md and speedups.png (default %(default)s)")
+    p.set_defaults(func=cmd_bench_report)
     return parser
 
 
@@ -314,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
     if "preset" in args and args.preset is None:  # defaulted here: argparse sees an explicit --preset as a conflict
-        args.preset = DEMO_PRESET
+        args.preset = getattr(args, "default_preset", DEMO_PRESET)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
