@@ -179,12 +179,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_sample(args) -> int:
+def _eval_setup(args):
+    """The model, where it came from, the frames to predict, the test clips and the sampling
+    generator shared by ``sample`` and ``evaluate``."""
     device = resolve_device(args.device)
     model, source = _load_model(args, device)
+    n_future = args.n_future or model.config.n_eval
+    dataset = _test_data(args, model.config, model.config.n_past + n_future)
+    return model, source, n_future, dataset, torch.Generator(device).manual_seed(args.seed)
+
+
+def cmd_sample(args) -> int:
+    model, source, n_future, dataset, gen = _eval_setup(args)
     c = model.config
-    n_future = args.n_future or c.n_eval
-    dataset = _test_data(args, c, c.n_past + n_future)
     pick = torch.Generator().manual_seed(args.seed)
     rows, labels, clip_ids = [], [], itertools.count()
 
@@ -201,7 +208,6 @@ def cmd_sample(args) -> int:
                 rows.append(torch.cat([clip[: c.n_past], samples[b, s]]))
                 labels.append(f"sample #{s}")
 
-    gen = torch.Generator(device).manual_seed(args.seed)
     result = evaluate(
         model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
         on_batch=draw,
@@ -215,12 +221,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    device = resolve_device(args.device)
-    model, source = _load_model(args, device)
-    c = model.config
-    n_future = args.n_future or c.n_eval
-    dataset = _test_data(args, c, c.n_past + n_future)
-    gen = torch.Generator(device).manual_seed(args.seed)
+    model, source, n_future, dataset, gen = _eval_setup(args)
     result = evaluate(
         model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
         progress=True,
