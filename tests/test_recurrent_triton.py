@@ -33,6 +33,7 @@ from hafsvg_kernels.recurrent import (
     lstm_step,
 )
 from hafsvg_kernels.recurrent.reference import gaussian_lstm_step_ref, lstm_step_ref
+from tests._svg_reference import SVGLSTM, SVGGaussianLSTM
 
 pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=str(triton_unavailable()))
 
@@ -327,76 +328,15 @@ def test_in_kernel_noise_gradients():
 # ---------------------------------------------------------------------------------------------
 
 
-class svg_lstm(nn.Module):  # as Denton & Fergus' svg/models/lstm.py (CPU tensors here)
-    def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size):
-        super().__init__()
-        self.input_size = input_size
-        self.output_size = output_size
-        self.hidden_size = hidden_size
-        self.batch_size = batch_size
-        self.n_layers = n_layers
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for i in range(self.n_layers)])
-        self.output = nn.Sequential(nn.Linear(hidden_size, output_size), nn.Tanh())
-        self.hidden = self.init_hidden()
-
-    def init_hidden(self):
-        return [(torch.zeros(self.batch_size, self.hidden_size), torch.zeros(self.batch_size, self.hidden_size))
-                for _ in range(self.n_layers)]  # fmt: skip
-
-    def forward(self, input):
-        embedded = self.embed(input.view(-1, self.input_size))
-        h_in = embedded
-        for i in range(self.n_layers):
-            self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
-            h_in = self.hidden[i][0]
-        return self.output(h_in)
-
-
-class svg_gaussian_lstm(nn.Module):
-    def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size):
-        super().__init__()
-        self.input_size = input_size
-        self.output_size = output_size
-        self.hidden_size = hidden_size
-        self.n_layers = n_layers
-        self.batch_size = batch_size
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for i in range(self.n_layers)])
-        self.mu_net = nn.Linear(hidden_size, output_size)
-        self.logvar_net = nn.Linear(hidden_size, output_size)
-        self.hidden = self.init_hidden()
-
-    def init_hidden(self):
-        return [(torch.zeros(self.batch_size, self.hidden_size), torch.zeros(self.batch_size, self.hidden_size))
-                for _ in range(self.n_layers)]  # fmt: skip
-
-    def reparameterize(self, mu, logvar):
-        logvar = logvar.mul(0.5).exp_()
-        eps = logvar.data.new(logvar.size()).normal_()
-        return eps.mul(logvar).add_(mu)
-
-    def forward(self, input):
-        embedded = self.embed(input.view(-1, self.input_size))
-        h_in = embedded
-        for i in range(self.n_layers):
-            self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
-            h_in = self.hidden[i][0]
-        mu = self.mu_net(h_in)
-        logvar = self.logvar_net(h_in)
-        z = self.reparameterize(mu, logvar)
-        return z, mu, logvar
-
-
 class SVGStyleModel(nn.Module):
     """The recurrent parts of SVG-LP as its train script builds them, plus a non-recurrent layer."""
 
     def __init__(self, g_dim=16, z_dim=4, rnn=200, batch=7):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(12, g_dim), nn.Tanh())
-        self.frame_predictor = svg_lstm(g_dim + z_dim, g_dim, rnn, 2, batch)
-        self.posterior = svg_gaussian_lstm(g_dim, z_dim, rnn, 1, batch)
-        self.prior = svg_gaussian_lstm(g_dim, z_dim, rnn, 1, batch)
+        self.frame_predictor = SVGLSTM(g_dim + z_dim, g_dim, rnn, 2, batch)
+        self.posterior = SVGGaussianLSTM(g_dim, z_dim, rnn, 1, batch)
+        self.prior = SVGGaussianLSTM(g_dim, z_dim, rnn, 1, batch)
 
     def forward(self, frames):
         preds, kl_terms = [], []
@@ -411,7 +351,7 @@ class SVGStyleModel(nn.Module):
 
 def test_state_dict_round_trip_with_svg_modules():
     torch.manual_seed(0)
-    svg_l, svg_g = svg_lstm(20, 16, 200, 2, 7), svg_gaussian_lstm(16, 4, 256, 1, 7)
+    svg_l, svg_g = SVGLSTM(20, 16, 200, 2, 7), SVGGaussianLSTM(16, 4, 256, 1, 7)
     fl = FusedLSTM(20, 16, 200, 2, 7, backend="triton")
     fg = FusedGaussianLSTM(16, 4, 256, 1, 7, backend="triton")
     assert fl.load_state_dict(svg_l.state_dict()).missing_keys == []
@@ -429,7 +369,7 @@ def test_state_dict_round_trip_with_svg_modules():
             for a, b in ((z, z_ref), (mu, mu_ref), (lv, lv_ref)):
                 assert rel_err(a, b) <= FP32_TOL
     # and back: fused -> SVG
-    other = svg_lstm(20, 16, 200, 2, 7)
+    other = SVGLSTM(20, 16, 200, 2, 7)
     other.load_state_dict(fl.state_dict())
     for k, v in fl.state_dict().items():
         assert torch.equal(other.state_dict()[k], v)
@@ -495,10 +435,10 @@ def test_fuse_by_structure_only():
             self.lstm = nn.ModuleList([nn.LSTMCell(8, 8)])
             self.output = nn.Sequential(nn.Linear(8, 2), nn.ReLU())
 
-    class Renamed(svg_gaussian_lstm):  # another class name, SVG's structure: replaced
+    class Renamed(SVGGaussianLSTM):  # another class name, SVG's structure: replaced
         pass
 
-    shared = svg_lstm(4, 2, 8, 1, 3)
+    shared = SVGLSTM(4, 2, 8, 1, 3)
     root = nn.ModuleDict({"a": Lookalike(), "b": Renamed(4, 2, 8, 1, 3), "c": shared, "d": nn.Sequential(shared)})
     assert fuse(root) == 2
     assert isinstance(root["a"], Lookalike) and isinstance(root["b"], FusedGaussianLSTM)
