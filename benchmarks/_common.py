@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import platform
 import statistics
 import time
@@ -175,7 +176,8 @@ def run_benchmark(
     """Time ``fn`` with warm-up and record the extra info SPEC §4 asks for.
 
     ``fn`` runs the op once (it is synchronized here). The number of timed rounds is chosen from a
-    first warm-up call so that the timed part takes about ``target_s`` (3 to 50 rounds). Records
+    first warm-up call so that the timed part takes about ``target_s`` (3 to 50 rounds;
+    ``HAFSVG_BENCH_TARGET_S`` overrides it, e.g. in a short GPU session). Records
     the device and versions, ``extra`` (shape, dtype, implementation...), the memory peak of one
     call, and, where ``nbytes`` is given, the physical floor and ``fraction_of_floor``.
     """
@@ -191,6 +193,7 @@ def run_benchmark(
     t0 = time.perf_counter()
     call()
     once = max(time.perf_counter() - t0, 1e-6)
+    target_s = float(os.environ.get("HAFSVG_BENCH_TARGET_S", target_s))
     rounds = int(min(50, max(3, math.ceil(target_s / once))))
     benchmark.pedantic(call, rounds=rounds, warmup_rounds=1, iterations=1)
 

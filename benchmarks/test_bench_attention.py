@@ -13,6 +13,8 @@ for ``fwd`` and ``fwd+bwd``, with the implementations
 * ``triton``: :func:`hafsvg_kernels.aligned_attention` with ``backend="triton"``, inputs laid out
   as in the model (q/k/v transposed views of NCHW projections; the forward writes into the Z
   slice of a [F_d; F_e; Z] buffer through ``out``);
+* ``cuda``: the same call with ``backend="cuda"`` (the C++/CUDA extension, ``csrc/cuda``; JIT-built
+  at first use where nvcc is present), to measure the CUDA ``auto`` order;
 * ``eager``: :func:`aligned_attention_ref` (chunked over the query batch);
 * ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``, given its best case: inputs
   made contiguous outside the timed call, clips as the batch and samples as query heads sharing
@@ -32,12 +34,14 @@ memory peak and the fraction of the physical floor (``_common.py``).
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import pytest
 import torch
 from _common import default_device, run_benchmark
 
 from hafsvg_kernels import aligned_attention, aligned_attention_ref
+from hafsvg_kernels._ext import cuda_backend_unavailable
 from hafsvg_kernels._triton import triton_unavailable
 from hafsvg_kernels.attention.reference import SCORE_BUDGET
 
@@ -62,7 +66,7 @@ BATCHES = {"sample": (16, 100, False), "sample-vdec": (16, 100, True), "train": 
 if not GPU:
     ROWS = [r for r in ROWS if r[0] in ("dcgan4", "dcgan8")]
     BATCHES = {"cpu-small": (2, 4, False)}
-IMPLS = ["triton", "eager", "sdpa", "compile"]
+IMPLS = ["triton", "cuda", "eager", "sdpa", "compile"]
 PASSES = ["fwd", "fwd+bwd"]
 
 
@@ -117,10 +121,11 @@ def _fits(nbytes):
 # ---- implementations: each returns fn() running one call ------------------------------------
 
 
-def _triton_fn(s, passes, scale):
+def _fused_fn(backend, s, passes, scale):
+    """``aligned_attention`` with ``backend`` ("triton" or "cuda"), writing into the Z slice."""
     if not GPU:
-        pytest.skip("Triton kernels need a CUDA device; the interpreter is for correctness only")
-    why = triton_unavailable()
+        pytest.skip(f"{backend} kernels are timed on a CUDA device (the CPU benchmarks are test_bench_cpu.py)")
+    why = triton_unavailable() if backend == "triton" else cuda_backend_unavailable()
     if why:
         pytest.skip(why)
     grad = passes == "fwd+bwd"
@@ -130,7 +135,7 @@ def _triton_fn(s, passes, scale):
 
     def fn():
         buf = torch.empty(B, 3 * C, N, device=DEVICE, dtype=DTYPE)  # [F_d; F_e; Z] at one level
-        out = aligned_attention(q, k, v, scale=scale, out=buf[:, 2 * C :].transpose(1, 2), backend="triton")
+        out = aligned_attention(q, k, v, scale=scale, out=buf[:, 2 * C :].transpose(1, 2), backend=backend)
         if grad:
             torch.autograd.grad(out, (q, k, v), do)
 
@@ -225,7 +230,10 @@ def _compile_fn(s, passes, scale):
     return fn
 
 
-MAKERS = {"triton": _triton_fn, "eager": _eager_fn, "sdpa": _sdpa_fn, "compile": _compile_fn}
+MAKERS = {
+    "triton": partial(_fused_fn, "triton"), "cuda": partial(_fused_fn, "cuda"),
+    "eager": _eager_fn, "sdpa": _sdpa_fn, "compile": _compile_fn,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -150,6 +150,7 @@ def test_bench_cpu_aligner(benchmark, row, passes, impl):
         if grad:
             _compile_backward_guard()
         _first_call(fn)
+    benchmark.group = f"cpu attention {name} {CLIPS}x{SAMPLES} {passes}"
     flops = 2 * B * N * N * (d + C) * (1 if not grad else 3.5)
     extra = {"op": "aligned_attention", "row": name, "impl": impl, "pass": passes, "B": B, "Bk": CLIPS,
              "Bv": CLIPS, "N": N, "M": N, "d_qk": d, "d_v": C, "threads": torch.get_num_threads(),
@@ -186,6 +187,7 @@ def test_bench_cpu_recurrent_step(benchmark, impl):
 
     if impl == "compile":
         _first_call(fn)
+    benchmark.group = f"cpu recurrent prior G={G} batch {B} fwd"
     flops = 2 * B * G * (4 * H * (H + H) + H * (IN + 1.5 * Z) + 2 * Z * H)  # the eager FLOPs
     extra = {"op": "gaussian_lstm_step", "impl": impl, "pass": "fwd (no grad)", "B": B, "G": G, "hidden": H,
              "input": IN, "z": Z, "layers": 1, "threads": torch.get_num_threads(), "flops_eager": flops}  # fmt: skip

@@ -17,6 +17,8 @@ weight for fixed random output gradients), with the implementations
 * ``fused``: :func:`hafsvg_kernels.recurrent.gaussian_lstm_step` / ``lstm_step`` with
   ``backend="triton"`` (one launch per step forward), noise passed in;
 * ``fused-philox`` (prior only): the same with the noise drawn in-kernel from a seed;
+* ``cuda``: the same calls with ``backend="cuda"`` (the C++/CUDA extension), noise passed in, to
+  measure the CUDA ``auto`` order;
 * ``eager``: the PyTorch reference (``reference.py``) as is;
 * ``compile``: ``torch.compile`` of the reference (default mode, static shapes).
 
@@ -38,6 +40,7 @@ import pytest
 import torch
 from _common import default_device, run_benchmark
 
+from hafsvg_kernels._ext import cuda_backend_unavailable
 from hafsvg_kernels._triton import triton_unavailable
 from hafsvg_kernels.recurrent import gaussian_lstm_step, lstm_step
 from hafsvg_kernels.recurrent.reference import (
@@ -64,7 +67,7 @@ SIZES = {"g_dim": 128, "z_dim": 16, "groups": 4, "hidden": 256, "pred_layers": 2
 if not GPU:  # smoke test of the harness
     SIZES = {"g_dim": 32, "z_dim": 8, "groups": 4, "hidden": 64, "pred_layers": 2, "gauss_layers": 1}
 PASSES = ["fwd", "fwd+bwd"]
-IMPLS = ["fused", "fused-philox", "eager", "compile"]
+IMPLS = ["fused", "fused-philox", "cuda", "eager", "compile"]
 
 
 def _batch(batch):
@@ -167,6 +170,13 @@ def _impl_fn(kind, impl):
         if impl == "fused-philox":
             return lambda x, s, w, eps, cond: gaussian_lstm_step(x, s, w, None, cond, seed=1234, backend="triton")
         return lambda x, s, w, eps, cond: gaussian_lstm_step(x, s, w, eps, cond, backend="triton")
+    if impl == "cuda":
+        why = "the C++/CUDA extension is timed on a CUDA device" if not GPU else cuda_backend_unavailable()
+        if why:
+            pytest.skip(why)
+        if kind == "lstm":
+            return lambda x, s, w: lstm_step(x, s, w, backend="cuda")
+        return lambda x, s, w, eps, cond: gaussian_lstm_step(x, s, w, eps, cond, backend="cuda")
     ref = lstm_step_ref if kind == "lstm" else gaussian_lstm_step_ref
     if impl == "eager":
         return ref

@@ -164,7 +164,7 @@ def cmd_train(args) -> int:
         resume=args.resume,
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
-        device=args.device,
+        device=_device(args),
         seed=args.seed,
         num_workers=args.workers,
     )
@@ -182,7 +182,7 @@ def cmd_train(args) -> int:
 def _eval_setup(args):
     """The model, where it came from, the frames to predict, the test clips and the sampling
     generator shared by ``sample`` and ``evaluate``."""
-    device = resolve_device(args.device)
+    device = resolve_device(_device(args))
     model, source = _load_model(args, device)
     n_future = args.n_future or model.config.n_eval
     dataset = _test_data(args, model.config, model.config.n_past + n_future)
@@ -237,7 +237,7 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cmd_profile(args) -> int:
-    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(_device(args))
     backends = [b.strip() for item in args.backend or [] for b in item.split(",") if b.strip()]
     backends = backends or default_backends(device)
     unknown = [b for b in backends if b not in BACKENDS]
@@ -276,6 +276,11 @@ def cmd_bench_report(args) -> int:
     return 0
 
 
+def _device(args) -> str:
+    """``--device``, or CUDA where it is available (a researcher's GPU), else the CPU."""
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _at_least(low: int):
     """argparse type: an integer >= ``low``."""
 
@@ -296,7 +301,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="override a config field, e.g. --set groups=2 --set aligned_levels=0,1 (repeatable)")
     p.add_argument("--data", metavar="PATH", help="data file or folder (default: embedded font digits)")
     p.add_argument("--out", metavar="DIR", help="output folder")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where available, else cpu")
     p.add_argument("--seed", type=_at_least(0), default=0, help="seed of weights init, data and noise (default 0)")
 
 

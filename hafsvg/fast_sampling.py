@@ -12,8 +12,14 @@ same noise layout; the reference stays the reference) with these levers:
   (Philox with Triton): reproducible per seed and chunking, but not torch's numbers;
 * ``graphs=True`` (CUDA only): one future step (prior, predictor, decoder, re-encoding of the
   frame) is captured once per chunk size in a CUDA graph with static buffers and replayed per
-  step; each step's ε is copied into a static buffer before the replay (in-kernel noise would be
-  captured with a constant seed/offset and repeat every step, so graphs need ``noise="torch"``);
+  step. ``noise="torch"``: each step's ε is copied into a static buffer before the replay.
+  ``noise="kernel"``: the prior's step reads its Philox offset from a static int64 device tensor
+  (a device offset of ``hafsvg_kernels.gaussian_lstm_step``; the Triton backend is needed under
+  capture), set to the chunk's first future counter before its first replay and advanced by the
+  graph itself after each draw. The Philox seed is a launch constant of the graph: graphs are
+  captured afresh in every call (see ``_GraphSteps``), so it is that call's seed. Counters are
+  consumed in the eager path's order, so graphs and eager sampling give the same ε for the same
+  generator (and the same chunking);
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast; the recurrent state
   stays in the model's dtype.
 
@@ -66,7 +72,9 @@ class FastSampler:
         model: the model (sampling runs in eval mode; its mode is restored afterwards).
         backend: ``hafsvg_kernels`` backend of the recurrent steps and the attention.
         dtype: None (the model's dtype) or torch.bfloat16/float16 (CUDA autocast).
-        graphs: capture one future step in a CUDA graph (CUDA only, ``noise="torch"`` only).
+        graphs: capture one future step in a CUDA graph (CUDA only). With ``noise="kernel"`` the
+            graph reads the Philox offset from device memory (needs the Triton backend) and draws
+            the eager path's numbers for the same generator.
         memory_budget: bytes of activations per chunk (default: a fraction of the free CUDA
             memory on a GPU, :data:`CPU_MEMORY_BUDGET` on a CPU).
         noise: where ε comes from when none is passed: "torch" (``torch.randn`` with the
@@ -87,8 +95,6 @@ class FastSampler:
             raise ValueError(f"noise must be 'torch' or 'kernel', got {noise!r}")
         if graphs and self.device.type != "cuda":
             raise ValueError(f"graphs=True needs CUDA (CUDA graphs); the model is on {self.device}")
-        if graphs and noise == "kernel":
-            raise ValueError("graphs=True needs noise='torch': in-kernel noise would replay the same seed every step")
         if memory_budget is not None and memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         self.graphs, self.memory_budget, self.noise = graphs, memory_budget, noise
@@ -108,7 +114,9 @@ class FastSampler:
             context: (B, k, C, 64, 64) in [0, 1].
             generator: ``torch.Generator`` for the noise.
             noise: (B, n_samples, k - 1 + n_future, z_dim) standard normal noise (step i's z uses
-                ``noise[:, :, i]``), or None to draw it (see ``noise`` of the constructor).
+                ``noise[:, :, i]``), or None to draw it (see ``noise`` of the constructor; with
+                ``noise="kernel"`` one Philox seed is drawn from ``generator`` per call and the
+                counters run on over the chunks, so the numbers depend on the chunk size).
             progress: show a tqdm bar over chunks x steps.
 
         Returns:
@@ -279,13 +287,17 @@ class FastSampler:
         with self.stages("encoder"):
             return self.model.encoder(frame)[0].to(self.model_dtype)
 
+    def _take_offset(self, rows):
+        """Reserve the Philox counters of one Gaussian step of ``rows`` rows -> its first counter."""
+        offset = self._offset
+        self._offset += rows * self.model.config.z_dim
+        return offset
+
     def _noise(self, eps, i, rows):
         """Keyword arguments of step i's Gaussian step: ``eps`` sliced, or the kernel's seed/offset."""
         if eps is not None:
             return {"eps": eps[:, i]}
-        offset = self._offset
-        self._offset += rows * self.model.config.z_dim
-        return {"seed": self._seed, "offset": offset}
+        return {"seed": self._seed, "offset": self._take_offset(rows)}
 
     def _gaussian(self, module, x, states, cond=None, **noise):
         weights = tuple(g.weights() for g in module.groups)
@@ -358,11 +370,16 @@ class _EagerSteps:
 class _GraphSteps:
     """One future step and the re-encoding of its frame captured in a CUDA graph.
 
-    Static buffers: h (rows, g_dim), the predictor and prior states, eps (rows, z_dim) and the
-    output frame (rows, C, 64, 64). Built once per chunk size within a call (the per-clip context
-    tensors are captured by address): warm-up on a side stream, then capture. ``load`` copies a
-    chunk's state in; ``steps(f)`` copies step f's ε into the static buffer, replays, and returns
-    the static frame (valid until the next replay). The last step's re-encoding is wasted work.
+    Static buffers: h (rows, g_dim), the predictor and prior states, the noise source and the
+    output frame (rows, C, 64, 64). The noise source: eps (rows, z_dim) when ε is given; with
+    kernel noise, the Philox offset () int64, which the graph advances by rows * z_dim after the
+    prior's draw, and the sampler's seed of this call, captured as a constant. Built once per
+    chunk size within a call (the per-clip context tensors are captured by address, the seed by
+    value): warm-up on a side stream, then capture. ``load`` copies a chunk's state in (and the
+    sampler's next counter into the offset); ``steps(f)`` copies step f's ε into the static buffer
+    (or reserves the step's counters on the host, to keep the sampler's counter in step with the
+    device's), replays, and returns the static frame (valid until the next replay). The last
+    step's re-encoding is wasted work.
     """
 
     def __init__(self, sampler, state, eps, fctx, n):
@@ -370,7 +387,12 @@ class _GraphSteps:
         h, pred, prior = state
         self.h = h.clone()
         self.pred, self.prior = _clone(pred), _clone(prior)
-        self.eps = eps[:, 0].clone(memory_format=torch.contiguous_format)
+        if eps is None:
+            self.eps, self.offset = None, torch.zeros((), dtype=torch.int64, device=sampler.device)
+            self.noise = {"seed": sampler._seed, "offset": self.offset}
+        else:
+            self.eps, self.offset = eps[:, 0].clone(memory_format=torch.contiguous_format), None
+            self.noise = {"eps": self.eps}
         timing, sampler.stages.timing = sampler.stages.timing, False  # no synchronization while capturing
         try:
             side = torch.cuda.Stream(sampler.device)
@@ -386,7 +408,9 @@ class _GraphSteps:
             sampler.stages.timing = timing
 
     def _body(self):
-        frame, pred, prior = self.s._future_step(self.h, self.pred, self.prior, {"eps": self.eps}, self.fctx, self.n)
+        frame, pred, prior = self.s._future_step(self.h, self.pred, self.prior, self.noise, self.fctx, self.n)
+        if self.offset is not None:
+            self.offset.add_(self.h.shape[0] * self.s.model.config.z_dim)  # the next replay's counters
         h = self.s._encode(frame)
         for dst, src in zip(_tensors((self.pred, self.prior)), _tensors((pred, prior))):
             dst.copy_(src)
@@ -399,9 +423,14 @@ class _GraphSteps:
         for dst, src in zip(_tensors((self.pred, self.prior)), _tensors((pred, prior))):
             dst.copy_(src)
         self.eps_all, self.k = eps, k
+        if self.offset is not None:
+            self.offset.fill_(self.s._offset)
 
     def __call__(self, f):
-        self.eps.copy_(self.eps_all[:, self.k - 1 + f])
+        if self.offset is None:
+            self.eps.copy_(self.eps_all[:, self.k - 1 + f])
+        else:
+            self.s._take_offset(self.h.shape[0])  # the replay draws these counters on the device
         with self.s.stages("graph step"):
             self.graph.replay()
         return self.frame

@@ -172,6 +172,19 @@ def test_cuda_without_gpu_is_a_clean_error(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == "error: device 'cuda' requested but CUDA is not available on this machine\n"
 
 
+
+@pytest.mark.parametrize("command", ["train", "sample", "evaluate", "profile"])
+def test_device_defaults_to_cuda_where_available(command, monkeypatch):
+    """Without --device every command takes the GPU when there is one (and the CPU otherwise)."""
+    from hafsvg.cli import _device, build_parser
+
+    args = build_parser().parse_args([command])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _device(args) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device(args) == "cpu"
+    assert _device(build_parser().parse_args([command, "--device", "cpu"])) == "cpu"
+
 def test_python_dash_m_help():
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "hafsvg", "--help"]

@@ -177,6 +177,16 @@ def test_noise_from_seed_matches_torch_backend():
         assert rel_err(a, b) <= 1e-4
 
 
+def test_noise_from_a_device_offset_reads_its_value():
+    """offset as a one-element int64 tensor: the cpp backend draws the int offset's numbers."""
+    m, x, states, _, _, _ = gaussian_problem(7, 200, 2, 1, False, torch.float32, grad=False)
+    with torch.no_grad():
+        ref = gaussian_lstm_step(x, states, weights_of(m), seed=11, offset=5, backend="cpp")
+        got = gaussian_lstm_step(x, states, weights_of(m), seed=11, offset=torch.tensor([5]), backend="cpp")
+    for a, b in zip(flat(got), flat(ref)):
+        assert torch.equal(a, b)
+
+
 def test_cpp_refuses_with_reasons():
     m, x, states, eps, _, _ = gaussian_problem(3, 200, 2, 1, False, torch.bfloat16, grad=False)
     with pytest.raises(BackendUnavailable, match="does not take torch.bfloat16"):

@@ -146,8 +146,9 @@ def test_model_mode_and_statistics_are_left_alone():
 
 def test_bad_arguments():
     model = _model(aligned_levels=(3,))
-    with pytest.raises(ValueError, match="graphs=True needs CUDA"):
-        FastSampler(model, graphs=True)
+    for noise in ("torch", "kernel"):
+        with pytest.raises(ValueError, match="graphs=True needs CUDA"):
+            FastSampler(model, graphs=True, noise=noise)
     with pytest.raises(ValueError, match="noise must be"):
         FastSampler(model, noise="philox")
     sampler = FastSampler(model, backend="torch")
@@ -175,3 +176,52 @@ def test_cuda_graphs_equal_eager():
     row = FastSampler(model).bytes_per_row()
     graphed = FastSampler(model, graphs=True, memory_budget=2 * 2 * row).sample(context, 3, 5, noise=noise)
     assert rel(graphed, eager) <= 1e-3
+
+
+def _prior_noise_and_frames(sampler, context, n_future, n_samples, seed):
+    """Sample with kernel noise, recording after each future step the prior's z (the caller zeroed
+    its heads: z = ε) and the frame -> two lists over (chunk, step): (rows, z_dim), (B, n, C, 64, 64)."""
+    prior, last, zs, frames = sampler.model.prior, {}, [], []
+    gaussian = sampler._gaussian
+
+    def spy(module, x, states, cond=None, **noise):
+        z, states = gaussian(module, x, states, cond=cond, **noise)
+        if module is prior and "seed" in noise:
+            last["z"] = z  # under graphs: the graph's static output, rewritten by every replay
+        return z, states
+
+    def on_frame(s0, f, frame):
+        zs.append(last["z"].clone())
+        frames.append(frame.clone())
+
+    sampler._gaussian = spy
+    with torch.no_grad():
+        sampler._run(context, n_future, n_samples, torch.Generator("cuda").manual_seed(seed), None, on_frame, False)
+    return zs, frames
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_cuda_graphs_with_kernel_noise_equal_eager():
+    """The graph reads the Philox offset from device memory and advances it per replay: the same ε
+    and samples as the eager kernel-noise path for the same generator and chunking (chunks of 2, 2
+    and 1 samples: two graphs, the counters running on across chunks), new ε at every step."""
+    model = _model().cuda()
+    with torch.no_grad():
+        for g in model.prior.groups:
+            for lin in (g.mu_net, g.logvar_net):
+                lin.weight.zero_()
+                lin.bias.zero_()
+    context, _ = (t.cuda() for t in _inputs(model, clips=2, samples=5, n_future=3))
+    budget = 2 * 2 * FastSampler(model).bytes_per_row()
+    eager = FastSampler(model, memory_budget=budget, noise="kernel")
+    graphed = FastSampler(model, graphs=True, memory_budget=budget, noise="kernel")
+    z_ref, frames_ref = _prior_noise_and_frames(eager, context, 3, 5, seed=4)
+    z_got, frames_got = _prior_noise_and_frames(graphed, context, 3, 5, seed=4)
+    assert len(z_got) == len(z_ref) == 3 * 3
+    for i, (got, ref) in enumerate(zip(z_got, z_ref)):
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=f"chunk {i // 3}, step {i % 3}")
+    for c in range(3):
+        for f in range(2):
+            assert not torch.allclose(z_got[3 * c + f], z_got[3 * c + f + 1]), "a replay repeated the noise"
+    assert all(rel(got, ref) <= 1e-3 for got, ref in zip(frames_got, frames_ref))
+    assert graphed._offset == eager._offset, "the host counter keeps in step with the graph's"

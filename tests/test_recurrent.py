@@ -90,6 +90,16 @@ def test_noise_from_generator_is_reproducible():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_torch_backend_reads_a_device_offset():
+    """A one-element int64 tensor offset: the torch backend seeds its generator with the value."""
+    m = HierarchicalGaussianLSTM(4, 6, 8, 1, groups=2)
+    x, states, weights = torch.randn(3, 4), m.init_state(3), tuple(g.weights() for g in m.groups)
+    with torch.no_grad():
+        ref = gaussian_lstm_step(x, states, weights, seed=5, offset=18, backend="torch")[0]
+        for offset in (torch.tensor(18), torch.tensor([18])):
+            assert torch.equal(gaussian_lstm_step(x, states, weights, seed=5, offset=offset, backend="torch")[0], ref)
+
+
 @pytest.mark.parametrize(
     "change, exc, match",
     [

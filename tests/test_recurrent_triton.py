@@ -299,6 +299,30 @@ def test_in_kernel_noise_reproducible_and_counter_based():
     assert torch.equal(shifted, a[3:10])
 
 
+def test_device_offset_draws_the_int_offsets_numbers():
+    """A one-element int64 tensor offset read in the kernel: the same counters as the int."""
+    G, Zg = 2, 8
+    a = draw(130, G, Zg, seed=7, offset=64)
+    assert torch.equal(draw(130, G, Zg, seed=7, offset=torch.tensor(64, device=DEV)), a)
+    assert torch.equal(draw(130, G, Zg, seed=7, offset=torch.tensor([64], device=DEV)), a)
+    other = draw(130, G, Zg, seed=7, offset=torch.tensor(64 + 130 * G * Zg, device=DEV))
+    assert not torch.allclose(other, a), "another offset, other numbers"
+    big = 2**40 + 5  # beyond int32: the int is launched as int64, the tensor is int64
+    assert torch.equal(draw(7, G, Zg, seed=7, offset=torch.tensor(big, device=DEV)), draw(7, G, Zg, seed=7, offset=big))
+
+
+def test_device_offset_with_autograd():
+    """The autograd path (GaussianStepFunction) reads a device offset too and stores the drawn noise."""
+    B, n_in, H, Zg, G, L = 7, 16, 32, 4, 2, 1
+    x, s, w, _, _ = (cast(t, torch.float32) for t in gaussian_inputs(B, n_in, H, Zg, G, L, False, seed=4))
+    with torch.no_grad():
+        ref = gaussian_lstm_step(x, s, w, seed=99, offset=12345, backend="triton")[0]
+    z = gaussian_lstm_step(x, s, w, seed=99, offset=torch.tensor(12345, device=DEV), backend="triton")[0]
+    assert z.requires_grad
+    torch.testing.assert_close(z.detach(), ref, rtol=1e-6, atol=1e-6)  # the same noise (else O(1) apart)
+    assert torch.autograd.grad(z.sum(), x)[0].shape == x.shape
+
+
 def test_torch_backend_seeded_noise_reproducible():
     a = draw(64, 2, 8, seed=5, offset=0, backend="torch")
     assert torch.equal(a, draw(64, 2, 8, seed=5, offset=0, backend="torch"))
@@ -533,6 +557,13 @@ def test_bad_inputs_name_the_argument():
         gaussian_lstm_step(x, s, w, seed=-1, backend="triton")
     with pytest.raises(ValueError, match="offset must be"):
         gaussian_lstm_step(x, s, w, seed=1, offset=1.5, backend="triton")
+    for offset, match in [
+        (torch.tensor(3, dtype=torch.int32, device=DEV), "dtype torch.int64, got torch.int32"),
+        (torch.tensor(3.0, device=DEV), "dtype torch.int64, got torch.float32"),
+        (torch.tensor([3, 4], device=DEV), r"one element, got shape \(2,\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            gaussian_lstm_step(x, s, w, seed=1, offset=offset, backend="triton")
     bad = list(w)
     bad[1] = bad[1]._replace(mu_w=bad[1].mu_w.double())
     with pytest.raises(TypeError, match="group 1 mu_w has dtype"):
@@ -585,6 +616,45 @@ def test_lstm_step_bf16():
     check_close(out, ref, 2e-2, "bf16 forward")
     check_close(torch.autograd.grad(probe(out), leaves(args)), torch.autograd.grad(probe(ref), leaves(ref_args)),
                 2e-2, "bf16 grad")  # fmt: skip
+
+
+@needs_cuda
+def test_device_offset_under_cuda_graph_draws_new_noise_each_replay():
+    """A graph capturing the step and ``offset.add_``: replay i draws the int offset o + i B G Zg's numbers."""
+    B, G, Zg = 64, 2, 8
+    w = zero_heads(cast(make_gaussian(8, 32, Zg, G, 1), torch.float32, grad=False))  # z = eps
+    s = tuple(cast(make_state(B, 32, 1, j), torch.float32, grad=False) for j in range(G))
+    x = torch.randn(B, 8, device=DEV)
+    offset = torch.zeros((), dtype=torch.int64, device=DEV)
+    with pytest.raises(ValueError, match="on x's device"):
+        gaussian_lstm_step(x, s, w, seed=7, offset=offset.cpu(), backend="triton")
+    gaussian_lstm_step(x, s, w, seed=7, offset=offset, backend="triton")  # compile outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z = gaussian_lstm_step(x, s, w, seed=7, offset=offset, backend="triton")[0]
+        offset.add_(B * G * Zg)
+    offset.fill_(64)
+    replays = []
+    for _ in range(3):
+        graph.replay()
+        replays.append(z.clone())
+    for i, got in enumerate(replays):
+        ref = draw(B, G, Zg, seed=7, offset=64 + i * B * G * Zg)
+        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=f"replay {i}")
+    assert not torch.allclose(replays[0], replays[1])
+    assert offset.item() == 64 + 3 * B * G * Zg
+
+
+@needs_cuda
+def test_torch_backend_refuses_a_device_offset_under_graph_capture():
+    x, s, w, _, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(3, 8, 32, 2, 2, 1, False))
+    offset = torch.zeros((), dtype=torch.int64, device=DEV)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="under CUDA-graph capture needs backend='triton'"):
+        with torch.cuda.graph(graph):
+            offset.add_(1)  # the capture is not empty
+            gaussian_lstm_step(x, s, w, seed=7, offset=offset, backend="torch")
 
 
 @needs_cuda
@@ -644,8 +714,8 @@ COMPILE_CHECK = textwrap.dedent(
         tuple(e(H, n_in + j * Zg) for j in range(G)), t(G, H), t(G * L, 4 * H, H), t(G * L, 4 * H, H),
         t(G * L, 4 * H), t(G * L, 4 * H), t(G, Zg, H), t(G, Zg), t(G, Zg, H), t(G, Zg),
         e(B, Zt), e(B, Zt), e(B, Zt), e(G, B, H), e(G, L, B, H), e(G, L, B, H), e(G, L, B, 4 * H),
-        B, n_in, H, Zg, n_in, Zt, Zt, 1234, 0, G=G, L=L, DRAW_EPS=True, STORE_EPS=True, SAVE_GATES=True, BLOCK_Z=16,
-        grid=(1,), **meta)
+        B, n_in, H, Zg, n_in, Zt, Zt, 1234, 0, torch.empty((), dtype=torch.int64), G=G, L=L, DRAW_EPS=True,
+        OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE_GATES=True, BLOCK_Z=16, grid=(1,), **meta)
     tl_._cell_bwd_kernel.warmup(*t(6, B, H), e(B, 4 * H), e(B, H), B, H, HAS_DH_A=True, HAS_DH_B=True, HAS_DC=True,
         BLOCK_B=16, BLOCK_H=64, grid=(1,))
     tg._head_bwd_kernel.warmup(*t(5, B, Zt), e(B, Zg), e(B, Zg), e(B, Zt), B, Zg, Zt, 0, HAS_DZ=True, HAS_DMU=True,

@@ -37,11 +37,26 @@ def _mix_seed(seed: int, offset: int) -> int:
     return (v ^ (v >> 31)) >> 1
 
 
-def draw_noise_torch(x, n: int, seed: int, offset: int) -> torch.Tensor:
+def _host_offset(offset) -> int:
+    """An int offset as is; a device offset's value (reading it synchronizes with the device).
+    Refused while a CUDA stream is capturing a graph: the read would be captured as a constant."""
+    if not isinstance(offset, torch.Tensor):
+        return offset
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        raise RuntimeError(
+            "gaussian_lstm_step: a device offset under CUDA-graph capture needs backend='triton' (the torch, "
+            "cpp and cuda backends seed a torch generator with its value, read on the host)"
+        )
+    return int(offset)
+
+
+def draw_noise_torch(x, n: int, seed: int, offset) -> torch.Tensor:
     """The torch backend's noise for (seed, offset): (B, n) from a generator seeded with both;
-    reproducible, but not the numbers the Triton kernels draw."""
+    reproducible, but not the numbers the Triton kernels draw. ``offset``: an int, or a device
+    offset (its value is read: not under CUDA-graph capture)."""
+    mixed = _mix_seed(seed, _host_offset(offset))  # before anything touches the device
     gen = torch.Generator(device=x.device)
-    gen.manual_seed(_mix_seed(seed, offset))
+    gen.manual_seed(mixed)
     return torch.randn(x.shape[0], n, device=x.device, dtype=x.dtype, generator=gen)
 
 
@@ -166,7 +181,18 @@ def lstm_step(x, state, weights, *, backend: str = "auto"):
     return LSTM_STEP(backend, x.device.type, x, tuple(state), weights)
 
 
-def _check_noise_args(op, eps, seed, offset):
+def _check_device_offset(op, offset, x):
+    """A device offset: a one-element int64 tensor on x's device (its value is not checked:
+    reading it would synchronize)."""
+    if offset.dtype != torch.int64:
+        raise ValueError(f"{op}: a tensor offset must have dtype torch.int64, got {offset.dtype}")
+    if offset.numel() != 1:
+        raise ValueError(f"{op}: a tensor offset must have one element, got shape {tuple(offset.shape)}")
+    if offset.device != x.device:
+        raise ValueError(f"{op}: a tensor offset must be on x's device {x.device}, got {offset.device}")
+
+
+def _check_noise_args(op, eps, seed, offset, x):
     if eps is not None and seed is not None:
         raise ValueError(f"{op}: give eps or seed, not both")
     if eps is None and seed is None:
@@ -174,8 +200,12 @@ def _check_noise_args(op, eps, seed, offset):
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ValueError(f"{op}: seed must be an int in [0, 2**63), got {seed!r}")
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**62:
-            raise ValueError(f"{op}: offset must be an int in [0, 2**62), got {offset!r}")
+        if isinstance(offset, torch.Tensor):
+            _check_device_offset(op, offset, x)
+        elif isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < 2**62:
+            raise ValueError(
+                f"{op}: offset must be an int in [0, 2**62) or a one-element int64 tensor on x's device, got {offset!r}"
+            )
 
 
 def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, offset=0, backend: str = "auto"):
@@ -194,6 +224,13 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
         draws with a torch generator seeded from (seed, offset). Both are reproducible for the
         same (seed, offset), but the two backends' numbers differ. A step uses B * G * Zg
         counters: advance ``offset`` by that between steps for independent noise.
+        ``offset`` is an int in [0, 2**62), or a "device offset": a one-element int64 tensor on
+        x's device holding it (value not checked). The Triton kernels read a device offset in
+        the kernel, so a CUDA graph that captures the step draws new noise at each replay when
+        the caller advances the tensor in place (``offset.add_(B * G * Zg)``, in the graph or
+        between replays; the kernel never writes it); an int is captured as a constant and
+        every replay repeats the same noise. The torch, cpp and cuda backends read the value on
+        the host (a synchronization) and refuse a device offset while a CUDA stream is capturing.
 
     Returns:
         z, mu, logvar, each (B, G * Zg); the tuple of G new states.
@@ -204,7 +241,7 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
     _check_x(op, x, weights[0].embed_w.shape[1])
     if len(states) != len(weights):
         raise ValueError(f"{op}: {len(states)} states for {len(weights)} groups")
-    _check_noise_args(op, eps, seed, offset)
+    _check_noise_args(op, eps, seed, offset, x)
     zg = weights[0].mu_w.shape[0]
     B, G = x.shape[0], len(weights)
     if eps is not None:

@@ -18,9 +18,12 @@ Noise drawn in-kernel: ``eps[r, c] = randn(seed, offset + r * G * Zg + c)`` (Phi
 ``tl.randn``), c the column in the full (B, G * Zg) output. A step consumes the counters
 ``offset .. offset + B * G * Zg - 1``: advance ``offset`` by that between steps for independent
 noise; the same (seed, offset) gives the same numbers. These are not the numbers torch's
-generators give. Seed and offset are launch arguments: a CUDA graph captures their values, so
-every replay draws the same noise (pass ``eps``, or capture one graph per offset, until the
-offset can come from device memory).
+generators give. The seed is a launch argument; the offset is one too (an int), or a one-element
+int64 tensor on the device that the kernel reads (a "device offset", as PyTorch's own Philox
+does under graph capture). A CUDA graph captures launch arguments by value, so with an int offset
+every replay draws the same noise; with a device offset each replay draws from whatever the
+tensor holds then. The kernel never writes the offset (its programs would race): the caller
+advances it between steps (e.g. ``offset.add_(B * G * Zg)``, captured in the same graph).
 
 Backward: a Triton kernel per group for the head's pointwise part (d mu, d logvar, d eps with the
 reparameterisation), the cells' pointwise kernel of :mod:`.triton_lstm`, and torch matmuls for the
@@ -115,10 +118,12 @@ def _gaussian_step_kernel(
     # strides (rows; columns are unit-stride)
     stride_x, stride_zsrc, stride_eps,
     # random numbers (DRAW_EPS)
-    seed, offset,
+    seed, offset,  # Philox key; first counter of the step (unless OFFSET_FROM_PTR)
+    offset_ptr,  # one int64: the first counter, read when OFFSET_FROM_PTR (else any pointer, never read)
     # meta-parameters
     G: tl.constexpr, L: tl.constexpr,  # groups, stacked cells per group
     DRAW_EPS: tl.constexpr,  # draw eps with Philox instead of reading it
+    OFFSET_FROM_PTR: tl.constexpr,  # the first counter is *offset_ptr (device memory), not offset
     STORE_EPS: tl.constexpr,  # store the drawn eps (for backward)
     SAVE_GATES: tl.constexpr,  # store the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -130,6 +135,8 @@ def _gaussian_step_kernel(
     row_mask = rows < B
     BH = B.to(tl.int64) * H
     Z_total = G * Zg
+    if OFFSET_FROM_PTR:
+        offset = tl.load(offset_ptr)  # the caller advances it between steps; never written here
     for j in tl.static_range(G):
         e_j = e_ptr + j * BH
         _linear_rows(e_j, H, x_ptr, stride_x, n_in, zsrc_ptr, stride_zsrc, j * Zg, embed_w[j], embed_b[j], H,
@@ -221,9 +228,10 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     Args:
         x: (B, n_in); states: G states of L pairs (h, c), each (B, H); weights: G
         :class:`GaussianLSTMWeights` (group j's embed (H, n_in + j * Zg), heads (Zg, H));
-        eps: (B, G * Zg) noise, or None to draw it in-kernel from ``seed`` and ``offset``
-        (see the module docstring); cond: None or (B, G * Zg); save: also write what
-        :func:`backward` needs (the activated gates, the drawn eps).
+        eps: (B, G * Zg) noise, or None to draw it in-kernel from ``seed`` and ``offset`` (an
+        int, or a one-element int64 tensor on x's device read by the kernel: see the module
+        docstring); cond: None or (B, G * Zg); save: also write what :func:`backward` needs
+        (the activated gates, the drawn eps).
 
     Returns:
         z, mu, logvar (B, G * Zg); h_out, c_out (G, L, B, H) (the new states, stacked);
@@ -242,6 +250,7 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     c_out = torch.empty(G, L, B, H, **kw)
     gates = torch.empty(G, L, B, 4 * H, **kw) if save else e  # e: a placeholder never written
     draw = eps is None
+    from_ptr = draw and isinstance(offset, torch.Tensor)
     if draw:
         eps_buf = torch.empty(B, Zt, **kw) if save else z  # z: a placeholder never accessed
     else:
@@ -259,10 +268,10 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
         tuple(_c(w.logvar_w) for w in weights), tuple(_c(w.logvar_b) for w in weights),
         z, mu, lv, e, h_out, c_out, gates,
         B, n_in, H, Zg, x.stride(0), zsrc.stride(0), eps_buf.stride(0),
-        0 if seed is None else int(seed), int(offset),
+        0 if seed is None else int(seed), 0 if from_ptr else int(offset), offset if from_ptr else z,
     )  # fmt: skip
     meta = {
-        "G": G, "L": L, "DRAW_EPS": draw, "STORE_EPS": draw and save, "SAVE_GATES": save,
+        "G": G, "L": L, "DRAW_EPS": draw, "OFFSET_FROM_PTR": from_ptr, "STORE_EPS": draw and save, "SAVE_GATES": save,
         "BLOCK_Z": max(16, min(64, triton.next_power_of_2(Zg))), "PRECISION": dot_precision(x.dtype),
     }  # fmt: skip
     launch(_gaussian_step_kernel, _gaussian_step_tuned, B, H, args, meta)
@@ -399,9 +408,10 @@ def _unflatten(G, L, flat):
 
 
 class GaussianStepFunction(torch.autograd.Function):
-    """Autograd of :func:`forward`. Inputs: (G, L, seed, offset), x, eps (or None), cond (or
-    None), then per group: h (L), c (L), embed_w, embed_b, 4 tensors per cell, mu_w, mu_b,
-    logvar_w, logvar_b. Outputs: z, mu, logvar (B, G * Zg), h_out, c_out (G, L, B, H)."""
+    """Autograd of :func:`forward`. Inputs: (G, L, seed, offset (an int or a device offset)), x,
+    eps (or None), cond (or None), then per group: h (L), c (L), embed_w, embed_b, 4 tensors per
+    cell, mu_w, mu_b, logvar_w, logvar_b. Outputs: z, mu, logvar (B, G * Zg), h_out, c_out
+    (G, L, B, H)."""
 
     @staticmethod
     def forward(ctx, meta, x, eps, cond, *flat):
@@ -445,7 +455,8 @@ class GaussianStepFunction(torch.autograd.Function):
 def gaussian_lstm_step_triton(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
     """The ``"triton"`` backend of :func:`~hafsvg_kernels.recurrent.interface.gaussian_lstm_step`:
     one launch forward; autograd through :class:`GaussianStepFunction` when anything requires
-    grad. Returns z, mu, logvar (B, G * Zg) and the G new states."""
+    grad. ``offset``: an int or a device offset (see the module docstring). Returns z, mu,
+    logvar (B, G * Zg) and the G new states."""
     G, L = len(weights), len(weights[0].cells)
     flat = _flatten(states, weights)
     tensors = [t for t in (x, eps, cond) if t is not None] + flat
@@ -458,6 +469,6 @@ def gaussian_lstm_step_triton(x, states, weights, eps=None, cond=None, *, seed=N
 
 
 def noise_numel(batch: int, z_total: int) -> int:
-    """Philox counters one step consumes: advance ``offset`` by this between steps."""
+    """Philox counters one step consumes: advance ``offset`` (int or device tensor) by this between steps."""
     return batch * z_total
 

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Everything a short GPU session has to do, in two calls of under ten minutes each:
+#
+#   bash benchmarks/gpu_session.sh check   # build the CUDA extension; the GPU-relevant tests; hafsvg profile
+#   bash benchmarks/gpu_session.sh bench   # pytest benchmarks --benchmark-only (JSON per file) + bench-report
+#
+# Run from the repository root on a machine with a CUDA torch, Triton, nvcc and ninja (no install
+# needed: the repo goes on PYTHONPATH). Results go to $OUT (default benchmarks/results/session):
+# check.log, profile.json, profile-graphs.json (GPU); bench.log, attention.json, recurrent.json,
+# sampling.json, report/report.md, report/speedups.png. Keep them as
+# benchmarks/results/<gpu>-<date>/ and rebuild the table with `hafsvg bench-report`.
+#
+# Every step runs under its own time limit and the next step runs whatever the last one gave, so a
+# hang or a failure costs one step, not the session; each step's exit code is in the log's last
+# line. The limits of a stage add up to 570 s (the device tool stops a call at 600 s); the bench
+# stage times with HAFSVG_BENCH_TARGET_S=0.5 s per case. On a CPU the same script runs the
+# CPU-sized workloads: a dry run of the harness.
+set -uo pipefail
+stage=${1:-}
+case "$stage" in check | bench) ;; *) echo "usage: $0 check|bench" >&2; exit 2 ;; esac
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/results/session}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export MAX_JOBS=${MAX_JOBS:-$(nproc)} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+workers=$(($(nproc) > 8 ? 8 : $(nproc)))
+results=()
+
+step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log its exit code and duration
+    local name=$1 limit=$2 t0=$SECONDS rc
+    shift 2
+    echo "=== $name (limit ${limit} s): $*"
+    timeout --signal=INT --kill-after=15 "$limit" "$@"
+    rc=$?
+    echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+    results+=("$name=$rc")
+}
+
+profile() {  # profile NAME SECONDS FLAGS...: hafsvg profile into a scratch folder; keep its JSON summary
+    local dir
+    dir=$(mktemp -d)
+    step "$1" "$2" python -m hafsvg profile --out "$dir" "${@:3}"
+    cp "$dir/profile.json" "$out/$1.json" 2>/dev/null || echo "=== $1 wrote no summary"
+}
+
+bench() {  # bench NAME SECONDS PYTEST-ARGS...: one benchmark file as pytest-benchmark JSON
+    local name=$1 limit=$2
+    shift 2
+    step "bench $name" "$limit" python -m pytest -q -rs -p no:cacheprovider --benchmark-only \
+        --benchmark-json="$out/$name.json" "$@"
+}
+
+build() {  # the C++ and CUDA extensions (JIT, cached: instant when this machine built them already)
+    step build "$1" python -c "from hafsvg_kernels import _ext
+for kind in ('cpu', 'cuda'):
+    try:
+        getattr(_ext, 'load_' + kind)()
+    except Exception as e:
+        print(kind, 'extension failed:', e)
+    print(kind, 'extension:', _ext.build_state(kind))"
+}
+
+{
+    echo "=== gpu_session $stage, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
+    if python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then gpu=1; else gpu=0; fi
+    if [ "$stage" = check ]; then
+        build 180
+        step info 30 python -m hafsvg_kernels.info
+        # The files whose tests differ on a GPU: compiled Triton, bf16/TF32 tolerances, launch
+        # counts, CUDA graphs, the CUDA extension, the CUDA auto order.
+        xdist=()
+        python -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
+        step tests 210 python -m pytest -q -rs -p no:cacheprovider "${xdist[@]}" --durations=15 \
+            tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_fast_sampling.py \
+            tests/test_cpp_attention.py tests/test_cpp_recurrent.py tests/test_dispatch.py
+        if [ $gpu = 1 ]; then
+            profile profile 75 --backend torch,triton,cuda
+            profile profile-graphs 60 --backend triton --graphs
+        else
+            profile profile 120 --backend torch,cpp
+        fi
+    else
+        export HAFSVG_BENCH_TARGET_S=${HAFSVG_BENCH_TARGET_S:-0.5}
+        build 120
+        # SPEC §4's reference batch (16 clips x 100 samples); torch.compile on the Moving-MNIST rows
+        # and the sampling batch only (one compilation per shape and pass costs ~20 s).
+        attention=(-k "sample and not vdec and (not compile or dcgan32 or dcgan16)")
+        [ $gpu = 1 ] || attention=()  # the CPU smoke batch is "cpu-small"
+        bench attention 200 benchmarks/test_bench_attention.py "${attention[@]}"
+        bench recurrent 100 benchmarks/test_bench_recurrent.py -k "not compile or sample"
+        bench sampling 130 benchmarks/test_bench_sampling.py
+        mapfile -t jsons < <(find "$out" -maxdepth 1 -name '*.json' -size +0 | sort)
+        step report 20 python -m hafsvg bench-report "${jsons[@]}" --out "$out/report"
+    fi
+    echo "=== gpu_session $stage done: ${results[*]}"
+} 2>&1 | tee "$out/$stage.log"
