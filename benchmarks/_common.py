@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 import torch
 
+from hafsvg_kernels._triton import tf32_allowed
+
 #: Dense (no sparsity) peak rates, per second. Matrix rates: NVIDIA H100/H200 datasheets (the
 #: "with sparsity" figures halved); the SFU rate is SMs x 16 MUFU ops per clock x boost clock
 #: (H100 SXM5: 132 x 16 x 1.83 GHz ~ 3.9e12, the figure FlashAttention-3, Shah et al. 2024, quotes).
@@ -127,7 +129,7 @@ def matrix_rate_key(dtype: torch.dtype) -> str:
         return "bf16"
     if dtype == torch.float16:
         return "fp16"
-    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and tf32_allowed():
         return "tf32"
     return "fp32"
 

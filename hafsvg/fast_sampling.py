@@ -8,18 +8,25 @@ same noise layout; the reference stays the reference) with these levers:
 * per clip, once: the context encoding, the aligner's K/V, and each decoder block's convolution
   over F_e plus bias (:mod:`hafsvg.split_conv`), broadcast over the clip's samples;
 * samples are processed in chunks sized by ``memory_budget`` (:meth:`FastSampler.chunk_samples`);
-* ``noise="kernel"``: with no noise passed in, ε is drawn inside the recurrent kernels from a seed
-  (Philox with Triton): reproducible per seed and chunking, but not torch's numbers;
+* ``noise="kernel"``: with no noise passed in, ε is drawn inside the recurrent kernels (Philox with
+  Triton) from the fixed key :data:`KERNEL_SEED` and counters; each call draws its first counter
+  from the generator (see ``_first_counter``): reproducible per generator seed and chunking, but
+  not torch's numbers;
 * ``graphs=True`` (CUDA only): one future step (prior, predictor, decoder, re-encoding of the
-  frame) is captured once per chunk size in a CUDA graph with static buffers and replayed per
-  step. ``noise="torch"``: each step's ε is copied into a static buffer before the replay.
-  ``noise="kernel"``: the prior's step reads its Philox offset from a static int64 device tensor
-  (a device offset of ``hafsvg_kernels.gaussian_lstm_step``; the Triton backend is needed under
-  capture), set to the chunk's first future counter before its first replay and advanced by the
-  graph itself after each draw. The Philox seed is a launch constant of the graph: graphs are
-  captured afresh in every call (see ``_GraphSteps``), so it is that call's seed. Counters are
-  consumed in the eager path's order, so graphs and eager sampling give the same ε for the same
-  generator (and the same chunking);
+  frame) is captured in a CUDA graph with static buffers, under the sampler's autocast, and
+  replayed per step. Captured steps are cached on the sampler across chunks and calls, keyed by
+  what the capture depends on (clips, samples per chunk, noise source, dtype, the shapes and dtypes
+  of the recurrent states and of the per-clip decoder context); each chunk copies its state and its
+  clips' context into the static buffers. ``noise="torch"``: each step's ε is copied into a static
+  buffer before the replay. ``noise="kernel"``: the prior's step reads its Philox counter from a
+  static int64 device tensor (a device offset of ``hafsvg_kernels.gaussian_lstm_step``; the Triton
+  backend is needed under capture), set to the chunk's first future counter before its first replay
+  and advanced by the graph itself after each draw; the key is the constant :data:`KERNEL_SEED`,
+  so one graph serves every call. Counters are consumed in the eager path's order, so graphs and
+  eager sampling give the same ε for the same generator (and the same chunking). A cached graph
+  holds its static buffers and its private memory pool (about one chunk's step activations): at
+  most :data:`GRAPH_CACHE_SIZE` are kept (least recently used dropped), and
+  :meth:`FastSampler.reset_graphs` drops them all;
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast; the recurrent state
   stays in the model's dtype.
 
@@ -28,7 +35,9 @@ target on the device as soon as it is decoded and a running best is kept per cli
 samples nor a whole chunk of frames is ever held, and nothing goes to the host.
 
 The split decoder weights (BatchNorm folded in) are a snapshot taken at construction; encoder and
-recurrent weights are read at each call. Build a new sampler after changing the model's weights.
+recurrent weights are read at each call (by a cached graph: at each replay, from the parameters'
+storage, so in-place updates are seen but replaced parameters are not). Build a new sampler after
+changing the model's weights.
 """
 
 from __future__ import annotations
@@ -45,24 +54,61 @@ from .models import HAFSVG
 from .split_conv import SplitConv, SplitConvDecoder
 from .stages import Stages
 
-__all__ = ["CPU_MEMORY_BUDGET", "CUDA_MEMORY_FRACTION", "FastSampler"]
+__all__ = ["CPU_MEMORY_BUDGET", "CUDA_MEMORY_FRACTION", "FastSampler", "KERNEL_SEED"]
 
 #: Bytes of activations a chunk may use on a CPU when no ``memory_budget`` is given.
 CPU_MEMORY_BUDGET = 2 << 30
-#: Fraction of the free CUDA memory a chunk may use when no ``memory_budget`` is given.
+#: Fraction of the available CUDA memory (free on the device plus reserved but unallocated by
+#: PyTorch's caching allocator) a chunk may use when no ``memory_budget`` is given.
 CUDA_MEMORY_FRACTION = 0.5
 #: Activation bytes per row counted by a dry run are multiplied by this (temporaries, buffers).
 ACTIVATION_FACTOR = 3
 #: Eager runs of the captured step before capture (kernel compilation, allocator warm-up).
 GRAPH_WARMUP = 3
+#: Captured steps a sampler keeps (a chunk size and the last chunk's remainder).
+GRAPH_CACHE_SIZE = 2
+#: Philox key of the in-kernel noise (``noise="kernel"``); a call's randomness is its first counter.
+KERNEL_SEED = 0x4841465356
+#: Philox counters of in-kernel noise are in [0, COUNTER_LIMIT) (``gaussian_lstm_step``'s int offsets).
+COUNTER_LIMIT = 2**62
 METRICS = {"ssim": ssim, "psnr": psnr}
 
 
+def _map(fn, tree):
+    """``fn`` applied to each tensor of a nested (named) tuple of tensors and None (kept)."""
+    if tree is None or isinstance(tree, torch.Tensor):
+        return None if tree is None else fn(tree)
+    items = [_map(fn, t) for t in tree]
+    return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+
+
 def _tensors(tree):
-    """The tensors of a nested tuple of recurrent states, in order."""
+    """The tensors of a nested (named) tuple of tensors and None, in order."""
+    if tree is None:
+        return []
     if isinstance(tree, torch.Tensor):
         return [tree]
     return [t for sub in tree for t in _tensors(sub)]
+
+
+def _signature(tree):
+    """The structure, shapes and dtypes of a tree of tensors (hashable): what a capture depends on."""
+    return _map(lambda t: (tuple(t.shape), t.dtype), tree)
+
+
+def _copy_(dst, src):
+    """Copy a tree of tensors into a tree of the same signature, in place."""
+    for d, s in zip(_tensors(dst), _tensors(src), strict=True):
+        d.copy_(s)
+
+
+def _available_cuda_memory(device) -> int:
+    """Bytes a chunk could use on a CUDA device: free on the device, plus reserved by PyTorch's
+    caching allocator but not allocated (cached blocks that earlier runs freed). The free blocks of
+    cached CUDA graphs' private pools count too, though only their graphs reuse them: with graphs
+    the estimate is taken once per number of clips (see ``FastSampler``'s ``graphs``)."""
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + cached
 
 
 class FastSampler:
@@ -72,13 +118,20 @@ class FastSampler:
         model: the model (sampling runs in eval mode; its mode is restored afterwards).
         backend: ``hafsvg_kernels`` backend of the recurrent steps and the attention.
         dtype: None (the model's dtype) or torch.bfloat16/float16 (CUDA autocast).
-        graphs: capture one future step in a CUDA graph (CUDA only). With ``noise="kernel"`` the
-            graph reads the Philox offset from device memory (needs the Triton backend) and draws
-            the eager path's numbers for the same generator.
-        memory_budget: bytes of activations per chunk (default: a fraction of the free CUDA
+        graphs: capture one future step in a CUDA graph (CUDA only), cached across calls (see
+            :meth:`reset_graphs`). With ``noise="kernel"`` the graph reads the Philox counter from
+            device memory (needs the Triton backend) and draws the eager path's numbers for the
+            same generator. With no ``memory_budget``, the chunk size first chosen for a number of
+            clips is kept for them until :meth:`reset_graphs` (its graph's memory pool already
+            holds that chunk's step; a fresh estimate would see that memory as used and capture
+            anew).
+        memory_budget: bytes of activations per chunk (default: a fraction of the available CUDA
             memory on a GPU, :data:`CPU_MEMORY_BUDGET` on a CPU).
         noise: where ε comes from when none is passed: "torch" (``torch.randn`` with the
             generator, the reference's numbers) or "kernel" (drawn in the recurrent kernels).
+
+    Attributes:
+        graph_captures: CUDA graphs captured so far (a cached graph is reused without capture).
     """
 
     def __init__(self, model: HAFSVG, *, backend="auto", dtype=None, graphs=False, memory_budget=None,
@@ -102,7 +155,10 @@ class FastSampler:
         self.decoder = SplitConvDecoder(model.decoder, backend)
         self.decoder.stage = self.stages
         self._bytes_per_row = None
-        self._seed, self._offset = 0, 0
+        self._offset = 0  # the next Philox counter of in-kernel noise
+        self._graph_cache = {}  # signature -> _GraphSteps, least recently used first
+        self._graph_chunks = {}  # clips -> samples per chunk, kept for the cached graphs (no memory_budget)
+        self.graph_captures = 0
 
     # ---- public --------------------------------------------------------------------------------
 
@@ -115,8 +171,8 @@ class FastSampler:
             generator: ``torch.Generator`` for the noise.
             noise: (B, n_samples, k - 1 + n_future, z_dim) standard normal noise (step i's z uses
                 ``noise[:, :, i]``), or None to draw it (see ``noise`` of the constructor; with
-                ``noise="kernel"`` one Philox seed is drawn from ``generator`` per call and the
-                counters run on over the chunks, so the numbers depend on the chunk size).
+                ``noise="kernel"`` the call's first Philox counter is drawn from ``generator`` and
+                the counters run on over the chunks, so the numbers depend on the chunk size).
             progress: show a tqdm bar over chunks x steps.
 
         Returns:
@@ -173,13 +229,14 @@ class FastSampler:
     def chunk_samples(self, clips: int, n_samples: int) -> int:
         """Samples per chunk: as many as keep clips x samples x :meth:`bytes_per_row` within the
         memory budget (at least 1)."""
-        budget = self.memory_budget
-        if budget is None:
-            if self.device.type == "cuda":
-                budget = CUDA_MEMORY_FRACTION * torch.cuda.mem_get_info(self.device)[0]
-            else:
-                budget = CPU_MEMORY_BUDGET
-        return max(1, min(n_samples, int(budget // (self.bytes_per_row() * clips))))
+        return min(n_samples, self._max_chunk(clips))
+
+    def reset_graphs(self) -> None:
+        """Drop the cached CUDA graphs (their static buffers and private memory pools) and the chunk
+        sizes kept for them: the next call sizes its chunks and captures afresh. The memory goes
+        back to PyTorch's caching allocator (``torch.cuda.empty_cache()`` returns it to the device)."""
+        self._graph_cache.clear()
+        self._graph_chunks.clear()
 
     def bytes_per_row(self) -> int:
         """Estimated activation bytes of one row (one sample of one clip) in a future step: the
@@ -210,7 +267,27 @@ class FastSampler:
 
     # ---- the sampling loop ---------------------------------------------------------------------
 
+    def _max_chunk(self, clips):
+        """Samples per chunk that keep clips x samples x :meth:`bytes_per_row` within the memory
+        budget (at least 1)."""
+        budget = self.memory_budget
+        if budget is None and self.device.type == "cuda":
+            budget = CUDA_MEMORY_FRACTION * _available_cuda_memory(self.device)
+        elif budget is None:
+            budget = CPU_MEMORY_BUDGET
+        return max(1, int(budget // (self.bytes_per_row() * clips)))
+
+    def _chunk(self, clips, n_samples):
+        """The call's samples per chunk: :meth:`chunk_samples`, except with graphs and no
+        ``memory_budget``, where the size first estimated for these clips is kept (see ``graphs``)."""
+        if not self.graphs or self.memory_budget is not None:
+            return self.chunk_samples(clips, n_samples)
+        if clips not in self._graph_chunks:
+            self._graph_chunks[clips] = self._max_chunk(clips)
+        return min(n_samples, self._graph_chunks[clips])
+
     def _autocast(self):
+        """The sampling dtype's autocast (``cache_enabled=False``, as CUDA-graph capture needs), or nothing."""
         if self.dtype == self.model_dtype:
             return nullcontext()
         return torch.autocast("cuda", dtype=self.dtype, cache_enabled=False)
@@ -240,13 +317,10 @@ class FastSampler:
             dev = generator.device if generator is not None else self.device
             noise = torch.randn(shape, generator=generator, device=dev, dtype=self.model_dtype).to(self.device)
         else:
-            self._seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)) \
-                if generator is not None else int(torch.randint(0, 2**62, (1,)))  # fmt: skip
-            self._offset = 0
-        chunk = self.chunk_samples(B, n_samples)
+            self._offset = _first_counter(generator, B * n_samples * (k - 1 + n_future) * c.z_dim)
+        chunk = self._chunk(B, n_samples)
         was_training = m.training
         m.eval()
-        graphs = {}
         bar = tqdm(total=-(-n_samples // chunk) * n_future, desc="sample", disable=not progress, dynamic_ncols=True)
         try:
             with self._autocast():
@@ -257,10 +331,7 @@ class FastSampler:
                 with self._autocast():
                     state = self._context_steps(h_ctx, eps, n)
                 if self.graphs:
-                    if B * n not in graphs:
-                        graphs[B * n] = _GraphSteps(self, state, eps, fctx, n)
-                    steps = graphs[B * n]
-                    steps.load(state, eps, k)
+                    steps = self._graph_steps(state, eps, fctx, n, k, n_future)
                 else:
                     steps = _EagerSteps(self, state, eps, fctx, n, k)
                 for f in range(n_future):
@@ -271,6 +342,22 @@ class FastSampler:
         finally:
             bar.close()
             m.train(was_training)
+
+    def _graph_steps(self, state, eps, fctx, n, k, n_future):
+        """The chunk's future steps by a cached :class:`_GraphSteps` (captured on a miss, the least
+        recently used dropped beyond :data:`GRAPH_CACHE_SIZE`), loaded with the chunk's state, its
+        clips' context and its first future counter -> ``steps(f)``."""
+        B = fctx.clip_terms[0].shape[0]
+        key = (B, n, eps is None, self.dtype, _signature(state), _signature(fctx))
+        graph = self._graph_cache.pop(key, None)  # re-inserted below: the most recently used is last
+        if graph is None:
+            while len(self._graph_cache) >= GRAPH_CACHE_SIZE:
+                del self._graph_cache[next(iter(self._graph_cache))]  # freed before the new capture
+            graph = _GraphSteps(self, state, eps, fctx, n)
+            self.graph_captures += 1
+        self._graph_cache[key] = graph
+        first = self._take_offset(B * n * n_future) if eps is None else None  # the replays draw these
+        return graph.load(state, eps, fctx, k, first)
 
     def _prepare(self, context):
         """context (B, k, C, 64, 64) -> h_ctx (B, k, g_dim), the decoder's per-clip context."""
@@ -288,7 +375,8 @@ class FastSampler:
             return self.model.encoder(frame)[0].to(self.model_dtype)
 
     def _take_offset(self, rows):
-        """Reserve the Philox counters of one Gaussian step of ``rows`` rows -> its first counter."""
+        """Reserve the Philox counters of ``rows`` rows of z (one Gaussian step of ``rows`` rows, or
+        several steps' rows together) -> the first counter."""
         offset = self._offset
         self._offset += rows * self.model.config.z_dim
         return offset
@@ -297,7 +385,7 @@ class FastSampler:
         """Keyword arguments of step i's Gaussian step: ``eps`` sliced, or the kernel's seed/offset."""
         if eps is not None:
             return {"eps": eps[:, i]}
-        return {"seed": self._seed, "offset": self._take_offset(rows)}
+        return {"seed": KERNEL_SEED, "offset": self._take_offset(rows)}
 
     def _gaussian(self, module, x, states, cond=None, **noise):
         weights = tuple(g.weights() for g in module.groups)
@@ -331,6 +419,17 @@ class FastSampler:
         with self.stages("decoder"):
             frame = self.decoder(g, fctx, n)
         return frame, pred, prior
+
+
+def _first_counter(generator, count):
+    """The first of a call's ``count`` Philox counters, drawn from ``generator`` (None: torch's
+    default CPU generator) uniformly in [0, COUNTER_LIMIT - count]: the call uses [first, first +
+    count), below 2**62. All calls share the key :data:`KERNEL_SEED`, so two calls' numbers
+    overlap only if their counter ranges do: with probability at most (count_1 + count_2) / 2**62
+    (2**-30 for calls of 2**31 numbers each; a best-of-100 evaluation of 256 clips x 30 steps x
+    z_dim 64 draws about 2**26)."""
+    dev = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, COUNTER_LIMIT - count + 1, (1,), generator=generator, device=dev))
 
 
 def _fold(best, scores, s0):
@@ -368,75 +467,78 @@ class _EagerSteps:
 
 
 class _GraphSteps:
-    """One future step and the re-encoding of its frame captured in a CUDA graph.
+    """One future step and the re-encoding of its frame captured in a CUDA graph, cached by the
+    sampler and reused by every chunk of the same signature (see ``FastSampler._graph_steps``).
 
-    Static buffers: h (rows, g_dim), the predictor and prior states, the noise source and the
-    output frame (rows, C, 64, 64). The noise source: eps (rows, z_dim) when ε is given; with
-    kernel noise, the Philox offset () int64, which the graph advances by rows * z_dim after the
-    prior's draw, and the sampler's seed of this call, captured as a constant. Built once per
-    chunk size within a call (the per-clip context tensors are captured by address, the seed by
-    value): warm-up on a side stream, then capture. ``load`` copies a chunk's state in (and the
-    sampler's next counter into the offset); ``steps(f)`` copies step f's ε into the static buffer
-    (or reserves the step's counters on the host, to keep the sampler's counter in step with the
-    device's), replays, and returns the static frame (valid until the next replay). The last
-    step's re-encoding is wasted work.
+    Static buffers (allocated at construction, outside the graph): h (rows, g_dim), the predictor
+    and prior states, the per-clip decoder context (a copy of the ``SplitContext``: each chunk's
+    clips are copied in, so the graph serves new clips of the same shapes) and the noise source;
+    the output frame (rows, C, 64, 64) lives in the graph's private memory pool. The noise source:
+    eps (rows, z_dim) when ε is given; with kernel noise, the Philox counter () int64, which the
+    graph advances by rows * z_dim after the prior's draw (the key is :data:`KERNEL_SEED`, a
+    launch constant). Capture runs under the sampler's autocast (``cache_enabled=False``): warm-up
+    on a side stream, then capture. ``load`` copies a chunk's state, context and first counter in
+    and returns ``steps(f)``, which copies step f's ε into the static buffer (when ε is given),
+    replays, and returns the static frame (valid until the next replay). The last step's
+    re-encoding is wasted work.
     """
 
     def __init__(self, sampler, state, eps, fctx, n):
-        self.s, self.fctx, self.n = sampler, fctx, n
-        h, pred, prior = state
-        self.h = h.clone()
-        self.pred, self.prior = _clone(pred), _clone(prior)
+        self.stages = sampler.stages
+        self.h, self.pred, self.prior, self.fctx = _map(torch.clone, (*state, fctx))
         if eps is None:
             self.eps, self.offset = None, torch.zeros((), dtype=torch.int64, device=sampler.device)
-            self.noise = {"seed": sampler._seed, "offset": self.offset}
+            noise = {"seed": KERNEL_SEED, "offset": self.offset}
         else:
             self.eps, self.offset = eps[:, 0].clone(memory_format=torch.contiguous_format), None
-            self.noise = {"eps": self.eps}
+            noise = {"eps": self.eps}
         timing, sampler.stages.timing = sampler.stages.timing, False  # no synchronization while capturing
         try:
-            side = torch.cuda.Stream(sampler.device)
-            side.wait_stream(torch.cuda.current_stream(sampler.device))
-            with torch.cuda.stream(side):
-                for _ in range(GRAPH_WARMUP):
-                    self._body()
-            torch.cuda.current_stream(sampler.device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.frame = self._body()
+            with sampler._autocast():
+                self.replay = _capture(lambda: self._body(sampler, noise, n), sampler.device)
         finally:
             sampler.stages.timing = timing
 
-    def _body(self):
-        frame, pred, prior = self.s._future_step(self.h, self.pred, self.prior, self.noise, self.fctx, self.n)
+    def _body(self, sampler, noise, n):
+        frame, pred, prior = sampler._future_step(self.h, self.pred, self.prior, noise, self.fctx, n)
         if self.offset is not None:
-            self.offset.add_(self.h.shape[0] * self.s.model.config.z_dim)  # the next replay's counters
-        h = self.s._encode(frame)
-        for dst, src in zip(_tensors((self.pred, self.prior)), _tensors((pred, prior))):
-            dst.copy_(src)
+            self.offset.add_(self.h.shape[0] * sampler.model.config.z_dim)  # the next replay's counters
+        h = sampler._encode(frame)
+        _copy_((self.pred, self.prior), (pred, prior))
         self.h.copy_(h)
         return frame
 
-    def load(self, state, eps, k):
-        h, pred, prior = state
-        self.h.copy_(h)
-        for dst, src in zip(_tensors((self.pred, self.prior)), _tensors((pred, prior))):
-            dst.copy_(src)
-        self.eps_all, self.k = eps, k
+    def load(self, state, eps, fctx, k, first):
+        """state (h, pred, prior) of the chunk, eps (rows, k - 1 + n_future, z_dim) or None, the
+        clips' context, the first future counter (kernel noise) -> ``steps(f)``."""
+        _copy_((self.h, self.pred, self.prior, self.fctx), (*state, fctx))
         if self.offset is not None:
-            self.offset.fill_(self.s._offset)
+            self.offset.fill_(first)
+        return lambda f: self._step(eps, k - 1 + f)
 
-    def __call__(self, f):
+    def _step(self, eps, i):
         if self.offset is None:
-            self.eps.copy_(self.eps_all[:, self.k - 1 + f])
-        else:
-            self.s._take_offset(self.h.shape[0])  # the replay draws these counters on the device
-        with self.s.stages("graph step"):
-            self.graph.replay()
-        return self.frame
+            self.eps.copy_(eps[:, i])
+        with self.stages("graph step"):
+            return self.replay()
 
 
-def _clone(tree):
-    if isinstance(tree, torch.Tensor):
-        return tree.clone()
-    return tuple(_clone(t) for t in tree)
+def _capture(body, device):
+    """``body()`` captured in a CUDA graph (after :data:`GRAPH_WARMUP` eager runs on a side stream:
+    compilation, autotuning, allocator warm-up) -> ``replay()``: replays, returns body's output
+    (static: rewritten by each replay). The graph and its private memory pool live while replay does."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(GRAPH_WARMUP):
+            body()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = body()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from hafsvg_kernels import BackendUnavailable, aligned_attention, aligned_attention_ref
-from hafsvg_kernels._triton import triton_unavailable
+from hafsvg_kernels._triton import tf32_allowed, triton_unavailable
 
 pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=str(triton_unavailable()))
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
-FP32_TOL = 1e-3 if CUDA and torch.backends.cuda.matmul.allow_tf32 else 1e-4
+FP32_TOL = 1e-3 if CUDA and tf32_allowed() else 1e-4
 
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -74,8 +74,10 @@ def test_matches_reference_fp32(case):
         assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
 
 
+@pytest.mark.skipif(CUDA, reason="compiled Triton passes the scale as an fp32 scalar (scale * log2 e rounds at "
+                    "~1e-8); the interpreter keeps it fp64, and the backend refuses fp64 on CUDA")
 def test_lse_and_float64():
-    """The private launchers in float64: output and lse to 1e-12, gradients to 1e-10."""
+    """The private launchers in float64 (interpreter): output and lse to 1e-12, gradients to 1e-10."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     q, k, v = (t.detach() for t in make_inputs(6, 2, 6, 17, 100, 16, 64, dtype=torch.float64))
@@ -252,7 +254,7 @@ def build(fn, ptrs, consts, cfg):
 
 for dt in ("bf16", "fp32"):
     io = PTR[dt]
-    common = {"DOT_PRECISION": "tf32" if dt == "fp32" else "ieee", "ACC_DTYPE": tl.float32}
+    common = {"DOT_PRECISION": "tf32x3" if dt == "fp32" else "ieee", "ACC_DTYPE": tl.float32}
     for N, d_qk, d_v in ((4096, 8, 64), (64, 32, 256)):
         cfg = ta._fwd_config(N, N, d_qk, d_v)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}

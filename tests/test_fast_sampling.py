@@ -4,7 +4,7 @@ decoder, streaming best-of-N against ``evaluate_samples`` (SPEC §2, §5)."""
 import pytest
 import torch
 
-from hafsvg import HAFSVG, HAFSVGConfig
+from hafsvg import HAFSVG, HAFSVGConfig, fast_sampling
 from hafsvg.fast_sampling import FastSampler
 from hafsvg.metrics import evaluate_samples
 from hafsvg.models import DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
@@ -15,6 +15,12 @@ CUDA = torch.cuda.is_available()
 
 def rel(a, b):
     return float((a - b).norm() / b.norm())
+
+
+def _device(backend):
+    """Where a backend's tests run: Triton on the GPU when there is one, else on CPU tensors under
+    the interpreter (conftest sets TRITON_INTERPRET only without CUDA); the others on the CPU."""
+    return torch.device("cuda" if backend == "triton" and CUDA else "cpu")
 
 
 def _randomize_batchnorm(model):
@@ -36,10 +42,10 @@ def _model(**overrides):
     return _randomize_batchnorm(HAFSVG(HAFSVGConfig.preset("tiny", **overrides)))
 
 
-def _inputs(model, clips, samples, n_future, k=None):
+def _inputs(model, clips, samples, n_future, k=None, seed=2):
     c = model.config
     k = k or c.n_past
-    g = torch.Generator().manual_seed(2)
+    g = torch.Generator().manual_seed(seed)
     context = torch.rand(clips, k, c.channels, 64, 64, generator=g)
     noise = 3 * torch.randn(clips, samples, k - 1 + n_future, c.z_dim, generator=g)  # samples far apart
     return context, noise
@@ -66,9 +72,12 @@ def test_sample_equals_reference_torch_backend(name):
 
 
 @pytest.mark.parametrize("name", ["haf-svg-4-venc", "svg-lp"])
-def test_sample_equals_reference_triton_interpreter(name):
-    model = _model(**{**MODELS[name], "aligned_levels": (2, 3)})  # the interpreter is slow: coarse levels only
-    context, noise = _inputs(model, clips=1, samples=2, n_future=2, k=2)
+def test_sample_equals_reference_triton(name):
+    """fp32 (no TF32 on a GPU: conftest turns cuDNN's off, torch's matmul flag is off by default): SPEC §5's 1e-4."""
+    device = _device("triton")
+    overrides = {**MODELS[name], "aligned_levels": (2, 3), "backend": "torch"}  # the interpreter is slow: coarse levels
+    model = _model(**overrides).to(device)  # the reference on the torch backend
+    context, noise = (t.to(device) for t in _inputs(model, clips=1, samples=2, n_future=2, k=2))
     ref = model.sample(context, 2, 2, noise=noise)
     out = FastSampler(model, backend="triton").sample(context, 2, 2, noise=noise)
     assert rel(out, ref) <= 1e-4
@@ -111,12 +120,87 @@ def test_streaming_best_of_n_equals_evaluate_samples():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_kernel_noise_is_reproducible_per_seed(backend):
-    model = _model(aligned_levels=(3,), n_past=2)
-    context, _ = _inputs(model, clips=1, samples=2, n_future=2)
+    device = _device(backend)
+    model = _model(aligned_levels=(3,), n_past=2).to(device)
+    context = _inputs(model, clips=1, samples=2, n_future=2)[0].to(device)
     sampler = FastSampler(model, backend=backend, noise="kernel")
-    a = sampler.sample(context, 2, 2, torch.Generator().manual_seed(7))
-    assert torch.equal(a, sampler.sample(context, 2, 2, torch.Generator().manual_seed(7)))
-    assert not torch.equal(a, sampler.sample(context, 2, 2, torch.Generator().manual_seed(8)))
+    a = sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(7))
+    assert torch.equal(a, sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(7)))
+    assert not torch.equal(a, sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(8)))
+
+
+def test_kernel_noise_counters_of_a_call():
+    """A call draws its first Philox counter from the generator and uses B * samples * (k - 1 +
+    n_future) * z_dim counters from there, all below 2**62."""
+    model = _model(aligned_levels=(3,), n_past=2)
+    context = _inputs(model, clips=2, samples=3, n_future=2)[0]
+    count = 2 * 3 * (2 - 1 + 2) * model.config.z_dim
+    first = fast_sampling._first_counter(torch.Generator().manual_seed(7), count)
+    assert first == fast_sampling._first_counter(torch.Generator().manual_seed(7), count)
+    sampler = FastSampler(model, backend="torch", noise="kernel", memory_budget=2 * 2 * _row_bytes(model))
+    sampler.sample(context, 2, 3, torch.Generator().manual_seed(7))  # chunks of 2 and 1 samples
+    assert sampler._offset == first + count
+    top = torch.Generator().manual_seed(0)
+    assert all(fast_sampling._first_counter(top, 2**62 - 3) <= 3 for _ in range(20))
+
+
+def test_available_cuda_memory_counts_the_allocator_cache(monkeypatch):
+    """Free device memory plus what PyTorch's caching allocator reserved but did not allocate."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1000, 5000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 700)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 300)
+    assert fast_sampling._available_cuda_memory(torch.device("cuda")) == 1000 + 700 - 300
+
+
+# ---- the graph path's bookkeeping, on a CPU: the capture replaced by eager runs of the step ----
+
+
+def _graph_sampler_without_capture(monkeypatch, model, **kwargs):
+    """A sampler on the graph path (static buffers, cache, loading, device counter) whose "graph"
+    runs the captured step eagerly at each replay: its Python side is tested without CUDA."""
+    monkeypatch.setattr(fast_sampling, "_capture", lambda body, device: body)
+    sampler = FastSampler(model, backend="torch", **kwargs)
+    sampler.graphs = True  # the constructor refuses graphs without CUDA
+    return sampler
+
+
+@pytest.mark.parametrize("noise", ["torch", "kernel"])
+def test_graph_cache_reuses_steps_for_new_clips(monkeypatch, noise):
+    """Two chunk sizes (2 and 1 samples) captured once and reused by later calls on other clips,
+    with the eager path's results (kernel noise: the same counters); the cache stays bounded and
+    ``reset_graphs`` empties it."""
+    model = _model(aligned_levels=(3,))
+    budget = 2 * 2 * _row_bytes(model)  # 2 clips x 2 samples
+    eager = FastSampler(model, backend="torch", memory_budget=budget, noise=noise)
+    graphed = _graph_sampler_without_capture(monkeypatch, model, memory_budget=budget, noise=noise)
+    for seed in (4, 5):
+        context = torch.rand(2, model.config.n_past, 1, 64, 64, generator=torch.Generator().manual_seed(seed))
+        ref = eager.sample(context, 2, 5, torch.Generator().manual_seed(seed))
+        got = graphed.sample(context, 2, 5, torch.Generator().manual_seed(seed))
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+        assert graphed.graph_captures == 2 and len(graphed._graph_cache) == 2
+        assert graphed._offset == eager._offset
+    graphed.sample(context[:1], 2, 2, torch.Generator().manual_seed(6))  # one clip: a new signature
+    assert graphed.graph_captures == 3 and len(graphed._graph_cache) == fast_sampling.GRAPH_CACHE_SIZE
+    graphed.reset_graphs()
+    assert not graphed._graph_cache
+
+
+def test_graph_chunk_size_is_kept_while_cached(monkeypatch):
+    """With no memory_budget, the chunk size first estimated for a number of clips is kept (the
+    cached graphs fit it) until ``reset_graphs``."""
+    model = _model(aligned_levels=(3,))
+    sampler = _graph_sampler_without_capture(monkeypatch, model)
+    context, noise = _inputs(model, clips=2, samples=5, n_future=2)
+    monkeypatch.setattr(fast_sampling, "CPU_MEMORY_BUDGET", 2 * 2 * sampler.bytes_per_row())
+    sampler.sample(context, 2, 5, noise=noise)
+    assert sampler.graph_captures == 2  # chunks of 2, 2, 1
+    monkeypatch.setattr(fast_sampling, "CPU_MEMORY_BUDGET", 10**12)
+    assert sampler.chunk_samples(2, 5) == 5 and sampler._chunk(2, 5) == 2
+    sampler.sample(context, 2, 5, noise=noise)
+    assert sampler.graph_captures == 2
+    sampler.reset_graphs()
+    assert sampler._chunk(2, 5) == 5
 
 
 @pytest.mark.parametrize("backbone", ["dcgan", "vgg"])
@@ -170,31 +254,62 @@ def test_bf16_autocast_close_to_fp32():
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_graphs_equal_eager():
+    """Chunks of 2, 2 and 1 samples: two graphs, captured by the first call and reused by the
+    second on other clips (their context copied into the static buffers); ``reset_graphs`` drops them."""
     model = _model().cuda()
-    context, noise = (t.cuda() for t in _inputs(model, clips=2, samples=5, n_future=3))
-    eager = FastSampler(model).sample(context, 3, 5, noise=noise)
-    row = FastSampler(model).bytes_per_row()
-    graphed = FastSampler(model, graphs=True, memory_budget=2 * 2 * row).sample(context, 3, 5, noise=noise)
-    assert rel(graphed, eager) <= 1e-3
+    eager = FastSampler(model)
+    graphed = FastSampler(model, graphs=True, memory_budget=2 * 2 * eager.bytes_per_row())
+    for seed in (2, 3):
+        context, noise = (t.cuda() for t in _inputs(model, clips=2, samples=5, n_future=3, seed=seed))
+        assert rel(graphed.sample(context, 3, 5, noise=noise), eager.sample(context, 3, 5, noise=noise)) <= 1e-3
+        assert graphed.graph_captures == 2 and len(graphed._graph_cache) == 2
+    graphed.reset_graphs()
+    assert not graphed._graph_cache
 
 
-def _prior_noise_and_frames(sampler, context, n_future, n_samples, seed):
-    """Sample with kernel noise, recording after each future step the prior's z (the caller zeroed
-    its heads: z = ε) and the frame -> two lists over (chunk, step): (rows, z_dim), (B, n, C, 64, 64)."""
-    prior, last, zs, frames = sampler.model.prior, {}, [], []
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_cuda_graphs_capture_under_bf16_autocast():
+    """The step is captured under the sampler's autocast: bf16 frames, close to the eager bf16 path
+    (SPEC §5's bf16 tolerance), and a second call replays the cached graph."""
+    model = _model().cuda()
+    context, noise = (t.cuda() for t in _inputs(model, clips=2, samples=3, n_future=3))
+    eager = FastSampler(model, dtype=torch.bfloat16).sample(context, 3, 3, noise=noise)
+    graphed = FastSampler(model, dtype=torch.bfloat16, graphs=True)
+    dtypes = set()
+    with torch.no_grad():
+        graphed._run(context, 3, 3, None, noise, lambda s0, f, frame: dtypes.add(frame.dtype), False)
+    assert dtypes == {torch.bfloat16}
+    assert rel(graphed.sample(context, 3, 3, noise=noise), eager) <= 2e-2
+    assert graphed.graph_captures == 1
+
+
+def _spy_prior_noise(sampler):
+    """Make the sampler record the prior's z of each future step (the caller zeroed its heads:
+    z = ε) -> the record {rows: z (rows, z_dim)}; under graphs the static z of the graph of that
+    many rows, set at capture and rewritten by every replay (so the spy is installed once per
+    sampler, before its first call)."""
+    prior, last = sampler.model.prior, {}
     gaussian = sampler._gaussian
 
     def spy(module, x, states, cond=None, **noise):
         z, states = gaussian(module, x, states, cond=cond, **noise)
         if module is prior and "seed" in noise:
-            last["z"] = z  # under graphs: the graph's static output, rewritten by every replay
+            last[z.shape[0]] = z
         return z, states
 
+    sampler._gaussian = spy
+    return last
+
+
+def _prior_noise_and_frames(sampler, last, context, n_future, n_samples, seed):
+    """Sample with kernel noise -> the prior's z after each future step and the frame: two lists
+    over (chunk, step): (rows, z_dim), (B, n, C, 64, 64)."""
+    zs, frames = [], []
+
     def on_frame(s0, f, frame):
-        zs.append(last["z"].clone())
+        zs.append(last[frame.shape[0] * frame.shape[1]].clone())
         frames.append(frame.clone())
 
-    sampler._gaussian = spy
     with torch.no_grad():
         sampler._run(context, n_future, n_samples, torch.Generator("cuda").manual_seed(seed), None, on_frame, False)
     return zs, frames
@@ -202,26 +317,34 @@ def _prior_noise_and_frames(sampler, context, n_future, n_samples, seed):
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_cuda_graphs_with_kernel_noise_equal_eager():
-    """The graph reads the Philox offset from device memory and advances it per replay: the same ε
+    """The graph reads the Philox counter from device memory and advances it per replay: the same ε
     and samples as the eager kernel-noise path for the same generator and chunking (chunks of 2, 2
-    and 1 samples: two graphs, the counters running on across chunks), new ε at every step."""
+    and 1 samples: two graphs, the counters running on across chunks), new ε at every step. The
+    second call, with another generator seed and other clips, replays the cached graphs with new
+    ε (the call's randomness is its first counter, not a captured seed)."""
     model = _model().cuda()
     with torch.no_grad():
         for g in model.prior.groups:
             for lin in (g.mu_net, g.logvar_net):
                 lin.weight.zero_()
                 lin.bias.zero_()
-    context, _ = (t.cuda() for t in _inputs(model, clips=2, samples=5, n_future=3))
     budget = 2 * 2 * FastSampler(model).bytes_per_row()
     eager = FastSampler(model, memory_budget=budget, noise="kernel")
     graphed = FastSampler(model, graphs=True, memory_budget=budget, noise="kernel")
-    z_ref, frames_ref = _prior_noise_and_frames(eager, context, 3, 5, seed=4)
-    z_got, frames_got = _prior_noise_and_frames(graphed, context, 3, 5, seed=4)
-    assert len(z_got) == len(z_ref) == 3 * 3
-    for i, (got, ref) in enumerate(zip(z_got, z_ref)):
-        torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=f"chunk {i // 3}, step {i % 3}")
-    for c in range(3):
-        for f in range(2):
-            assert not torch.allclose(z_got[3 * c + f], z_got[3 * c + f + 1]), "a replay repeated the noise"
-    assert all(rel(got, ref) <= 1e-3 for got, ref in zip(frames_got, frames_ref))
-    assert graphed._offset == eager._offset, "the host counter keeps in step with the graph's"
+    spies = _spy_prior_noise(eager), _spy_prior_noise(graphed)
+    calls = []
+    for seed in (4, 5):
+        context = _inputs(model, clips=2, samples=5, n_future=3, seed=seed)[0].cuda()
+        z_ref, frames_ref = _prior_noise_and_frames(eager, spies[0], context, 3, 5, seed)
+        z_got, frames_got = _prior_noise_and_frames(graphed, spies[1], context, 3, 5, seed)
+        assert len(z_got) == len(z_ref) == 3 * 3
+        for i, (got, ref) in enumerate(zip(z_got, z_ref)):
+            torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=f"seed {seed}, chunk {i // 3}, step {i % 3}")
+        for c in range(3):
+            for f in range(2):
+                assert not torch.allclose(z_got[3 * c + f], z_got[3 * c + f + 1]), "a replay repeated the noise"
+        assert all(rel(got, ref) <= 1e-3 for got, ref in zip(frames_got, frames_ref))
+        assert graphed._offset == eager._offset, "the host counter keeps in step with the graph's"
+        assert graphed.graph_captures == 2
+        calls.append(z_got)
+    assert not any(torch.allclose(a, b) for a, b in zip(*calls)), "a new call repeated the noise"

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from hafsvg_kernels import BackendUnavailable
-from hafsvg_kernels._triton import triton_unavailable
+from hafsvg_kernels._triton import tf32_allowed, triton_unavailable
 from hafsvg_kernels.recurrent import (
     GAUSSIAN_LSTM_STEP,
     LSTM_STEP,
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(triton_unavailable() is not None, reason=str(tri
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs CUDA")
-FP32_TOL = 1e-3 if CUDA and torch.backends.cuda.matmul.allow_tf32 else 1e-4
+FP32_TOL = 1e-3 if CUDA and tf32_allowed() else 1e-4
 TOL = {torch.float32: FP32_TOL, torch.bfloat16: 2e-2}
 
 
@@ -161,7 +161,7 @@ def test_lstm_step_backward_through_output_only():
 
 def test_lstm_step_no_grad_matches_autograd_path():
     B, n_in, H, n_out, L = 7, 24, 200, 16, 1
-    w, x = cast(make_lstm(n_in, H, n_out, L), torch.float32, grad=False), torch.randn(B, n_in)
+    w, x = cast(make_lstm(n_in, H, n_out, L), torch.float32, grad=False), torch.randn(B, n_in, device=DEV)
     s = cast(make_state(B, H, L, 1), torch.float32, grad=False)
     out, new = lstm_step(x, s, w, backend="triton")
     ref, new_ref = lstm_step(x, s, w, backend="torch")
@@ -373,15 +373,25 @@ class SVGStyleModel(nn.Module):
         return preds, kl_terms
 
 
+def on_dev(model: nn.Module) -> nn.Module:
+    """``model`` on DEV with SVG's recurrent states made again there (SVG keeps them in a plain
+    ``hidden`` attribute, which ``.to`` does not move; its train script re-inits them per batch)."""
+    model.to(DEV)
+    for m in model.modules():
+        if isinstance(m, (SVGLSTM, SVGGaussianLSTM)):
+            m.hidden = m.init_hidden()
+    return model
+
+
 def test_state_dict_round_trip_with_svg_modules():
     torch.manual_seed(0)
-    svg_l, svg_g = SVGLSTM(20, 16, 200, 2, 7), SVGGaussianLSTM(16, 4, 256, 1, 7)
-    fl = FusedLSTM(20, 16, 200, 2, 7, backend="triton")
-    fg = FusedGaussianLSTM(16, 4, 256, 1, 7, backend="triton")
+    svg_l, svg_g = on_dev(SVGLSTM(20, 16, 200, 2, 7)), on_dev(SVGGaussianLSTM(16, 4, 256, 1, 7))
+    fl = FusedLSTM(20, 16, 200, 2, 7, backend="triton").to(DEV)
+    fg = FusedGaussianLSTM(16, 4, 256, 1, 7, backend="triton").to(DEV)
     assert fl.load_state_dict(svg_l.state_dict()).missing_keys == []
     assert fg.load_state_dict(svg_g.state_dict()).missing_keys == []
     assert set(fl.state_dict()) == set(svg_l.state_dict()) and set(fg.state_dict()) == set(svg_g.state_dict())
-    x, xg = torch.randn(7, 20), torch.randn(7, 16)
+    x, xg = torch.randn(7, 20, device=DEV), torch.randn(7, 16, device=DEV)
     with torch.no_grad():
         for _ in range(2):  # two steps: the stateful hidden is carried like SVG's
             ref = svg_l(x)
@@ -393,7 +403,7 @@ def test_state_dict_round_trip_with_svg_modules():
             for a, b in ((z, z_ref), (mu, mu_ref), (lv, lv_ref)):
                 assert rel_err(a, b) <= FP32_TOL
     # and back: fused -> SVG
-    other = SVGLSTM(20, 16, 200, 2, 7)
+    other = on_dev(SVGLSTM(20, 16, 200, 2, 7))
     other.load_state_dict(fl.state_dict())
     for k, v in fl.state_dict().items():
         assert torch.equal(other.state_dict()[k], v)
@@ -414,11 +424,11 @@ def test_fused_modules_svg_interface():
 
 def test_module_manual_seed_draws_in_kernel_and_advances_offset():
     torch.manual_seed(0)
-    m = FusedHierarchicalGaussianLSTM(8, 8, 32, 1, groups=2, backend="triton")
+    m = FusedHierarchicalGaussianLSTM(8, 8, 32, 1, groups=2, backend="triton").to(DEV)
     for g in m.groups:  # zero heads: z is the noise
         for p in (*g.mu_net.parameters(), *g.logvar_net.parameters()):
             nn.init.zeros_(p)
-    x = torch.randn(5, 8)
+    x = torch.randn(5, 8, device=DEV)
     with torch.no_grad():
         m.manual_seed(11)
         z1, z2 = m(x)[0], m(x)[0]
@@ -431,10 +441,10 @@ def test_module_manual_seed_draws_in_kernel_and_advances_offset():
 
 def test_fuse_replaces_svg_modules_and_keeps_outputs():
     torch.manual_seed(0)
-    model = SVGStyleModel()
+    model = on_dev(SVGStyleModel())
     ref_model = copy.deepcopy(model)
     old_embed = model.posterior.embed.weight
-    frames = torch.randn(7, 3, 12)
+    frames = torch.randn(7, 3, 12, device=DEV)
     assert fuse(model, backend="triton") == 3
     assert isinstance(model.frame_predictor, FusedLSTM)
     assert isinstance(model.posterior, FusedGaussianLSTM) and isinstance(model.prior, FusedGaussianLSTM)
@@ -705,7 +715,7 @@ COMPILE_CHECK = textwrap.dedent(
     t = lambda n, *s: tuple(e(*s) for _ in range(n))
     cfg = tl_.launch_config(B, H)
     meta = dict(BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages, PRECISION="tf32")
+                num_stages=cfg.num_stages, PRECISION="tf32x3")
     tl_._lstm_step_kernel.warmup(e(B, n_in), t(L, B, H), t(L, B, H), e(B, H), e(L, B, H), e(L, B, H), e(L, B, 4 * H),
         e(B, n_out), e(H, n_in), e(H), t(L, 4 * H, H), t(L, 4 * H, H), t(L, 4 * H), t(L, 4 * H), e(n_out, H), e(n_out),
         B, n_in, H, n_out, n_in, L=L, SAVE_GATES=True, grid=(1,), **meta)

@@ -46,9 +46,9 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 
 Precision: fp16/bf16 operands go to ``tl.dot`` as they are, with P and dS cast to the input
 dtype, and fp32 accumulation. fp32 operands use IEEE fp32 dots unless torch allows TF32 for
-matmuls (``torch.backends.cuda.matmul.allow_tf32``), then TF32. fp64 operands (interpreter only;
-the backend refuses fp64 on CUDA until it is verified there) keep every product and accumulator
-in fp64; scalar arguments (the scale) are passed as fp32.
+matmuls, then 3xTF32 (``hafsvg_kernels._triton.fp32_dot_precision`` says why not one pass).
+fp64 operands (interpreter only; the backend refuses fp64 on CUDA until it is verified there)
+keep every product and accumulator in fp64; scalar arguments (the scale) are passed as fp32.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import interpreting
+from .._triton import fp32_dot_precision, interpreting
 
 LOG2E = math.log2(math.e)  # exp(x) = exp2(x * LOG2E)
 LN2 = math.log(2.0)
@@ -101,7 +101,7 @@ def _fwd_kernel(
     BLOCK_K: tl.constexpr,  # keys per loop step
     BLOCK_D: tl.constexpr,  # D_QK padded to a power of two >= 16
     BLOCK_DV: tl.constexpr,  # value channels per program (third grid axis tiles D_V)
-    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" (fp32 operands only)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32x3" (fp32 operands only; see fp32_dot_precision)
     ACC_DTYPE: tl.constexpr,  # tl.float32, or tl.float64 for fp64 inputs
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
@@ -390,13 +390,6 @@ def _pow2(x: int, lo: int = 16, hi: int | None = None) -> int:
     return min(p, hi) if hi is not None else p
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """TF32 for fp32 operands only where torch itself allows TF32 matmuls (never interpreted)."""
-    if dtype == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -484,7 +477,7 @@ def forward(
         N, M, d_qk, d_v, B // Bk, B // Bv,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         float(scale) * LOG2E,
-        DOT_PRECISION=_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
+        DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
         **cfg,
     )  # fmt: skip
     return out, lse
@@ -520,7 +513,7 @@ def backward(
     tl_acc = _tl_acc(q.dtype)
     lse = lse.contiguous()
     cfg = _bwd_config(N, M, d_qk, d_v)
-    prec = _dot_precision(q.dtype)
+    prec = fp32_dot_precision(q.dtype)
     n_qblocks = triton.cdiv(N, cfg["BLOCK_Q"])
 
     delta = torch.empty(B, N, device=q.device, dtype=acc)

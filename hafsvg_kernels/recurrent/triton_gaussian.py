@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton import fp32_dot_precision
 from .reference import CellWeights, GaussianLSTMWeights
 from .triton_lstm import (
     _c,
@@ -46,7 +47,6 @@ from .triton_lstm import (
     _linear_rows,
     autotune_configs,
     cells_backward,
-    dot_precision,
     launch,
 )
 
@@ -128,7 +128,7 @@ def _gaussian_step_kernel(
     SAVE_GATES: tl.constexpr,  # store the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Z: tl.constexpr,  # head tile width: next power of 2 of Zg, at least 16 (tl.dot's minimum)
-    PRECISION: tl.constexpr,  # tl.dot input precision for fp32: "ieee" or "tf32"
+    PRECISION: tl.constexpr,  # tl.dot input precision for fp32: "ieee" or "tf32x3"
 ):
     """Grid (cdiv(B, BLOCK_B),): program p computes rows [p * BLOCK_B, (p + 1) * BLOCK_B) of all groups."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -158,7 +158,7 @@ def _gaussian_step_kernel(
         tl.debug_barrier()  # group j + 1 reads z_j
 
 
-_gaussian_step_tuned = triton.autotune(configs=autotune_configs(), key=["n_in", "H", "Zg", "G", "L"])(
+_gaussian_step_tuned = triton.autotune(configs=autotune_configs(), key=["B", "n_in", "H", "Zg", "G", "L"])(
     _gaussian_step_kernel
 )
 
@@ -272,7 +272,7 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     )  # fmt: skip
     meta = {
         "G": G, "L": L, "DRAW_EPS": draw, "OFFSET_FROM_PTR": from_ptr, "STORE_EPS": draw and save, "SAVE_GATES": save,
-        "BLOCK_Z": max(16, min(64, triton.next_power_of_2(Zg))), "PRECISION": dot_precision(x.dtype),
+        "BLOCK_Z": max(16, min(64, triton.next_power_of_2(Zg))), "PRECISION": fp32_dot_precision(x.dtype),
     }  # fmt: skip
     launch(_gaussian_step_kernel, _gaussian_step_tuned, B, H, args, meta)
     saved = GaussianSaved(z, mu, lv, eps_buf if (save or not draw) else None, e, gates, h_out, c_out)

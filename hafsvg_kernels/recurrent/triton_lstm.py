@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import interpreting
+from .._triton import fp32_dot_precision, interpreting
 from .reference import CellWeights, LSTMWeights
 
 # ---------------------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def _lstm_step_kernel(
     L: tl.constexpr,  # stacked cells
     SAVE_GATES: tl.constexpr,  # write the activated gates for backward
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,  # tl.dot input precision for fp32: "ieee" or "tf32"
+    PRECISION: tl.constexpr,  # tl.dot input precision for fp32: "ieee" or "tf32x3"
 ):
     """Grid (cdiv(B, BLOCK_B),): program p computes rows [p * BLOCK_B, (p + 1) * BLOCK_B)."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -329,14 +329,6 @@ def autotune_configs() -> list[triton.Config]:
     return out
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """``tl.dot`` input precision: TF32 for fp32 on the GPU exactly when torch's matmuls use it
-    (``torch.backends.cuda.matmul.allow_tf32``), so both backends round alike; exact otherwise."""
-    if dtype == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32:
-        return "tf32"
-    return "ieee"
-
-
 def launch(kernel, tuned, B: int, H: int, args: tuple, meta: dict):
     """Run ``kernel`` (or its autotuned twin ``tuned``) over cdiv(B, BLOCK_B) programs."""
     if autotune_enabled():
@@ -349,7 +341,7 @@ def launch(kernel, tuned, B: int, H: int, args: tuple, meta: dict):
     )  # fmt: skip
 
 
-_lstm_step_tuned = triton.autotune(configs=autotune_configs(), key=["n_in", "H", "n_out", "L"])(_lstm_step_kernel)
+_lstm_step_tuned = triton.autotune(configs=autotune_configs(), key=["B", "n_in", "H", "n_out", "L"])(_lstm_step_kernel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +394,7 @@ def forward(x, state, weights: LSTMWeights, save: bool = False):
         _c(weights.out_w), _c(weights.out_b),
         B, n_in, H, n_out, x.stride(0),
     )  # fmt: skip
-    meta = {"L": L, "SAVE_GATES": save, "PRECISION": dot_precision(x.dtype)}
+    meta = {"L": L, "SAVE_GATES": save, "PRECISION": fp32_dot_precision(x.dtype)}
     launch(_lstm_step_kernel, _lstm_step_tuned, B, H, args, meta)
     return out, h_out, c_out, LSTMSaved(e, gates if save else e.new_empty(0), h_out, c_out, out)
 
