@@ -21,6 +21,7 @@ case "$stage" in check | bench) ;; *) echo "usage: $0 check|bench" >&2; exit 2 ;
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results/session}
 mkdir -p "$out"
+py=${PYTHON:-python3}  # the GPU machines' Python with torch is python3 (no plain "python" there)
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MAX_JOBS=${MAX_JOBS:-$(nproc)} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 workers=$(($(nproc) > 8 ? 8 : $(nproc)))
@@ -39,19 +40,19 @@ step() {  # step NAME SECONDS CMD...: run CMD under a time limit, log its exit c
 profile() {  # profile NAME SECONDS FLAGS...: hafsvg profile into a scratch folder; keep its JSON summary
     local dir
     dir=$(mktemp -d)
-    step "$1" "$2" python -m hafsvg profile --out "$dir" "${@:3}"
+    step "$1" "$2" "$py" -m hafsvg profile --out "$dir" "${@:3}"
     cp "$dir/profile.json" "$out/$1.json" 2>/dev/null || echo "=== $1 wrote no summary"
 }
 
 bench() {  # bench NAME SECONDS PYTEST-ARGS...: one benchmark file as pytest-benchmark JSON
     local name=$1 limit=$2
     shift 2
-    step "bench $name" "$limit" python -m pytest -q -rs -p no:cacheprovider --benchmark-only \
+    step "bench $name" "$limit" "$py" -m pytest -q -rs -p no:cacheprovider --benchmark-only \
         --benchmark-json="$out/$name.json" "$@"
 }
 
 build() {  # the C++ and CUDA extensions (JIT, cached: instant when this machine built them already)
-    step build "$1" python -c "from hafsvg_kernels import _ext
+    step build "$1" "$py" -c "from hafsvg_kernels import _ext
 for kind in ('cpu', 'cuda'):
     try:
         getattr(_ext, 'load_' + kind)()
@@ -63,15 +64,15 @@ for kind in ('cpu', 'cuda'):
 {
     echo "=== gpu_session $stage, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
-    if python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then gpu=1; else gpu=0; fi
+    if "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then gpu=1; else gpu=0; fi
     if [ "$stage" = check ]; then
         build 240  # nvcc: 16 attention and 16 recurrent kernel variants
-        step info 20 python -m hafsvg_kernels.info
+        step info 20 "$py" -m hafsvg_kernels.info
         # The files whose tests differ on a GPU: compiled Triton, bf16/TF32 tolerances, launch
         # counts, CUDA graphs, the CUDA extension, the CUDA auto order.
         xdist=()
-        python -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
-        HAFSVG_REQUIRE_EXT=1 step tests 200 python -m pytest -q -rs -p no:cacheprovider "${xdist[@]}" --durations=15 \
+        "$py" -c "import xdist" 2>/dev/null && xdist=(-n "$workers")
+        HAFSVG_REQUIRE_EXT=1 step tests 200 "$py" -m pytest -q -rs -p no:cacheprovider "${xdist[@]}" --durations=15 \
             tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_fast_sampling.py \
             tests/test_cpp_attention.py tests/test_cpp_recurrent.py tests/test_dispatch.py
         if [ $gpu = 1 ]; then
@@ -91,7 +92,7 @@ for kind in ('cpu', 'cuda'):
         bench recurrent 100 benchmarks/test_bench_recurrent.py -k "not compile or sample"
         bench sampling 130 benchmarks/test_bench_sampling.py
         mapfile -t jsons < <(find "$out" -maxdepth 1 -name '*.json' -size +0 | sort)
-        step report 20 python -m hafsvg bench-report "${jsons[@]}" --out "$out/report"
+        step report 20 "$py" -m hafsvg bench-report "${jsons[@]}" --out "$out/report"
     fi
     echo "=== gpu_session $stage done: ${results[*]}"
 } 2>&1 | tee "$out/$stage.log"
