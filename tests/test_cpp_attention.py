@@ -17,7 +17,6 @@ so that a missing or broken build fails instead of skipping.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -26,34 +25,10 @@ import textwrap
 import pytest
 import torch
 
-from hafsvg_kernels import BackendUnavailable, _ext, aligned_attention, aligned_attention_ref
-from hafsvg_kernels._ext import cpu_unavailable, cuda_backend_unavailable, load_cuda
+from hafsvg_kernels import BackendUnavailable, aligned_attention, aligned_attention_ref
+from hafsvg_kernels._ext import cuda_backend_unavailable, load_cuda
 from hafsvg_kernels.attention.cpp_attention import CUDA_BACKEND, CUDA_MAX_HEAD_DIM
-
-# HAFSVG_REQUIRE_EXT=1 (CI, GPU sessions): a missing extension fails instead of skipping, unless
-# it was switched off on purpose (HAFSVG_DISABLE_EXT=1).
-REQUIRE_EXT = os.environ.get("HAFSVG_REQUIRE_EXT", "0") not in ("", "0") and not _ext._flag("HAFSVG_DISABLE_EXT")
-DEVICE = {"cpp": "cpu", "cuda": "cuda"}
-
-
-def _skip_reason(backend: str) -> str | None:
-    """Why ``backend``'s cases cannot run here (None: they run). HAFSVG_REQUIRE_EXT=1 turns a
-    missing extension from a skip into a failure (the backend then raises its reason)."""
-    if backend == "cuda" and not torch.cuda.is_available():
-        return "the cuda backend needs a CUDA device (torch.cuda.is_available() is False)"
-    why = cpu_unavailable() if backend == "cpp" else cuda_backend_unavailable()
-    if why is None or REQUIRE_EXT:
-        return None
-    return f"{'C++' if backend == 'cpp' else 'CUDA'} extension: {why}"
-
-
-def _skip_mark(backend: str):
-    reason = _skip_reason(backend)
-    return pytest.mark.skipif(reason is not None, reason=reason or "")
-
-
-needs_cpp, needs_cuda = _skip_mark("cpp"), _skip_mark("cuda")
-BACKENDS = [pytest.param("cpp", marks=needs_cpp), pytest.param("cuda", marks=needs_cuda)]
+from tests._ext_backends import BACKENDS, DEVICE, REQUIRE_EXT, needs_cpp, needs_cuda
 
 # fp32: the CUDA kernels compute in float32 with scalar FMAs (no tensor cores, so no TF32 whatever
 # torch's matmul precision; the backward's delta is an ATen sum), as the CPU kernels: 1e-4 on both.

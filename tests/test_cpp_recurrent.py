@@ -17,42 +17,18 @@ broken build fails instead of skipping.
 from __future__ import annotations
 
 import copy
-import os
 import re
 
 import pytest
 import torch
 
-from hafsvg_kernels import BackendUnavailable, _ext, gaussian_lstm_step, lstm_step
-from hafsvg_kernels._ext import cpu_unavailable, cuda_backend_unavailable
+from hafsvg_kernels import BackendUnavailable, gaussian_lstm_step, lstm_step
+from hafsvg_kernels._ext import cuda_backend_unavailable
 from hafsvg_kernels.recurrent import LSTM, HierarchicalGaussianLSTM
 from hafsvg_kernels.recurrent.cpp_recurrent import GAUSSIAN_CUDA, LSTM_CUDA
 from hafsvg_kernels.recurrent.reference import gaussian_lstm_step_ref, lstm_step_ref
+from tests._ext_backends import BACKENDS, DEVICE, needs_cpp, needs_cuda
 
-# HAFSVG_REQUIRE_EXT=1 (CI, GPU sessions): a missing extension fails instead of skipping, unless
-# it was switched off on purpose (HAFSVG_DISABLE_EXT=1).
-REQUIRE_EXT = os.environ.get("HAFSVG_REQUIRE_EXT", "0") not in ("", "0") and not _ext._flag("HAFSVG_DISABLE_EXT")
-DEVICE = {"cpp": "cpu", "cuda": "cuda"}
-
-
-def _skip_reason(backend: str) -> str | None:
-    """Why ``backend``'s cases cannot run here (None: they run). HAFSVG_REQUIRE_EXT=1 turns a
-    missing extension from a skip into a failure (the backend then raises its reason)."""
-    if backend == "cuda" and not torch.cuda.is_available():
-        return "the cuda backend needs a CUDA device (torch.cuda.is_available() is False)"
-    why = cpu_unavailable() if backend == "cpp" else cuda_backend_unavailable()
-    if why is None or REQUIRE_EXT:
-        return None
-    return f"{'C++' if backend == 'cpp' else 'CUDA'} extension: {why}"
-
-
-def _skip_mark(backend: str):
-    reason = _skip_reason(backend)
-    return pytest.mark.skipif(reason is not None, reason=reason or "")
-
-
-needs_cpp, needs_cuda = _skip_mark("cpp"), _skip_mark("cuda")
-BACKENDS = [pytest.param("cpp", marks=needs_cpp), pytest.param("cuda", marks=needs_cuda)]
 _IDS = {torch.float32: "fp32", torch.float64: "fp64", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
