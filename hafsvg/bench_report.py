@@ -10,7 +10,8 @@ the same device, case and implementation.
 
 Implementations are eager references (:data:`EAGER`), peers (:data:`PEERS`) or fused (all others).
 For each fused one: speedup vs eager = eager median / its median, and vs the strongest peer = the
-smallest peer median / its median.
+smallest peer median / its median; where SPEC §4 sets a target for the case (:data:`TARGETS`, matched
+on the benchmark's ``extra_info``), the table says whether that implementation meets it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["EAGER", "PEERS", "bench_report", "load_cases", "speedups"]
+__all__ = ["EAGER", "PEERS", "TARGETS", "bench_report", "load_cases", "load_targets", "speedups"]
 
 EAGER = ("eager", "reference")
 PEERS = ("compile", "sdpa")
+#: SPEC §4's speedup targets: (the ``extra_info`` items a case must have, (vs eager, vs the
+#: strongest peer or None)). The first entry whose items all match applies.
+TARGETS: list[tuple[dict, tuple[float, float | None]]] = [
+    ({"device_type": "cuda", "op": "aligned_attention", "pass": "fwd+bwd"}, (5.0, 1.5)),
+    ({"device_type": "cuda", "op": "gaussian_step", "batch": 1600}, (3.0, 1.5)),  # G = 4 at the sampling batch
+    ({"device_type": "cuda", "op": "sampling"}, (4.0, 2.0)),
+    ({"device_type": "cpu", "op": "aligned_attention"}, (2.0, None)),
+    ({"device_type": "cpu", "op": "gaussian_lstm_step"}, (1.5, None)),
+]
 COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
@@ -48,9 +58,8 @@ def _case(bench: dict) -> str:
     return " ".join([base, *(f"{k}={v}" for k, v in params.items())])
 
 
-def load_cases(paths) -> dict[tuple[str, str], dict[str, float]]:
-    """{(device, case): {impl: median seconds}} from pytest-benchmark JSON files."""
-    cases: dict[tuple[str, str], dict[str, float]] = {}
+def _results(paths):
+    """(device, case, impl, median seconds, extra_info) of every benchmark in the files."""
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
@@ -64,10 +73,28 @@ def load_cases(paths) -> dict[tuple[str, str], dict[str, float]]:
                 median = float(b["stats"]["median"])
             except (KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: benchmark {b.get('name')!r} has no stats.median") from err
-            cases.setdefault((_device(b, machine), _case(b)), {})[_impl(b)] = median
+            yield _device(b, machine), _case(b), _impl(b), median, b.get("extra_info") or {}
+
+
+def load_cases(paths) -> dict[tuple[str, str], dict[str, float]]:
+    """{(device, case): {impl: median seconds}} from pytest-benchmark JSON files."""
+    cases: dict[tuple[str, str], dict[str, float]] = {}
+    for device, case, impl, median, _ in _results(paths):
+        cases.setdefault((device, case), {})[impl] = median
     if not cases:
         raise ValueError(f"no benchmarks in {', '.join(str(p) for p in paths)}")
     return cases
+
+
+def load_targets(paths) -> dict[tuple[str, str], tuple[float, float | None]]:
+    """{(device, case): SPEC §4 target (vs eager, vs peer)} for the cases :data:`TARGETS` covers."""
+    targets = {}
+    for device, case, _, _, extra in _results(paths):
+        for items, target in TARGETS:
+            if all(extra.get(k) == v for k, v in items.items()):
+                targets[(device, case)] = target
+                break
+    return targets
 
 
 def speedups(medians: dict[str, float]) -> dict[str, tuple[float | None, float | None]]:
@@ -93,16 +120,33 @@ def _ratio(r: float | None) -> str:
     return "–" if r is None else f"{r:.2f}×"
 
 
-def _markdown(cases) -> str:
+def _verdict(target, vs_eager, vs_peer) -> str:
+    """``≥5× eager, ≥1.5× peer: met`` (or ``missed``, or ``no eager/peer timed``); "–" without a target."""
+    if target is None:
+        return "–"
+    want, got = [], []
+    for goal, ratio, name in ((target[0], vs_eager, "eager"), (target[1], vs_peer, "peer")):
+        if goal is not None:
+            want.append(f"≥{goal:g}× {name}")
+            got.append(None if ratio is None else ratio >= goal)
+    if None in got:
+        return f"{', '.join(want)}: not all timed"
+    return f"{', '.join(want)}: {'met' if all(got) else 'missed'}"
+
+
+def _markdown(cases, targets) -> str:
     lines = [
-        "| device | case | implementation | median | vs eager | vs best peer |",
-        "|---|---|---|---:|---:|---:|",
+        "| device | case | implementation | median | vs eager | vs best peer | SPEC §4 target |",
+        "|---|---|---|---:|---:|---:|---|",
     ]
     for (device, case), medians in sorted(cases.items()):
         ups = speedups(medians)
         for impl, t in sorted(medians.items(), key=lambda kv: kv[1]):
             vs_eager, vs_peer = ups.get(impl, (None, None))
-            lines.append(f"| {device} | {case} | {impl} | {_time(t)} | {_ratio(vs_eager)} | {_ratio(vs_peer)} |")
+            verdict = _verdict(targets.get((device, case)), vs_eager, vs_peer) if impl in ups else "–"
+            lines.append(
+                f"| {device} | {case} | {impl} | {_time(t)} | {_ratio(vs_eager)} | {_ratio(vs_peer)} | {verdict} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -148,5 +192,5 @@ def bench_report(paths, out: Path) -> tuple[Path, Path]:
     cases = load_cases(paths)
     out.mkdir(parents=True, exist_ok=True)
     table = out / "report.md"
-    table.write_text(_markdown(cases))
+    table.write_text(_markdown(cases, load_targets(paths)))
     return table, _chart(cases, out / "speedups.png")

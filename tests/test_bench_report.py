@@ -6,14 +6,14 @@ import json
 import pytest
 from PIL import Image
 
-from hafsvg.bench_report import bench_report, load_cases, speedups
+from hafsvg.bench_report import bench_report, load_cases, load_targets, speedups
 from hafsvg.cli import main
 
 pytest_plugins = ["pytester"]
 
 
-def _bench(group, impl, median, device=None, **params):
-    extra = {"op": "toy", "impl": impl, **({"device": device} if device else {})}
+def _bench(group, impl, median, device=None, extra=None, **params):
+    extra = {"op": "toy", "impl": impl, **({"device": device} if device else {}), **(extra or {})}
     params = {"impl": impl, **params}
     param = "-".join(str(v) for v in params.values())
     return {
@@ -53,6 +53,28 @@ def test_table_numbers_and_chart(tmp_path, capsys):
     with Image.open(tmp_path / "r" / "speedups.png") as image:
         image.load()
         assert image.format == "PNG" and image.width > 400 and image.height > 60
+
+
+def test_spec_targets_met_missed_or_not_timed(tmp_path):
+    """SPEC §4's targets apply by op, pass and device type: the cuda attention fwd+bwd case wants
+    >= 5x eager and >= 1.5x the best peer; the CPU aligner >= 2x eager; other cases have none."""
+    cuda_bwd = {"device_type": "cuda", "op": "aligned_attention", "pass": "fwd+bwd"}
+    path = _write(tmp_path / "t.json", [
+        _bench("att bwd", "eager", 10e-3, "H100", cuda_bwd),
+        _bench("att bwd", "sdpa", 3e-3, "H100", cuda_bwd),
+        _bench("att bwd", "triton", 1e-3, "H100", cuda_bwd),  # 10x eager, 3x sdpa: met
+        _bench("att bwd", "cuda", 2.5e-3, "H100", cuda_bwd),  # 4x eager: missed
+        _bench("att fwd", "eager", 10e-3, "H100", {**cuda_bwd, "pass": "fwd"}),
+        _bench("att fwd", "triton", 1e-3, "H100", {**cuda_bwd, "pass": "fwd"}),  # no target for fwd
+        _bench("cpu att", "cpp", 1e-3, "cpu", {"device_type": "cpu", "op": "aligned_attention"}),  # no eager timed
+    ])  # fmt: skip
+    assert load_targets([path]) == {("H100", "att bwd"): (5.0, 1.5), ("cpu", "cpu att"): (2.0, None)}
+    table = bench_report([path], tmp_path / "r")[0].read_text()
+    assert "| H100 | att bwd | triton | 1 ms | 10.00× | 3.00× | ≥5× eager, ≥1.5× peer: met |" in table
+    assert "| H100 | att bwd | cuda | 2.5 ms | 4.00× | 1.20× | ≥5× eager, ≥1.5× peer: missed |" in table
+    assert "| H100 | att bwd | sdpa | 3 ms | – | – | – |" in table
+    assert "| H100 | att fwd | triton | 1 ms | 10.00× | – | – |" in table
+    assert "| cpu | cpu att | cpp | 1 ms | – | – | ≥2× eager: not all timed |" in table
 
 
 def test_real_pytest_benchmark_json(pytester, tmp_path):
