@@ -35,9 +35,9 @@ target on the device as soon as it is decoded and a running best is kept per cli
 samples nor a whole chunk of frames is ever held, and nothing goes to the host.
 
 The split decoder weights (BatchNorm folded in) are a snapshot taken at construction; encoder and
-recurrent weights are read at each call (by a cached graph: at each replay, from the parameters'
-storage, so in-place updates are seen but replaced parameters are not). Build a new sampler after
-changing the model's weights.
+recurrent weights are read at each call (a cached graph reads what it captured: the cuda backend's
+packed weights and replaced parameters are not seen again). Build a new sampler after changing the
+model's weights.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ from contextlib import contextmanager, nullcontext
 import torch
 from tqdm import tqdm
 
-from hafsvg_kernels import gaussian_lstm_step, lstm_step
+from hafsvg_kernels import BackendUnavailable, gaussian_lstm_step, lstm_step
+from hafsvg_kernels.recurrent.interface import GAUSSIAN_LSTM_STEP
 
 from .metrics import BestOfN, psnr, ssim
 from .models import HAFSVG
@@ -148,6 +149,12 @@ class FastSampler:
             raise ValueError(f"noise must be 'torch' or 'kernel', got {noise!r}")
         if graphs and self.device.type != "cuda":
             raise ValueError(f"graphs=True needs CUDA (CUDA graphs); the model is on {self.device}")
+        if graphs and noise == "kernel" and (chosen := prior_noise_backend(model, backend)) != "triton":
+            raise ValueError(
+                f"graphs=True with noise='kernel' needs the triton backend for the prior's step (it reads the "
+                f"Philox counter from device memory while the graph replays); backend {backend!r} runs it on "
+                f"{chosen!r}: use noise='torch' or backend='triton'"
+            )
         if memory_budget is not None and memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
         self.graphs, self.memory_budget, self.noise = graphs, memory_budget, noise
@@ -279,11 +286,13 @@ class FastSampler:
 
     def _chunk(self, clips, n_samples):
         """The call's samples per chunk: :meth:`chunk_samples`, except with graphs and no
-        ``memory_budget``, where the size first estimated for these clips is kept (see ``graphs``)."""
+        ``memory_budget``, where the size first estimated for these clips is kept (see ``graphs``),
+        and is a :data:`GRAPH_CACHE_SIZE`-th of the budget: each cached graph keeps a pool of its
+        chunk's activations, so together they stay within one budget."""
         if not self.graphs or self.memory_budget is not None:
             return self.chunk_samples(clips, n_samples)
         if clips not in self._graph_chunks:
-            self._graph_chunks[clips] = self._max_chunk(clips)
+            self._graph_chunks[clips] = max(1, self._max_chunk(clips) // GRAPH_CACHE_SIZE)
         return min(n_samples, self._graph_chunks[clips])
 
     def _autocast(self):
@@ -419,6 +428,23 @@ class FastSampler:
         with self.stages("decoder"):
             frame = self.decoder(g, fctx, n)
         return frame, pred, prior
+
+
+def prior_noise_backend(model: HAFSVG, backend: str) -> str:
+    """The backend that ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks for the prior's
+    Gaussian step with in-kernel noise and a device offset, on the model's device (what a graph
+    with ``noise="kernel"`` captures), or why none accepts it."""
+    prior = model.prior
+    p = next(prior.parameters())
+    x = torch.zeros(1, prior.input_size, device=p.device, dtype=p.dtype)
+    weights = tuple(g.weights() for g in prior.groups)
+    offset = torch.zeros((), dtype=torch.int64, device=p.device)
+    states = prior.init_state(1)
+    try:
+        chosen = GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, states, weights, seed=0, offset=offset)
+    except BackendUnavailable as err:
+        return f"none ({err})"
+    return chosen.name
 
 
 def _first_counter(generator, count):

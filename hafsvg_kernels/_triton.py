@@ -27,10 +27,14 @@ def interpreting() -> bool:
 
 
 def tf32_allowed() -> bool:
-    """Whether torch lets fp32 CUDA matmuls use TF32 (``torch.backends.cuda.matmul.allow_tf32 =
-    True`` or ``torch.set_float32_matmul_precision("high" | "medium")``; off by default). Read
-    through the precision getter, which every torch version keeps in step with both settings."""
-    return torch.get_float32_matmul_precision() != "highest"
+    """Whether torch lets fp32 CUDA matmuls use TF32: ``torch.backends.cuda.matmul.allow_tf32 =
+    True`` or ``torch.set_float32_matmul_precision("high" | "medium")`` (the legacy settings, read
+    through the precision getter), or ``torch.backends.cuda.matmul.fp32_precision = "tf32"`` (the
+    newer one, which makes the legacy getters raise once both have been used). Off by default."""
+    try:
+        return torch.get_float32_matmul_precision() != "highest"
+    except RuntimeError:  # "mix of the legacy and new APIs": the new setting decides
+        return getattr(torch.backends.cuda.matmul, "fp32_precision", "ieee") == "tf32"
 
 
 def fp32_dot_precision(dtype: torch.dtype) -> str:

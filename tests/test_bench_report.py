@@ -67,14 +67,18 @@ def test_spec_targets_met_missed_or_not_timed(tmp_path):
         _bench("att fwd", "eager", 10e-3, "H100", {**cuda_bwd, "pass": "fwd"}),
         _bench("att fwd", "triton", 1e-3, "H100", {**cuda_bwd, "pass": "fwd"}),  # no target for fwd
         _bench("cpu att", "cpp", 1e-3, "cpu", {"device_type": "cpu", "op": "aligned_attention"}),  # no eager timed
+        _bench("big", "sdpa", 4e-3, "H100", cuda_bwd),
+        _bench("big", "triton", 2e-3, "H100", cuda_bwd),  # eager did not fit: judged on the peer alone
     ])  # fmt: skip
-    assert load_targets([path]) == {("H100", "att bwd"): (5.0, 1.5), ("cpu", "cpu att"): (2.0, None)}
+    assert load_targets([path]) == {("H100", "att bwd"): (5.0, 1.5), ("cpu", "cpu att"): (2.0, None),
+                                    ("H100", "big"): (5.0, 1.5)}  # fmt: skip
     table = bench_report([path], tmp_path / "r")[0].read_text()
     assert "| H100 | att bwd | triton | 1 ms | 10.00× | 3.00× | ≥5× eager, ≥1.5× peer: met |" in table
     assert "| H100 | att bwd | cuda | 2.5 ms | 4.00× | 1.20× | ≥5× eager, ≥1.5× peer: missed |" in table
     assert "| H100 | att bwd | sdpa | 3 ms | – | – | – |" in table
     assert "| H100 | att fwd | triton | 1 ms | 10.00× | – | – |" in table
-    assert "| cpu | cpu att | cpp | 1 ms | – | – | ≥2× eager: not all timed |" in table
+    assert "| cpu | cpu att | cpp | 1 ms | – | – | eager not timed |" in table
+    assert "| H100 | big | triton | 2 ms | – | 2.00× | ≥1.5× peer: met (eager not timed) |" in table
 
 
 def test_real_pytest_benchmark_json(pytester, tmp_path):

@@ -137,3 +137,30 @@ def test_extension_builds_where_required():
         pytest.skip("HAFSVG_REQUIRE_EXT is not set (CI sets it)")
     assert _ext.cpu_unavailable() is None, _ext.cpu_unavailable()
     assert _ext.load_cpu().attention_forward is not None
+
+
+def test_tf32_allowed_follows_legacy_and_new_settings():
+    """The fp32 dot precision follows torch's TF32 switch, whichever API set it (in a subprocess:
+    mixing the two APIs changes process-wide state that later tests would see)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        import torch
+        from hafsvg_kernels._triton import tf32_allowed
+        seen = [tf32_allowed()]
+        torch.backends.cuda.matmul.allow_tf32 = True
+        seen.append(tf32_allowed())
+        torch.backends.cuda.matmul.allow_tf32 = False
+        seen.append(tf32_allowed())
+        if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # the newer API (torch >= 2.9)
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
+            seen.append(tf32_allowed())
+            torch.backends.cuda.matmul.fp32_precision = "ieee"
+            seen.append(tf32_allowed())
+        print(seen)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() in ("[False, True, False, True, False]", "[False, True, False]"), run.stdout

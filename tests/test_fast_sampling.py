@@ -187,12 +187,15 @@ def test_graph_cache_reuses_steps_for_new_clips(monkeypatch, noise):
 
 
 def test_graph_chunk_size_is_kept_while_cached(monkeypatch):
-    """With no memory_budget, the chunk size first estimated for a number of clips is kept (the
-    cached graphs fit it) until ``reset_graphs``."""
+    """With no memory_budget, the chunk size first estimated for a number of clips (a
+    GRAPH_CACHE_SIZE-th of the budget: each cached graph holds its chunk's pool) is kept (the cached
+    graphs fit it) until ``reset_graphs``."""
     model = _model(aligned_levels=(3,))
     sampler = _graph_sampler_without_capture(monkeypatch, model)
     context, noise = _inputs(model, clips=2, samples=5, n_future=2)
-    monkeypatch.setattr(fast_sampling, "CPU_MEMORY_BUDGET", 2 * 2 * sampler.bytes_per_row())
+    per_graph = 2 * 2 * sampler.bytes_per_row()  # 2 clips x 2 samples
+    monkeypatch.setattr(fast_sampling, "CPU_MEMORY_BUDGET", per_graph * fast_sampling.GRAPH_CACHE_SIZE)
+    assert sampler.chunk_samples(2, 5) == 2 * fast_sampling.GRAPH_CACHE_SIZE and sampler._chunk(2, 5) == 2
     sampler.sample(context, 2, 5, noise=noise)
     assert sampler.graph_captures == 2  # chunks of 2, 2, 1
     monkeypatch.setattr(fast_sampling, "CPU_MEMORY_BUDGET", 10**12)
@@ -348,3 +351,16 @@ def test_cuda_graphs_with_kernel_noise_equal_eager():
         assert graphed.graph_captures == 2
         calls.append(z_got)
     assert not any(torch.allclose(a, b) for a, b in zip(*calls)), "a new call repeated the noise"
+
+
+def test_prior_noise_backend_names_what_a_kernel_noise_graph_would_capture(monkeypatch):
+    """graphs=True with noise="kernel" needs the prior's step on Triton (it reads the Philox counter
+    from device memory): the sampler asks dispatch which backend a device offset would get."""
+    from hafsvg.fast_sampling import prior_noise_backend
+
+    model = HAFSVG(HAFSVGConfig.preset("tiny")).to("cuda" if torch.cuda.is_available() else "cpu")
+    assert prior_noise_backend(model, "triton") == "triton"  # on CPU tensors: under the interpreter
+    assert prior_noise_backend(model, "torch") == "torch"
+    monkeypatch.setenv("HAFSVG_BACKEND", "torch")
+    assert prior_noise_backend(model, "auto") == "torch"
+    assert prior_noise_backend(model, "nope").startswith("none (")
