@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 BACKBONES = ("dcgan", "vgg")
 VALUE_FROM = ("encoder", "decoder")
+#: Where the decoder's skip (and aligner) features come from once frames are predicted: "last" the
+#: last context frame x_k; "svg" x_{k-1}, as SVG's training and generation loops take it; "latest"
+#: the newest input frame at every step (SVG's ``--last_frame_skip``).
+SKIP_SOURCES = ("last", "svg", "latest")
 
 
 @dataclass
@@ -33,6 +37,7 @@ class HAFSVGConfig:
     qk_channels: int | None = None  # None: max(C // 8, 8) at each level
     aligner_scale: float = 1.0
     value_from: str = "encoder"  # V = W_v F_e ("encoder", the figure) or W_v F_d ("decoder", the text)
+    skip_source: str = "last"  # see SKIP_SOURCES
     n_past: int = 5
     n_future: int = 10  # predicted frames in training
     n_eval: int = 25  # predicted frames at test time
@@ -48,6 +53,8 @@ class HAFSVGConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.value_from not in VALUE_FROM:
             raise ValueError(f"value_from must be one of {VALUE_FROM}, got {self.value_from!r}")
+        if self.skip_source not in SKIP_SOURCES:
+            raise ValueError(f"skip_source must be one of {SKIP_SOURCES}, got {self.skip_source!r}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.groups < 1 or self.z_dim % self.groups:
@@ -93,4 +100,8 @@ PRESETS: dict[str, dict] = {
                  n_past=2, n_future=10, n_eval=28, beta=1e-4),
     "tiny": dict(dataset="moving-mnist", backbone="dcgan", channels=1, z_dim=8, nf=8, g_dim=16,
                  rnn_size=32, n_past=3, n_future=4, n_eval=6, beta=1e-4, batch_size=8),
+    # The shipped pretrained model (hafsvg/pretrained/): HAF-SVG-4, DCGAN-64 narrowed to train on
+    # two CPU cores; 5 context frames, 10 predicted in training and at test time.
+    "demo": dict(dataset="moving-mnist", backbone="dcgan", channels=1, z_dim=16, nf=16, g_dim=64,
+                 rnn_size=64, groups=4, n_past=5, n_future=10, n_eval=10, beta=1e-4, batch_size=16),
 }  # fmt: skip
