@@ -108,7 +108,7 @@ def test_streaming_best_of_n_equals_evaluate_samples():
     sampler = FastSampler(model, backend="torch", memory_budget=3 * 3 * _row_bytes(model))  # chunks of 3, 1
     expected = evaluate_samples(sampler.sample(context, 2, 4, noise=noise), target)
     got = sampler.best_of_n(context, target, 4, noise=noise)
-    assert set(got) == {"ssim", "psnr"}
+    assert set(got) == {"ssim", "psnr", "mse"}
     for name, ref in expected.items():
         b = got[name]
         assert b.index.shape == (3,) and b.per_clip.shape == (3,) and b.per_step.shape == (2,)
