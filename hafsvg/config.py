@@ -55,6 +55,8 @@ class HAFSVGConfig:
             raise ValueError(f"value_from must be one of {VALUE_FROM}, got {self.value_from!r}")
         if self.skip_source not in SKIP_SOURCES:
             raise ValueError(f"skip_source must be one of {SKIP_SOURCES}, got {self.skip_source!r}")
+        if self.skip_source == "svg" and self.n_past < 2:
+            raise ValueError("skip_source 'svg' takes the skips from context frame n_past - 1 and needs n_past >= 2")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.groups < 1 or self.z_dim % self.groups:

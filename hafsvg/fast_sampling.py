@@ -30,9 +30,14 @@ same noise layout; the reference stays the reference) with these levers:
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast; the recurrent state
   stays in the model's dtype.
 
-:meth:`FastSampler.best_of_n` streams: each predicted frame is scored (SSIM, PSNR) against the
-target on the device as soon as it is decoded and a running best is kept per clip, so neither all
-samples nor a whole chunk of frames is ever held, and nothing goes to the host.
+:meth:`FastSampler.best_of_n` streams: each predicted frame is scored (SSIM, PSNR, MSE, under a
+metric protocol) against the target on the device as soon as it is decoded and a running best and
+worst are kept per clip, so neither all samples nor a whole chunk of frames is ever held (except,
+as uint8, with ``keep_frames=True``), and nothing goes to the host.
+
+The skip features come from the context frame ``config.skip_source`` names ("last" or "svg", both
+fixed per clip); "latest" is refused at construction (it would recompute them for every sample at
+every step). BatchNorm uses its running statistics (``batchnorm="batch"`` is refused).
 
 The split decoder weights (BatchNorm folded in) are a snapshot taken at construction; encoder and
 recurrent weights are read at each call (a cached graph reads what it captured: the cuda backend's
@@ -50,7 +55,7 @@ from tqdm import tqdm
 from hafsvg_kernels import BackendUnavailable, gaussian_lstm_step, lstm_step
 from hafsvg_kernels.recurrent.interface import GAUSSIAN_LSTM_STEP
 
-from .metrics import BestOfN, psnr, ssim
+from .metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, mse, psnr, ssim
 from .models import HAFSVG
 from .split_conv import SplitConv, SplitConvDecoder
 from .stages import Stages
@@ -72,7 +77,9 @@ GRAPH_CACHE_SIZE = 2
 KERNEL_SEED = 0x4841465356
 #: Philox counters of in-kernel noise are in [0, COUNTER_LIMIT) (``gaussian_lstm_step``'s int offsets).
 COUNTER_LIMIT = 2**62
-METRICS = {"ssim": ssim, "psnr": psnr}
+METRICS = {"ssim": ssim, "psnr": psnr, "mse": mse}
+#: Samples per clip whose frames ``best_of_n(..., keep_frames=True)`` returns under "first".
+KEEP_FIRST = 5
 
 
 def _map(fn, tree):
@@ -157,6 +164,12 @@ class FastSampler:
             )
         if memory_budget is not None and memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        if model.config.skip_source == "latest":
+            raise ValueError(
+                "FastSampler computes the skip features, the aligner's K/V and the decoder's F_e convolutions once "
+                "per clip; skip_source 'latest' (SVG's --last_frame_skip) takes them from each sample's newest "
+                "frame at every step, which defeats that: sample with HAFSVG.sample"
+            )
         self.graphs, self.memory_budget, self.noise = graphs, memory_budget, noise
         self.stages = Stages(self.device)
         self.decoder = SplitConvDecoder(model.decoder, backend)
@@ -170,7 +183,7 @@ class FastSampler:
     # ---- public --------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, context, n_future, n_samples, generator=None, noise=None, *, progress=False):
+    def sample(self, context, n_future, n_samples, generator=None, noise=None, *, progress=False, batchnorm="eval"):
         """``n_samples`` futures of ``n_future`` frames per clip, as :meth:`HAFSVG.sample`.
 
         Args:
@@ -181,10 +194,13 @@ class FastSampler:
                 ``noise="kernel"`` the call's first Philox counter is drawn from ``generator`` and
                 the counters run on over the chunks, so the numbers depend on the chunk size).
             progress: show a tqdm bar over chunks x steps.
+            batchnorm: "eval" only (BatchNorm with its running statistics, folded into the split
+                decoder); "batch" (SVG's per-batch statistics) is refused: use :meth:`HAFSVG.sample`.
 
         Returns:
             (B, n_samples, n_future, C, 64, 64) in [0, 1], context's dtype, on the model's device.
         """
+        _check_batchnorm(batchnorm)
         self.model._check_clip(context, "context", 1)
         shape = (context.shape[0], max(n_samples, 0), max(n_future, 0), *context.shape[2:])
         out = torch.empty(shape, device=self.device, dtype=context.dtype)
@@ -196,18 +212,38 @@ class FastSampler:
         return out
 
     @torch.no_grad()
-    def best_of_n(self, context, target, n_samples, generator=None, noise=None, *, progress=False):
-        """Best-of-``n_samples`` SSIM and PSNR per clip, streamed (SPEC §2).
+    def best_of_n(self, context, target, n_samples, generator=None, noise=None, *, progress=False,
+                  protocol="gaussian", keep_frames=False, batchnorm="eval"):  # fmt: skip
+        """Best-of-``n_samples`` SSIM, PSNR and MSE per clip, streamed (SPEC §2).
+
+        Each frame is scored as soon as it is decoded and a running best and worst are kept per
+        clip (by each metric: the highest time-averaged SSIM / PSNR, the lowest MSE; ties to the
+        lowest sample index).
 
         Args:
             context: (B, k, C, 64, 64); target: (B, T, C, 64, 64) ground truth of the T predicted
-                frames; generator, noise, progress: as in :meth:`sample` (n_future = T).
+                frames; generator, noise, progress, batchnorm: as in :meth:`sample` (n_future = T).
+            protocol: metric protocol, one of :data:`hafsvg.metrics.PROTOCOLS` (see
+                :func:`hafsvg.metrics.ssim`, :func:`hafsvg.metrics.psnr`).
+            keep_frames: also return frames, quantized to uint8 (``round(x * 255)`` clamped to
+                [0, 255]). Costs device memory beyond the chunk budget: each chunk's frames are held
+                as uint8 while the chunk runs (B x n x T x C x 64 x 64 bytes, n the samples per
+                chunk, see :meth:`chunk_samples`) and folded into the running best / worst at its
+                end, which take 2 x B x T x C x 64 x 64 bytes, plus B x min(5, n_samples) x T x C x
+                64 x 64 bytes for the first samples.
 
         Returns:
-            {"ssim": BestOfN, "psnr": BestOfN} as :func:`hafsvg.metrics.evaluate_samples` returns
-            for the materialized samples (index (B,), per_clip (B,), per_step (T,), overall ()).
+            {"ssim": BestOfN, "psnr": BestOfN, "mse": BestOfN} as
+            :func:`hafsvg.metrics.evaluate_samples` returns for the materialized samples with the
+            same ``protocol`` (index (B,), per_clip (B,), per_step (T,), overall (), worst (B,)).
+            With ``keep_frames``, also "frames": {"best": (B, T, C, 64, 64) the best sample by SSIM,
+            "worst": (B, T, C, 64, 64) the worst by SSIM, "first": (B, min(5, n_samples), T, C,
+            64, 64) the first samples}, uint8 tensors on the CPU.
         """
+        _check_batchnorm(batchnorm)
         self.model._check_clip(context, "context", 1)
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         B = context.shape[0]
         if not isinstance(target, torch.Tensor):
             raise TypeError("target must be a tensor (B, T, C, 64, 64)")
@@ -215,23 +251,60 @@ class FastSampler:
             raise ValueError(f"target has shape {tuple(target.shape)}; expected ({B}, T, *{tuple(context.shape[2:])})")
         T = target.shape[1]
         target = target.to(self.device)
-        best = {}
-        chunk = {}
+        state = {}  # metric -> _fold's running best and worst
+        chunk = {}  # metric -> the chunk's scores (B, n, T)
+        kept = {}  # keep_frames: "chunk" (B, n, T, C, H, W) while a chunk runs, "best", "worst", "first"
+        n_first = min(KEEP_FIRST, n_samples)
+        clips = torch.arange(B, device=self.device)
+
+        def quantize(frame):
+            frame = frame.to(torch.promote_types(frame.dtype, torch.float32))
+            return frame.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+
+        def keep(s0, f, frame):
+            q = quantize(frame)  # (B, n, C, H, W)
+            if f == 0:
+                kept["chunk"] = q.new_empty(B, q.shape[1], T, *q.shape[2:])
+            kept["chunk"][:, :, f] = q
+            if s0 < n_first:
+                if "first" not in kept:
+                    kept["first"] = q.new_empty(B, n_first, T, *q.shape[2:])
+                end = min(n_first, s0 + q.shape[1])
+                kept["first"][:, s0:end, f] = q[:, : end - s0]
+
+        def fold_frames(s0):
+            frames = kept.pop("chunk")
+            _, best, _, _, worst = state["ssim"]
+            for key, idx in (("best", best), ("worst", worst)):
+                picked = frames[clips, (idx - s0).clamp(min=0)]  # (B, T, C, H, W); used where idx >= s0
+                if key in kept:
+                    picked = torch.where((idx >= s0).view(B, 1, 1, 1, 1), picked, kept[key])
+                kept[key] = picked
 
         def score(s0, f, frame):
             with self.stages("metrics"), torch.autocast(self.device.type, enabled=False):
                 tgt = target[:, f].unsqueeze(1).expand_as(frame)
                 for name, fn in METRICS.items():
-                    s = fn(frame, tgt)  # (B, n)
+                    s = fn(frame, tgt, protocol)  # (B, n)
                     if f == 0:
                         chunk[name] = s.new_empty(*s.shape, T)
                     chunk[name][..., f] = s
+                if keep_frames:
+                    keep(s0, f, frame)
                 if f == T - 1:
                     for name, scores in chunk.items():
-                        best[name] = _fold(best.get(name), scores, s0)
+                        state[name] = _fold(state.get(name), scores, s0, HIGHER_IS_BETTER[name])
+                    if keep_frames:
+                        fold_frames(s0)
 
         self._run(context, T, n_samples, generator, noise, score, progress)
-        return {name: BestOfN(idx, mean, steps.mean(0), mean.mean()) for name, (mean, idx, steps) in best.items()}
+        out = {
+            name: BestOfN(idx, mean, steps.mean(0), mean.mean(), worst)
+            for name, (mean, idx, steps, _, worst) in state.items()
+        }
+        if keep_frames:
+            out["frames"] = {key: kept[key].cpu() for key in ("best", "worst", "first")}
+        return out
 
     def chunk_samples(self, clips: int, n_samples: int) -> int:
         """Samples per chunk: as many as keep clips x samples x :meth:`bytes_per_row` within the
@@ -260,7 +333,7 @@ class FastSampler:
             self.stages.timing = False  # the dry run is not part of any stage
             try:
                 with torch.no_grad(), self._autocast():
-                    x = torch.zeros(1, 1, c.channels, 64, 64, device=self.device, dtype=self.model_dtype)
+                    x = torch.zeros(1, 2, c.channels, 64, 64, device=self.device, dtype=self.model_dtype)  # 2: "svg"
                     h_ctx, fctx = self._prepare(x)
                     counted.clear()
                     self.model.encoder(self.decoder(h_ctx[:, 0], fctx))
@@ -373,7 +446,7 @@ class FastSampler:
         B, k = context.shape[:2]
         with self.stages("encoder"):
             h, skips = self.model.encoder(context.flatten(0, 1))
-        last = [s.view(B, k, *s.shape[1:])[:, -1] for s in skips]
+        last = [s.view(B, k, *s.shape[1:])[:, self.model.context_skip_frame(k)] for s in skips]
         with self.stages("decoder"):
             fctx = self.decoder.prepare(last)
         return h.view(B, k, -1).to(self.model_dtype), fctx
@@ -430,6 +503,15 @@ class FastSampler:
         return frame, pred, prior
 
 
+def _check_batchnorm(batchnorm):
+    if batchnorm != "eval":
+        raise ValueError(
+            f"FastSampler samples with batchnorm='eval' only (got {batchnorm!r}): it folds BatchNorm's running "
+            "statistics into the split decoder and shares per-clip work across samples; SVG's per-batch statistics "
+            "(batchnorm='batch') need HAFSVG.sample"
+        )
+
+
 def prior_noise_backend(model: HAFSVG, backend: str) -> str:
     """The backend that ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks for the prior's
     Gaussian step with in-kernel noise and a device offset, on the model's device (what a graph
@@ -458,20 +540,26 @@ def _first_counter(generator, count):
     return int(torch.randint(0, COUNTER_LIMIT - count + 1, (1,), generator=generator, device=dev))
 
 
-def _fold(best, scores, s0):
-    """Running best per clip: best None or (mean (B,), index (B,), steps (B, T)); scores (B, n, T)
-    of samples s0.. -> the new best (ties keep the earlier sample, as ``argmax`` does)."""
+def _fold(best, scores, s0, higher_is_better=True):
+    """Running best and worst per clip: best None or (mean (B,), index (B,), steps (B, T), worst mean
+    (B,), worst index (B,)); scores (B, n, T) of samples s0.. -> the new state. Best is the highest
+    time-averaged score (the lowest with ``higher_is_better=False``), worst the opposite; ties keep
+    the earlier sample, as ``argmax`` / ``argmin`` and :func:`hafsvg.metrics.best_of_n` do."""
     mean = scores.mean(dim=2)
-    idx = mean.argmax(dim=1)
+    high, low = mean.argmax(dim=1), mean.argmin(dim=1)
+    idx, worst = (high, low) if higher_is_better else (low, high)
     clips = torch.arange(scores.shape[0], device=scores.device)
-    cand = (mean[clips, idx], idx + s0, scores[clips, idx])
+    cand = (mean[clips, idx], idx + s0, scores[clips, idx], mean[clips, worst], worst + s0)
     if best is None:
         return cand
-    better = cand[0] > best[0]
+    beats = (lambda x, y: x > y) if higher_is_better else (lambda x, y: x < y)  # noqa: E731
+    better, worse = beats(cand[0], best[0]), beats(best[3], cand[3])
     return (
         torch.where(better, cand[0], best[0]),
         torch.where(better, cand[1], best[1]),
         torch.where(better[:, None], cand[2], best[2]),
+        torch.where(worse, cand[3], best[3]),
+        torch.where(worse, cand[4], best[4]),
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
 
@@ -16,6 +18,36 @@ BACKBONES = {"dcgan": (DCGANEncoder, DCGANDecoder), "vgg": (VGGEncoder, VGGDecod
 
 #: Rows (clips x samples) decoded at once when ``sample`` chooses the chunk itself.
 SAMPLE_ROWS = 1600
+#: BatchNorm modes of ``HAFSVG.sample``: "eval" (running statistics) or "batch" (SVG's generation
+#: script, which leaves the encoder and decoder in train mode: per-batch statistics).
+BATCHNORM_MODES = ("eval", "batch")
+
+
+def skip_frames(skip_source: str, steps: int, n_past: int, device=None) -> torch.Tensor:
+    """(steps,) index of the frame whose skip features decode step t (predicting frame t + 1) under
+    teacher forcing: the input frame t while it is a context frame, then a fixed context frame
+    ("last": x_k = frame n_past - 1; "svg": frame n_past - 2, SVG's loop), or always the input
+    frame ("latest", SVG's ``--last_frame_skip``)."""
+    t = torch.arange(steps, device=device)
+    if skip_source == "latest":
+        return t
+    return t.clamp(max=n_past - (2 if skip_source == "svg" else 1))
+
+
+@contextmanager
+def batch_statistics(*modules: nn.Module):
+    """Within the block the BatchNorm layers of ``modules`` normalise with each call's batch
+    statistics, as in train mode, and leave their running statistics (and batch counters)
+    untouched; their modes are restored afterwards."""
+    norms = [m for mod in modules for m in mod.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.training, m.track_running_stats = True, False  # batch stats; running buffers neither read nor written
+    try:
+        yield
+    finally:
+        for m, (training, track) in zip(norms, saved):
+            m.training, m.track_running_stats = training, track
 
 
 class HAFSVG(nn.Module):
@@ -59,8 +91,8 @@ class HAFSVG(nn.Module):
 
         Every frame after the first is predicted from its predecessor (SVG-LP's training loop);
         the decoder's skip features come from the previous frame while it is a context frame
-        and from the last context frame x_k afterwards. The prior's groups are conditioned on the
-        posterior's samples.
+        and afterwards from the frame ``config.skip_source`` names (see :func:`skip_frames`).
+        The prior's groups are conditioned on the posterior's samples.
 
         Args:
             x: (B, T, C, 64, 64) in [0, 1], T >= 2.
@@ -88,31 +120,57 @@ class HAFSVG(nn.Module):
             g, pred_state = self.frame_predictor.step(torch.cat([h_all[:, t - 1], z], 1), pred_state)
             gs.append(g)
             kl = kl + kl_gaussian(mu, logvar, mu_p, logvar_p, c.groups)
-        src = torch.arange(T - 1, device=x.device).clamp(max=c.n_past - 1)
+        src = skip_frames(c.skip_source, T - 1, c.n_past, x.device)
         step_skips = [s.view(B, T, *s.shape[1:])[:, src].flatten(0, 1) for s in skips]
         prediction = self.decoder(torch.stack(gs, 1).flatten(0, 1), self.decoder.prepare(step_skips))
         prediction = prediction.view(B, T - 1, *x.shape[2:])
         mse = ((prediction - x[:, 1:]) ** 2).mean(dim=(0, 2, 3, 4)).sum()
         return {"total": mse + c.beta * kl.sum(), "mse": mse, "kl": kl, "prediction": prediction}
 
+    def context_skip_frame(self, k: int) -> int:
+        """Index of the context frame (of ``k``) whose skip features decode the first predicted
+        frame: k - 1 ("last", "latest"), k - 2 ("svg"; ValueError when k < 2)."""
+        if self.config.skip_source != "svg":
+            return k - 1
+        if k < 2:
+            raise ValueError("skip_source 'svg' takes the skips from the second-to-last context frame: needs k >= 2")
+        return k - 2
+
+    def _encode_context(self, context, per_frame):
+        """context (B, k, C, 64, 64) -> h (B, k, g_dim) and the four skips (B, k, C_l, H_l, W_l);
+        ``per_frame``: each frame encoded in a call of its own (batch statistics per frame)."""
+        B, k = context.shape[:2]
+        if not per_frame:
+            h, skips = self.encoder(context.flatten(0, 1))
+            return h.view(B, k, -1), [s.view(B, k, *s.shape[1:]) for s in skips]
+        frames = [self.encoder(context[:, j]) for j in range(k)]
+        return torch.stack([h for h, _ in frames], 1), [torch.stack(level, 1) for level in zip(*(s for _, s in frames))]
+
     @torch.no_grad()
-    def sample(self, context, n_future, n_samples, generator=None, *, noise=None, chunk_size=None):
+    def sample(self, context, n_future, n_samples, generator=None, *, noise=None, chunk_size=None, batchnorm="eval"):
         """Draw ``n_samples`` futures of ``n_future`` frames for each clip.
 
-        The context is encoded once per clip, and the last context frame's skip features and
-        the aligner's K/V once per clip; the samples of a clip share them through the batch
-        folding of :func:`hafsvg_kernels.aligned_attention`. In the context steps the posterior
-        samples z and advances all three recurrent modules (SVG-LP); in the future steps z comes
-        from the prior and each predicted frame is re-encoded. BatchNorm runs in eval mode; the
-        module's mode is restored afterwards.
+        The context is encoded once per clip, and the skip features and the aligner's K/V of the
+        context frame ``config.skip_source`` names once per clip; the samples of a clip share them
+        through the batch folding of :func:`hafsvg_kernels.aligned_attention` ("latest": from the
+        second predicted frame on, each sample's own newest frame). In the context steps the
+        posterior samples z and advances all three recurrent modules (SVG-LP); in the future steps
+        z comes from the prior and each predicted frame is re-encoded. The module's mode is
+        restored afterwards.
 
         Args:
-            context: (B, k, C, 64, 64) in [0, 1], k >= 1 observed frames.
+            context: (B, k, C, 64, 64) in [0, 1], k >= 1 observed frames (k >= 2 for skip_source "svg").
             n_future, n_samples: frames to predict and futures per clip.
             generator: ``torch.Generator`` for the noise (same seed, same output).
             noise: (B, n_samples, k - 1 + n_future, z_dim) standard normal noise instead: step i's
                 z (posterior in the context, prior after) uses ``noise[:, :, i]``.
             chunk_size: samples per chunk (default: as many as keep clips x samples <= 1600).
+            batchnorm: "eval" (default): BatchNorm with its running statistics. "batch": as SVG's
+                ``generate_svg_lp.py``, which leaves the encoder and decoder in train mode: each
+                BatchNorm call normalises with the statistics of its batch, grouped as SVG's loop
+                groups them (the clips of this call, one sample index at a time, each context frame
+                encoded on its own); the running statistics are not changed. Needs B >= 2 and
+                samples one sample index at a time (chunk_size None or 1).
 
         Returns:
             (B, n_samples, n_future, C, 64, 64) in [0, 1].
@@ -121,7 +179,16 @@ class HAFSVG(nn.Module):
         self._check_clip(context, "context", 1)
         if n_future < 1 or n_samples < 1:
             raise ValueError(f"n_future ({n_future}) and n_samples ({n_samples}) must be >= 1")
+        if batchnorm not in BATCHNORM_MODES:
+            raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
         B, k = context.shape[:2]
+        skip_frame = self.context_skip_frame(k)
+        per_batch = batchnorm == "batch"
+        if per_batch and (B < 2 or chunk_size not in (None, 1)):
+            raise ValueError(
+                "batchnorm='batch' normalises over the clips of one sample index (SVG's grouping): "
+                f"needs at least 2 clips (got {B}) and chunk_size None or 1 (got {chunk_size})"
+            )
         shape = (B, n_samples, k - 1 + n_future, c.z_dim)
         if noise is None:
             dev = generator.device if generator is not None else context.device
@@ -129,17 +196,17 @@ class HAFSVG(nn.Module):
         elif tuple(noise.shape) != shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)}, expected {shape}")
         noise = noise.to(context.device, context.dtype)
-        chunk = chunk_size or max(1, SAMPLE_ROWS // B)
+        chunk = 1 if per_batch else chunk_size or max(1, SAMPLE_ROWS // B)
         was_training = self.training
         self.eval()
         try:
-            h_ctx, skips = self.encoder(context.flatten(0, 1))
-            h_ctx = h_ctx.view(B, k, -1)
-            ctx = self.decoder.prepare([s.view(B, k, *s.shape[1:])[:, -1] for s in skips])
-            out = context.new_empty(B, n_samples, n_future, *context.shape[2:])
-            for s0 in range(0, n_samples, chunk):
-                n = min(chunk, n_samples - s0)
-                out[:, s0 : s0 + n] = self._sample_chunk(h_ctx, ctx, noise[:, s0 : s0 + n], n_future)
+            with batch_statistics(self.encoder, self.decoder) if per_batch else nullcontext():
+                h_ctx, skips = self._encode_context(context, per_frame=per_batch)
+                ctx = self.decoder.prepare([s[:, skip_frame] for s in skips])
+                out = context.new_empty(B, n_samples, n_future, *context.shape[2:])
+                for s0 in range(0, n_samples, chunk):
+                    n = min(chunk, n_samples - s0)
+                    out[:, s0 : s0 + n] = self._sample_chunk(h_ctx, ctx, noise[:, s0 : s0 + n], n_future)
         finally:
             self.train(was_training)
         return out
@@ -159,10 +226,13 @@ class HAFSVG(nn.Module):
             _, pred_state = self.frame_predictor.step(torch.cat([h, z], 1), pred_state)
         h = per_sample(h_ctx[:, -1])
         frames = []
+        samples_per_clip = n  # rows of ctx: per clip, or per row once "latest" takes each sample's newest frame
         for f in range(n_future):
             if f:
-                h = self.encoder(frames[-1])[0]
+                h, skips = self.encoder(frames[-1])
+                if self.config.skip_source == "latest":
+                    ctx, samples_per_clip = self.decoder.prepare(skips), 1
             (z, _, _), prior_state = self.prior.step(h, prior_state, eps[:, k - 1 + f])
             g, pred_state = self.frame_predictor.step(torch.cat([h, z], 1), pred_state)
-            frames.append(self.decoder(g, ctx, samples_per_clip=n))
+            frames.append(self.decoder(g, ctx, samples_per_clip=samples_per_clip))
         return torch.stack(frames, 1).view(B, n, n_future, *frames[0].shape[1:])
