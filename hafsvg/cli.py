@@ -1,4 +1,5 @@
-"""Command line: ``hafsvg train | sample | evaluate | profile | bench-report`` (also ``python -m hafsvg``).
+"""Command line: ``hafsvg train | sample | evaluate | make-testset | import-svg | profile | bench-report``
+(also ``python -m hafsvg``).
 
 Bad arguments and bad inputs print one ``error: ...`` line to stderr and return a non-zero code
 (2 for usage, 1 for inputs) instead of raising.
@@ -20,11 +21,14 @@ from hafsvg_kernels import BackendUnavailable
 
 from .bench_report import bench_report
 from .config import PRESETS, HAFSVGConfig
-from .data import make_dataset
-from .evaluate import evaluate
+from .data import TESTSET_DATASETS, make_dataset, make_testset
+from .data.testset import default_frames
+from .evaluate import METRICS, evaluate, file_sha256, write_report
+from .interop import describe_import, load_any_checkpoint, load_svg_checkpoint
+from .metrics import PROTOCOLS
 from .models import HAFSVG
 from .profile import CPU_SIZE, GPU_SIZE, default_backends, format_table, profile
-from .train import check_clips, load_checkpoint, resolve_device, train
+from .train import check_clips, load_checkpoint, resolve_device, save_checkpoint, train
 from .viz import save_grid
 
 __all__ = ["build_parser", "main", "parse_overrides"]
@@ -95,10 +99,14 @@ def _with_overrides(config: HAFSVGConfig, overrides: dict) -> HAFSVGConfig:
 
 def _load_model(args, device: torch.device) -> tuple[HAFSVG, str]:
     """The checkpoint's model (``--set`` fields applied) or a preset's randomly initialised one,
-    in eval mode on ``device``; with a short description of where it came from."""
+    in eval mode on ``device``; with a short description of where it came from. An SVG-LP
+    checkpoint is converted on the fly (a note on stderr)."""
     overrides = parse_overrides(args.set)
     if args.checkpoint is not None:
-        stored, _, step, config = load_checkpoint(args.checkpoint, device)
+        info: dict = {}
+        stored, step, config, converted = load_any_checkpoint(args.checkpoint, device, info)
+        if converted:
+            print(f"converted SVG checkpoint {args.checkpoint} ({describe_import(info)})", file=sys.stderr)
         model = stored
         if overrides:
             model = HAFSVG(_with_overrides(config, overrides)).to(device)
@@ -107,7 +115,8 @@ def _load_model(args, device: torch.device) -> tuple[HAFSVG, str]:
             except RuntimeError as err:
                 message = str(err).splitlines()[0]
                 raise ValueError(f"--set changes the architecture of {args.checkpoint}: {message}") from err
-        source = f"checkpoint {args.checkpoint} (step {step})"
+        kind = "SVG-LP checkpoint" if converted else "checkpoint"
+        source = f"{kind} {args.checkpoint} (step {step})"
     else:
         torch.manual_seed(args.seed)
         model = HAFSVG(HAFSVGConfig.preset(args.preset, **overrides)).to(device)
@@ -121,24 +130,53 @@ def _default_out(args) -> Path:
     return Path(args.checkpoint).parent if args.checkpoint is not None else RUNS / args.preset
 
 
+EVAL_CLIPS = 16  # default clips of ``evaluate`` (all of them for an .npz test set)
+
+
+def _is_testset(path) -> bool:
+    return path is not None and Path(path).suffix.lower() == ".npz"
+
+
 def _test_data(args, config: HAFSVGConfig, n_frames: int):
+    """The test clips: ``--clips`` of them (default: every clip of an .npz test set, else the
+    command's default), from ``--data`` or generated with ``--seed``."""
+    length = args.clips
+    if length is None:
+        length = None if _is_testset(args.data) else EVAL_CLIPS
     dataset = make_dataset(
-        config.dataset, n_frames, path=args.data, train=False, seed=args.seed, length=args.clips,
+        config.dataset, n_frames, path=args.data, train=False, seed=args.seed, length=length,
         num_digits=config.num_digits,
     )
     check_clips(dataset, config, n_frames)
     return dataset
 
 
+_TABLE_FORMAT = {"ssim": ("SSIM", ".4f", 16), "psnr": ("PSNR", ".3f", 16), "mse": ("MSE", ".5f", 18)}
+
+
+def _cell(mean: float, ci: float | None, fmt: str, width: int) -> str:
+    half = "n/a" if ci is None else format(ci, fmt)
+    return f"{format(mean, fmt)} ± {half}".rjust(width)
+
+
 def _print_table(result: dict) -> None:
+    """Per predicted step and overall: mean ± 95 % CI half-width of each metric's best samples."""
     print(
         f"best of {result['n_samples']} samples over {result['n_clips']} clips "
         f"({result['n_past']} context frames, {result['n_future']} predicted)"
     )
-    print(f"{'step':>5}  {'SSIM':>7}  {'PSNR':>7}")
-    for t, (s, p) in enumerate(zip(result["ssim"]["per_step"], result["psnr"]["per_step"]), start=1):
-        print(f"{t:>5}  {s:7.4f}  {p:7.3f}")
-    print(f"{'all':>5}  {result['ssim']['overall']:7.4f}  {result['psnr']['overall']:7.3f}")
+    metrics = [m for m in METRICS if m in result]
+    print(f"{'step':>5}" + "".join(f"  {_TABLE_FORMAT[m][0]:>{_TABLE_FORMAT[m][2]}}" for m in metrics))
+    for t in range(result["n_future"]):
+        cells = []
+        for m in metrics:
+            _, fmt, width = _TABLE_FORMAT[m]
+            ci = result[m]["per_step_ci95"]
+            cells.append(_cell(result[m]["per_step"][t], None if ci is None else ci[t], fmt, width))
+        print(f"{t + 1:>5}" + "".join(f"  {c}" for c in cells))
+    cells = [_cell(result[m]["overall"], result[m]["ci95"], *_TABLE_FORMAT[m][1:]) for m in metrics]
+    print(f"{'all':>5}" + "".join(f"  {c}" for c in cells))
+    print(f"protocol {result['protocol']}; ± 95% CI half-width: 1.96 * sample std (ddof=1) / sqrt(clips)")
 
 
 def _write_json(path: Path, obj: dict) -> Path:
@@ -181,7 +219,7 @@ def cmd_train(args) -> int:
 
 def _eval_setup(args):
     """The model, where it came from, the frames to predict, the test clips and the sampling
-    generator shared by ``sample`` and ``evaluate``."""
+    generator shared by ``sample`` and ``evaluate`` (sampling with BatchNorm in eval mode)."""
     device = resolve_device(_device(args))
     model, source = _load_model(args, device)
     n_future = args.n_future or model.config.n_eval
@@ -210,7 +248,7 @@ def cmd_sample(args) -> int:
 
     result = evaluate(
         model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
-        on_batch=draw,
+        on_batch=draw, protocol=args.protocol, batchnorm=args.batchnorm,
     )
     out = _default_out(args)
     grid = save_grid(out / "samples.png", [r.cpu() for r in rows], labels, split=c.n_past)
@@ -220,15 +258,80 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _data_source(args, config: HAFSVGConfig) -> tuple[str, str | None]:
+    """(where the test clips come from, the sha256 of the data file or None)."""
+    if args.data is None:
+        return f"embedded {config.dataset}, seed {args.seed}", None
+    path = Path(args.data)
+    return str(path), file_sha256(path) if path.is_file() else None
+
+
 def cmd_evaluate(args) -> int:
     model, source, n_future, dataset, gen = _eval_setup(args)
     result = evaluate(
         model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
-        progress=True,
+        progress=True, protocol=args.protocol, keep_samples=True, batchnorm=args.batchnorm,
     )
-    path = _write_json(_default_out(args) / "evaluation.json", {"source": source, "seed": args.seed, **result})
+    data, data_sha256 = _data_source(args, model.config)
+    checkpoint = None if args.checkpoint is None else str(args.checkpoint)
+    meta = {
+        "source": source,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": None if checkpoint is None else file_sha256(checkpoint),
+        "preset": None if checkpoint is not None else args.preset,
+        "data": data,
+        "data_sha256": data_sha256,
+        "seed": args.seed,
+        "config": model.config.to_dict(),
+    }
+    name = f"checkpoint {checkpoint}" if checkpoint is not None else f"preset {args.preset!r} (random weights)"
+    title = f"{name} | protocol {args.protocol} | best of {args.samples} samples | {result['n_clips']} clips"
+    files = write_report(_default_out(args), result, meta, title=title)
     _print_table(result)
-    print(f"metrics: {path}")
+    print(f"metrics: {files['evaluation']}\ncurves:  {files['curves_png']} ({files['curves_json'].name})")
+    print(f"samples: {files['samples']}")
+    return 0
+
+
+def cmd_make_testset(args) -> int:
+    path = make_testset(args.dataset, args.clips, args.seed, args.frames, args.out)
+    frames = args.frames if args.frames is not None else default_frames(args.dataset)
+    print(f"test set: {path} ({args.clips} clips x {frames} frames of {args.dataset}, seed {args.seed})")
+    print(f"sha256:   {file_sha256(path)}")
+    return 0
+
+
+def _print_import(info: dict) -> None:
+    """What ``import-svg`` read from an SVG checkpoint."""
+    c = info["config"]
+    short = lambda paths: ", ".join(p.rpartition(".")[2] for p in paths) or "none"  # noqa: E731
+    print(f"read SVG-LP checkpoint {info['path']}: {info['format']} torch.save of {info['contents']}")
+    print(f"  SVG classes:   {', '.join(info['svg_classes']) or 'none (plain state_dicts)'}")
+    print(f"  torch classes: {short(info['torch_classes'])}")
+    print(f"  opt ({info['opt_layout']}): " + " ".join(f"{k}={v}" for k, v in info["opt"].items()))
+    print(
+        f"  model:         SVG-LP {c['backbone']}, channels {c['channels']}, g_dim {c['g_dim']}, z_dim {c['z_dim']}, "
+        f"rnn_size {c['rnn_size']}, layers {c['predictor_layers']}/{c['posterior_layers']}/{c['prior_layers']}, "
+        f"skip_source {c['skip_source']}, {c['n_past']} context -> {c['n_future']} (train) / {c['n_eval']} (test) "
+        f"frames, dataset {c['dataset']}"
+    )
+    filled = len(info["buffers_filled"])
+    print(
+        f"  tensors:       {info['tensors']} loaded strictly, {info['keys_mapped']} posterior/prior keys renamed to "
+        f"*.groups.0.*" + (f", {filled} BatchNorm num_batches_tracked filled with 0" if filled else "")
+    )
+    if info["ignored"]:
+        print(f"  ignored:       {', '.join(info['ignored'])}")
+
+
+def cmd_import_svg(args) -> int:
+    src, dst = Path(args.src), Path(args.out)
+    if dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise ValueError(f"--out {dst} is the SVG checkpoint itself; choose another file")
+    model, info = load_svg_checkpoint(src)
+    path = save_checkpoint(dst, model, None, info["step"], model.config)
+    _print_import(info)
+    print(f"wrote {path} (step {info['step']}); use it with --checkpoint in sample, evaluate, profile")
     return 0
 
 
@@ -299,17 +402,32 @@ def _at_least(low: int):
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set groups=2 --set aligned_levels=0,1 (repeatable)")
-    p.add_argument("--data", metavar="PATH", help="data file or folder (default: embedded font digits)")
+    p.add_argument("--data", metavar="PATH",
+                   help="a test set .npz (make-testset), an MNIST IDX file, mnist_test_seq.npy, or a folder of "
+                        "frames (default: Moving MNIST from embedded font digits)")
     p.add_argument("--out", metavar="DIR", help="output folder")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where available, else cpu")
     p.add_argument("--seed", type=_at_least(0), default=0, help="seed of weights init, data and noise (default 0)")
 
 
-def _add_model_source(p: argparse.ArgumentParser, clips: int, samples: int) -> None:
+def _add_model_source(p: argparse.ArgumentParser, clips: int | None, samples: int) -> None:
+    """Options shared by ``sample`` and ``evaluate``; ``clips`` None: all clips of an .npz test
+    set, else EVAL_CLIPS."""
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by 'hafsvg train'")
     src.add_argument("--preset", choices=sorted(PRESETS), help=f"random weights of a preset (default {DEMO_PRESET})")
-    p.add_argument("--clips", type=_at_least(1), default=clips, metavar="N", help="test clips (default %(default)s)")
+    clips_help = (
+        f"test clips (default: all clips of a --data .npz test set, else {EVAL_CLIPS})" if clips is None
+        else "test clips (default %(default)s; the first ones of --data)"
+    )
+    p.add_argument("--clips", type=_at_least(1), default=clips, metavar="N", help=clips_help)
+    p.add_argument("--protocol", choices=PROTOCOLS, default="gaussian",
+                   help="how SSIM and PSNR are computed: gaussian (11x11 Gaussian window SSIM, PSNR over all "
+                        "channels) or svg (SVG's eval_seq: 7x7 uniform window SSIM, PSNR per channel); "
+                        "default %(default)s")
+    p.add_argument("--batchnorm", choices=("eval", "batch"), default="eval",
+                   help="BatchNorm statistics while sampling: eval (running statistics; the only mode these "
+                        "commands take: 'batch', SVG's per-batch statistics, is refused with the reason)")
     p.add_argument("--samples", type=_at_least(1), default=samples, metavar="N",
                    help="futures per clip (default %(default)s)")
     p.add_argument("--n-future", type=_at_least(1), metavar="N", help="predicted frames (default: the config's n_eval)")
@@ -349,12 +467,39 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_sample)
 
-    p = commands.add_parser("evaluate", help="best-of-N SSIM/PSNR over a test set (writes evaluation.json)",
-                            description="SPEC §2's protocol: per clip draw --samples futures, keep the best by "
-                                        "SSIM and by PSNR, average over clips per step and overall.")
-    _add_model_source(p, clips=16, samples=100)
+    p = commands.add_parser("evaluate", help="best-of-N SSIM/PSNR/MSE over a test set, with 95%% CIs",
+                            description="Best of N as SVG reports it: per clip draw --samples futures, keep the best "
+                                        "by SSIM, by PSNR and by MSE, average over clips per step and overall with "
+                                        "95 % confidence intervals (1.96 * sample std / sqrt(clips)). Writes "
+                                        "evaluation.json, curves.json, curves.png and samples.npz (truth, best "
+                                        "and worst sample by SSIM, first 5 samples, uint8) into --out.")
+    _add_model_source(p, clips=None, samples=100)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("make-testset", help="write a fixed, deterministic test set (.npz) for --data",
+                            description="Generate clips once and store them as uint8 'clips' (N, T, C, 64, 64) "
+                                        "with metadata in an .npz; the same arguments give the same bytes. "
+                                        "Read it back with --data FILE.npz in train, sample, evaluate, profile.")
+    p.add_argument("dataset", choices=TESTSET_DATASETS, help="dataset to generate")
+    p.add_argument("--clips", type=_at_least(1), required=True, metavar="N", help="number of clips")
+    p.add_argument("--seed", type=_at_least(0), default=0, metavar="S",
+                   help="seed of the generated test split: the clips 'evaluate --seed S' draws without --data "
+                        "when it needs T frames (default 0)")
+    p.add_argument("--frames", type=_at_least(1), metavar="T",
+                   help="frames per clip (default: the dataset preset's n_past + n_eval, 30 for moving-mnist)")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="file to write (.npz)")
+    p.set_defaults(func=cmd_make_testset)
+
+    p = commands.add_parser("import-svg", help="convert an SVG-LP checkpoint (edenton/svg model.pth) to hafsvg's",
+                            description="Read SVG-LP's torch.save of whole modules (2018 pre-zip or zip format, or "
+                                        "plain state_dicts) with an allow-list unpickler that runs nothing from "
+                                        "the file, load every weight strictly into an SVG-LP HAFSVG model "
+                                        "(groups=1, no aligner) and write a hafsvg checkpoint. sample, evaluate "
+                                        "and profile also take SVG files with --checkpoint directly.")
+    p.add_argument("src", metavar="SRC", help="SVG-LP checkpoint (e.g. svglp_smmnist2.pth)")
+    p.add_argument("--out", required=True, metavar="DST.pt", help="hafsvg checkpoint to write")
+    p.set_defaults(func=cmd_import_svg)
 
     p = commands.add_parser("profile", help="time sampling + best-of-N per stage and backend (trace + JSON)",
                             description="Sampling and best-of-N scoring of --samples futures for --clips test clips "
@@ -362,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(encoder, recurrent, aligner, decoder, metrics), frames/s, memory peak; "
                                         "writes Chrome traces and profile.json into --out (default runs/profile).")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="CKPT", help="checkpoint written by 'hafsvg train'")
+    src.add_argument("--checkpoint", metavar="CKPT",
+                     help="checkpoint written by 'hafsvg train', or an SVG-LP one (converted on the fly)")
     src.add_argument("--preset", choices=sorted(PRESETS), help="random weights of a preset (default moving-mnist)")
     p.add_argument("--backend", action="append", metavar="NAME[,NAME]",
                    help=f"FastSampler backend(s) among {', '.join(BACKENDS)} (repeatable; default: torch and the "

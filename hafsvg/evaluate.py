@@ -1,22 +1,85 @@
-"""Best-of-N evaluation (SPEC §2): per clip draw N futures, keep the best by SSIM and by PSNR."""
+"""Best-of-N evaluation (SPEC §2): per clip draw N futures, keep the best by SSIM, by PSNR and by MSE;
+report means with 95 % confidence intervals, per-step curves, and the kept samples.
+
+Confidence intervals: the half-width of a normal 95 % interval of a mean over clips,
+``1.96 * s / sqrt(n)``, with ``s`` the sample standard deviation over the ``n`` clips (ddof=1);
+None (JSON null) for a single clip. Per-step intervals are the same over clips at each step.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .metrics import BestOfN, evaluate_samples
+from .data.testset import quantize, write_npz
+from .metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, evaluate_samples, mse, psnr, ssim
 from .models import HAFSVG
+from .viz import plot_curves
 
-__all__ = ["evaluate"]
+__all__ = ["CI_RULE", "METRICS", "N_FIRST", "ci95", "curves", "evaluate", "file_sha256", "write_report"]
 
-METRICS = ("ssim", "psnr")
+METRICS = ("ssim", "psnr", "mse")
+_SCORE = {"ssim": ssim, "psnr": psnr, "mse": mse}
+N_FIRST = 5  # samples kept per clip, from sample 0 on, besides the best and the worst
+Z95 = 1.96
+CI_RULE = (
+    "95% confidence interval half-width of the mean over clips: 1.96 * s / sqrt(n_clips), s the sample "
+    "standard deviation over clips (ddof=1); null for a single clip"
+)
+LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mse": "MSE"}
 
 #: ``on_batch(clips (B, n_past + n_future, C, H, W), samples (B, S, n_future, C, H, W), scores)``
 BatchCallback = Callable[[torch.Tensor, torch.Tensor, dict[str, BestOfN]], None]
+
+
+def ci95(values, axis: int = 0):
+    """Half-width of the 95 % confidence interval of the mean of ``values`` along ``axis``:
+    ``1.96 * std(values, ddof=1) / sqrt(n)``. A float for 1-D values, a list for 2-D; None when
+    n < 2 (no sample standard deviation); non-finite results (e.g. an infinite PSNR) are None too."""
+    x = np.asarray(values, dtype=np.float64)
+    n = x.shape[axis]
+    if n < 2:
+        return None
+    with np.errstate(invalid="ignore"):
+        half = Z95 * x.std(axis=axis, ddof=1) / math.sqrt(n)
+    if half.ndim == 0:
+        return float(half) if math.isfinite(half) else None
+    return [float(h) if math.isfinite(h) else None for h in half]
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _summary(name: str, steps: np.ndarray, per_clip: list, best: list, worst: list) -> dict:
+    """JSON-ready results of one metric from the chosen samples' per-step scores (n_clips, T)."""
+    clip_values = np.asarray(per_clip, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        std = float(clip_values.std(ddof=1)) if len(clip_values) > 1 else None
+    return {
+        "higher_is_better": HIGHER_IS_BETTER[name],
+        "overall": float(clip_values.mean()),
+        "ci95": ci95(clip_values),
+        "std": std if std is None or math.isfinite(std) else None,
+        "per_step": steps.mean(axis=0).tolist(),
+        "per_step_ci95": ci95(steps),
+        "per_clip": [float(v) for v in per_clip],
+        "best_index": best,
+        "worst_index": worst,
+    }
 
 
 @torch.no_grad()
@@ -33,13 +96,18 @@ def evaluate(
     metric_chunk: int = 10,
     progress: bool = False,
     on_batch: BatchCallback | None = None,
+    protocol: str = "gaussian",
+    keep_samples: bool = False,
+    batchnorm: str = "eval",
 ) -> dict:
-    """Best-of-``n_samples`` SSIM and PSNR of ``model``'s futures over the clips of ``data``.
+    """Best-of-``n_samples`` SSIM, PSNR and MSE of ``model``'s futures over the clips of ``data``.
 
     For each clip the first ``n_past`` frames are the context and the next ``n_future`` the
-    ground truth; ``model.sample`` draws ``n_samples`` futures, every predicted frame is scored
-    against the truth, and the sample with the best time-averaged score is kept, separately for
-    SSIM and PSNR (as in SVG). Scores of the kept samples are averaged over clips.
+    ground truth; ``model.sample`` draws ``n_samples`` futures (BatchNorm in eval mode), every
+    predicted frame is scored against the truth under ``protocol`` (see :mod:`hafsvg.metrics`),
+    and the sample with the best time-averaged score is kept, separately for each metric, by that
+    metric (as in SVG; the lowest MSE is best). Scores of the kept samples are averaged over clips,
+    with 95 % confidence intervals (see the module doc).
 
     Args:
         model: the model; sampling runs in eval mode on the device of its parameters.
@@ -49,25 +117,47 @@ def evaluate(
         generator: noise generator on the model's device (same seed, same result).
         chunk_size: samples per chunk in ``model.sample``; metric_chunk: samples scored at once.
         on_batch: called with each batch's clips, samples and scores (e.g. to draw the best sample).
+        protocol: how SSIM / PSNR are computed, one of :data:`hafsvg.metrics.PROTOCOLS`.
+        keep_samples: also return, under "samples", uint8 arrays (round(x * 255)) of the clips
+            and of some samples per clip (see below); the rest of the result stays JSON-ready.
+        batchnorm: "eval" only; "batch" (SVG's per-batch statistics, ``HAFSVG.sample``) is
+            refused: a clip's futures would depend on the other clips of its batch.
 
     Returns:
-        JSON-ready {"n_clips", "n_samples", "n_past", "n_future", "ssim": {...}, "psnr": {...}}
-        where each metric holds "overall" (mean best score over clips), "per_step" (n_future,)
-        (best samples' score per predicted step, averaged over clips), "per_clip" (n_clips,) and
-        "best_index" (n_clips,) (the chosen sample of each clip).
+        {"protocol", "n_clips", "n_samples", "n_past", "n_future", "ci" (the CI rule in words),
+        "ssim", "psnr", "mse"}, JSON-ready, where each metric holds "higher_is_better",
+        "overall" (mean over clips of the best sample's time-averaged score), "ci95" (its CI
+        half-width), "std" (sample std over clips, ddof=1), "per_step" (n_future,) and
+        "per_step_ci95" (n_future,) (best samples' score per predicted step: mean and CI over
+        clips), "per_clip" (n_clips,), "best_index" (n_clips,) (the chosen sample of each clip)
+        and "worst_index" (n_clips,). CIs are None for one clip.
+        With ``keep_samples``, "samples" holds numpy arrays: "truth" uint8 (n_clips,
+        n_past + n_future, C, H, W); "best" and "worst" uint8 (n_clips, n_future, C, H, W), each
+        clip's best and worst sample by SSIM; "first" uint8 (n_clips, min(5, n_samples),
+        n_future, C, H, W), samples 0..4; "best_index", "worst_index" int64 (n_clips,) (by SSIM).
     """
+    if batchnorm != "eval":
+        raise ValueError(
+            f"evaluation samples with batchnorm='eval' only (got {batchnorm!r}): with per-batch statistics "
+            "(SVG's generation script) a clip's futures depend on the other clips of its batch; use "
+            "HAFSVG.sample(batchnorm='batch') to reproduce SVG's frames"
+        )
     c = model.config
     n_past = c.n_past if n_past is None else n_past
     n_future = c.n_eval if n_future is None else n_future
     if n_samples < 1 or n_past < 1 or n_future < 1:
         raise ValueError(f"n_samples ({n_samples}), n_past ({n_past}) and n_future ({n_future}) must be >= 1")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
     device = next(model.parameters()).device
     n_frames = n_past + n_future
-    per_step = {m: torch.zeros(n_future, dtype=torch.float64) for m in METRICS}
+    steps = {m: [] for m in METRICS}  # chosen samples' per-step scores, (B, n_future) per batch
     per_clip = {m: [] for m in METRICS}
     best_index = {m: [] for m in METRICS}
+    worst_index = {m: [] for m in METRICS}
+    kept = {k: [] for k in ("truth", "best", "worst", "first")}
     for clips in tqdm(data, desc="evaluate", disable=not progress, dynamic_ncols=True):
         if clips.dim() != 5 or clips.shape[1] < n_frames:
             raise ValueError(
@@ -75,28 +165,108 @@ def evaluate(
             )
         clips = clips[:, :n_frames].to(device)
         samples = model.sample(clips[:, :n_past], n_future, n_samples, generator, chunk_size=chunk_size)
-        scores = evaluate_samples(samples, clips[:, n_past:], chunk=metric_chunk)
+        target = clips[:, n_past:]
+        scores = evaluate_samples(samples, target, chunk=metric_chunk, protocol=protocol)
+        rows = torch.arange(len(clips), device=samples.device)
         for m in METRICS:
-            per_step[m] += scores[m].per_step.double().cpu() * len(clips)
+            chosen = samples[rows, scores[m].index.to(samples.device)]  # (B, n_future, C, H, W)
+            steps[m].append(_SCORE[m](chosen, target, protocol).double().cpu().numpy())
             per_clip[m] += scores[m].per_clip.tolist()
             best_index[m] += scores[m].index.tolist()
+            worst_index[m] += scores[m].worst.tolist()
+        if keep_samples:
+            kept["truth"].append(quantize(clips).cpu().numpy())
+            kept["best"].append(quantize(samples[rows, scores["ssim"].index.to(samples.device)]).cpu().numpy())
+            kept["worst"].append(quantize(samples[rows, scores["ssim"].worst.to(samples.device)]).cpu().numpy())
+            kept["first"].append(quantize(samples[:, :N_FIRST]).cpu().numpy())
         if on_batch is not None:
             on_batch(clips, samples, scores)
     n_clips = len(per_clip["ssim"])
     if n_clips == 0:
         raise ValueError("no clips to evaluate")
-    return {
+    result = {
+        "protocol": protocol,
         "n_clips": n_clips,
         "n_samples": n_samples,
         "n_past": n_past,
         "n_future": n_future,
+        "ci": CI_RULE,
+        **{
+            m: _summary(m, np.concatenate(steps[m]), per_clip[m], best_index[m], worst_index[m])
+            for m in METRICS
+        },
+    }
+    if keep_samples:
+        result["samples"] = {
+            **{k: np.concatenate(v) for k, v in kept.items()},
+            "best_index": np.asarray(best_index["ssim"], dtype=np.int64),
+            "worst_index": np.asarray(worst_index["ssim"], dtype=np.int64),
+        }
+    return result
+
+
+def curves(result: dict) -> dict:
+    """The per-step curves of an :func:`evaluate` result: {"protocol", "n_samples", "n_clips",
+    "n_past", "n_future", "ci", "frame" (n_future,) (1-based frame number in the clip of each
+    predicted step: n_past + 1 ...), and per metric {"label", "higher_is_better", "mean"
+    (n_future,), "ci95" (n_future,) or None}}."""
+    n_past, n_future = result["n_past"], result["n_future"]
+    return {
+        **{k: result[k] for k in ("protocol", "n_samples", "n_clips", "n_past", "n_future", "ci")},
+        "frame": list(range(n_past + 1, n_past + n_future + 1)),
         **{
             m: {
-                "overall": sum(per_clip[m]) / n_clips,
-                "per_step": (per_step[m] / n_clips).tolist(),
-                "per_clip": per_clip[m],
-                "best_index": best_index[m],
+                "label": LABELS[m],
+                "higher_is_better": result[m]["higher_is_better"],
+                "mean": result[m]["per_step"],
+                "ci95": result[m]["per_step_ci95"],
             }
             for m in METRICS
         },
     }
+
+
+def _write_json(path: Path, obj: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+    return path
+
+
+def write_report(out: str | Path, result: dict, meta: dict | None = None, *, title: str | None = None) -> dict:
+    """Write an :func:`evaluate` result into the folder ``out``; returns {file kind: Path}.
+
+    * ``evaluation.json``: the result's protocol, n_clips, n_samples, n_past, n_future and ci, then
+      ``meta`` (e.g. seed, data source, checkpoint and its sha256, config), then the metrics and
+      "files" (the names of the files written);
+    * ``curves.json``: :func:`curves` of the result;
+    * ``curves.png``: the per-step SSIM / PSNR / MSE curves with their 95 % CI bands, titled
+      ``title`` (default: protocol, N and clips);
+    * ``samples.npz`` (only if the result has "samples", i.e. ``keep_samples=True``): its arrays
+      ("truth", "best", "worst", "first", "best_index", "worst_index") and ``n_past`` (int64),
+      ``protocol`` (str). Written with fixed zip timestamps (same result, same bytes).
+    """
+    out = Path(out)
+    meta = dict(meta or {})
+    arrays = result.get("samples")
+    body = {k: v for k, v in result.items() if k != "samples"}
+    files = {
+        "evaluation": out / "evaluation.json", "curves_json": out / "curves.json", "curves_png": out / "curves.png",
+    }
+    if arrays is not None:
+        files["samples"] = out / "samples.npz"
+    data = curves(body)
+    title = title or f"protocol {body['protocol']} | best of {body['n_samples']} samples | {body['n_clips']} clips"
+    plot_curves(
+        files["curves_png"], data["frame"], [(LABELS[m], data[m]["mean"], data[m]["ci95"]) for m in METRICS],
+        title=title, xlabel=f"frame ({body['n_past']} context frames)",
+        note="line: mean over clips of the best sample per clip (by each metric); band: 95% CI, 1.96 s/sqrt(clips)",
+    )
+    _write_json(files["curves_json"], data)
+    if arrays is not None:
+        write_npz(files["samples"], {
+            **arrays, "n_past": np.array(body["n_past"], np.int64), "protocol": np.array(body["protocol"]),
+        })
+    head = {k: v for k, v in body.items() if k not in METRICS}  # protocol, n_clips, ... first
+    report = {**head, **meta, **{m: body[m] for m in METRICS}, "files": {k: p.name for k, p in files.items()}}
+    _write_json(files["evaluation"], report)
+    return files

@@ -1,14 +1,15 @@
-"""Image grids of frame sequences (pure PIL + numpy)."""
+"""Image grids of frame sequences and line charts of per-step curves (pure PIL + numpy)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["grid_image", "save_grid"]
+__all__ = ["grid_image", "plot_curves", "save_grid"]
 
 GAP = 2  # white pixels between frames and between rows
 SPLIT_GAP = 8  # white pixels before frame ``split`` (e.g. between context and prediction)
@@ -77,4 +78,144 @@ def save_grid(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid_image(rows, labels, split).save(path, format="PNG")
+    return path
+
+
+PANEL_W, PANEL_H = 340, 260  # one chart of plot_curves
+_MARGIN = (64, 12, 14, 46)  # left, right, top, bottom: room for tick labels and axis labels
+_LINE = (31, 119, 180)  # mean curve
+_BAND = (180, 208, 232)  # confidence band
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values (steps of 1, 2 or 5 x 10^k) covering [low, high]."""
+    raw = (high - low) / max(1, count)
+    exp = 10 ** math.floor(math.log10(raw))
+    step = next(m * exp for m in (1, 2, 5, 10) if m * exp >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+    return f"{value:.{min(decimals, 8)}f}"
+
+
+def _runs(ok: list[bool]) -> list[range]:
+    """Maximal runs of consecutive True entries."""
+    runs, start = [], None
+    for i, good in enumerate([*ok, False]):
+        if good and start is None:
+            start = i
+        elif not good and start is not None:
+            runs.append(range(start, i))
+            start = None
+    return runs
+
+
+def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, ylabel: str, xlabel: str) -> Image.Image:
+    """One chart: ``mean`` over ``x`` with a band of +/- ``ci`` (None: no band) and labelled axes."""
+    image = Image.new("RGB", (PANEL_W, PANEL_H), "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(13), _font(11)
+    left, right, top, bottom = _MARGIN
+    x0, x1, y0, y1 = left, PANEL_W - right, top, PANEL_H - bottom  # plot area
+    half = [0.0 if ci is None or ci[i] is None else float(ci[i]) for i in range(len(mean))]
+    ok = [math.isfinite(m) and math.isfinite(h) for m, h in zip(mean, half)]
+    values = [v for i, m in enumerate(mean) if ok[i] for v in (m - half[i], m + half[i])]
+    draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
+    if not values:
+        draw.text((x0 + 8, y0 + 8), "no finite values", fill=(0, 0, 0), font=small)
+        values = [0.0, 1.0]
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.06 or max(abs(hi) * 0.05, 1e-3)
+    lo, hi = lo - pad, hi + pad
+    xlo, xhi = min(x), max(x)
+    if xlo == xhi:
+        xlo, xhi = xlo - 1, xhi + 1
+
+    def px(v: float) -> float:
+        return x0 + (v - xlo) / (xhi - xlo) * (x1 - x0)
+
+    def py(v: float) -> float:
+        return y1 - (v - lo) / (hi - lo) * (y1 - y0)
+
+    ticks = _nice_ticks(lo, hi)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else hi - lo
+    for t in ticks:
+        y = py(t)
+        draw.line((x0 + 1, y, x1 - 1, y), fill=(232, 232, 232))
+        draw.line((x0 - 4, y, x0, y), fill=(0, 0, 0))
+        label = _tick_label(t, step)
+        draw.text((x0 - 6 - draw.textlength(label, font=small), y - 6), label, fill=(0, 0, 0), font=small)
+    every = max(1, math.ceil(len(x) / 10))
+    for v in x[::every]:
+        xx = px(v)
+        draw.line((xx, y1, xx, y1 + 4), fill=(0, 0, 0))
+        label = f"{v:g}"
+        draw.text((xx - draw.textlength(label, font=small) / 2, y1 + 6), label, fill=(0, 0, 0), font=small)
+    for run in _runs(ok):
+        upper = [(px(x[i]), py(mean[i] + half[i])) for i in run]
+        lower = [(px(x[i]), py(mean[i] - half[i])) for i in reversed(run)]
+        if len(run) > 1 and any(half[i] for i in run):
+            draw.polygon(upper + lower, fill=_BAND)
+        elif any(half[i] for i in run):
+            draw.line((upper[0], lower[0]), fill=_BAND, width=3)
+        points = [(px(x[i]), py(mean[i])) for i in run]
+        if len(points) > 1:
+            draw.line(points, fill=_LINE, width=2)
+        for xx, yy in points:
+            draw.ellipse((xx - 2, yy - 2, xx + 2, yy + 2), fill=_LINE)
+    draw.text(((x0 + x1 - draw.textlength(xlabel, font=font)) / 2, PANEL_H - 20), xlabel, fill=(0, 0, 0), font=font)
+    text = Image.new("RGB", (int(draw.textlength(ylabel, font=font)) + 4, 18), "white")
+    ImageDraw.Draw(text).text((2, 1), ylabel, fill=(0, 0, 0), font=font)
+    text = text.rotate(90, expand=True)
+    image.paste(text, (4, int((y0 + y1 - text.height) / 2)))
+    return image
+
+
+def plot_curves(
+    path: str | Path,
+    x: list[float],
+    panels: list[tuple[str, list[float], list[float | None] | None]],
+    *,
+    title: str,
+    xlabel: str = "frame",
+    note: str | None = None,
+) -> Path:
+    """Write a PNG of line charts side by side, one per panel, sharing the x values.
+
+    Args:
+        path: the PNG to write.
+        x: (T,) x values (e.g. frame numbers).
+        panels: (y-axis label, mean (T,), confidence half-width (T,) or None) per chart; the curve
+            is drawn with a shaded band mean +/- half-width. Non-finite values break the line.
+        title: drawn above the charts; note: a smaller second line (e.g. what the band is).
+
+    Returns:
+        ``path``.
+    """
+    if not panels or any(len(mean) != len(x) or (ci is not None and len(ci) != len(x)) for _, mean, ci in panels):
+        raise ValueError("plot_curves needs at least one panel, each with one value (and CI) per x value")
+    charts = [_panel(list(x), list(mean), ci, label, xlabel) for label, mean, ci in panels]
+    head = 44 if note else 28
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(probe.textlength(title, font=_font(14)), probe.textlength(note or "", font=_font(11)))
+    image = Image.new("RGB", (max(PANEL_W * len(charts), int(text_w) + 20), PANEL_H + head), "white")
+    draw = ImageDraw.Draw(image)
+    draw.text((10, 6), title, fill=(0, 0, 0), font=_font(14))
+    if note:
+        draw.text((10, 25), note, fill=(80, 80, 80), font=_font(11))
+    for i, chart in enumerate(charts):
+        image.paste(chart, (i * PANEL_W, head))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
     return path

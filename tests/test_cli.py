@@ -76,7 +76,7 @@ def test_evaluate_command_prints_table_and_writes_json(tmp_path, capsys):
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "best of 4 samples over 2 clips (2 context frames, 3 predicted)"
-    assert lines[1].split() == ["step", "SSIM", "PSNR"]
+    assert lines[1].split() == ["step", "SSIM", "PSNR", "MSE"]
     assert [line.split()[0] for line in lines[2:6]] == ["1", "2", "3", "all"]
     result = json.loads((tmp_path / "evaluation.json").read_text())
     assert result["source"] == "preset 'tiny' with random weights"

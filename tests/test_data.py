@@ -336,6 +336,213 @@ def test_frame_folder_errors(tmp_path, frames_root):
         FrameFolderDataset(frames_root, n_frames=2, channels=2)
 
 
+def test_frame_folder_natural_order(tmp_path):
+    root = tmp_path / "videos"
+    for video in (10, 2, 1):  # folder names sort as strings 1, 10, 2
+        folder = root / f"clip{video}"
+        folder.mkdir(parents=True)
+        for f in range(12):  # 0.png ... 11.png: as strings 0, 1, 10, 11, 2, ...
+            Image.new("RGB", (8, 8), (5 * video, 20 * f + 5, 200)).save(folder / f"{f}.png")
+    ds = FrameFolderDataset(root, n_frames=12, image_size=8)
+    assert [folder.name for folder, _ in ds.videos] == ["clip1", "clip2", "clip10"]
+    assert [p.name for p in ds.frame_paths(0)] == [f"{f}.png" for f in range(12)]
+    clip = ds[2]
+    for t in range(12):
+        torch.testing.assert_close(clip[t, :, 0, 0], torch.tensor([50, 20 * t + 5, 200]) / 255)
+
+
+# ---------------------------------------------------------------- SVG's BAIR and KTH folders
+
+
+def _write_bair(processed: Path, split: str, trajectories: dict[str, list[int]], n: int = 12) -> None:
+    """SVG's convert_bair.py layout: processed/<split>/<group>/<k>/<i>.png, i = 0 ... n - 1 unpadded.
+
+    Frame i of trajectory k is a flat colour (10 * i + 5, 8 * k, 100 if train else 200).
+    """
+    for group, ks in trajectories.items():
+        for k in ks:
+            folder = processed / split / group / str(k)
+            folder.mkdir(parents=True)
+            for i in range(n):
+                colour = (10 * i + 5, 8 * k, 100 if split == "train" else 200)
+                Image.new("RGB", (64, 64), colour).save(folder / f"{i}.png")
+
+
+@pytest.fixture
+def bair_root(tmp_path) -> Path:
+    """SVG's --data_dir after convert_bair.py: bair/processed_data/{train,test}/..., tfrecords beside."""
+    processed = tmp_path / "bair" / "processed_data"
+    _write_bair(processed, "train", {"traj_256_to_511": [2, 1], "traj_0_to_255": [10, 2]})
+    _write_bair(processed, "test", {"traj_0_to_255": [3]})
+    (tmp_path / "bair" / "softmotion30_44k" / "test").mkdir(parents=True)
+    (tmp_path / "bair" / "softmotion30_44k" / "test" / "traj_0_to_255.tfrecords").write_bytes(b"")
+    return tmp_path / "bair"
+
+
+def _bair_pixels(clip: torch.Tensor) -> list[tuple[int, int, int]]:
+    return [tuple(round(float(v) * 255) for v in frame[:, 0, 0]) for frame in clip]
+
+
+def test_bair_svg_layout_order_and_split(bair_root):
+    processed = bair_root / "processed_data"
+    ds = bair_dataset(processed, n_frames=12, train=True)
+    assert ds.root == processed / "train"
+    # groups and trajectories in natural order: traj_0 before traj_256, 2 before 10
+    names = [folder.relative_to(ds.root).as_posix() for folder, _ in ds.videos]
+    assert names == ["traj_0_to_255/2", "traj_0_to_255/10", "traj_256_to_511/1", "traj_256_to_511/2"]
+    assert len(ds) == 4
+    clip = ds[1]
+    assert clip.shape == (12, 3, 64, 64) and clip.dtype == torch.float32
+    assert _bair_pixels(clip) == [(10 * i + 5, 80, 100) for i in range(12)]  # 0.png ... 11.png in order
+    test = bair_dataset(processed, n_frames=12, train=False)
+    assert len(test) == 1 and _bair_pixels(test[0])[0] == (5, 24, 200)
+    # the folder holding processed_data (SVG's --data_dir) and a split folder read the same
+    assert _bair_pixels(bair_dataset(bair_root, 12, train=False)[0]) == _bair_pixels(test[0])
+    assert [f for f, _ in bair_dataset(processed / "train", 12).videos] == [f for f, _ in ds.videos]
+    with pytest.raises(ValueError, match="train=True/False"):
+        bair_dataset(processed, n_frames=12)
+
+
+def test_bair_windows_and_make_dataset(bair_root):
+    processed = bair_root / "processed_data"
+    ds = bair_dataset(processed / "train", n_frames=5, stride=3)
+    # every window, start by start, video by video: starts 0, 3, 6 of each 12-frame trajectory
+    assert [ds.window(i) for i in range(6)] == [(0, 0), (0, 3), (0, 6), (1, 0), (1, 3), (1, 6)]
+    assert len(ds) == 4 * 3
+    assert [p[0] for p in _bair_pixels(ds[2])] == [10 * i + 5 for i in range(6, 11)]
+    train = make_dataset("bair", 10, path=processed)  # make_dataset picks processed_data/train
+    test = make_dataset("bair", 10, path=processed, train=False)
+    assert len(train) == 4 * 3 and len(test) == 1  # a test set: windows n_frames apart, from frame 0
+    assert [p[0] for p in _bair_pixels(test[0])] == [10 * i + 5 for i in range(0, 10)]
+    assert _bair_pixels(test[0])[0][2] == 200 and _bair_pixels(train[0])[0][2] == 100
+    with pytest.raises(ValueError, match="longest has 12"):
+        bair_dataset(processed, n_frames=13, train=True)
+
+
+def test_bair_missing_split(tmp_path):
+    processed = tmp_path / "processed_data"
+    _write_bair(processed, "train", {"traj_0_to_255": [1]})
+    with pytest.raises(FileNotFoundError) as info:
+        bair_dataset(processed, n_frames=4, train=False)
+    assert str(processed / "test") in str(info.value)
+
+
+_KTH_LEFT, _KTH_RIGHT = (200, 40, 90), (30, 160, 250)
+
+
+def _kth_colour(side: tuple[int, int, int], frame: int, person: int) -> tuple[int, int, int]:
+    return (side[0], side[1] - 2 * frame, side[2] - person)
+
+
+def _grey(colour: tuple[int, int, int]) -> float:
+    """What PIL's RGB -> L conversion gives for ``colour``, in [0, 1]."""
+    return Image.new("RGB", (1, 1), colour).convert("L").getpixel((0, 0)) / 255
+
+
+def _write_kth_video(folder: Path, person: int, n: int, size: int = 128) -> None:
+    """convert_kth.lua frames image-001_<size>x<size>.png ...: left half / right half colours."""
+    folder.mkdir(parents=True)
+    for f in range(n):
+        image = Image.new("RGB", (size, size), _kth_colour(_KTH_LEFT, f, person))
+        image.paste(_kth_colour(_KTH_RIGHT, f, person), (size // 2, 0, size, size))
+        image.save(folder / f"image-{f + 1:03d}_{size}x{size}.png")
+
+
+@pytest.fixture
+def kth_root(tmp_path) -> Path:
+    """SVG's KTH folder after download_kth.sh and convert_kth.lua (128x128 frames)."""
+    kth = tmp_path / "data" / "KTH"
+    for cls in ("boxing", "walking"):
+        for person in (1, 22):
+            _write_kth_video(kth / "processed" / cls / f"person{person:02d}_{cls}_d1", person, 12)
+        (kth / "processed" / cls / "train_meta64x64.t7").write_bytes(b"")
+        (kth / "raw" / cls).mkdir(parents=True)
+        (kth / "raw" / cls / f"person01_{cls}_d1_uncomp.avi").write_bytes(b"")
+    return kth
+
+
+def test_kth_svg_layout_split_grey_and_resize(kth_root):
+    processed = kth_root / "processed"
+    ds = kth_dataset(processed, n_frames=12, train=True)
+    assert [folder.name for folder, _ in ds.videos] == ["person01_boxing_d1", "person01_walking_d1"]
+    assert len(ds) == 2
+    clip = ds[0]
+    assert clip.shape == (12, 1, 64, 64) and clip.dtype == torch.float32
+    for t in range(12):  # frames in order, grey, 128 -> 64 with the halves kept apart
+        torch.testing.assert_close(clip[t, 0, :, :30], torch.full((64, 30), _grey(_kth_colour(_KTH_LEFT, t, 1))))
+        torch.testing.assert_close(clip[t, 0, :, 34:], torch.full((64, 30), _grey(_kth_colour(_KTH_RIGHT, t, 1))))
+    test = kth_dataset(processed, n_frames=12, train=False)
+    assert [folder.name for folder, _ in test.videos] == ["person22_boxing_d1", "person22_walking_d1"]
+    torch.testing.assert_close(test[1][5, 0, 0, 0], torch.tensor(_grey(_kth_colour(_KTH_LEFT, 5, 22))))
+    # KTH (holding processed/), the folder holding KTH and one class folder read the same
+    assert [f for f, _ in kth_dataset(kth_root, 12, train=False).videos] == [f for f, _ in test.videos]
+    assert [f for f, _ in kth_dataset(kth_root.parent, 12, train=True).videos] == [f for f, _ in ds.videos]
+    boxing = kth_dataset(processed / "boxing", 12, train=False)
+    assert [folder.name for folder, _ in boxing.videos] == ["person22_boxing_d1"]
+    with pytest.raises(ValueError, match="persons 1-20"):
+        kth_dataset(processed, n_frames=12)
+    with pytest.raises(ValueError, match="longest has 12"):
+        kth_dataset(processed, n_frames=13, train=True)
+
+
+def test_kth_one_size_per_video_and_windows(kth_root):
+    video = kth_root / "processed" / "boxing" / "person01_boxing_d1"
+    for f in range(12):  # converted again with --imageSize 64: these frames are read, as they are
+        Image.new("RGB", (64, 64), (f, f, f)).save(video / f"image-{f + 1:03d}_64x64.png")
+    ds = kth_dataset(kth_root, n_frames=10, train=True)
+    assert [p.name for p in ds.frame_paths(0)] == [f"image-{f:03d}_64x64.png" for f in range(1, 13)]
+    assert [p.name for p in ds.frame_paths(1)][-1] == "image-012_128x128.png"
+    assert [ds.window(i) for i in range(len(ds))] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    torch.testing.assert_close(ds[2][:, 0, 7, 7], torch.arange(2, 12, dtype=torch.float32) / 255)
+
+
+def test_kth_split_without_its_persons(tmp_path):
+    processed = tmp_path / "processed"
+    _write_kth_video(processed / "running" / "person03_running_d2", 3, 4, size=64)
+    assert len(kth_dataset(processed, 4, train=True)) == 1
+    with pytest.raises(ValueError, match=r"persons 21-25 \(the test split\); found persons \[3\]"):
+        kth_dataset(processed, 4, train=False)
+
+
+@pytest.mark.parametrize("build", [bair_dataset, kth_dataset, FrameFolderDataset])
+def test_frame_folders_empty_folder(tmp_path, build):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".DS_Store").write_bytes(b"")  # hidden files do not count
+    with pytest.raises(ValueError) as info:
+        build(empty, 4)
+    assert str(info.value).startswith(f"{empty}: the folder is empty; expected ")
+
+
+def test_make_dataset_empty_folder(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in ("bair", "kth"):
+        with pytest.raises(ValueError, match=f"^{empty}: the folder is empty"):
+            make_dataset(name, 4, path=empty)
+    (tmp_path / "data" / "processed_data").mkdir(parents=True)  # SVG's --data_dir, converter not run
+    with pytest.raises(ValueError, match="processed_data: the folder is empty"):
+        bair_dataset(tmp_path / "data", 4, train=True)
+
+
+def test_frame_folders_wrong_layout(bair_root, kth_root):
+    tfrecords = bair_root / "softmotion30_44k"  # the download, before convert_bair.py
+    with pytest.raises(ValueError) as info:
+        make_dataset("bair", 4, path=tfrecords, train=False)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{tfrecords / 'test'}: no folders of frames found")
+    assert "processed_data/{train,test}/<group>/<trajectory>/<i>.png" in message
+    raw = kth_root / "raw"  # the .avi files, before convert_kth.lua
+    with pytest.raises(ValueError) as info:
+        kth_dataset(raw, 4, train=True)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{raw}: no folders of frames found")
+    assert "KTH/processed/<class>/personNN_<class>_dN/image-NNN_<size>x<size>.png" in message
+    trajectory = bair_root / "processed_data" / "test" / "traj_0_to_255" / "3"  # one video, not a dataset
+    with pytest.raises(ValueError, match="it holds frames itself: pass the folder above it"):
+        bair_dataset(trajectory, 4)
+
+
 # ---------------------------------------------------------------- factory
 
 
@@ -379,3 +586,11 @@ def test_make_dataset_frame_folders(tmp_path, frames_root):
         make_dataset("bair", 3)
     with pytest.raises(ValueError, match="moving-mnist"):
         make_dataset("ucf101", 3)
+
+
+def test_moving_mnist_folder_path_says_what_it_takes(tmp_path):
+    with pytest.raises(ValueError, match="is an empty folder; Moving MNIST --data takes"):
+        make_dataset("moving-mnist", 10, path=tmp_path)
+    (tmp_path / "x.txt").write_text("x")
+    with pytest.raises(ValueError, match="is a folder; Moving MNIST --data takes"):
+        make_dataset("moving-mnist", 10, path=tmp_path)
