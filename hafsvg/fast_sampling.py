@@ -1,4 +1,4 @@
-"""Fast sampling of many futures per clip, and streaming best-of-N evaluation (SPEC §2, §3).
+"""Fast sampling of many futures per clip, and streaming best-of-N evaluation (best of N as SVG reports it).
 
 :class:`FastSampler` computes what :meth:`hafsvg.models.HAFSVG.sample` computes (same contract,
 same noise layout; the reference stays the reference) with these levers:
@@ -55,7 +55,7 @@ from tqdm import tqdm
 from hafsvg_kernels import BackendUnavailable, gaussian_lstm_step, lstm_step
 from hafsvg_kernels.recurrent.interface import GAUSSIAN_LSTM_STEP
 
-from .metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, mse, psnr, ssim
+from .metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, _extreme_index, check_unit_range, mse, psnr, ssim
 from .models import HAFSVG
 from .split_conv import SplitConv, SplitConvDecoder
 from .stages import Stages
@@ -214,11 +214,17 @@ class FastSampler:
     @torch.no_grad()
     def best_of_n(self, context, target, n_samples, generator=None, noise=None, *, progress=False,
                   protocol="gaussian", keep_frames=False, batchnorm="eval"):  # fmt: skip
-        """Best-of-``n_samples`` SSIM, PSNR and MSE per clip, streamed (SPEC §2).
+        """Best-of-``n_samples`` SSIM, PSNR and MSE per clip, streamed (best of N as SVG reports it).
 
         Each frame is scored as soon as it is decoded and a running best and worst are kept per
         clip (by each metric: the highest time-averaged SSIM / PSNR, the lowest MSE; ties to the
-        lowest sample index).
+        lowest sample index). A sample that scores NaN (a NaN pixel) is never the best nor the
+        worst while its clip has a sample that does not; a clip whose samples all score NaN gets
+        index 0 and a NaN per-clip score, as :func:`hafsvg.metrics.best_of_n`.
+
+        The target is checked once to be in [0, 1] (:func:`hafsvg.metrics.check_unit_range`, one
+        device synchronization); the decoded frames are not checked (the decoder's sigmoid keeps
+        them in [0, 1]), so scoring adds no host synchronization per frame.
 
         Args:
             context: (B, k, C, 64, 64); target: (B, T, C, 64, 64) ground truth of the T predicted
@@ -249,6 +255,10 @@ class FastSampler:
             raise TypeError("target must be a tensor (B, T, C, 64, 64)")
         if target.dim() != 5 or target.shape[0] != B or target.shape[2:] != context.shape[2:] or target.shape[1] < 1:
             raise ValueError(f"target has shape {tuple(target.shape)}; expected ({B}, T, *{tuple(context.shape[2:])})")
+        if not target.is_floating_point():
+            raise TypeError(f"target must be a floating-point tensor, got {target.dtype}")
+
+        check_unit_range(target=target)
         T = target.shape[1]
         target = target.to(self.device)
         state = {}  # metric -> _fold's running best and worst
@@ -285,7 +295,7 @@ class FastSampler:
             with self.stages("metrics"), torch.autocast(self.device.type, enabled=False):
                 tgt = target[:, f].unsqueeze(1).expand_as(frame)
                 for name, fn in METRICS.items():
-                    s = fn(frame, tgt, protocol)  # (B, n)
+                    s = fn(frame, tgt, protocol, check_range=False)  # (B, n); no host sync per frame
                     if f == 0:
                         chunk[name] = s.new_empty(*s.shape, T)
                     chunk[name][..., f] = s
@@ -544,16 +554,21 @@ def _fold(best, scores, s0, higher_is_better=True):
     """Running best and worst per clip: best None or (mean (B,), index (B,), steps (B, T), worst mean
     (B,), worst index (B,)); scores (B, n, T) of samples s0.. -> the new state. Best is the highest
     time-averaged score (the lowest with ``higher_is_better=False``), worst the opposite; ties keep
-    the earlier sample, as ``argmax`` / ``argmin`` and :func:`hafsvg.metrics.best_of_n` do."""
+    the earlier sample, as ``argmax`` / ``argmin`` and :func:`hafsvg.metrics.best_of_n` do. A sample
+    whose mean is NaN is neither while the clip has one with a non-NaN mean (in any chunk); a clip
+    whose samples are all NaN keeps sample 0 for both, with NaN means, as ``best_of_n``."""
+
     mean = scores.mean(dim=2)
-    high, low = mean.argmax(dim=1), mean.argmin(dim=1)
-    idx, worst = (high, low) if higher_is_better else (low, high)
+    idx = _extreme_index(mean, largest=higher_is_better)
+    worst = _extreme_index(mean, largest=not higher_is_better)
     clips = torch.arange(scores.shape[0], device=scores.device)
     cand = (mean[clips, idx], idx + s0, scores[clips, idx], mean[clips, worst], worst + s0)
     if best is None:
         return cand
     beats = (lambda x, y: x > y) if higher_is_better else (lambda x, y: x < y)  # noqa: E731
-    better, worse = beats(cand[0], best[0]), beats(best[3], cand[3])
+    # the chunk's pick replaces the running one if it is a number and beats it, or the running one is NaN
+    better = ~cand[0].isnan() & (best[0].isnan() | beats(cand[0], best[0]))
+    worse = ~cand[3].isnan() & (best[3].isnan() | beats(best[3], cand[3]))
     return (
         torch.where(better, cand[0], best[0]),
         torch.where(better, cand[1], best[1]),

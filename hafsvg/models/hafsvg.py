@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -50,6 +51,16 @@ def batch_statistics(*modules: nn.Module):
             m.training, m.track_running_stats = training, track
 
 
+def _count(value, name):
+    """An integer count (an int, a numpy integer or an integer 0-dim tensor; not a bool nor a float) -> int."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}") from None
+
+
 class HAFSVG(nn.Module):
     """HAF-SVG-G (``config.aligner``, ``config.groups = G``); SVG-LP with groups=1, no aligner.
 
@@ -78,6 +89,26 @@ class HAFSVG(nn.Module):
             raise ValueError(
                 f"{name} has shape {tuple(x.shape)}; expected (B, T, {c.channels}, 64, 64) with T >= {min_frames}"
             )
+        if x.is_meta:
+            raise ValueError(f"{name} is a meta tensor (no data); pass frames on the model's device")
+
+    def _check_device(self, x, name):
+        """Refuse a tensor on another device than the model's parameters."""
+        device = next(self.parameters()).device
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device} but the model is on {device}; move it with .to({str(device)!r})")
+
+    @staticmethod
+    def _check_eps(eps, shape, device):
+        """Refuse posterior noise of another shape than (B, T - 1, z_dim), not floating or on another device."""
+        if not isinstance(eps, torch.Tensor) or not eps.is_floating_point():
+            what = eps.dtype if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise TypeError(f"eps must be a floating-point tensor (B, T - 1, z_dim) = {shape}, got {what}")
+        if tuple(eps.shape) != shape or eps.device != device:
+            raise ValueError(
+                f"eps has shape {tuple(eps.shape)} on {eps.device}; expected (B, T - 1, z_dim) = {shape} on x's "
+                f"device {device}"
+            )
 
     def _init_states(self, rows):
         return (
@@ -96,7 +127,8 @@ class HAFSVG(nn.Module):
 
         Args:
             x: (B, T, C, 64, 64) in [0, 1], T >= 2.
-            eps: (B, T - 1, z_dim) posterior noise; drawn when None.
+            eps: (B, T - 1, z_dim) posterior noise, a floating-point tensor on x's device (cast to
+                x's dtype); drawn when None.
 
         Returns:
             ``total`` = mse + beta * kl.sum(); ``mse`` summed over steps (each step's mean
@@ -108,6 +140,9 @@ class HAFSVG(nn.Module):
         B, T = x.shape[:2]
         if eps is None:
             eps = torch.randn(B, T - 1, c.z_dim, device=x.device, dtype=x.dtype)
+        else:
+            self._check_eps(eps, (B, T - 1, c.z_dim), x.device)
+            eps = eps.to(x.dtype)
         h_all, skips = self.encoder(x.flatten(0, 1))
         h_all = h_all.view(B, T, -1)
         pred_state, post_state, prior_state = self._init_states(B)
@@ -159,8 +194,11 @@ class HAFSVG(nn.Module):
         restored afterwards.
 
         Args:
-            context: (B, k, C, 64, 64) in [0, 1], k >= 1 observed frames (k >= 2 for skip_source "svg").
-            n_future, n_samples: frames to predict and futures per clip.
+            context: (B, k, C, 64, 64) in [0, 1], k >= 1 observed frames (k >= 2 for skip_source "svg"),
+                floating point, on the model's device (another device, or meta, is refused); computed in
+                the model's dtype (a float64 context on a float32 model is cast, as ``FastSampler`` does).
+            n_future, n_samples: frames to predict and futures per clip, integers >= 1 (Python or numpy
+                ints; a float or a bool is refused with a TypeError).
             generator: ``torch.Generator`` for the noise (same seed, same output).
             noise: (B, n_samples, k - 1 + n_future, z_dim) standard normal noise instead: step i's
                 z (posterior in the context, prior after) uses ``noise[:, :, i]``.
@@ -173,14 +211,18 @@ class HAFSVG(nn.Module):
                 samples one sample index at a time (chunk_size None or 1).
 
         Returns:
-            (B, n_samples, n_future, C, 64, 64) in [0, 1].
+            (B, n_samples, n_future, C, 64, 64) in [0, 1], in the context's dtype (computed in the model's,
+            as ``FastSampler.sample`` returns it), on the model's device.
         """
         c = self.config
         self._check_clip(context, "context", 1)
+        self._check_device(context, "context")
+        n_future, n_samples = _count(n_future, "n_future"), _count(n_samples, "n_samples")
         if n_future < 1 or n_samples < 1:
             raise ValueError(f"n_future ({n_future}) and n_samples ({n_samples}) must be >= 1")
         if batchnorm not in BATCHNORM_MODES:
             raise ValueError(f"batchnorm must be one of {BATCHNORM_MODES}, got {batchnorm!r}")
+        out_dtype, context = context.dtype, context.to(next(self.parameters()).dtype)
         B, k = context.shape[:2]
         skip_frame = self.context_skip_frame(k)
         per_batch = batchnorm == "batch"
@@ -209,7 +251,7 @@ class HAFSVG(nn.Module):
                     out[:, s0 : s0 + n] = self._sample_chunk(h_ctx, ctx, noise[:, s0 : s0 + n], n_future)
         finally:
             self.train(was_training)
-        return out
+        return out.to(out_dtype)
 
     def _sample_chunk(self, h_ctx, ctx, noise, n_future):
         """h_ctx (B, k, g_dim) per clip; noise (B, n, k - 1 + n_future, z_dim) -> (B, n, n_future, C, H, W)."""
