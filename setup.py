@@ -139,9 +139,13 @@ setup(
     name="hafsvg",
     version="0.1.0",
     description="SVG-LP / HAF-SVG stochastic video prediction with fused Triton and C++/CUDA kernels",
+    license="Apache-2.0",
     packages=find_packages(include=["hafsvg", "hafsvg.*", "hafsvg_kernels", "hafsvg_kernels.*"]),
+    # the pretrained model, its test set and model card (see MANIFEST.in for the sdist)
+    package_data={"hafsvg.pretrained": ["*.pt", "*.npz", "*.md", "*.png", "*.json"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy", "pillow", "tqdm"],
+    # ninja: the C++ extension compiles at first use (torch.utils.cpp_extension.load) unless prebuilt
+    install_requires=["torch>=2.4", "numpy", "pillow", "tqdm", "ninja"],
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark", "scikit-image", "triton>=3.0", "ruff", "ninja"],

@@ -10,8 +10,9 @@ the same device, case and implementation.
 
 Implementations are eager references (:data:`EAGER`), peers (:data:`PEERS`) or fused (all others).
 For each fused one: speedup vs eager = eager median / its median, and vs the strongest peer = the
-smallest peer median / its median; where SPEC §4 sets a target for the case (:data:`TARGETS`, matched
-on the benchmark's ``extra_info``), the table says whether that implementation meets it.
+smallest peer median / its median; where the project sets a speedup target for the case (:data:`TARGETS`,
+e.g. ≥ 5× eager and ≥ 1.5× the strongest peer for the CUDA attention fwd+bwd; matched on the benchmark's
+``extra_info``), the table says whether that implementation meets it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ __all__ = ["EAGER", "PEERS", "TARGETS", "bench_report", "load_cases", "load_targ
 
 EAGER = ("eager", "reference")
 PEERS = ("compile", "sdpa")
-#: SPEC §4's speedup targets: (the ``extra_info`` items a case must have, (vs eager, vs the
+#: The speedup targets: (the ``extra_info`` items a case must have, (vs eager, vs the
 #: strongest peer or None)). The first entry whose items all match applies.
 TARGETS: list[tuple[dict, tuple[float, float | None]]] = [
     ({"device_type": "cuda", "op": "aligned_attention", "pass": "fwd+bwd"}, (5.0, 1.5)),
@@ -87,7 +88,7 @@ def load_cases(paths) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def load_targets(paths) -> dict[tuple[str, str], tuple[float, float | None]]:
-    """{(device, case): SPEC §4 target (vs eager, vs peer)} for the cases :data:`TARGETS` covers."""
+    """{(device, case): speedup target (vs eager, vs peer)} for the cases :data:`TARGETS` covers."""
     targets = {}
     for device, case, _, _, extra in _results(paths):
         for items, target in TARGETS:
@@ -121,8 +122,8 @@ def _ratio(r: float | None) -> str:
 
 
 def _verdict(target, vs_eager, vs_peer) -> str:
-    """``≥5× eager, ≥1.5× peer: met`` or ``missed``, judged on the ratios that were timed (SPEC §4:
-    eager "where it fits in memory", the peer "where it accepts the shapes"); the untimed ones are
+    """``≥5× eager, ≥1.5× peer: met`` or ``missed``, judged on the ratios that were timed (eager
+    where it fits in memory, the peer where it accepts the shapes); the untimed ones are
     named; "–" without a target."""
     if target is None:
         return "–"
@@ -143,7 +144,7 @@ def _verdict(target, vs_eager, vs_peer) -> str:
 
 def _markdown(cases, targets) -> str:
     lines = [
-        "| device | case | implementation | median | vs eager | vs best peer | SPEC §4 target |",
+        "| device | case | implementation | median | vs eager | vs best peer | target |",
         "|---|---|---|---:|---:|---:|---|",
     ]
     for (device, case), medians in sorted(cases.items()):

@@ -28,7 +28,7 @@ from .interop import describe_import, load_any_checkpoint, load_svg_checkpoint
 from .metrics import PROTOCOLS
 from .models import HAFSVG
 from .profile import CPU_SIZE, GPU_SIZE, default_backends, format_table, profile
-from .train import check_clips, load_checkpoint, resolve_device, save_checkpoint, train
+from .train import CHECKPOINT_NAME, check_clips, existing_run, load_checkpoint, resolve_device, save_checkpoint, train
 from .viz import save_grid
 
 __all__ = ["build_parser", "main", "parse_overrides"]
@@ -176,6 +176,13 @@ def _print_table(result: dict) -> None:
         print(f"{t + 1:>5}" + "".join(f"  {c}" for c in cells))
     cells = [_cell(result[m]["overall"], result[m]["ci95"], *_TABLE_FORMAT[m][1:]) for m in metrics]
     print(f"{'all':>5}" + "".join(f"  {c}" for c in cells))
+    for name, scores in result.get("baselines", {}).items():
+        cells = [_cell(scores[m]["overall"], scores[m]["ci95"], *_TABLE_FORMAT[m][1:]) for m in metrics]
+        print(f"baseline {name} (same clips, all steps):")
+        print(f"{'all':>5}" + "".join(f"  {c}" for c in cells))
+    if result.get("nan_clips"):
+        print(f"{result['n_nan_clips']} clip(s) whose samples all scored NaN (their scores and the means are NaN): "
+              f"{', '.join(map(str, result['nan_clips']))}")  # fmt: skip
     print(f"protocol {result['protocol']}; ± 95% CI half-width: 1.96 * sample std (ddof=1) / sqrt(clips)")
 
 
@@ -185,15 +192,29 @@ def _write_json(path: Path, obj: dict) -> Path:
     return path
 
 
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """A fresh run may not write into a folder that holds another run unless ``--overwrite``."""
+    found = existing_run(out)
+    if found and not overwrite:
+        resume = out / CHECKPOINT_NAME if CHECKPOINT_NAME in found else "CKPT"
+        raise ValueError(
+            f"{out} already holds a run ({', '.join(found)}): pass --resume {resume} to continue it, or "
+            "--overwrite to start afresh and replace its files"
+        )
+
+
 def cmd_train(args) -> int:
     overrides = parse_overrides(args.set)
     if args.resume is not None:
+        if args.overwrite:
+            raise ValueError("--overwrite starts a new run and --resume continues one: pass one of them")
         _, _, _, stored = load_checkpoint(args.resume)
         config = _with_overrides(stored, overrides)
         out = Path(args.out) if args.out is not None else Path(args.resume).parent
     else:
         config = HAFSVGConfig.preset(args.preset, **overrides)
         out = Path(args.out) if args.out is not None else RUNS / args.preset
+        _check_run_folder(out, args.overwrite)
     summary = train(
         config,
         steps=args.steps,
@@ -205,6 +226,7 @@ def cmd_train(args) -> int:
         device=_device(args),
         seed=args.seed,
         num_workers=args.workers,
+        overwrite=args.overwrite,
     )
     print(
         f"step {summary['step']}: total {summary['total']:.4f}, mse {summary['mse']:.4f}, kl {summary['kl']:.3f} "
@@ -248,7 +270,7 @@ def cmd_sample(args) -> int:
 
     result = evaluate(
         model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
-        on_batch=draw, protocol=args.protocol, batchnorm=args.batchnorm,
+        on_batch=draw, protocol=args.protocol, batchnorm=args.batchnorm, baselines=("copy-last-frame",),
     )
     out = _default_out(args)
     grid = save_grid(out / "samples.png", [r.cpu() for r in rows], labels, split=c.n_past)
@@ -372,6 +394,21 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_demo(args) -> int:
+    from .demo import PRETRAINED, demo  # imported here: the other commands do not need the shipped files
+
+    out = Path(args.out) if args.out is not None else RUNS / "demo-samples"
+    summary = demo(
+        out, clips=args.clips, samples=args.samples, backend=args.backend, device=resolve_device(_device(args)),
+        seed=args.seed, checkpoint=args.checkpoint or PRETRAINED,
+    )
+    print(f"speed-up of the fused sampler: {summary['speedup']:.1f}x")
+    print("wrote:")
+    for kind, path in summary["files"].items():
+        print(f"  {kind:<5} {path}")
+    return 0
+
+
 def cmd_bench_report(args) -> int:
     table, chart = bench_report([Path(p) for p in args.json], Path(args.out))
     print(table.read_text(), end="")
@@ -441,12 +478,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a model (no options: a short demo of preset 'tiny')",
                             description="Train with Adam on the ELBO; writes checkpoint.pt, metrics.jsonl, "
-                                        "config.json and samples_<step>.png into --out (default runs/<preset>).")
+                                        "config.json and samples_<step>.png into --out (default runs/<preset>); "
+                                        "a folder that already holds a run needs --resume or --overwrite.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=sorted(PRESETS), help=f"config preset (default {DEMO_PRESET})")
     src.add_argument("--resume", metavar="CKPT",
                      help="continue from a checkpoint: its config (--set applied), optimizer and step; "
                           "writes beside it unless --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out folder that already holds a run (its checkpoint.pt, "
+                        "metrics.jsonl, config.json and samples_*.png are replaced); without it, such a "
+                        "folder is refused")
     p.add_argument("--steps", type=_at_least(1), default=DEMO_STEPS, metavar="N",
                    help="steps to run (default %(default)s)")
     p.add_argument("--sample-every", type=_at_least(0), default=10, metavar="K",
@@ -526,6 +568,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(func=cmd_profile, device=None, default_preset="moving-mnist")
 
+    p = commands.add_parser("demo", help="the pretrained HAF-SVG-4: 100 futures per clip, reference vs fused, "
+                                         "best-of-100 vs copy-last-frame, grid + GIF (a few minutes on a CPU)",
+                            description="Samples --samples futures for each of --clips clips of the shipped "
+                                        "Moving-MNIST test set with the shipped pretrained HAF-SVG-4, through the "
+                                        "reference sampler and the fused one (same noise); prints the time per "
+                                        "stage and the speed-up, best-of-N SSIM / PSNR beside copy-last-frame, and "
+                                        "writes demo_grid.png, demo.gif and demo.json into --out (default "
+                                        "runs/demo-samples).")
+    p.add_argument("--clips", type=_at_least(1), default=3, metavar="N", help="test clips, 1..64 (default %(default)s)")
+    p.add_argument("--samples", type=_at_least(1), default=100, metavar="N",
+                   help="futures per clip (default %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, help="the fused sampler's backend (default: the device's fused one)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="another Moving-MNIST checkpoint with 5 context frames")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/demo-samples)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where available, else cpu")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="seed of the noise (default 0)")
+    p.set_defaults(func=cmd_demo)
+
     p = commands.add_parser("bench-report", help="Markdown table + PNG chart of pytest-benchmark JSON files",
                             description="Group the cases of pytest-benchmark --benchmark-json files by op, shape "
                                         "and pass; median per implementation, speedup of each fused backend vs "
@@ -550,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
         args.preset = getattr(args, "default_preset", DEMO_PRESET)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
+    except (ValueError, FileNotFoundError, TypeError, KeyError, BackendUnavailable) as err:
+        # BackendUnavailable: HAFSVG_BACKEND or --backend names a backend that cannot run here
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Best-of-N evaluation (SPEC §2): per clip draw N futures, keep the best by SSIM, by PSNR and by MSE;
+"""Best-of-N evaluation as SVG reports it: per clip draw N futures, keep the best by SSIM, by PSNR and by MSE;
 report means with 95 % confidence intervals, per-step curves, and the kept samples.
 
 Confidence intervals: the half-width of a normal 95 % interval of a mean over clips,
@@ -24,7 +24,7 @@ from .metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, evaluate_samples, mse
 from .models import HAFSVG
 from .viz import plot_curves
 
-__all__ = ["CI_RULE", "METRICS", "N_FIRST", "ci95", "curves", "evaluate", "file_sha256", "write_report"]
+__all__ = ["BASELINES", "CI_RULE", "METRICS", "N_FIRST", "ci95", "curves", "evaluate", "file_sha256", "write_report"]
 
 METRICS = ("ssim", "psnr", "mse")
 _SCORE = {"ssim": ssim, "psnr": psnr, "mse": mse}
@@ -35,6 +35,13 @@ CI_RULE = (
     "standard deviation over clips (ddof=1); null for a single clip"
 )
 LABELS = {"ssim": "SSIM", "psnr": "PSNR (dB)", "mse": "MSE"}
+
+#: Deterministic predictions scored beside the model, on the same clips with the same protocol:
+#: context (B, n_past, C, H, W), n_future -> (B, n_future, C, H, W).
+BASELINES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "copy-last-frame": lambda ctx, n: ctx[:, -1:].expand(-1, n, *ctx.shape[2:]),
+    "mean-context-frame": lambda ctx, n: ctx.mean(dim=1, keepdim=True).expand(-1, n, *ctx.shape[2:]),
+}
 
 #: ``on_batch(clips (B, n_past + n_future, C, H, W), samples (B, S, n_future, C, H, W), scores)``
 BatchCallback = Callable[[torch.Tensor, torch.Tensor, dict[str, BestOfN]], None]
@@ -64,8 +71,9 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _summary(name: str, steps: np.ndarray, per_clip: list, best: list, worst: list) -> dict:
-    """JSON-ready results of one metric from the chosen samples' per-step scores (n_clips, T)."""
+def _summary(name: str, steps: np.ndarray, per_clip: list, best: list | None = None, worst: list | None = None) -> dict:
+    """JSON-ready results of one metric from the chosen samples' per-step scores (n_clips, T)
+    (a baseline's scores: no best / worst indices)."""
     clip_values = np.asarray(per_clip, dtype=np.float64)
     with np.errstate(invalid="ignore"):
         std = float(clip_values.std(ddof=1)) if len(clip_values) > 1 else None
@@ -77,8 +85,7 @@ def _summary(name: str, steps: np.ndarray, per_clip: list, best: list, worst: li
         "per_step": steps.mean(axis=0).tolist(),
         "per_step_ci95": ci95(steps),
         "per_clip": [float(v) for v in per_clip],
-        "best_index": best,
-        "worst_index": worst,
+        **({} if best is None else {"best_index": best, "worst_index": worst}),
     }
 
 
@@ -99,6 +106,7 @@ def evaluate(
     protocol: str = "gaussian",
     keep_samples: bool = False,
     batchnorm: str = "eval",
+    baselines: Iterable[str] = tuple(BASELINES),
 ) -> dict:
     """Best-of-``n_samples`` SSIM, PSNR and MSE of ``model``'s futures over the clips of ``data``.
 
@@ -122,6 +130,7 @@ def evaluate(
             and of some samples per clip (see below); the rest of the result stays JSON-ready.
         batchnorm: "eval" only; "batch" (SVG's per-batch statistics, ``HAFSVG.sample``) is
             refused: a clip's futures would depend on the other clips of its batch.
+        baselines: names in :data:`BASELINES` scored on the same clips with the same protocol.
 
     Returns:
         {"protocol", "n_clips", "n_samples", "n_past", "n_future", "ci" (the CI rule in words),
@@ -131,6 +140,11 @@ def evaluate(
         "per_step_ci95" (n_future,) (best samples' score per predicted step: mean and CI over
         clips), "per_clip" (n_clips,), "best_index" (n_clips,) (the chosen sample of each clip)
         and "worst_index" (n_clips,). CIs are None for one clip.
+        "n_nan_clips" and "nan_clips" count and list (0-based, in data order) the clips whose samples
+        all score NaN by some metric (a NaN pixel in every sample). A sample that scores NaN is never
+        kept while its clip has another; such a clip's per_clip score is NaN (best_index 0) and is
+        not left out of the means: "overall", "per_step" (and their CIs, std: None) are then NaN too
+        (JSON ``NaN``), never a mean over the remaining clips.
         With ``keep_samples``, "samples" holds numpy arrays: "truth" uint8 (n_clips,
         n_past + n_future, C, H, W); "best" and "worst" uint8 (n_clips, n_future, C, H, W), each
         clip's best and worst sample by SSIM; "first" uint8 (n_clips, min(5, n_samples),
@@ -142,6 +156,10 @@ def evaluate(
             "(SVG's generation script) a clip's futures depend on the other clips of its batch; use "
             "HAFSVG.sample(batchnorm='batch') to reproduce SVG's frames"
         )
+    baselines = tuple(baselines)
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
     c = model.config
     n_past = c.n_past if n_past is None else n_past
     n_future = c.n_eval if n_future is None else n_future
@@ -158,6 +176,7 @@ def evaluate(
     best_index = {m: [] for m in METRICS}
     worst_index = {m: [] for m in METRICS}
     kept = {k: [] for k in ("truth", "best", "worst", "first")}
+    base_steps = {b: {m: [] for m in METRICS} for b in baselines}  # (B, n_future) per batch
     for clips in tqdm(data, desc="evaluate", disable=not progress, dynamic_ncols=True):
         if clips.dim() != 5 or clips.shape[1] < n_frames:
             raise ValueError(
@@ -174,6 +193,10 @@ def evaluate(
             per_clip[m] += scores[m].per_clip.tolist()
             best_index[m] += scores[m].index.tolist()
             worst_index[m] += scores[m].worst.tolist()
+        for b in baselines:
+            guess = BASELINES[b](clips[:, :n_past], n_future)
+            for m in METRICS:
+                base_steps[b][m].append(_SCORE[m](guess, target, protocol).double().cpu().numpy())
         if keep_samples:
             kept["truth"].append(quantize(clips).cpu().numpy())
             kept["best"].append(quantize(samples[rows, scores["ssim"].index.to(samples.device)]).cpu().numpy())
@@ -184,9 +207,13 @@ def evaluate(
     n_clips = len(per_clip["ssim"])
     if n_clips == 0:
         raise ValueError("no clips to evaluate")
+    # clips (global index, in data order) whose samples all score NaN by some metric: their per-clip score is NaN
+    nan_clips = sorted({i for m in METRICS for i, v in enumerate(per_clip[m]) if math.isnan(v)})
     result = {
         "protocol": protocol,
         "n_clips": n_clips,
+        "n_nan_clips": len(nan_clips),
+        "nan_clips": nan_clips,
         "n_samples": n_samples,
         "n_past": n_past,
         "n_future": n_future,
@@ -194,6 +221,10 @@ def evaluate(
         **{
             m: _summary(m, np.concatenate(steps[m]), per_clip[m], best_index[m], worst_index[m])
             for m in METRICS
+        },
+        "baselines": {
+            b: {m: _summary(m, (v := np.concatenate(base_steps[b][m])), v.mean(axis=1).tolist()) for m in METRICS}
+            for b in baselines
         },
     }
     if keep_samples:
@@ -211,6 +242,7 @@ def curves(result: dict) -> dict:
     predicted step: n_past + 1 ...), and per metric {"label", "higher_is_better", "mean"
     (n_future,), "ci95" (n_future,) or None}}."""
     n_past, n_future = result["n_past"], result["n_future"]
+    baselines = result.get("baselines", {})
     return {
         **{k: result[k] for k in ("protocol", "n_samples", "n_clips", "n_past", "n_future", "ci")},
         "frame": list(range(n_past + 1, n_past + n_future + 1)),
@@ -220,6 +252,7 @@ def curves(result: dict) -> dict:
                 "higher_is_better": result[m]["higher_is_better"],
                 "mean": result[m]["per_step"],
                 "ci95": result[m]["per_step_ci95"],
+                "baselines": {b: baselines[b][m]["per_step"] for b in baselines},
             }
             for m in METRICS
         },
@@ -257,16 +290,19 @@ def write_report(out: str | Path, result: dict, meta: dict | None = None, *, tit
     data = curves(body)
     title = title or f"protocol {body['protocol']} | best of {body['n_samples']} samples | {body['n_clips']} clips"
     plot_curves(
-        files["curves_png"], data["frame"], [(LABELS[m], data[m]["mean"], data[m]["ci95"]) for m in METRICS],
+        files["curves_png"], data["frame"],
+        [(LABELS[m], data[m]["mean"], data[m]["ci95"], data[m]["baselines"]) for m in METRICS],
         title=title, xlabel=f"frame ({body['n_past']} context frames)",
-        note="line: mean over clips of the best sample per clip (by each metric); band: 95% CI, 1.96 s/sqrt(clips)",
+        note="blue: mean over clips of the best sample per clip (by each metric), band: 95% CI, 1.96 s/sqrt(clips); "
+             "grey: baselines on the same clips",
     )
     _write_json(files["curves_json"], data)
     if arrays is not None:
         write_npz(files["samples"], {
             **arrays, "n_past": np.array(body["n_past"], np.int64), "protocol": np.array(body["protocol"]),
         })
-    head = {k: v for k, v in body.items() if k not in METRICS}  # protocol, n_clips, ... first
-    report = {**head, **meta, **{m: body[m] for m in METRICS}, "files": {k: p.name for k, p in files.items()}}
+    tail = (*METRICS, "baselines")
+    head = {k: v for k, v in body.items() if k not in tail}  # protocol, n_clips, ... first
+    report = {**head, **meta, **{k: body[k] for k in tail if k in body}, "files": {k: p.name for k, p in files.items()}}
     _write_json(files["evaluation"], report)
     return files

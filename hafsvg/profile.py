@@ -21,8 +21,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
+import tempfile
+import textwrap
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -39,9 +43,10 @@ from .models import HAFSVG
 
 __all__ = ["CPU_SIZE", "GPU_SIZE", "STAGES", "default_backends", "format_table", "profile"]
 
-#: (clips, samples, future steps): SPEC §4's workload on a GPU; about a minute on two CPU cores.
+#: (clips, samples, future steps): the paper's best-of-100 workload on a GPU; on a CPU a size that
+#: takes about a minute with one thread (measured on a 2-core machine with the other core busy).
 GPU_SIZE = (16, 100, 25)
-CPU_SIZE = (4, 20, 10)
+CPU_SIZE = (4, 10, 10)
 STAGES = ("encoder", "recurrent", "aligner", "decoder", "metrics", "graph step")
 TRACE_SIZE = 2  # at most this many samples and steps in the traced run
 
@@ -144,6 +149,41 @@ def _rows(model, backends, dtype, graphs, noise, compile_):
     return rows
 
 
+#: Line prefix of the tracing marks that Kineto (torch.profiler's backend) logs to stderr at every
+#: profiler start and stop (``USDT:... profiler_start``); no log level below "off" hides them.
+PROFILER_LOG_PREFIX = "USDT:"
+
+
+@contextmanager
+def _quiet_profiler_log():
+    """Drop Kineto's ``USDT:`` lines, which its C++ code writes straight to file descriptor 2:
+    fd 2 goes to a temporary file for the block, and the other lines it caught (warnings,
+    errors) are passed on to stderr afterwards. Where fd 2 cannot be redirected, nothing changes."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        try:
+            os.dup2(caught.fileno(), 2)
+            yield
+        finally:
+            try:
+                sys.stderr.flush()
+            except ValueError:  # a closed sys.stderr
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode(errors="replace")
+            kept = [line for line in text.splitlines(keepends=True) if not line.startswith(PROFILER_LOG_PREFIX)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def profile(model: HAFSVG, clips: torch.Tensor, *, n_past: int, samples: int, backends, dtype=None,
             graphs=False, noise="torch", compile_=False, out: Path, seed: int = 0, progress=True) -> dict:  # fmt: skip
     """Time each implementation on ``clips`` and write traces and ``profile.json`` into ``out``.
@@ -186,10 +226,11 @@ def profile(model: HAFSVG, clips: torch.Tensor, *, n_past: int, samples: int, ba
         trace = out / f"trace_{row.name.replace(':', '_')}.json"
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         n_trace = min(T, TRACE_SIZE)
-        with torch_profile(activities=activities) as prof:
-            row.run(context, target[:, :n_trace], min(samples, TRACE_SIZE), gen())
-            _sync(device)
-        prof.export_chrome_trace(str(trace))
+        with _quiet_profiler_log():
+            with torch_profile(activities=activities) as prof:
+                row.run(context, target[:, :n_trace], min(samples, TRACE_SIZE), gen())
+                _sync(device)
+            prof.export_chrome_trace(str(trace))
         results.append({
             "name": row.name, "total_s": total, "stages_s": stages, "frames_per_s": B * samples * T / total,
             "memory_peak_bytes": mem.peak, "first_call_s": first, "ssim": float(scores["ssim"].overall),
@@ -221,4 +262,28 @@ def format_table(summary: dict) -> str:
         cells = [r["name"], *times, f"{r['total_s']:.3f}", f"{r['frames_per_s']:.1f}", mem,
                  f"{r['ssim']:.4f}", f"{r['psnr']:.3f}"]  # fmt: skip
         lines.append("  ".join(f"{c:>10}" for c in cells))
-    return "\n".join(lines)
+    return "\n".join(lines + _footnotes(summary["rows"], stages))
+
+
+def _footnotes(rows: list[dict], stages: list[str]) -> list[str]:
+    """What the table's "-" cells and stage columns mean, for the rows and columns it has."""
+    notes = []
+    unhooked = [r["name"] for r in rows if r["name"] in ("reference", "compile")]
+    if unhooked and any(s not in r["stages_s"] for r in rows for s in stages):
+        notes.append(
+            f'"-": not timed separately. {" and ".join(unhooked)}: HAFSVG.sample has no stage hooks; only its '
+            "metrics are timed apart, and its sampling (encoder, recurrent, aligner, decoder) is the rest of its "
+            "total."
+        )
+    elif any(s not in r["stages_s"] for r in rows for s in stages):
+        notes.append('"-": not timed separately.')
+    if "graph step" in stages:
+        notes.append(
+            "graph step: one future step (recurrent, aligner, decoder, encoding of the new frame) replayed "
+            "as a CUDA graph, timed as one stage."
+        )
+    notes.append(
+        "Stage columns come from a second run with the device synchronized at each stage boundary; "
+        "'total s' from a run without stage timing, so the stages need not add up to it."
+    )
+    return [line for note in notes for line in textwrap.wrap(note, 100, subsequent_indent="  ")]

@@ -1,5 +1,5 @@
-"""The decoder with its first convolution per block split by input part (SPEC §3: the decoder's
-convolution over F_e is constant per clip).
+"""The decoder with its first convolution per block split by input part (the decoder's
+convolution over F_e is constant per clip, so it is computed once per clip, not per sample).
 
 Each decoder block reads [F_d; F_e] (or [F_d; F_e; Z] at an aligned level) and starts with a
 convolution, which is linear in its input channels:

@@ -50,3 +50,32 @@ class Stages:
                 self.totals[name] += elapsed - frame[2]
                 if self._stack:
                     self._stack[-1][2] += elapsed
+
+
+@contextmanager
+def staged_methods(stages: Stages, targets):
+    """Within the block, each call of the methods in ``targets`` ((stage name, object, method
+    name) triples, e.g. ``("encoder", model.encoder, "forward")``) runs inside ``stages(name)``:
+    stage times for code that has no stage calls of its own, such as :meth:`HAFSVG.sample`. The
+    methods are wrapped on the instances and restored afterwards."""
+    saved = []
+    for name, obj, attr in targets:
+        method = getattr(obj, attr)
+
+        def wrapped(*args, _method=method, _name=name, **kwargs):
+            with stages(_name):
+                return _method(*args, **kwargs)
+
+        saved.append((obj, attr, vars(obj).get(attr, _MISSING)))
+        setattr(obj, attr, wrapped)
+    try:
+        yield
+    finally:
+        for obj, attr, before in reversed(saved):
+            if before is _MISSING:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, before)
+
+
+_MISSING = object()

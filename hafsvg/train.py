@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+import re
 import time
+import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,13 +20,44 @@ from .data import make_dataset
 from .models import HAFSVG
 from .viz import save_grid
 
-__all__ = ["CHECKPOINT_NAME", "check_clips", "load_checkpoint", "resolve_device", "save_checkpoint", "train"]
+__all__ = [
+    "CHECKPOINT_NAME",
+    "check_clips",
+    "clear_run",
+    "existing_run",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 BETAS = (0.9, 0.999)  # SVG's Adam betas
 GRID_CLIPS = 2  # clips shown in a training sample grid
 GRID_SAMPLES = 3  # sampled futures per clip in a training sample grid
+CONFIG_NAME = "config.json"
+GRID_PATTERN = "samples_*.png"
+
+
+def existing_run(out_dir: str | Path) -> list[str]:
+    """The names of a run's files (checkpoint, metrics log) already in ``out_dir`` (empty: none)."""
+    out = Path(out_dir)
+    return [name for name in (CHECKPOINT_NAME, METRICS_NAME) if (out / name).exists()]
+
+
+def clear_run(out_dir: str | Path) -> list[Path]:
+    """Remove the files a run writes from ``out_dir`` (checkpoint, metrics log, config.json,
+    sample grids); other files stay. Returns the removed paths."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    paths = [out / n for n in (CHECKPOINT_NAME, CHECKPOINT_NAME + ".tmp", METRICS_NAME, CONFIG_NAME)]
+    paths += sorted(out.glob(GRID_PATTERN))
+    removed = [p for p in paths if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -82,19 +115,68 @@ def load_checkpoint(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: not a readable checkpoint (the file is empty)")
+    _check_zip(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from err
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, OSError, and KeyError & co. from odd files
+        raise ValueError(f"{path}: not a readable checkpoint ({_load_error(err)})") from err
     if not isinstance(state, dict) or not {"model", "config", "step"} <= state.keys():
         raise ValueError(f"{path}: not a hafsvg checkpoint (expected keys model, config, step, optimizer)")
-    config = HAFSVGConfig.from_dict(state["config"])
-    model = HAFSVG(config).to(map_location)
+    try:
+        config = HAFSVGConfig.from_dict(state["config"])
+        step = int(state["step"])
+        model = HAFSVG(config).to(map_location)
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else _first_line(err)
+        raise ValueError(f"{path}: not a hafsvg checkpoint (its config or step is not valid: {message})") from err
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match the stored config ({str(err).splitlines()[0]})") from err
-    return model, state.get("optimizer"), int(state["step"]), config
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path}: weights do not match the stored config ({_first_line(err)})") from err
+    return model, state.get("optimizer"), step, config
+
+
+def _first_line(err: BaseException, limit: int = 200) -> str:
+    """The error's first informative line (for load_state_dict: the line after its "Error(s) in
+    loading state_dict for ..." header), cut to ``limit`` characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    line = lines[0] if lines else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _load_error(err: BaseException) -> str:
+    """torch.load's error in one line, without its advice to load with ``weights_only=False``
+    (which would run code from the file): for a pickled object the weights-only reader refuses,
+    what it holds."""
+    text = str(err)
+    if "weights_only" in text or "Weights only" in text or "WeightsUnpickler" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            return f"it holds a pickled {found.group(1)}, which a hafsvg checkpoint never does"
+        found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        detail = f": {found.group(1).split('. ')[0].strip()}" if found else ""
+        return f"it holds objects other than tensors and plain containers{detail}"
+    return _first_line(err)
+
+
+def _check_zip(path: Path) -> None:
+    """A zip-format torch.save file (all of hafsvg's) must pass its CRC-32 checks: torch's reader
+    does not verify them, so flipped bytes in the weights would otherwise load silently."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint (a damaged zip archive: {_first_line(err)})") from err
+    if bad is not None:
+        raise ValueError(f"{path}: a corrupt checkpoint ({bad.partition('/')[2] or bad} fails its CRC-32 check)")
 
 
 def _metrics_log(path: Path, start: int):
@@ -142,6 +224,7 @@ def train(
     num_workers: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict:
     """Train ``config``'s model for ``steps`` more steps on batches of ``config.batch_size`` clips
     (B, n_past + n_future, C, 64, 64) from ``make_dataset(config.dataset, ...)``.
@@ -152,6 +235,8 @@ def train(
     {step, total, mse, kl (sum), kl_groups (G,), seconds} to ``out_dir/metrics.jsonl``.
     ``resume`` loads weights, optimizer state and step from a checkpoint (the weights must fit
     ``config``; ``config.lr`` applies) and continues the step count and the metrics log.
+    ``overwrite`` removes a previous run's files from ``out_dir`` (:func:`clear_run`) once the
+    inputs are checked, before anything is written.
 
     Returns:
         {"step", "total", "mse", "kl" (last step's losses), "checkpoint", "samples" (last grid or
@@ -176,7 +261,7 @@ def train(
         try:
             model.load_state_dict(stored.state_dict())
         except RuntimeError as err:
-            raise ValueError(f"{resume}: weights do not fit the config ({str(err).splitlines()[0]})") from err
+            raise ValueError(f"{resume}: weights do not fit the config ({_first_line(err)})") from err
         if opt_state is not None:
             optimizer.load_state_dict(opt_state)
             for group in optimizer.param_groups:
@@ -192,8 +277,10 @@ def train(
         generator=torch.Generator().manual_seed(seed + start),
     )
     out = Path(out_dir)
+    if overwrite:
+        clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     batches = _batches(loader)
     ckpt, grid, losses = None, None, {}
     t0 = time.perf_counter()

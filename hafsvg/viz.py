@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["grid_image", "plot_curves", "save_grid"]
+__all__ = ["grid_image", "labelled_grid", "plot_curves", "save_gif", "save_grid"]
 
 GAP = 2  # white pixels between frames and between rows
 SPLIT_GAP = 8  # white pixels before frame ``split`` (e.g. between context and prediction)
@@ -85,6 +85,7 @@ PANEL_W, PANEL_H = 340, 260  # one chart of plot_curves
 _MARGIN = (64, 12, 14, 46)  # left, right, top, bottom: room for tick labels and axis labels
 _LINE = (31, 119, 180)  # mean curve
 _BAND = (180, 208, 232)  # confidence band
+_OTHERS = ((120, 120, 120), (200, 120, 40), (60, 150, 60))  # extra lines (e.g. baselines), in order
 
 
 def _font(size: int):
@@ -120,8 +121,11 @@ def _runs(ok: list[bool]) -> list[range]:
     return runs
 
 
-def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, ylabel: str, xlabel: str) -> Image.Image:
-    """One chart: ``mean`` over ``x`` with a band of +/- ``ci`` (None: no band) and labelled axes."""
+def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, ylabel: str, xlabel: str,
+           others: dict[str, list[float]] | None = None) -> Image.Image:  # fmt: skip
+    """One chart: ``mean`` over ``x`` with a band of +/- ``ci`` (None: no band), ``others`` as
+    thinner named lines with a legend, and labelled axes."""
+    others = others or {}
     image = Image.new("RGB", (PANEL_W, PANEL_H), "white")
     draw = ImageDraw.Draw(image)
     font, small = _font(13), _font(11)
@@ -130,6 +134,7 @@ def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, yla
     half = [0.0 if ci is None or ci[i] is None else float(ci[i]) for i in range(len(mean))]
     ok = [math.isfinite(m) and math.isfinite(h) for m, h in zip(mean, half)]
     values = [v for i, m in enumerate(mean) if ok[i] for v in (m - half[i], m + half[i])]
+    values += [v for line in others.values() for v in line if math.isfinite(v)]
     draw.rectangle((x0, y0, x1, y1), outline=(0, 0, 0))
     if not values:
         draw.text((x0 + 8, y0 + 8), "no finite values", fill=(0, 0, 0), font=small)
@@ -161,6 +166,15 @@ def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, yla
         draw.line((xx, y1, xx, y1 + 4), fill=(0, 0, 0))
         label = f"{v:g}"
         draw.text((xx - draw.textlength(label, font=small) / 2, y1 + 6), label, fill=(0, 0, 0), font=small)
+    for line, color in zip(others.values(), _OTHERS):
+        for run in _runs([math.isfinite(v) for v in line]):
+            points = [(px(x[i]), py(line[i])) for i in run]
+            if len(points) > 1:
+                draw.line(points, fill=color, width=1)
+    for k, (name, color) in enumerate(zip(others, _OTHERS)):
+        y = y0 + 4 + 13 * k
+        draw.line((x1 - 22, y + 6, x1 - 8, y + 6), fill=color, width=2)
+        draw.text((x1 - 26 - draw.textlength(name, font=small), y), name, fill=color, font=small)
     for run in _runs(ok):
         upper = [(px(x[i]), py(mean[i] + half[i])) for i in run]
         lower = [(px(x[i]), py(mean[i] - half[i])) for i in reversed(run)]
@@ -184,7 +198,7 @@ def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, yla
 def plot_curves(
     path: str | Path,
     x: list[float],
-    panels: list[tuple[str, list[float], list[float | None] | None]],
+    panels: list[tuple],
     *,
     title: str,
     xlabel: str = "frame",
@@ -195,16 +209,21 @@ def plot_curves(
     Args:
         path: the PNG to write.
         x: (T,) x values (e.g. frame numbers).
-        panels: (y-axis label, mean (T,), confidence half-width (T,) or None) per chart; the curve
-            is drawn with a shaded band mean +/- half-width. Non-finite values break the line.
+        panels: (y-axis label, mean (T,), confidence half-width (T,) or None[, {name: values (T,)}])
+            per chart; the curve is drawn with a shaded band mean +/- half-width, the named values
+            (e.g. baselines) as thin lines with a legend. Non-finite values break the lines.
         title: drawn above the charts; note: a smaller second line (e.g. what the band is).
 
     Returns:
         ``path``.
     """
-    if not panels or any(len(mean) != len(x) or (ci is not None and len(ci) != len(x)) for _, mean, ci in panels):
+    panels = [(*p, None) if len(p) == 3 else tuple(p) for p in panels]
+    lengths = [len(mean) for _, mean, _, _ in panels]
+    lengths += [len(ci) for _, _, ci, _ in panels if ci is not None]
+    lengths += [len(v) for *_, others in panels for v in (others or {}).values()]
+    if not panels or any(n != len(x) for n in lengths):
         raise ValueError("plot_curves needs at least one panel, each with one value (and CI) per x value")
-    charts = [_panel(list(x), list(mean), ci, label, xlabel) for label, mean, ci in panels]
+    charts = [_panel(list(x), list(mean), ci, label, xlabel, others) for label, mean, ci, others in panels]
     head = 44 if note else 28
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     text_w = max(probe.textlength(title, font=_font(14)), probe.textlength(note or "", font=_font(11)))
@@ -218,4 +237,81 @@ def plot_curves(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
+    return path
+
+
+MARK = (220, 40, 40)  # outline of marked rows (e.g. the best sample)
+HEADER_H = 34  # "context" / "predicted" headers and frame numbers above a labelled grid
+
+
+def labelled_grid(rows: list[torch.Tensor], labels: list[str], split: int, *, title: str,
+                  marks: tuple[int, ...] = (), note: str | None = None) -> Image.Image:  # fmt: skip
+    """:func:`grid_image` with a title, "context" / "predicted" headers over frames ``< split`` /
+    ``>= split``, 1-based frame numbers over the columns, and the predicted frames of the rows in
+    ``marks`` outlined in red (e.g. the best sample). ``note``: a second, smaller title line."""
+    grid = grid_image(rows, labels, split)
+    arrays = [_frames_rgb(r) for r in rows]
+    h, w = arrays[0].shape[1:3]
+    longest = max(len(a) for a in arrays)
+    label_w = grid.width - GAP - longest * (w + GAP) - SPLIT_GAP
+    head = 22 + (16 if note else 0)
+    image = Image.new("RGB", (grid.width, grid.height + head + HEADER_H), "white")
+    image.paste(grid, (0, head + HEADER_H))
+    draw = ImageDraw.Draw(image)
+    draw.text((LABEL_PAD, 4), title, fill=(0, 0, 0), font=_font(14))
+    if note:
+        draw.text((LABEL_PAD, 22), note, fill=(80, 80, 80), font=_font(11))
+    small = _font(11)
+
+    def left(t):
+        return label_w + GAP + t * (w + GAP) + (SPLIT_GAP if t >= split else 0)
+
+    for text, t0, t1, color in (("context", 0, split, (0, 110, 0)), ("predicted", split, longest, MARK)):
+        if t1 <= t0:
+            continue
+        x0, x1 = left(t0), left(t1 - 1) + w
+        draw.line((x0, head + 16, x1, head + 16), fill=color, width=2)
+        draw.text(((x0 + x1 - draw.textlength(text, font=small)) / 2, head + 1), text, fill=color, font=small)
+    for t in range(longest):
+        number = str(t + 1)
+        draw.text((left(t) + (w - draw.textlength(number, font=small)) / 2, head + 19), number, fill=(0, 0, 0),
+                  font=small)  # fmt: skip
+    for r in marks:
+        top = head + HEADER_H + GAP + r * (h + GAP)
+        draw.rectangle((left(split) - 2, top - 2, left(len(arrays[r]) - 1) + w + 1, top + h + 1), outline=MARK, width=2)
+    return image
+
+
+def save_gif(path: str | Path, columns: list[tuple[str, torch.Tensor]], split: int, *, title: str,
+             frame_ms: int = 250) -> Path:  # fmt: skip
+    """An animated GIF of sequences side by side, one GIF frame per time step: each column
+    (label, frames (T, C, H, W) in [0, 1]) under its label, scaled x2, and a caption "frame t:
+    context" or "frame t: predicted" (t 1-based, frames ``>= split`` predicted) under ``title``."""
+    arrays = [_frames_rgb(frames) for _, frames in columns]
+    h, w = arrays[0].shape[1:3]
+    steps = max(len(a) for a in arrays)
+    font, small = _font(13), _font(11)
+    col_w = max(2 * w, *(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(lb, font=small)) for lb, _ in columns))
+    col_w += 8
+    top = 54
+    size = (max(len(columns) * col_w + 8, 320), top + 2 * h + 8)
+    images = []
+    for t in range(steps):
+        image = Image.new("RGB", size, "white")
+        draw = ImageDraw.Draw(image)
+        draw.text((6, 4), title, fill=(0, 0, 0), font=font)
+        predicted = t >= split
+        caption = f"frame {t + 1}: {'predicted' if predicted else 'context'}"
+        draw.text((6, 22), caption, fill=MARK if predicted else (0, 110, 0), font=small)
+        for i, ((label, _), frames) in enumerate(zip(columns, arrays)):
+            x = 4 + i * col_w
+            draw.text((x + (col_w - draw.textlength(label, font=small)) / 2, top - 12), label, fill=(0, 0, 0),
+                      font=small)  # fmt: skip
+            if t < len(frames):
+                tile = Image.fromarray(frames[t]).resize((2 * w, 2 * h), Image.NEAREST)
+                image.paste(tile, (x + (col_w - 2 * w) // 2, top + 4))
+        images.append(image)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return path

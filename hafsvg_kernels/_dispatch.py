@@ -7,9 +7,10 @@ Each op owns an :class:`Op`; each backend registers a :class:`Backend` that says
 * ``fn`` — the implementation.
 
 ``backend="auto"`` takes the first backend of the op's preference list for the inputs' device
-type that is available and accepts; ``HAFSVG_BACKEND=<name>`` in the environment forces one.
-An explicitly asked-for backend that cannot run raises :class:`BackendUnavailable` with its
-reasons, never falls back silently.
+type that is available and accepts; ``HAFSVG_BACKEND=<name>`` in the environment forces one
+for every call that asks for ``auto``. An explicitly asked-for backend (or one forced by the
+variable) that cannot run raises :class:`BackendUnavailable` with its reasons (and, for the
+variable, its valid names), never falls back silently.
 """
 
 from __future__ import annotations
@@ -54,17 +55,31 @@ class Op:
             return [why]
         return list(b.refuses(*args, **kwargs))
 
+    def _valid_names(self) -> str:
+        """The names ``HAFSVG_BACKEND`` takes for this op: ``auto`` and its backends."""
+        return ", ".join(["auto", *sorted(self.backends)])
+
     def select(self, backend: str, device_type: str, *args, **kwargs) -> Backend:
         """The backend to run: ``backend`` itself, or for ``"auto"`` the env override or the
         first accepting backend in this device type's preference order."""
+        forced = None
         if backend == "auto":
-            backend = os.environ.get(ENV_VAR, "auto") or "auto"
+            forced = os.environ.get(ENV_VAR, "").strip()
+            backend = forced or "auto"
         if backend != "auto":
+            if forced and backend not in self.backends:
+                raise BackendUnavailable(
+                    f"{ENV_VAR}={forced!r} names no backend; valid names: {self._valid_names()} (or unset {ENV_VAR})"
+                )
             why = self.reasons(backend, *args, **kwargs)
             if why:
-                raise BackendUnavailable(
-                    f"{self.name}: backend {backend!r} cannot run these inputs: " + "; ".join(why)
-                )
+                message = f"{self.name}: backend {backend!r} cannot run these inputs: " + "; ".join(why)
+                if forced:
+                    message = (
+                        f"{ENV_VAR}={forced} forces {message}; valid names: {self._valid_names()} (unset {ENV_VAR} "
+                        "to let each op take the first backend that can run)"
+                    )
+                raise BackendUnavailable(message)
             return self.backends[backend]
         tried = []
         for name in self.preference.get(device_type, ("torch",)):

@@ -41,9 +41,9 @@ def fp32_dot_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s ``input_precision`` for operands of ``dtype``: for fp32 on a GPU where torch
     allows TF32, ``"tf32x3"`` (three TF32 tensor-core products, about fp32 accuracy); else
     ``"ieee"``. Why not single-pass ``"tf32"``: on Hopper it lowers to wgmma with TF32 operands
-    whose low mantissa bits are truncated, not rounded; emulating that on the attention's
-    SPEC §3 rows gave relative errors of 1.0–2.7e-3 against the float64 reference, over SPEC §5's
-    1e-3 for TF32 (round-to-nearest would give 3.5–8.3e-4). fp16/bf16 operands ignore it."""
+    whose low mantissa bits are truncated, not rounded; emulating that on the attention at the
+    shapes of the paper's models gave relative errors of 1.0–2.7e-3 against the float64 reference,
+    over the 1e-3 tolerated for TF32 (round-to-nearest would give 3.5–8.3e-4). fp16/bf16 operands ignore it."""
     if dtype == torch.float32 and not interpreting() and tf32_allowed():
         return "tf32x3"
     return "ieee"

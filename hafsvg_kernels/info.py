@@ -11,6 +11,7 @@ import subprocess
 import torch
 
 from ._ext import build_state
+from ._triton import interpreting
 from .attention.interface import ATTENTION
 from .recurrent.interface import GAUSSIAN_LSTM_STEP, LSTM_STEP
 
@@ -23,6 +24,20 @@ def _nvcc_version() -> str:
         return "not found"
     out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()
     return out[-1] if out else "unknown"
+
+
+def _triton_scope() -> str:
+    """On which tensors an importable Triton runs here: CUDA tensors compiled; CPU tensors only
+    under its interpreter (``TRITON_INTERPRET=1`` before Triton is imported), which is for
+    correctness checks, far slower than the ``cpp`` and ``torch`` backends."""
+    cuda = "CUDA tensors" if torch.cuda.is_available() else None
+    if interpreting():
+        cpu = "CPU tensors through the interpreter (TRITON_INTERPRET=1 is set: for correctness, not speed)"
+        return f"available: {cuda + ' and ' if cuda else ''}{cpu}"
+    hint = "CPU tensors only under TRITON_INTERPRET=1 (its interpreter, for correctness checks, not speed)"
+    if cuda:
+        return f"available: CUDA tensors; {hint}"
+    return f"installed, but no CUDA device here: {hint}"
 
 
 def report() -> str:
@@ -48,7 +63,10 @@ def report() -> str:
         lines.append(f"{op.name}  (auto order: {order})")
         for name, b in op.backends.items():
             why = b.unavailable()
-            lines.append(f"  {name:8s} {'available' if why is None else 'unavailable: ' + why}")
+            state = "available" if why is None else "unavailable: " + why
+            if name == "triton" and why is None:
+                state = _triton_scope()
+            lines.append(f"  {name:8s} {state}")
     return "\n".join(lines)
 
 

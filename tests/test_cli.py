@@ -191,3 +191,68 @@ def test_python_dash_m_help():
     run = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
     assert run.returncode == 0
     assert all(cmd in run.stdout for cmd in ("train", "sample", "evaluate"))
+
+
+def test_train_refuses_a_folder_that_holds_a_run(trained, capsys):
+    before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir()}
+    assert main(["train", *SMALL, "--steps", "1", "--out", str(trained)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert str(trained) in err and "--resume" in err and "--overwrite" in err, err
+    assert {p.name: p.stat().st_mtime_ns for p in trained.iterdir()} == before  # untouched
+    assert main(["train", "--resume", str(trained / "checkpoint.pt"), "--overwrite"]) == 1
+    assert "pass one of them" in capsys.readouterr().err
+
+
+def test_train_overwrite_starts_afresh(trained, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "notes.txt").write_text("mine")
+    assert main(["train", *SMALL, "--steps", "1", "--sample-every", "0", "--out", str(run), "--overwrite"]) == 0
+    assert "step 1:" in capsys.readouterr().out
+    assert {p.name for p in run.iterdir()} == {"checkpoint.pt", "config.json", "metrics.jsonl", "notes.txt"}
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_corrupt_or_foreign_checkpoint_is_one_clean_line(tmp_path, capsys):
+    import os
+    import pickle
+
+    bad = {
+        "random.pt": os.urandom(2048),
+        "text.pt": b"this is not a checkpoint\n",
+        "empty.pt": b"",
+        "pickle.pt": pickle.dumps({"a": 1}, protocol=4),
+    }
+    for name, data in bad.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"model": torch.nn.Linear(2, 2), "config": {}, "step": 1}, tmp_path / "module.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    for name in [*bad, "module.pt", "other.pt"]:
+        path = tmp_path / name
+        argv = ["evaluate", "--checkpoint", str(path), "--clips", "1", "--samples", "1", "--out", str(tmp_path / "o")]
+        assert main(argv) == 1, name
+        captured = capsys.readouterr()
+        err = captured.err
+        assert err.startswith(f"error: {path}: ") and err.count("\n") == 1, (name, err)
+        assert "weights_only" not in err and "Weights only" not in err, (name, err)
+        assert "checkpoint" in err, (name, err)
+
+
+@pytest.mark.parametrize("name", ["foo", "cuda"])
+def test_bad_backend_variable_is_one_line(name, tmp_path):
+    """HAFSVG_BACKEND naming no backend, or one that cannot run here: one error line, exit 1."""
+    import os
+
+    if name == "cuda" and torch.cuda.is_available():
+        pytest.skip("cuda can run here")
+    env = {**os.environ, "HAFSVG_BACKEND": name, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "hafsvg", "sample", "--preset", "tiny", "--clips", "1", "--samples", "1",
+           "--n-future", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert "HAFSVG_BACKEND" in run.stderr and "Traceback" not in run.stderr
+    assert "valid names: auto, cpp, cuda, torch, triton" in run.stderr, run.stderr

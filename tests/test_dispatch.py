@@ -164,3 +164,50 @@ def test_tf32_allowed_follows_legacy_and_new_settings():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() in ("[False, True, False, True, False]", "[False, True, False]"), run.stdout
+
+
+def test_env_var_with_an_unknown_name_lists_the_valid_ones(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "foo")
+    with pytest.raises(BackendUnavailable) as err:
+        aligned_attention(*qkv())
+    message = str(err.value)
+    assert f"{ENV_VAR}='foo'" in message and "\n" not in message
+    assert "valid names: auto, cpp, cuda, torch, triton" in message
+    monkeypatch.setenv(ENV_VAR, "auto")  # "auto" is a valid value: the usual order
+    assert ATTENTION.select("auto", "cpu", *qkv(), 1.0, None).name in ("cpp", "torch")
+
+
+def test_env_var_forcing_an_unavailable_backend_names_the_variable(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "cuda")
+    with pytest.raises(BackendUnavailable) as err:
+        GAUSSIAN_LSTM_STEP.select("auto", "cpu", *gaussian_args())
+    message = str(err.value)
+    assert message.startswith(f"{ENV_VAR}=cuda forces gaussian_lstm_step: backend 'cuda' cannot run")
+    assert "valid names: auto, cpp, cuda, torch, triton" in message
+
+
+def _info(**env):
+    import subprocess
+    import sys
+
+    environ = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "hafsvg_kernels.info"], capture_output=True, text=True,
+                         env={**environ, "OMP_NUM_THREADS": "1", **env}, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return [line for line in run.stdout.splitlines() if line.strip().startswith("triton ")][1:]  # per op
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only wording")
+def test_info_says_triton_runs_cpu_tensors_only_under_the_interpreter():
+    """Without a GPU, Triton is not simply "available": CPU tensors need TRITON_INTERPRET=1, which
+    is for correctness, and info says so with and without the variable."""
+    pytest.importorskip("triton")
+    without = _info()
+    assert len(without) == 3, without
+    for line in without:
+        assert "no CUDA device" in line and "only under TRITON_INTERPRET=1" in line and "correctness" in line, line
+        assert not line.split()[1].startswith("available"), line
+    with_it = _info(TRITON_INTERPRET="1")
+    assert len(with_it) == 3, with_it
+    for line in with_it:
+        assert "available: CPU tensors through the interpreter" in line and "correctness" in line, line

@@ -127,7 +127,9 @@ def test_evaluate_command_report(model, tmp_path, capsys):
     assert printed[0] == "best of 6 samples over 2 clips (2 context frames, 3 predicted)"
     assert printed[1].split() == ["step", "SSIM", "PSNR", "MSE"]
     assert [line.split()[0] for line in printed[2:6]] == ["1", "2", "3", "all"]
-    assert all(line.count("±") == 3 for line in printed[2:6]) and printed[6].startswith("protocol svg;")
+    assert all(line.count("±") == 3 for line in printed[2:6]) and printed[-4].startswith("protocol svg;")
+    baselines = [line.split()[:2] for line in printed[6:10:2]]
+    assert baselines == [["baseline", "copy-last-frame"], ["baseline", "mean-context-frame"]]
     assert sorted(p.name for p in out.iterdir()) == ["curves.json", "curves.png", "evaluation.json", "samples.npz"]
 
     report = json.loads((out / "evaluation.json").read_text())

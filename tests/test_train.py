@@ -129,3 +129,61 @@ def test_train_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="channels"):
         train(small_config(channels=3), steps=1, out_dir=tmp_path, progress=False)
     assert not any(tmp_path.iterdir())
+
+
+def _foreign_files(tmp_path):
+    """{kind: path} of files that are not hafsvg checkpoints."""
+    import os
+    import pickle
+
+    files = {}
+    files["random bytes"] = tmp_path / "random.pt"
+    files["random bytes"].write_bytes(os.urandom(4096))
+    files["text"] = tmp_path / "notes.pt"
+    files["text"].write_text("step 100: loss 0.1\n")
+    files["empty"] = tmp_path / "empty.pt"
+    files["empty"].write_bytes(b"")
+    files["pickle"] = tmp_path / "pickle.pt"
+    files["pickle"].write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    files["torch module"] = tmp_path / "module.pt"
+    torch.save({"model": torch.nn.Linear(2, 2), "config": {}, "step": 1}, files["torch module"])
+    files["torch dict"] = tmp_path / "dict.pt"
+    torch.save({"weights": torch.zeros(3)}, files["torch dict"])
+    files["bad config"] = tmp_path / "config.pt"
+    torch.save({"model": {}, "config": {"no_such_field": 1}, "step": 1}, files["bad config"])
+    return files
+
+
+def test_load_checkpoint_foreign_files_give_one_clean_line(tmp_path, recwarn):
+    for kind, path in _foreign_files(tmp_path).items():
+        with pytest.raises(ValueError) as err:
+            load_checkpoint(path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: ") and "\n" not in message, (kind, message)
+        assert "weights_only" not in message and "Weights only" not in message, (kind, message)
+        assert "not a readable checkpoint" in message or "not a hafsvg checkpoint" in message, (kind, message)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_load_checkpoint_detects_flipped_bytes(tmp_path):
+    """torch's zip reader skips the CRC-32 checks: flipped weight bytes would load silently."""
+    config = small_config()
+    path = save_checkpoint(tmp_path / "c.pt", HAFSVG(config), None, 1, config)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt checkpoint .*CRC-32|damaged zip archive"):
+        load_checkpoint(path)
+
+
+def test_clear_run_removes_only_a_runs_files(tmp_path):
+    from hafsvg.train import clear_run, existing_run
+
+    assert existing_run(tmp_path) == [] and clear_run(tmp_path / "missing") == []
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.json", "samples_000010.png", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert existing_run(tmp_path) == ["checkpoint.pt", "metrics.jsonl"]
+    assert {p.name for p in clear_run(tmp_path)} == {"checkpoint.pt", "metrics.jsonl", "config.json",
+                                                     "samples_000010.png"}  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
