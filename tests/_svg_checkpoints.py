@@ -36,72 +36,17 @@ import torch
 import torch.nn.backends.thnn
 from torch import nn
 
+from tests._svg_reference import SVGLSTM, SVGGaussianLSTM
+
 # ---------------------------------------------------------------- models/lstm.py
 
 
-class _SVGLSTM(nn.Module):
-    """SVG's ``lstm``: embed -> n_layers LSTMCells -> Linear -> Tanh."""
-
-    def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size):
-        super().__init__()
-        self.input_size = input_size
-        self.output_size = output_size
-        self.hidden_size = hidden_size
-        self.batch_size = batch_size
-        self.n_layers = n_layers
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers)])
-        self.output = nn.Sequential(nn.Linear(hidden_size, output_size), nn.Tanh())
-        self.hidden = self.init_hidden()
-
-    def init_hidden(self):
-        w = self.embed.weight
-        return [
-            (torch.zeros(self.batch_size, self.hidden_size, device=w.device, dtype=w.dtype),
-             torch.zeros(self.batch_size, self.hidden_size, device=w.device, dtype=w.dtype))
-            for _ in range(self.n_layers)
-        ]  # fmt: skip
-
-    def forward(self, input):
-        h_in = self.embed(input.view(-1, self.input_size))
-        for i in range(self.n_layers):
-            self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
-            h_in = self.hidden[i][0]
-        return self.output(h_in)
+class _SVGLSTM(SVGLSTM):
+    """SVG's ``lstm`` (the transcription in tests/_svg_reference.py), renamed below to its path."""
 
 
-class _SVGGaussianLSTM(nn.Module):
-    """SVG's ``gaussian_lstm``: embed -> LSTMCells -> mu_net / logvar_net -> z = mu + exp(logvar / 2) eps."""
-
-    def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size):
-        super().__init__()
-        self.input_size = input_size
-        self.output_size = output_size
-        self.hidden_size = hidden_size
-        self.n_layers = n_layers
-        self.batch_size = batch_size
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList([nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers)])
-        self.mu_net = nn.Linear(hidden_size, output_size)
-        self.logvar_net = nn.Linear(hidden_size, output_size)
-        self.hidden = self.init_hidden()
-
-    init_hidden = _SVGLSTM.init_hidden
-
-    def reparameterize(self, mu, logvar, eps=None):
-        std = logvar.mul(0.5).exp_()
-        if eps is None:
-            eps = std.new(std.size()).normal_()  # SVG: Variable(logvar.data.new(logvar.size()).normal_())
-        return eps.mul(std).add_(mu)
-
-    def forward(self, input, eps=None):
-        h_in = self.embed(input.view(-1, self.input_size))
-        for i in range(self.n_layers):
-            self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
-            h_in = self.hidden[i][0]
-        mu = self.mu_net(h_in)
-        logvar = self.logvar_net(h_in)
-        return self.reparameterize(mu, logvar, eps), mu, logvar
+class _SVGGaussianLSTM(SVGGaussianLSTM):
+    """SVG's ``gaussian_lstm``: z = mu + exp(logvar / 2) eps, eps drawn with ``normal_()`` unless given."""
 
 
 # ---------------------------------------------------------------- models/dcgan_64.py

@@ -44,16 +44,20 @@ class SVGGaussianLSTM(nn.Module):
         z = lambda: torch.zeros(self.batch_size, self.hidden_size, dtype=p.dtype, device=p.device)  # noqa: E731
         return [(z(), z()) for _ in range(self.n_layers)]
 
-    def forward(self, input, eps=None):
+    def reparameterize(self, mu, logvar, eps=None):
         """SVG draws eps inside (``logvar.data.new(...).normal_()``); tests may pass it in."""
+        std = logvar.mul(0.5).exp()
+        if eps is None:
+            eps = std.new(std.size()).normal_()
+        return eps.mul(std).add(mu)
+
+    def forward(self, input, eps=None):
         h_in = self.embed(input.view(-1, self.input_size))
         for i in range(self.n_layers):
             self.hidden[i] = self.lstm[i](h_in, self.hidden[i])
             h_in = self.hidden[i][0]
         mu, logvar = self.mu_net(h_in), self.logvar_net(h_in)
-        if eps is None:
-            eps = logvar.data.new(logvar.size()).normal_()
-        return eps.mul(logvar.mul(0.5).exp()).add(mu), mu, logvar
+        return self.reparameterize(mu, logvar, eps), mu, logvar
 
 
 def rel_err(a, b):
