@@ -19,16 +19,24 @@ import torch
 
 from hafsvg_kernels import BackendUnavailable
 
-from .bench_report import bench_report
 from .config import PRESETS, HAFSVGConfig
 from .data import TESTSET_DATASETS, make_dataset, make_testset
 from .data.testset import default_frames
-from .evaluate import METRICS, evaluate, file_sha256, write_report
+from .evaluation.bench_report import bench_report
+from .evaluation.profile import CPU_SIZE, GPU_SIZE, default_backends, format_table, profile
+from .evaluation.report import METRICS, evaluate, file_sha256, write_report
 from .interop import describe_import, load_any_checkpoint, load_svg_checkpoint
 from .metrics import PROTOCOLS
 from .models import HAFSVG
-from .profile import CPU_SIZE, GPU_SIZE, default_backends, format_table, profile
-from .train import CHECKPOINT_NAME, check_clips, existing_run, load_checkpoint, resolve_device, save_checkpoint, train
+from .training.train import (
+    CHECKPOINT_NAME,
+    check_clips,
+    existing_run,
+    load_checkpoint,
+    resolve_device,
+    save_checkpoint,
+    train,
+)
 from .viz import save_grid
 
 __all__ = ["build_parser", "main", "parse_overrides"]
@@ -395,7 +403,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import PRETRAINED, demo  # imported here: the other commands do not need the shipped files
+    from .pretrained.demo import PRETRAINED, demo  # imported here: the other commands do not need it
 
     out = Path(args.out) if args.out is not None else RUNS / "demo-samples"
     summary = demo(

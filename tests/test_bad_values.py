@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hafsvg import HAFSVG, HAFSVGConfig, fast_sampling, metrics
-from hafsvg.evaluate import evaluate, write_report
+from hafsvg.evaluation.report import evaluate, write_report
 from hafsvg.fast_sampling import FastSampler, _fold
 from hafsvg.metrics import best_of_n, evaluate_samples, mse, psnr, ssim
 

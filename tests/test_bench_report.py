@@ -6,8 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from hafsvg.bench_report import bench_report, load_cases, load_targets, speedups
 from hafsvg.cli import main
+from hafsvg.evaluation.bench_report import bench_report, load_cases, load_targets, speedups
 
 pytest_plugins = ["pytester"]
 

@@ -13,7 +13,7 @@ from PIL import Image
 from hafsvg import HAFSVG, HAFSVGConfig
 from hafsvg.cli import main, parse_overrides
 from hafsvg.data import make_dataset
-from hafsvg.evaluate import evaluate
+from hafsvg.evaluation.report import evaluate
 from hafsvg.viz import GAP, SPLIT_GAP, grid_image
 
 # Tiny HAF-SVG-4, two coarse aligned levels, 2 context frames, eager kernels: fast enough for CLI round trips.

@@ -14,7 +14,7 @@ from PIL import Image
 from hafsvg import HAFSVG, HAFSVGConfig
 from hafsvg.cli import main
 from hafsvg.data import make_dataset
-from hafsvg.evaluate import ci95, curves, evaluate, write_report
+from hafsvg.evaluation.report import ci95, curves, evaluate, write_report
 from hafsvg.metrics import mse, psnr, ssim
 from hafsvg.train import save_checkpoint
 

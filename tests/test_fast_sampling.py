@@ -8,7 +8,7 @@ from hafsvg import HAFSVG, HAFSVGConfig, fast_sampling
 from hafsvg.fast_sampling import FastSampler
 from hafsvg.metrics import evaluate_samples
 from hafsvg.models import DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
-from hafsvg.split_conv import SplitConvDecoder
+from hafsvg.sampling.split_conv import SplitConvDecoder
 
 CUDA = torch.cuda.is_available()
 

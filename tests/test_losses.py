@@ -1,6 +1,6 @@
 import torch
 
-from hafsvg.losses import kl_gaussian
+from hafsvg.models.losses import kl_gaussian
 
 
 def test_closed_form_kl_matches_monte_carlo():

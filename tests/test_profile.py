@@ -71,7 +71,7 @@ def test_profile_prints_no_profiler_log_lines(tmp_path):
 
 def test_table_explains_its_dashes():
     """The reference row has no stage hooks: its stage cells are "-", and a footnote says why."""
-    from hafsvg.profile import format_table
+    from hafsvg.evaluation.profile import format_table
 
     row = {"total_s": 1.0, "frames_per_s": 4.0, "memory_peak_bytes": None, "ssim": 0.5, "psnr": 10.0}
     summary = {"clips": 1, "samples": 2, "steps": 2, "device": "cpu", "dtype": "float32", "graphs": False, "rows": [
@@ -90,10 +90,10 @@ def test_table_explains_its_dashes():
 
 
 def test_readme_states_the_cpu_default_size():
-    """The README's profile line gives the CPU default size that hafsvg.profile.CPU_SIZE sets."""
+    """The README's profile line gives the CPU default size that hafsvg.evaluation.profile.CPU_SIZE sets."""
     from pathlib import Path
 
-    from hafsvg.profile import CPU_SIZE
+    from hafsvg.evaluation.profile import CPU_SIZE
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "{} x {} x {} on a CPU: about a minute on one core".format(*CPU_SIZE) in readme

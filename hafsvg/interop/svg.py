@@ -45,7 +45,7 @@ import torch
 
 from ..config import HAFSVGConfig
 from ..models import HAFSVG
-from ..train import load_checkpoint
+from ..training.train import load_checkpoint
 from .safe_pickle import (
     NotACheckpoint,
     PickledObject,

@@ -11,8 +11,8 @@ from torch import nn
 from hafsvg_kernels import LSTM, HierarchicalGaussianLSTM
 
 from ..config import HAFSVGConfig
-from ..losses import kl_gaussian
 from .dcgan64 import DCGANDecoder, DCGANEncoder
+from .losses import kl_gaussian
 from .vgg64 import VGGDecoder, VGGEncoder
 
 BACKBONES = {"dcgan": (DCGANEncoder, DCGANDecoder), "vgg": (VGGEncoder, VGGDecoder)}

@@ -24,11 +24,11 @@ import torch
 from tqdm import tqdm
 
 from ..data import make_dataset
-from ..evaluate import BASELINES, ci95
-from ..fast_sampling import FastSampler
+from ..evaluation.profile import default_backends
+from ..evaluation.report import BASELINES, ci95
 from ..metrics import evaluate_samples, psnr, ssim
-from ..profile import default_backends
-from ..train import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, save_checkpoint
+from ..sampling import FastSampler
+from ..training.train import CHECKPOINT_NAME, METRICS_NAME, load_checkpoint, save_checkpoint
 from ..viz import plot_curves
 from . import CARD, CHECKPOINT, CURVE, SCORES, TESTSET
 

@@ -5,7 +5,7 @@ Rows: ``reference`` (:meth:`HAFSVG.sample` then :func:`evaluate_samples`, every 
 decoder ``forward`` wrapped in ``torch.compile``: the modules, not the whole step function; the
 recurrent steps stay eager), and ``fast:<backend>`` (:meth:`FastSampler.best_of_n`) per backend.
 
-How the stages are measured: :class:`~hafsvg.stages.Stages` times each stage by wall clock with
+How the stages are measured: :class:`~hafsvg.sampling.stages.Stages` times each stage by wall clock with
 the device synchronized at its boundaries (exclusive times: the aligner inside the decoder is
 subtracted from it). The synchronizations cost a little and remove CPU/GPU overlap, so a row's
 total is timed separately, in a run without stage timing; the stage columns come from a second
@@ -37,11 +37,11 @@ from tqdm import tqdm
 from hafsvg_kernels.attention.interface import ATTENTION
 from hafsvg_kernels.recurrent.interface import GAUSSIAN_LSTM_STEP, LSTM_STEP
 
-from .fast_sampling import FastSampler
-from .metrics import evaluate_samples
-from .models import HAFSVG
+from ..metrics import evaluate_samples
+from ..models import HAFSVG
+from ..sampling import FastSampler
 
-__all__ = ["CPU_SIZE", "GPU_SIZE", "STAGES", "default_backends", "format_table", "profile"]
+__all__ = ["CPU_SIZE", "GPU_SIZE", "STAGES", "default_backends", "eager_reference", "format_table", "profile"]
 
 #: (clips, samples, future steps): the paper's best-of-100 workload on a GPU; on a CPU a size that
 #: takes about a minute with one thread (measured on a 2-core machine with the other core busy).
@@ -128,7 +128,7 @@ class _Row:
         return scores
 
 
-def _eager(model):
+def eager_reference(model):
     """A copy of ``model`` with every op on the ``torch`` backend (the eager reference)."""
     model = copy.deepcopy(model)
     for mod in model.modules():
@@ -138,9 +138,9 @@ def _eager(model):
 
 
 def _rows(model, backends, dtype, graphs, noise, compile_):
-    rows = [_Row("reference", _eager(model))]
+    rows = [_Row("reference", eager_reference(model))]
     if compile_:
-        compiled = _eager(model)
+        compiled = eager_reference(model)
         for mod in (compiled.encoder, compiled.decoder):
             mod.forward = torch.compile(mod.forward)
         rows.append(_Row("compile", compiled))

@@ -28,8 +28,8 @@ from torch import nn
 
 from hafsvg_kernels import aligned_attention
 
-from .models.aligner import AlignerKV, _tokens
-from .models.skip_decoder import SkipDecoder
+from ..models.aligner import AlignerKV, _tokens
+from ..models.skip_decoder import SkipDecoder
 
 
 def _leaves(block: nn.Module) -> list[nn.Module]:

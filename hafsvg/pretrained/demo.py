@@ -17,17 +17,16 @@ from pathlib import Path
 
 import torch
 
-from .data import make_dataset
-from .evaluate import BASELINES
-from .fast_sampling import FastSampler
-from .metrics import evaluate_samples, psnr, ssim
-from .pretrained import CHECKPOINT as PRETRAINED
-from .pretrained import TESTSET
-from .profile import _eager as eager_reference
-from .profile import default_backends
-from .stages import Stages, staged_methods
-from .train import load_checkpoint
-from .viz import labelled_grid, save_gif
+from ..data import make_dataset
+from ..evaluation.profile import default_backends, eager_reference
+from ..evaluation.report import BASELINES
+from ..metrics import evaluate_samples, psnr, ssim
+from ..sampling import FastSampler
+from ..sampling.stages import Stages, staged_methods
+from ..training.train import load_checkpoint
+from ..viz import labelled_grid, save_gif
+from . import CHECKPOINT as PRETRAINED
+from . import TESTSET
 
 __all__ = ["PRETRAINED", "STAGES", "TESTSET", "demo", "format_stages", "load_pretrained"]
 
@@ -78,7 +77,7 @@ def demo(out: str | Path, *, clips: int = 4, samples: int = 100, backend: str | 
         clips: test clips (1..64) of the shipped test set, from the first.
         samples: futures per clip (N of best-of-N).
         backend: the fused sampler's backend (default: the device's fused backend, see
-            :func:`hafsvg.profile.default_backends`; "torch" where none is available).
+            :func:`hafsvg.evaluation.profile.default_backends`; "torch" where none is available).
         checkpoint: a Moving-MNIST model with 5 context frames instead of the shipped one.
 
     Returns:

@@ -19,10 +19,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .data.testset import quantize, write_npz
-from .metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, evaluate_samples, mse, psnr, ssim
-from .models import HAFSVG
-from .viz import plot_curves
+from ..data.testset import quantize, write_npz
+from ..metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, evaluate_samples, mse, psnr, ssim
+from ..models import HAFSVG
+from ..viz import plot_curves
 
 __all__ = ["BASELINES", "CI_RULE", "METRICS", "N_FIRST", "ci95", "curves", "evaluate", "file_sha256", "write_report"]
 

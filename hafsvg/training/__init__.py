@@ -1,0 +1,1 @@
+"""ELBO training with checkpoints, resume, metrics log and sample grids (:mod:`.train`)."""
