@@ -8,10 +8,12 @@
 // and logvar are one GEMM against [mu_w; logvar_w] (a (2Z, H) copy, tiny), and their biases, exp
 // and the reparameterisation one pointwise kernel writing the group's columns of z, mu, logvar.
 //
-// Inference path (no autograd, e.g. sampling): the caller passes packed weights, computed once per
-// weight version (hafsvg_kernels/recurrent/cpp_recurrent.py): per cell W_cat = [W_ih, W_hh] and
-// b = b_ih + b_hh, so each cell is ONE GEMM of [inp, h] (a small activation concatenation) against
-// W_cat^T; and for the first cell the embed is folded in, since it is linear:
+// Inference (no autograd, e.g. sampling) runs the training path's forward, saving nothing, unless the
+// caller passes packed weights that it owns and keeps in step with the weights
+// (hafsvg_kernels/recurrent/cpp_recurrent.py passes none: writes through param.data cannot be
+// detected, and packing on every call costs more than the step). Packed: per cell
+// W_cat = [W_ih, W_hh] and b = b_ih + b_hh, so each cell is ONE GEMM of [inp, h] (a small activation
+// concatenation) against W_cat^T; and for the first cell the embed is folded in, since it is linear:
 //   embed(u) W_ih^T + b_ih + b_hh = u (W_ih embed_w)^T + (W_ih embed_b + b_ih + b_hh),
 // so W_cat_0 = [W_ih embed_w, W_hh]: no embed GEMM, and the first GEMM has I_j + H columns instead
 // of 2H (a third fewer FLOPs per step at SVG's sizes: I = 128 + j Zg, H = 256).

@@ -15,6 +15,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
+#include <type_traits>
 
 namespace hafsvg::cpu {
 
@@ -105,11 +107,17 @@ inline void gemm_tile(int64_t rows, int64_t cols, int64_t K, const T* A, int64_t
 }
 
 // exp with ATen's vectorised implementations: the 20-ulp one for float (enough for a softmax
-// checked at 1e-4), the accurate one for double.
+// checked at 1e-4), the accurate one for double. exp_u20 clamps its argument into
+// [ln(FLT_MIN), ln(FLT_MAX)] with min/max, which turns NaN into ln(FLT_MAX) and +inf into a finite
+// ~FLT_MAX: both are put back to IEEE exp's results (NaN -> NaN, x > ln(FLT_MAX) -> +inf), so that
+// NaN and inf propagate as in torch (sigmoid(NaN) = NaN, not 0; exp(+inf) = inf).
 template <typename T>
 inline Vec<T> vexp(const Vec<T>& x) {
   if constexpr (std::is_same_v<T, float>) {
-    return x.exp_u20();
+    constexpr float kLnFltMax = 88.72283935546875f;  // 0x42b17218, exp_u20's upper clamp
+    const Vec<T> inf(std::numeric_limits<float>::infinity());
+    const Vec<T> e = Vec<T>::blendv(x.exp_u20(), inf, x > Vec<T>(kLnFltMax));
+    return Vec<T>::blendv(e, x, x.isnan());
   } else {
     return x.exp();
   }

@@ -16,6 +16,7 @@ import torch
 
 from .._dispatch import Backend
 from .._ext import cpu_unavailable, cuda_backend_unavailable, load_cpu, load_cuda, load_refusal
+from ._guards import needs_grad, once_differentiable, write_out
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -43,7 +44,7 @@ class _ExtensionAttention(torch.autograd.Function):
         return o
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable("cpp/cuda extension")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = ctx.loader().attention_backward(dout, q, k, v, out, lse, ctx.scale)
@@ -52,9 +53,16 @@ class _ExtensionAttention(torch.autograd.Function):
 
 
 def _run(loader, q, k, v, scale, out):
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        return _ExtensionAttention.apply(out, q, k, v, scale, loader)
-    return loader().attention_forward(q, k, v, scale, out)[0]
+    # ``out`` counts: a non-leaf ``out`` that requires grad needs the Function to record the write
+    # (its overwritten contents then get no gradient), even when q, k and v need none.
+    grad = needs_grad(q, k, v, out)
+
+    def run(q, k, v, scale, out):
+        if grad:
+            return _ExtensionAttention.apply(out, q, k, v, scale, loader)
+        return loader().attention_forward(q, k, v, scale, out)[0]
+
+    return write_out(run, q, k, v, scale, out, grad)
 
 
 def attention_cpp(q, k, v, scale, out):

@@ -27,6 +27,7 @@ annotations.
 import torch
 
 from . import triton_attention
+from ._guards import once_differentiable
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
 
@@ -54,6 +55,7 @@ class AlignedAttentionFunction(torch.autograd.Function):
         return o
 
     @staticmethod
+    @once_differentiable("triton")
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = triton_attention.backward(do, q, k, v, o, lse, ctx.scale)

@@ -8,10 +8,17 @@ import torch
 
 from .._dispatch import Backend, Op
 from .._triton import device_refusal, triton_unavailable
+from ._guards import compiling, needs_grad, write_out
 from .cpp_attention import CPP_BACKEND, CUDA_BACKEND
 from .reference import aligned_attention_ref
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+#: Largest |scale| taken. Every backend multiplies float32 (float64) scores by it, so the scores
+#: stay finite while |q . k| < 3.4e38 / MAX_ABS_SCALE = 3.4e34 (fp32), far beyond any inputs of
+#: reasonable magnitude (fp16 inputs give |q . k| <= 65504**2 * d_qk). At scale 1e38 an fp32 score
+#: overflows to inf and the softmax returns NaN where the float64 reference is finite.
+MAX_ABS_SCALE = 1e4
 
 #: Backends per device type, fastest first (``auto`` takes the first that accepts). The CUDA order
 #: (triton, then the C++/CUDA extension's "cuda", then torch) is by design, not yet by measurement:
@@ -33,7 +40,7 @@ ATTENTION.register(Backend("torch", _torch_backend))
 def _triton_backend(q, k, v, scale, out):
     from .function import aligned_attention_triton  # imports Triton: only once the backend is chosen
 
-    return aligned_attention_triton(q, k, v, scale, out)
+    return write_out(aligned_attention_triton, q, k, v, scale, out, needs_grad(q, k, v, out))
 
 
 def _triton_refuses(q, k, v, scale, out) -> list[str]:
@@ -92,6 +99,11 @@ def check_attention_inputs(q, k, v, scale, out) -> None:
         raise ValueError(f"aligned_attention: v's batch {Bv} does not divide q's batch {B}")
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
         raise ValueError(f"aligned_attention: scale must be a finite number, got {scale!r}")
+    if abs(scale) > MAX_ABS_SCALE:
+        raise ValueError(
+            f"aligned_attention: |scale| must be at most {MAX_ABS_SCALE:g} (MAX_ABS_SCALE: larger scales overflow "
+            f"the float32 scores), got {scale!r}"
+        )
     if out is not None:
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"aligned_attention: out must be a torch.Tensor, got {type(out).__name__}")
@@ -101,6 +113,38 @@ def check_attention_inputs(q, k, v, scale, out) -> None:
             raise ValueError(
                 f"aligned_attention: out is {out.dtype} on {out.device}, expected {q.dtype} on {q.device}"
             )
+        if not compiling():  # (fake tensors under torch.compile: its functionalisation checks these)
+            _check_out_writable(out)
+
+
+def _check_out_writable(out) -> None:
+    """What torch refuses for an in-place write: ``out`` whose elements share memory (a stride-0,
+    expanded dimension), and, with grad enabled, a leaf that requires grad or a view of one."""
+    if _has_internal_overlap(out):
+        raise ValueError(
+            f"aligned_attention: out (shape {tuple(out.shape)}, strides {out.stride()}) has elements that share "
+            "memory (e.g. an expanded, stride-0 dimension): more than one element of the written-to tensor refers "
+            "to a single memory location; pass an out without overlap (torch refuses such a write too)"
+        )
+    if torch.is_grad_enabled() and out.requires_grad:
+        if out.is_leaf:
+            raise RuntimeError(
+                "aligned_attention: out: a leaf Variable that requires grad is being used in an in-place operation."
+            )
+        base = out._base
+        if base is not None and base.is_leaf and base.requires_grad:
+            raise RuntimeError(
+                "aligned_attention: out: a view of a leaf Variable that requires grad is being used in an in-place "
+                "operation."
+            )
+
+
+def _has_internal_overlap(t) -> bool:
+    """torch's own test (MemOverlap::Yes: a dimension of size > 1 with stride 0, ...) where there."""
+    check = getattr(torch, "_debug_has_internal_overlap", None)
+    if check is not None:
+        return check(t) == 1
+    return any(n > 1 and s == 0 for n, s in zip(t.shape, t.stride()))
 
 
 def aligned_attention(q, k, v, *, scale: float = 1.0, out=None, backend: str = "auto"):
@@ -110,8 +154,14 @@ def aligned_attention(q, k, v, *, scale: float = 1.0, out=None, backend: str = "
         q: (B, N, d_qk) queries; any strides.
         k: (Bk, M, d_qk) keys; Bk divides B and query batch b reads key batch b // (B // Bk).
         v: (Bv, M, d_v) values; Bv divides B and query batch b reads value batch b // (B // Bv).
-        scale: multiplies the scores before the softmax (the paper uses none: 1.0).
-        out: optional (B, N, d_v) tensor, possibly a strided view, written in place.
+        scale: multiplies the scores before the softmax (the paper uses none: 1.0); a finite number
+            with ``|scale| <= MAX_ABS_SCALE`` (1e4), so that the float32 scores cannot overflow
+            for inputs with ``|q . k| < 3.4e34``.
+        out: optional (B, N, d_v) tensor, possibly a strided view, written in place. Not one whose
+            elements share memory (stride 0), nor, with grad enabled, a leaf requiring grad (or a
+            view of one): torch refuses these too. It may share memory with q, k or v: the fused
+            backends then compute into a new tensor and copy it (``out`` exactly q, without
+            autograd, is written in place).
         backend: ``"auto"``, ``"torch"``, or a fused backend where installed.
 
     Returns:

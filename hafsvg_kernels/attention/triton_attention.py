@@ -22,7 +22,7 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
 * d_qk (1..128) is padded to BLOCK_D = max(16, next power of two) with masked loads (zeros add
   nothing to the dot; ``tl.dot`` needs K >= 16).
 * d_v (up to 512) is tiled across the grid's third axis in tiles of BLOCK_DV <= 128. Each value
-  tile recomputes the scores, which costs nothing extra where it matters: the SPEC's large-N rows
+  tile recomputes the scores, which costs nothing extra where it matters: the paper models' large-N rows
   (N = 4096, 1024) have C <= 128 = one tile, and the rows with C = 256, 512 have N <= 256, where
   the recomputation is small and the extra programs give the GPU parallelism that N alone lacks.
   A loop over value tiles inside the program would instead need a (BLOCK_Q x 512) fp32

@@ -9,29 +9,20 @@ is one C++ call that walks the groups and cells in reverse (the choice over regi
 in C++: the tensors arrive as flat lists whose layout only this file and the C++ share, and a
 Python Function costs one dispatch per step, not per op). Without grad (sampling) nothing is saved.
 
-Without grad (inference) the cells run on packed weights: per cell ``[W_ih, W_hh]`` and
-``b_ih + b_hh``, so each cell is one GEMM of ``[inp, h]``; and the embed Linear is folded into the
-first cell, since it is linear: ``embed(u) W_ih^T = u (W_ih embed_w)^T + W_ih embed_b``. That
-removes the embed GEMM and narrows the first GEMM from 2H to I_j + H columns (I_j = I + j Zg).
-The packed weights are computed once and cached while the weights stay the same objects with the
-same version counters: :func:`packed_weights`. In-place updates of the parameters themselves
-(optimizer steps, ``load_state_dict``, ``nn.init``) move the version counter and repack; writes
-through ``param.data`` do not (``.data`` has a version counter of its own): after such writes call
-:func:`clear_packed_weights`. ``HAFSVG_PACK_WEIGHTS=0`` turns packing off (the inference path is
-then the training path's forward, saving nothing). With grad the unpacked path runs: its backward
-needs the embed's output and the per-tensor weights.
+Both paths read the weights where they are, on every call: no packed copy. (An earlier version
+cached, per weight version, a packed copy with the embed folded into the first cell, a third fewer
+FLOPs; but writes through ``param.data`` move no version counter, so that cache went stale
+silently, and packing on every call costs more than the step itself. The C++ side still accepts
+packed weights from a caller that owns them; this backend passes none.)
 """
 
 from __future__ import annotations
 
-import os
-import weakref
-
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .._dispatch import Backend
 from .._ext import cpu_unavailable, cuda_backend_unavailable, load_cpu, load_cuda, load_refusal
+from .noise import draw_noise_torch
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -63,36 +54,9 @@ def _nest(flat, groups: int, layers: int):
     )
 
 
-_PACKED = WeakIdKeyDictionary()
-
-
-def packed_weights(embed_w, embed_b, cells) -> list[torch.Tensor]:
-    """The inference weights of one stack, 2 per cell (detached): ``[W_ih embed_w, W_hh]`` and
-    ``W_ih embed_b + b_ih + b_hh`` for the first cell, ``[W_ih, W_hh]`` and ``b_ih + b_hh`` for the
-    others. Cached on ``embed_w`` (weakly); recomputed when any weight is another object or was
-    modified in place (its version counter moved)."""
-    tensors = (embed_w, embed_b) + tuple(t for c in cells for t in c)
-    key = tuple((id(t), t._version) for t in tensors)
-    hit = _PACKED.get(embed_w)
-    if hit is not None and hit[0] == key and all(r() is t for r, t in zip(hit[1], tensors)):
-        return hit[2]
-    with torch.no_grad():
-        packed = []
-        for i, c in enumerate(cells):
-            w_in = c.w_ih @ embed_w if i == 0 else c.w_ih
-            bias = c.b_ih + c.b_hh
-            packed += [torch.cat([w_in, c.w_hh], 1), torch.addmv(bias, c.w_ih, embed_b) if i == 0 else bias]
-    _PACKED[embed_w] = (key, tuple(weakref.ref(t) for t in tensors), packed)
-    return packed
-
-
 def clear_packed_weights() -> None:
-    """Forget every cached packed weight (needed only after writes through ``param.data``)."""
-    _PACKED.clear()
-
-
-def _pack_enabled() -> bool:
-    return os.environ.get("HAFSVG_PACK_WEIGHTS", "1").strip() not in ("0", "false", "no")
+    """Nothing to clear: the backend keeps no packed copy of the weights (see the module
+    docstring). Kept so that callers of the former cache keep working."""
 
 
 def _needs_grad(tensors) -> bool:
@@ -150,19 +114,13 @@ class _LSTMStep(torch.autograd.Function):
 
 def _gaussian(loader, x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
     G, L = len(weights), len(weights[0].cells)
-    if eps is None:
-        from .interface import draw_noise_torch  # the torch backend's numbers for (seed, offset)
-
+    if eps is None:  # the torch backend's numbers for (seed, offset)
         eps = draw_noise_torch(x, G * weights[0].mu_w.shape[0], seed, offset)
     flat = _flat_states(states) + _flat_gaussian(weights)
     if _needs_grad([x, eps, cond, *flat]):
         res = _GaussianStep.apply((loader, G, L), x, eps, cond, *flat)
     else:
-        packed = []
-        if _pack_enabled():
-            for w in weights:
-                packed += packed_weights(w.embed_w, w.embed_b, w.cells)
-        res = loader().gaussian_step_forward(x, flat[: 2 * G * L], flat[2 * G * L :], eps, cond, G, L, False, packed)
+        res = loader().gaussian_step_forward(x, flat[: 2 * G * L], flat[2 * G * L :], eps, cond, G, L, False, [])
     z, mu, logvar = res[:3]
     return z, mu, logvar, _nest(res[3 : 3 + 2 * G * L], G, L)
 
@@ -174,8 +132,7 @@ def _lstm(loader, x, state, weights):
     if _needs_grad([x, *flat_state, *flat_w]):
         res = _LSTMStep.apply((loader, L), x, *flat_state, *flat_w)
     else:
-        packed = packed_weights(weights.embed_w, weights.embed_b, weights.cells) if _pack_enabled() else []
-        res = loader().lstm_step_forward(x, flat_state, flat_w, L, False, packed)
+        res = loader().lstm_step_forward(x, flat_state, flat_w, L, False, [])
     return res[0], _nest(res[1 : 1 + 2 * L], 1, L)[0]
 
 

@@ -12,6 +12,7 @@ import torch
 from .._dispatch import Backend, Op
 from .._triton import device_refusal, triton_unavailable
 from .cpp_recurrent import GAUSSIAN_CPP, GAUSSIAN_CUDA, LSTM_CPP, LSTM_CUDA
+from .noise import draw_noise_torch
 from .reference import gaussian_lstm_step_ref, lstm_step_ref
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -26,38 +27,6 @@ GAUSSIAN_LSTM_STEP = Op("gaussian_lstm_step", _ORDER)
 
 #: G x n_layers above which the Triton kernel (unrolled over groups and layers) is refused.
 MAX_FUSED_CELLS = 32
-
-
-def _mix_seed(seed: int, offset: int) -> int:
-    """A torch generator seed from (seed, offset): splitmix64 of the pair, 63 bits."""
-    m = (1 << 64) - 1
-    v = (seed * 0x9E3779B97F4A7C15 + offset + 0x632BE59BD9B4E019) & m
-    v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & m
-    v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & m
-    return (v ^ (v >> 31)) >> 1
-
-
-def _host_offset(offset) -> int:
-    """An int offset as is; a device offset's value (reading it synchronizes with the device).
-    Refused while a CUDA stream is capturing a graph: the read would be captured as a constant."""
-    if not isinstance(offset, torch.Tensor):
-        return offset
-    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            "gaussian_lstm_step: a device offset under CUDA-graph capture needs backend='triton' (the torch, "
-            "cpp and cuda backends seed a torch generator with its value, read on the host)"
-        )
-    return int(offset)
-
-
-def draw_noise_torch(x, n: int, seed: int, offset) -> torch.Tensor:
-    """The torch backend's noise for (seed, offset): (B, n) from a generator seeded with both;
-    reproducible, but not the numbers the Triton kernels draw. ``offset``: an int, or a device
-    offset (its value is read: not under CUDA-graph capture)."""
-    mixed = _mix_seed(seed, _host_offset(offset))  # before anything touches the device
-    gen = torch.Generator(device=x.device)
-    gen.manual_seed(mixed)
-    return torch.randn(x.shape[0], n, device=x.device, dtype=x.dtype, generator=gen)
 
 
 def _gaussian_torch(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
@@ -76,8 +45,15 @@ for _b in (GAUSSIAN_CPP, GAUSSIAN_CUDA):
 
 def _triton_refusal(x, n_cells: int) -> list[str]:
     why = device_refusal(x)
-    if x.dtype == torch.float64 and x.device.type != "cpu":
-        why.append("float64 runs on the Triton interpreter (CPU) only; use backend='torch' for float64 on GPU")
+    if x.dtype == torch.float64:
+        why.append(
+            "float64: the kernels accumulate in float32 (fp64 operands would meet fp32 tl.dot accumulators); "
+            "use backend='torch' (or 'cpp' on CPU) for float64"
+        )
+    if x.dtype == torch.bfloat16 and x.device.type == "cpu":
+        why.append(
+            "bfloat16 runs on GPU only: the Triton interpreter keeps bf16 as raw uint16 and its tl.dot multiplies bits"
+        )
     if n_cells > MAX_FUSED_CELLS:
         why.append(
             f"{n_cells} LSTM cells per step (groups x n_layers) > {MAX_FUSED_CELLS}: the kernel unrolls over them"

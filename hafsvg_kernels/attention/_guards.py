@@ -1,0 +1,94 @@
+"""What the fused attention backends (``cpp``, ``cuda``, ``triton``) share around their kernels so
+that they return what the torch backend returns or raise:
+
+* :func:`write_out`: an ``out`` that shares memory with q, k or v. The kernels read their inputs
+  while writing ``out``, block by block, so a partial overlap (``out`` a shifted view of q's
+  memory, say) would read values already overwritten. Such calls compute into a new tensor and
+  copy it into ``out`` (as the torch backend does). ``out`` that *is* q (same memory, shape and
+  strides) stays written in place without autograd: each block reads its q rows before writing
+  the same rows of ``out``. With autograd every overlapping input is cloned first (a
+  differentiable copy), since the Functions save their inputs and the copy into ``out`` would
+  change them under the saved tensors.
+* :func:`once_differentiable`: the backward of a backend whose gradients are not differentiable
+  (its kernels build no graph) raises, when someone differentiates those gradients, an error that
+  names the backend, instead of autograd's "element 0 of tensors does not require grad".
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, one past the last byte] of the memory t's elements occupy (strides >= 0)."""
+    lo = t.data_ptr()
+    return lo, lo + (sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+
+def may_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b may share memory: their address spans intersect (conservative: views that
+    interleave without sharing elements count as overlapping). Non-empty tensors."""
+    if a.device != b.device:
+        return False
+    (alo, ahi), (blo, bhi) = _span(a), _span(b)
+    return alo < bhi and blo < ahi
+
+
+def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """a and b are the same elements in the same order: same start, shape and strides."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+def compiling() -> bool:
+    """Whether Dynamo is tracing (fake tensors: no data pointers to compare)."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd records a call on these tensors (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def write_out(run, q, k, v, scale, out, needs_grad: bool):
+    """``run(q, k, v, scale, out)`` (a backend's kernels, writing ``out`` in place when given and
+    returning it) with ``out`` made safe: see the module docstring. Under ``torch.compile`` the
+    call goes through as is (the compiled route's custom ops are functionalised)."""
+    if out is None or compiling():
+        return run(q, k, v, scale, out)
+    overlapping = [may_overlap(out, t) for t in (q, k, v)]
+    if not any(overlapping):
+        return run(q, k, v, scale, out)
+    if not needs_grad and overlapping == [True, False, False] and same_view(out, q):
+        return run(q, k, v, scale, out)
+    if needs_grad:
+        q, k, v = (t.clone() if o else t for t, o in zip((q, k, v), overlapping))
+    return out.copy_(run(q, k, v, scale, None))
+
+
+def once_differentiable(backend: str):
+    """Like ``torch.autograd.function.once_differentiable``, with an error naming ``backend`` and
+    raised wherever the gradients get differentiated: the gradients computed under
+    ``create_graph=True`` carry a node that raises it (torch's decorator adds that node only when
+    an incoming gradient requires grad, so differentiating, e.g., dq of ``out.sum()`` failed with
+    "element 0 of tensors does not require grad")."""
+    message = (
+        f"aligned_attention: the {backend} backend does not support double backward (its gradients are not "
+        "differentiable: create_graph=True then differentiating them); use backend='torch', which does"
+    )
+
+    def decorate(backward):
+        @functools.wraps(backward)
+        def wrapper(ctx, *grads):
+            with torch.no_grad():
+                outputs = backward(ctx, *grads)
+            if not torch.is_grad_enabled():  # create_graph=False: nothing will differentiate them
+                return outputs
+            delayed = torch._C._functions.DelayedError(message.encode(), len(outputs))
+            return delayed(*[None if g is None else g.detach().requires_grad_() for g in outputs])
+
+        return wrapper
+
+    return decorate
