@@ -148,7 +148,7 @@ setup(
     install_requires=["torch>=2.4", "numpy", "pillow", "tqdm", "ninja"],
     extras_require={
         "triton": ["triton>=3.0"],
-        "test": ["pytest", "pytest-benchmark", "scikit-image", "triton>=3.0", "ruff", "ninja"],
+        "test": ["pytest", "pytest-benchmark", "scikit-image", "triton>=3.0", "ruff", "ninja", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["hafsvg=hafsvg.cli:main"]},
     ext_modules=ext_modules,

@@ -11,6 +11,12 @@ type that is available and accepts; ``HAFSVG_BACKEND=<name>`` in the environment
 for every call that asks for ``auto``. An explicitly asked-for backend (or one forced by the
 variable) that cannot run raises :class:`BackendUnavailable` with its reasons (and, for the
 variable, its valid names), never falls back silently.
+
+Under ``torch.compile`` nothing here is traced: the ops' compiled routes
+(``attention/compiled.py``, ``recurrent/compiled.py``) pass the backend's name (``auto``
+included) into a custom op whose implementation calls :meth:`Op.select` at run time. Under
+autocast :meth:`Op.select_variant` lets a backend that refuses the low-precision inputs take
+them upcast to float32 instead.
 """
 
 from __future__ import annotations
@@ -62,6 +68,13 @@ class Op:
     def select(self, backend: str, device_type: str, *args, **kwargs) -> Backend:
         """The backend to run: ``backend`` itself, or for ``"auto"`` the env override or the
         first accepting backend in this device type's preference order."""
+        return self.select_variant(backend, device_type, [(args, kwargs)])[0]
+
+    def select_variant(self, backend: str, device_type: str, variants) -> tuple[Backend, int]:
+        """As :meth:`select`, over alternative argument lists ``variants`` ((args, kwargs) pairs,
+        e.g. the inputs as given, then upcast to float32 for a backend that refuses their dtype
+        under autocast): the backend and the index of the first variant it accepts, each
+        candidate backend trying the variants in order. Errors give the first variant's reasons."""
         forced = None
         if backend == "auto":
             forced = os.environ.get(ENV_VAR, "").strip()
@@ -71,22 +84,27 @@ class Op:
                 raise BackendUnavailable(
                     f"{ENV_VAR}={forced!r} names no backend; valid names: {self._valid_names()} (or unset {ENV_VAR})"
                 )
-            why = self.reasons(backend, *args, **kwargs)
-            if why:
-                message = f"{self.name}: backend {backend!r} cannot run these inputs: " + "; ".join(why)
-                if forced:
-                    message = (
-                        f"{ENV_VAR}={forced} forces {message}; valid names: {self._valid_names()} (unset {ENV_VAR} "
-                        "to let each op take the first backend that can run)"
-                    )
-                raise BackendUnavailable(message)
-            return self.backends[backend]
+            for i, (args, kwargs) in enumerate(variants):
+                why = self.reasons(backend, *args, **kwargs)
+                if not why:
+                    return self.backends[backend], i
+                if i == 0:
+                    first = why
+            message = f"{self.name}: backend {backend!r} cannot run these inputs: " + "; ".join(first)
+            if forced:
+                message = (
+                    f"{ENV_VAR}={forced} forces {message}; valid names: {self._valid_names()} (unset {ENV_VAR} "
+                    "to let each op take the first backend that can run)"
+                )
+            raise BackendUnavailable(message)
         tried = []
         for name in self.preference.get(device_type, ("torch",)):
-            why = self.reasons(name, *args, **kwargs)
-            if not why:
-                return self.backends[name]
-            tried.append(f"{name}: {'; '.join(why)}")
+            for i, (args, kwargs) in enumerate(variants):
+                why = self.reasons(name, *args, **kwargs)
+                if not why:
+                    return self.backends[name], i
+                if i == 0:
+                    tried.append(f"{name}: {'; '.join(why)}")
         raise BackendUnavailable(f"{self.name}: no backend accepts these inputs ({' | '.join(tried)})")
 
     def __call__(self, backend: str, device_type: str, *args, **kwargs):

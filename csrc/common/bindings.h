@@ -38,8 +38,8 @@ void bind_all(pybind11::module& m, AttentionForward attention_forward, Attention
   m.def(
       "gaussian_step_forward",
       [](const at::Tensor& x, const Tensors& states, const Tensors& weights, const at::Tensor& eps,
-         const c10::optional<at::Tensor>& cond, int64_t groups, int64_t layers, bool save, const Tensors& packed) {
-        return gaussian_step_forward(Ops(), x, states, weights, eps, cond, groups, layers, save, packed);
+         const c10::optional<at::Tensor>& cond, int64_t groups, int64_t layers, bool save) {
+        return gaussian_step_forward(Ops(), x, states, weights, eps, cond, groups, layers, save);
       },
       release());
   m.def(
@@ -54,8 +54,9 @@ void bind_all(pybind11::module& m, AttentionForward attention_forward, Attention
       release());
   m.def(
       "lstm_step_forward",
-      [](const at::Tensor& x, const Tensors& state, const Tensors& weights, int64_t layers, bool save,
-         const Tensors& packed) { return lstm_step_forward(Ops(), x, state, weights, layers, save, packed); },
+      [](const at::Tensor& x, const Tensors& state, const Tensors& weights, int64_t layers, bool save) {
+        return lstm_step_forward(Ops(), x, state, weights, layers, save);
+      },
       release());
   m.def(
       "lstm_step_backward",

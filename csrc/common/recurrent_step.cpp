@@ -8,15 +8,9 @@
 // and logvar are one GEMM against [mu_w; logvar_w] (a (2Z, H) copy, tiny), and their biases, exp
 // and the reparameterisation one pointwise kernel writing the group's columns of z, mu, logvar.
 //
-// Inference (no autograd, e.g. sampling) runs the training path's forward, saving nothing, unless the
-// caller passes packed weights that it owns and keeps in step with the weights
-// (hafsvg_kernels/recurrent/cpp_recurrent.py passes none: writes through param.data cannot be
-// detected, and packing on every call costs more than the step). Packed: per cell
-// W_cat = [W_ih, W_hh] and b = b_ih + b_hh, so each cell is ONE GEMM of [inp, h] (a small activation
-// concatenation) against W_cat^T; and for the first cell the embed is folded in, since it is linear:
-//   embed(u) W_ih^T + b_ih + b_hh = u (W_ih embed_w)^T + (W_ih embed_b + b_ih + b_hh),
-// so W_cat_0 = [W_ih embed_w, W_hh]: no embed GEMM, and the first GEMM has I_j + H columns instead
-// of 2H (a third fewer FLOPs per step at SVG's sizes: I = 128 + j Zg, H = 256).
+// Inference (no autograd, e.g. sampling) runs the training path's forward, saving nothing. The
+// weights are read where they are on every call: no cached copy that writes through param.data
+// could leave stale.
 #include "recurrent_step.h"
 
 namespace hafsvg {
@@ -26,35 +20,22 @@ constexpr int64_t kCellWeights = 4;  // w_ih, w_hh, b_ih, b_hh
 
 // Embed ([x, prev] when prev is defined) and L cells. Appends the new (h, c) pairs to new_states
 // and, with save, h_in and the activated gates to saved. W points at the stack's embed_w.
-// packed: nullptr (training path) or the 2L packed inference weights (W_cat_l, b_l) of the stack.
 at::Tensor stack_forward(const PointwiseOps& pw, const at::Tensor& x, const at::Tensor& prev, const at::Tensor* W,
                          const at::Tensor* state, int64_t layers, bool save, std::vector<at::Tensor>& new_states,
-                         std::vector<at::Tensor>& saved, const at::Tensor* packed) {
+                         std::vector<at::Tensor>& saved) {
   const int64_t I = x.size(1);
-  at::Tensor inp;
-  if (packed == nullptr) {
-    inp = at::mm(x, W[0].narrow(1, 0, I).t());  // h_in = [x, prev] embed_w^T + embed_b
-    if (prev.defined()) inp.addmm_(prev, W[0].narrow(1, I, prev.size(1)).t());
-    inp.add_(W[1]);
-    if (save) saved.push_back(inp);
-  }
+  at::Tensor inp = at::mm(x, W[0].narrow(1, 0, I).t());  // h_in = [x, prev] embed_w^T + embed_b
+  if (prev.defined()) inp.addmm_(prev, W[0].narrow(1, I, prev.size(1)).t());
+  inp.add_(W[1]);
+  if (save) saved.push_back(inp);
   for (int64_t l = 0; l < layers; ++l) {
     const at::Tensor* cw = W + 2 + l * kCellWeights;
     const at::Tensor& h = state[2 * l];
     const at::Tensor c = state[2 * l + 1].contiguous();
-    at::Tensor gates, b_ih, b_hh;
-    if (packed != nullptr) {
-      const at::Tensor u = l > 0            ? at::cat({inp, h}, 1)
-                           : prev.defined() ? at::cat({x, prev, h}, 1)
-                                            : at::cat({x, h}, 1);
-      gates = at::mm(u, packed[2 * l].t());
-      b_ih = packed[2 * l + 1];
-    } else {
-      gates = at::mm(inp, cw[0].t());
-      gates.addmm_(h, cw[1].t());
-      b_ih = cw[2];
-      b_hh = cw[3];
-    }
+    at::Tensor gates = at::mm(inp, cw[0].t());
+    gates.addmm_(h, cw[1].t());
+    const at::Tensor& b_ih = cw[2];
+    const at::Tensor& b_hh = cw[3];
     at::Tensor h_new = at::empty_like(c);
     at::Tensor c_new = at::empty_like(c);
     pw.cell_forward(gates, b_ih, b_hh, c, h_new, c_new, save);
@@ -107,10 +88,8 @@ std::vector<at::Tensor> gaussian_step_forward(const PointwiseOps& pw, const at::
                                               const std::vector<at::Tensor>& states,
                                               const std::vector<at::Tensor>& weights, const at::Tensor& eps_in,
                                               const c10::optional<at::Tensor>& cond, int64_t groups, int64_t layers,
-                                              bool save, const std::vector<at::Tensor>& packed) {
+                                              bool save) {
   const int64_t per_group = 6 + kCellWeights * layers;
-  TORCH_CHECK(packed.empty() || (!save && static_cast<int64_t>(packed.size()) == 2 * layers * groups),
-              "hafsvg gaussian step: packed weights are 2 per cell, for inference (save = false) only");
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == groups * per_group, "hafsvg gaussian step: weight count");
   TORCH_CHECK(static_cast<int64_t>(states.size()) == groups * layers * 2, "hafsvg gaussian step: state count");
   check_common(x, states);
@@ -125,8 +104,7 @@ std::vector<at::Tensor> gaussian_step_forward(const PointwiseOps& pw, const at::
     const at::Tensor* W = weights.data() + j * per_group;
     at::Tensor prev;
     if (j > 0) prev = (cond.has_value() ? *cond : z).narrow(1, 0, j * zg);
-    at::Tensor h = stack_forward(pw, x, prev, W, states.data() + j * layers * 2, layers, save, new_states, saved,
-                                 packed.empty() ? nullptr : packed.data() + 2 * layers * j);
+    at::Tensor h = stack_forward(pw, x, prev, W, states.data() + j * layers * 2, layers, save, new_states, saved);
     const at::Tensor* hw = W + 2 + kCellWeights * layers;  // mu_w, mu_b, lv_w, lv_b
     at::Tensor heads = at::mm(h, at::cat({hw[0], hw[2]}, 0).t());
     pw.reparam_forward(heads, hw[1], hw[3], eps, z, mu, lv, j * zg);
@@ -201,16 +179,13 @@ std::vector<at::Tensor> gaussian_step_backward(const PointwiseOps& pw, const at:
 
 std::vector<at::Tensor> lstm_step_forward(const PointwiseOps& pw, const at::Tensor& x,
                                           const std::vector<at::Tensor>& state, const std::vector<at::Tensor>& weights,
-                                          int64_t layers, bool save, const std::vector<at::Tensor>& packed) {
+                                          int64_t layers, bool save) {
   TORCH_CHECK(static_cast<int64_t>(weights.size()) == 4 + kCellWeights * layers, "hafsvg lstm step: weight count");
-  TORCH_CHECK(packed.empty() || (!save && static_cast<int64_t>(packed.size()) == 2 * layers),
-              "hafsvg lstm step: packed weights are 2 per cell, for inference (save = false) only");
   TORCH_CHECK(static_cast<int64_t>(state.size()) == layers * 2, "hafsvg lstm step: state count");
   check_common(x, state);
   check_common(x, weights);
   std::vector<at::Tensor> new_state, saved;
-  at::Tensor h = stack_forward(pw, x, at::Tensor(), weights.data(), state.data(), layers, save, new_state, saved,
-                               packed.empty() ? nullptr : packed.data());
+  at::Tensor h = stack_forward(pw, x, at::Tensor(), weights.data(), state.data(), layers, save, new_state, saved);
   const at::Tensor* ow = weights.data() + 2 + kCellWeights * layers;  // out_w, out_b
   at::Tensor out = at::addmm(ow[1], h, ow[0].t());
   out.tanh_();

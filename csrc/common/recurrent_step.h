@@ -39,13 +39,11 @@ struct PointwiseOps {
 };
 
 // Returns [z, mu, logvar, new states (G * L * 2)..., saved (G * (1 + L), only when save)...].
-// packed: empty (training path), or (inference only, save = false) per group and cell the packed
-// weights W_cat and bias of recurrent_step.cpp's inference path (the embed folded into cell 0).
 std::vector<at::Tensor> gaussian_step_forward(const PointwiseOps& pw, const at::Tensor& x,
                                               const std::vector<at::Tensor>& states,
                                               const std::vector<at::Tensor>& weights, const at::Tensor& eps,
                                               const c10::optional<at::Tensor>& cond, int64_t groups, int64_t layers,
-                                              bool save, const std::vector<at::Tensor>& packed);
+                                              bool save);
 
 // Returns [dx, dstates (G * L * 2)..., dweights (as weights)..., deps, dcond (undefined without cond)].
 std::vector<at::Tensor> gaussian_step_backward(const PointwiseOps& pw, const at::Tensor& x,
@@ -57,10 +55,10 @@ std::vector<at::Tensor> gaussian_step_backward(const PointwiseOps& pw, const at:
                                                const at::Tensor& dz, const at::Tensor& dmu, const at::Tensor& dlogvar,
                                                const std::vector<at::Tensor>& dstates, int64_t groups, int64_t layers);
 
-// Returns [out, new states (L * 2)..., saved (1 + L, only when save)...]; packed as above.
+// Returns [out, new states (L * 2)..., saved (1 + L, only when save)...].
 std::vector<at::Tensor> lstm_step_forward(const PointwiseOps& pw, const at::Tensor& x,
                                           const std::vector<at::Tensor>& state, const std::vector<at::Tensor>& weights,
-                                          int64_t layers, bool save, const std::vector<at::Tensor>& packed);
+                                          int64_t layers, bool save);
 
 // Returns [dx, dstate (L * 2)..., dweights (as weights)...].
 std::vector<at::Tensor> lstm_step_backward(const PointwiseOps& pw, const at::Tensor& x,

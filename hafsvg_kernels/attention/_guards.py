@@ -9,14 +9,9 @@ that they return what the torch backend returns or raise:
   the same rows of ``out``. With autograd every overlapping input is cloned first (a
   differentiable copy), since the Functions save their inputs and the copy into ``out`` would
   change them under the saved tensors.
-* :func:`once_differentiable`: the backward of a backend whose gradients are not differentiable
-  (its kernels build no graph) raises, when someone differentiates those gradients, an error that
-  names the backend, instead of autograd's "element 0 of tensors does not require grad".
 """
 
 from __future__ import annotations
-
-import functools
 
 import torch
 
@@ -66,29 +61,3 @@ def write_out(run, q, k, v, scale, out, needs_grad: bool):
     if needs_grad:
         q, k, v = (t.clone() if o else t for t, o in zip((q, k, v), overlapping))
     return out.copy_(run(q, k, v, scale, None))
-
-
-def once_differentiable(backend: str):
-    """Like ``torch.autograd.function.once_differentiable``, with an error naming ``backend`` and
-    raised wherever the gradients get differentiated: the gradients computed under
-    ``create_graph=True`` carry a node that raises it (torch's decorator adds that node only when
-    an incoming gradient requires grad, so differentiating, e.g., dq of ``out.sum()`` failed with
-    "element 0 of tensors does not require grad")."""
-    message = (
-        f"aligned_attention: the {backend} backend does not support double backward (its gradients are not "
-        "differentiable: create_graph=True then differentiating them); use backend='torch', which does"
-    )
-
-    def decorate(backward):
-        @functools.wraps(backward)
-        def wrapper(ctx, *grads):
-            with torch.no_grad():
-                outputs = backward(ctx, *grads)
-            if not torch.is_grad_enabled():  # create_graph=False: nothing will differentiate them
-                return outputs
-            delayed = torch._C._functions.DelayedError(message.encode(), len(outputs))
-            return delayed(*[None if g is None else g.detach().requires_grad_() for g in outputs])
-
-        return wrapper
-
-    return decorate

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from .._autograd import once_differentiable
 from .._dispatch import Backend
 from .._ext import cpu_unavailable, cuda_backend_unavailable, load_cpu, load_cuda, load_refusal
-from ._guards import needs_grad, once_differentiable, write_out
+from ._guards import needs_grad, write_out
 
 CPU_DTYPES = (torch.float32, torch.float64)
 CUDA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -39,15 +40,17 @@ class _ExtensionAttention(torch.autograd.Function):
         o, lse = loader().attention_forward(q, k, v, scale, out)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.scale, ctx.loader, ctx.wrote_out = scale, loader, out is not None
+        ctx.backend = "cuda" if q.is_cuda else "cpp"
         if out is not None:
             ctx.mark_dirty(out)
         return o
 
     @staticmethod
-    @once_differentiable("cpp/cuda extension")
+    @once_differentiable("aligned_attention")
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = ctx.loader().attention_backward(dout, q, k, v, out, lse, ctx.scale)
+        with torch.autocast(q.device.type, enabled=False):  # (a backward run inside an autocast region)
+            dq, dk, dv = ctx.loader().attention_backward(dout, q, k, v, out, lse, ctx.scale)
         d_out = dout.new_zeros(()).expand(dout.shape) if ctx.wrote_out else None
         return d_out, dq, dk, dv, None, None
 

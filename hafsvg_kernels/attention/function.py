@@ -26,8 +26,8 @@ annotations.
 
 import torch
 
+from .._autograd import once_differentiable
 from . import triton_attention
-from ._guards import once_differentiable
 
 HAS_CUSTOM_OP = hasattr(torch.library, "custom_op") and hasattr(torch.library, "register_autograd")
 
@@ -55,7 +55,7 @@ class AlignedAttentionFunction(torch.autograd.Function):
         return o
 
     @staticmethod
-    @once_differentiable("triton")
+    @once_differentiable("aligned_attention", "triton")
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         dq, dk, dv = triton_attention.backward(do, q, k, v, o, lse, ctx.scale)

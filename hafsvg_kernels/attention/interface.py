@@ -9,6 +9,7 @@ import torch
 from .._dispatch import Backend, Op
 from .._triton import device_refusal, triton_unavailable
 from ._guards import compiling, needs_grad, write_out
+from .compiled import HAS_CUSTOM_OP, attention_compiled
 from .cpp_attention import CPP_BACKEND, CUDA_BACKEND
 from .reference import aligned_attention_ref
 
@@ -122,8 +123,8 @@ def _check_out_writable(out) -> None:
     expanded dimension), and, with grad enabled, a leaf that requires grad or a view of one."""
     if _has_internal_overlap(out):
         raise ValueError(
-            f"aligned_attention: out (shape {tuple(out.shape)}, strides {out.stride()}) has elements that share "
-            "memory (e.g. an expanded, stride-0 dimension): more than one element of the written-to tensor refers "
+            f"aligned_attention: out (shape {tuple(out.shape)}, strides {out.stride()}) has elements that may share "
+            "memory (e.g. an expanded, stride-0 dimension): more than one element of the written-to tensor may refer "
             "to a single memory location; pass an out without overlap (torch refuses such a write too)"
         )
     if torch.is_grad_enabled() and out.requires_grad:
@@ -140,11 +141,15 @@ def _check_out_writable(out) -> None:
 
 
 def _has_internal_overlap(t) -> bool:
-    """torch's own test (MemOverlap::Yes: a dimension of size > 1 with stride 0, ...) where there."""
-    check = getattr(torch, "_debug_has_internal_overlap", None)
-    if check is not None:
-        return check(t) == 1
-    return any(n > 1 and s == 0 for n, s in zip(t.shape, t.stride()))
+    """Whether two elements of t may share memory. Sufficient test for the contrary: with the
+    dimensions of size > 1 sorted by stride, each stride exceeds the largest offset the smaller
+    ones reach. Conservative: interleaved layouts that do not share elements are refused too."""
+    reach = 0
+    for stride, n in sorted((s, n) for n, s in zip(t.shape, t.stride()) if n > 1):
+        if stride <= reach:
+            return True
+        reach += (n - 1) * stride
+    return False
 
 
 def aligned_attention(q, k, v, *, scale: float = 1.0, out=None, backend: str = "auto"):
@@ -166,6 +171,45 @@ def aligned_attention(q, k, v, *, scale: float = 1.0, out=None, backend: str = "
 
     Returns:
         (B, N, d_v): ``softmax(scale * q k^T) v`` per query row, in q's dtype.
+
+    Under autocast, q, k and v are cast to the autocast dtype (to ``out``'s dtype when given) and
+    the result has that dtype; a backend that refuses it (cpp, Triton on CPU) computes in float32
+    (see :func:`run_attention`). Under ``torch.compile`` the call goes through the custom op
+    ``hafsvg::attention`` (:mod:`.compiled`), which selects the backend at run time; an explicit
+    ``backend="triton"`` outside autocast keeps the Triton ops of :mod:`.function`.
     """
+    amp = autocast_dtype(q.device.type) if isinstance(q, torch.Tensor) else None
+    if amp is not None and q.dtype != torch.float64:  # (autocast leaves float64 alone)
+        target = out.dtype if isinstance(out, torch.Tensor) else amp
+        q, k, v = (t.to(target) if isinstance(t, torch.Tensor) and t.dtype != torch.float64 else t for t in (q, k, v))
     check_attention_inputs(q, k, v, scale, out)
-    return ATTENTION(backend, q.device.type, q, k, v, float(scale), out)
+    if compiling() and HAS_CUSTOM_OP and not (backend == "triton" and amp is None):
+        return attention_compiled(backend, q, k, v, float(scale), out, amp is not None)
+    return run_attention(backend, q, k, v, float(scale), out, amp is not None)
+
+
+def autocast_dtype(device_type: str):
+    """The autocast dtype while autocast is on for ``device_type``, else None (also for device
+    types autocast does not know, such as meta)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def run_attention(backend: str, q, k, v, scale: float, out, amp: bool):
+    """The dispatch (eager, and the compiled route's custom op at run time). With ``amp`` (autocast
+    on; q, k, v already in the autocast dtype or ``out``'s), a backend that refuses that dtype (cpp,
+    Triton on CPU) computes in float32 and the result is cast back: GEMMs in the low precision
+    where the backend takes it, float32 accumulation in all (the kernels and the reference
+    accumulate in float32). Autocast is off inside, so that the reference's float32 math stays
+    float32."""
+    if not amp:
+        return ATTENTION(backend, q.device.type, q, k, v, scale, out)
+    up = tuple(t if t.dtype == torch.float64 else t.float() for t in (q, k, v))
+    variants = [((q, k, v, scale, out), {}), ((*up, scale, None), {})]
+    chosen, i = ATTENTION.select_variant(backend, q.device.type, variants)
+    with torch.autocast(q.device.type, enabled=False):
+        if i == 0:
+            return chosen.fn(q, k, v, scale, out)
+        res = chosen.fn(*up, scale, None).to(q.dtype)
+    return res if out is None else out.copy_(res)

@@ -333,7 +333,9 @@ def _bwd_dkdv_kernel(
             )  # (BLOCK_Q, BLOCK_D)
             lse2 = tl.load(Lse + b * N + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
             st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION).to(ACC_DTYPE) * qk_scale  # (BLOCK_K, BLOCK_Q)
-            pt = tl.exp2(st - lse2[None, :])  # queries past N: lse = +inf, P = 0
+            # Queries past N read zeros and lse = +inf, so P = 0, except against an infinite key
+            # (0 * inf = NaN in the scores): the select keeps that NaN out of dK / dV.
+            pt = tl.where(q_ok[None, :], tl.exp2(st - lse2[None, :]), 0.0)
             if COMPUTE_DV:
                 do = tl.load(
                     DO + b * sdob + queries[:, None] * sdon + offs_v[None, :] * sdod,

@@ -12,14 +12,15 @@ Python Function costs one dispatch per step, not per op). Without grad (sampling
 Both paths read the weights where they are, on every call: no packed copy. (An earlier version
 cached, per weight version, a packed copy with the embed folded into the first cell, a third fewer
 FLOPs; but writes through ``param.data`` move no version counter, so that cache went stale
-silently, and packing on every call costs more than the step itself. The C++ side still accepts
-packed weights from a caller that owns them; this backend passes none.)
+silently, and packing on every call costs more than the step itself; the C++ side no longer has
+that path either.)
 """
 
 from __future__ import annotations
 
 import torch
 
+from .._autograd import once_differentiable
 from .._dispatch import Backend
 from .._ext import cpu_unavailable, cuda_backend_unavailable, load_cpu, load_cuda, load_refusal
 from .noise import draw_noise_torch
@@ -54,13 +55,19 @@ def _nest(flat, groups: int, layers: int):
     )
 
 
-def clear_packed_weights() -> None:
-    """Nothing to clear: the backend keeps no packed copy of the weights (see the module
-    docstring). Kept so that callers of the former cache keep working."""
+def _no_autocast(x):
+    """Autocast off for the extension's ATen GEMMs: a backward run inside an autocast region
+    (``loss.backward()`` under ``torch.autocast``) would otherwise get low-precision GEMM results
+    next to the float32 tensors."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 def _needs_grad(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _name(loader) -> str:
+    return "cpp" if loader is load_cpu else "cuda"
 
 
 class _GaussianStep(torch.autograd.Function):
@@ -69,23 +76,26 @@ class _GaussianStep(torch.autograd.Function):
         loader, G, L = meta
         ns = 2 * G * L
         states, weights = list(flat[:ns]), list(flat[ns:])
-        res = loader().gaussian_step_forward(x, states, weights, eps, cond, G, L, True, [])
+        res = loader().gaussian_step_forward(x, states, weights, eps, cond, G, L, True)
         z, mu, logvar = res[:3]
         new_states = res[3 : 3 + ns]
         ctx.meta, ctx.intermediates = meta, res[3 + ns :]
+        ctx.backend = _name(loader)
         ctx.save_for_backward(x, eps, cond, z, logvar, *states, *weights, *new_states)
         return (z, mu, logvar, *new_states)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable("gaussian_lstm_step")
     def backward(ctx, dz, dmu, dlogvar, *dnew):
         loader, G, L = ctx.meta
         ns = 2 * G * L
         x, eps, cond, z, logvar, *rest = ctx.saved_tensors
         states, weights, new_states = rest[:ns], rest[ns:-ns], rest[-ns:]
-        res = loader().gaussian_step_backward(
-            x, states, weights, eps, cond, new_states, z, logvar, ctx.intermediates, dz, dmu, dlogvar, list(dnew), G, L
-        )
+        with _no_autocast(x):
+            res = loader().gaussian_step_backward(
+                x, states, weights, eps, cond, new_states, z, logvar, ctx.intermediates, dz, dmu, dlogvar, list(dnew),
+                G, L,
+            )  # fmt: skip
         dx, dstates, dweights = res[0], res[1 : 1 + ns], res[1 + ns : -2]
         deps, dcond = res[-2], res[-1]
         return (None, dx, deps, dcond if cond is not None else None, *dstates, *dweights)
@@ -96,19 +106,23 @@ class _LSTMStep(torch.autograd.Function):
     def forward(ctx, meta, x, *flat):
         loader, L = meta
         state, weights = list(flat[: 2 * L]), list(flat[2 * L :])
-        res = loader().lstm_step_forward(x, state, weights, L, True, [])
+        res = loader().lstm_step_forward(x, state, weights, L, True)
         out, new_state = res[0], res[1 : 1 + 2 * L]
         ctx.meta, ctx.intermediates = meta, res[1 + 2 * L :]
+        ctx.backend = _name(loader)
         ctx.save_for_backward(x, out, *state, *weights, *new_state)
         return (out, *new_state)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    @once_differentiable("lstm_step")
     def backward(ctx, dout, *dnew):
         loader, L = ctx.meta
         x, out, *rest = ctx.saved_tensors
         state, weights, new_state = rest[: 2 * L], rest[2 * L : -2 * L], rest[-2 * L :]
-        res = loader().lstm_step_backward(x, state, weights, new_state, out, ctx.intermediates, dout, list(dnew), L)
+        with _no_autocast(x):
+            res = loader().lstm_step_backward(
+                x, state, weights, new_state, out, ctx.intermediates, dout, list(dnew), L
+            )
         return (None, *res)
 
 
@@ -120,7 +134,7 @@ def _gaussian(loader, x, states, weights, eps=None, cond=None, *, seed=None, off
     if _needs_grad([x, eps, cond, *flat]):
         res = _GaussianStep.apply((loader, G, L), x, eps, cond, *flat)
     else:
-        res = loader().gaussian_step_forward(x, flat[: 2 * G * L], flat[2 * G * L :], eps, cond, G, L, False, [])
+        res = loader().gaussian_step_forward(x, flat[: 2 * G * L], flat[2 * G * L :], eps, cond, G, L, False)
     z, mu, logvar = res[:3]
     return z, mu, logvar, _nest(res[3 : 3 + 2 * G * L], G, L)
 
@@ -132,7 +146,7 @@ def _lstm(loader, x, state, weights):
     if _needs_grad([x, *flat_state, *flat_w]):
         res = _LSTMStep.apply((loader, L), x, *flat_state, *flat_w)
     else:
-        res = loader().lstm_step_forward(x, flat_state, flat_w, L, False, [])
+        res = loader().lstm_step_forward(x, flat_state, flat_w, L, False)
     return res[0], _nest(res[1 : 1 + 2 * L], 1, L)[0]
 
 

@@ -3,17 +3,28 @@
 Backends: ``"torch"`` (the reference, any device) and ``"triton"`` (fused kernels: one launch per
 step for :func:`lstm_step`, one launch for all G groups of :func:`gaussian_lstm_step`; CUDA
 tensors, or CPU tensors under ``TRITON_INTERPRET=1``). ``auto`` prefers Triton on CUDA.
+
+Under ``torch.compile`` the checked step goes through the custom ops of :mod:`.compiled`
+(``hafsvg::lstm_step``, ``hafsvg::gaussian_lstm_step``), which select the backend at run time.
+Under autocast the step computes in float32 whatever the backend: x (e.g. a bf16 encoder output),
+the weights, states, eps and cond are upcast, and the outputs and new states are float32 (the
+states and the noise stay float32 over the steps).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from .._dispatch import Backend, Op
 from .._triton import device_refusal, triton_unavailable
+from ..attention._guards import compiling
+from ..attention.interface import autocast_dtype
+from .compiled import HAS_CUSTOM_OP, gaussian_lstm_step_compiled, lstm_step_compiled
 from .cpp_recurrent import GAUSSIAN_CPP, GAUSSIAN_CUDA, LSTM_CPP, LSTM_CUDA
 from .noise import draw_noise_torch
-from .reference import gaussian_lstm_step_ref, lstm_step_ref
+from .reference import CellWeights, gaussian_lstm_step_ref, lstm_step_ref
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -111,11 +122,17 @@ def _check_weight(op, name, t, shape, like):
     _check_tensor(op, name, t, shape, like)
 
 
+def _in_features(op, embed_w, prefix=""):
+    """in_features of a stack: embed_w's second dim, once embed_w is known to be 2-D."""
+    if not isinstance(embed_w, torch.Tensor) or embed_w.dim() != 2:
+        raise ValueError(f"{op}: {prefix}embed_w must be a 2-D tensor (H, in_features)")
+    return embed_w.shape[1]
+
+
 def _check_stack(op, x, state, embed_w, embed_b, cells, prefix=""):
     """The state and the embed + cell weights of one stack; H is embed_w's output size."""
     B = x.shape[0]
-    if not isinstance(embed_w, torch.Tensor) or embed_w.dim() != 2:
-        raise ValueError(f"{op}: {prefix}embed_w must be a 2-D tensor (H, in_features)")
+    _in_features(op, embed_w, prefix)
     H = embed_w.shape[0]
     _check_weight(op, f"{prefix}embed_w", embed_w, (H, embed_w.shape[1]), x)
     _check_weight(op, f"{prefix}embed_b", embed_b, (H,), x)
@@ -149,12 +166,67 @@ def lstm_step(x, state, weights, *, backend: str = "auto"):
         (out (B, O) = tanh(Linear(h_last)), new state).
     """
     op = "lstm_step"
-    _check_x(op, x, weights.embed_w.shape[1])
+    if isinstance(x, torch.Tensor) and _amp(x):
+        x, (state,), weights = _to_float32(x, (state,), weights)
+    _check_x(op, x, _in_features(op, weights.embed_w))
     H = _check_stack(op, x, state, weights.embed_w, weights.embed_b, weights.cells)
     n_out = weights.out_w.shape[0] if weights.out_w.dim() == 2 else -1
     _check_weight(op, "out_w", weights.out_w, (n_out, H), x)
     _check_weight(op, "out_b", weights.out_b, (n_out,), x)
-    return LSTM_STEP(backend, x.device.type, x, tuple(state), weights)
+    if compiling() and HAS_CUSTOM_OP:
+        return lstm_step_compiled(backend, x, tuple(state), weights)
+    with _no_autocast(x):
+        return run_lstm_step(backend, x, tuple(state), weights)
+
+
+def _no_autocast(x):
+    """Autocast off around an eager step (the reference's float32 GEMMs stay float32)."""
+    if autocast_dtype(x.device.type) is None:
+        return contextlib.nullcontext()
+    return torch.autocast(x.device.type, enabled=False)
+
+
+def run_lstm_step(backend: str, x, state, weights):
+    """The dispatch of a checked step (eager, and the compiled route's custom op at run time)."""
+    return LSTM_STEP(backend, x.device.type, x, state, weights)
+
+
+def run_gaussian_lstm_step(backend: str, x, states, weights, eps, cond, *, seed, offset):
+    """The dispatch of a checked step (eager, and the compiled route's custom op at run time)."""
+    return GAUSSIAN_LSTM_STEP(backend, x.device.type, x, states, weights, eps, cond, seed=seed, offset=offset)
+
+
+def _amp(x) -> bool:
+    """Autocast is on for x's device (and x is not float64, which autocast leaves alone)."""
+    return x.dtype != torch.float64 and autocast_dtype(x.device.type) is not None
+
+
+def _cast(t):
+    if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float32:
+        return t.float()
+    return t
+
+
+def _cast_weights(w):
+    """LSTMWeights / GaussianLSTMWeights with every tensor float32."""
+    cells = tuple(CellWeights(*(_cast(t) for t in c)) for c in w.cells)
+    return type(w)(*(cells if k == "cells" else _cast(f) for k, f in w._asdict().items()))
+
+
+def _to_float32(x, states, weights, *more):
+    """Under autocast the recurrent step computes in float32: states and noise stay float32, and
+    x (e.g. an encoder's bf16 output) and the weights are upcast; no backend takes bf16 with
+    float32 states (and on CPU none takes bf16), and the step's GEMMs are small. Malformed
+    arguments come back as given, for the checks to name."""
+    try:
+        states = tuple(tuple((_cast(h), _cast(c)) for h, c in s) for s in states)
+        if hasattr(weights, "cells"):  # one LSTMWeights (a named tuple itself)
+            weights = _cast_weights(weights)
+        else:
+            weights = tuple(_cast_weights(w) for w in weights)
+    except (TypeError, ValueError, AttributeError):
+        pass
+    return (_cast(x), states, weights, *(_cast(t) for t in more))
 
 
 def _check_device_offset(op, offset, x):
@@ -214,7 +286,9 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
     op = "gaussian_lstm_step"
     if not weights:
         raise ValueError(f"{op}: weights must hold at least one group")
-    _check_x(op, x, weights[0].embed_w.shape[1])
+    if isinstance(x, torch.Tensor) and _amp(x):
+        x, states, weights, eps, cond = _to_float32(x, states, weights, eps, cond)
+    _check_x(op, x, _in_features(op, weights[0].embed_w, "group 0's "))
     if len(states) != len(weights):
         raise ValueError(f"{op}: {len(states)} states for {len(weights)} groups")
     _check_noise_args(op, eps, seed, offset, x)
@@ -234,7 +308,8 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
         _check_stack(op, x, state, w.embed_w, w.embed_b, w.cells, prefix=f"group {j} ")
         for name, shape in (("mu_w", (zg, H)), ("mu_b", (zg,)), ("logvar_w", (zg, H)), ("logvar_b", (zg,))):
             _check_weight(op, f"group {j} {name}", getattr(w, name), shape, x)
-    return GAUSSIAN_LSTM_STEP(
-        backend, x.device.type, x, tuple(tuple(s) for s in states), tuple(weights), eps, cond,
-        seed=seed, offset=offset,
-    )  # fmt: skip
+    states, weights = tuple(tuple(s) for s in states), tuple(weights)
+    if compiling() and HAS_CUSTOM_OP:
+        return gaussian_lstm_step_compiled(backend, x, states, weights, eps, cond, seed, offset)
+    with _no_autocast(x):
+        return run_gaussian_lstm_step(backend, x, states, weights, eps, cond, seed=seed, offset=offset)

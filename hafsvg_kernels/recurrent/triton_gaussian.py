@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autograd import once_differentiable
 from .._triton import fp32_dot_precision
 from .reference import CellWeights, GaussianLSTMWeights
 from .triton_lstm import (
@@ -425,6 +426,7 @@ class GaussianStepFunction(torch.autograd.Function):
         return z, mu, lv, h_out, c_out
 
     @staticmethod
+    @once_differentiable("gaussian_lstm_step", "triton")
     def backward(ctx, dz, dmu, dlv, dh_out, dc_out):
         G, L = ctx.meta[:2]
         x, cond, *rest = ctx.saved_tensors

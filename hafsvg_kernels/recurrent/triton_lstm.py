@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._autograd import once_differentiable
 from .._triton import fp32_dot_precision, interpreting
 from .reference import CellWeights, LSTMWeights
 
@@ -523,6 +524,7 @@ class LSTMStepFunction(torch.autograd.Function):
         return out, h_out, c_out
 
     @staticmethod
+    @once_differentiable("lstm_step", "triton")
     def backward(ctx, dout, dh_out, dc_out):
         L = ctx.L
         x, *flat = ctx.saved_tensors
