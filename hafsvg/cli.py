@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import sys
 import typing
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hafsvg_kernels import BackendUnavailable
@@ -22,9 +22,20 @@ from hafsvg_kernels import BackendUnavailable
 from .config import PRESETS, HAFSVGConfig
 from .data import TESTSET_DATASETS, make_dataset, make_testset
 from .data.testset import default_frames
+from .distributed import (
+    DistributedFailure,
+    barrier,
+    init_from_env,
+    launched_by_torchrun,
+    rank,
+    remove_shards,
+    restart_count,
+    shutdown,
+)
+from .distributed import evaluate as evaluate_sharded
 from .evaluation.bench_report import bench_report
 from .evaluation.profile import CPU_SIZE, GPU_SIZE, default_backends, format_table, profile
-from .evaluation.report import METRICS, evaluate, file_sha256, write_report
+from .evaluation.report import METRICS, clip_seed, file_sha256, write_report
 from .interop import describe_import, load_any_checkpoint, load_svg_checkpoint
 from .metrics import PROTOCOLS
 from .models import HAFSVG
@@ -211,18 +222,53 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
         )
 
 
+RESTART_NAME = "torchrun.json"  # the step a torchrun job trains to, for its restarts
+
+
+def _restart_plan(args, out: Path) -> tuple[str | None, int] | None:
+    """Under ``torchrun --max-restarts``, a restarted attempt (TORCHELASTIC_RESTART_COUNT > 0) resumes
+    from the last checkpoint in its own ``--out`` and trains up to the step the first attempt aimed at:
+    (checkpoint to resume or None to start afresh, steps left). None on a first attempt."""
+    if restart_count() == 0 or not (out / RESTART_NAME).is_file():
+        return None
+    target = json.loads((out / RESTART_NAME).read_text())["target_step"]
+    ckpt = out / CHECKPOINT_NAME
+    if not ckpt.is_file():
+        return None, target
+    _, _, step, _ = load_checkpoint(ckpt)
+    return str(ckpt), target - step
+
+
 def cmd_train(args) -> int:
+    device = init_from_env(resolve_device(_device(args)))
     overrides = parse_overrides(args.set)
+    plan = None
+    if args.out is not None:
+        plan = _restart_plan(args, Path(args.out))
+    if plan is not None:  # a torchrun restart: continue this job's own run folder
+        args.resume, args.steps = plan
+        args.overwrite = args.resume is None
+        if args.steps < 1:
+            if rank() == 0:
+                print(f"restart {restart_count()}: {args.out} already holds the final checkpoint")
+            return 0
+        if rank() == 0:
+            print(f"restart {restart_count()}: resuming from {args.resume or 'scratch'} for {args.steps} steps",
+                  file=sys.stderr)  # fmt: skip
     if args.resume is not None:
-        if args.overwrite:
+        if args.overwrite and plan is None:
             raise ValueError("--overwrite starts a new run and --resume continues one: pass one of them")
-        _, _, _, stored = load_checkpoint(args.resume)
+        _, _, start, stored = load_checkpoint(args.resume)
         config = _with_overrides(stored, overrides)
         out = Path(args.out) if args.out is not None else Path(args.resume).parent
     else:
+        start = 0
         config = HAFSVGConfig.preset(args.preset, **overrides)
         out = Path(args.out) if args.out is not None else RUNS / args.preset
-        _check_run_folder(out, args.overwrite)
+        if plan is None:
+            _check_run_folder(out, args.overwrite)
+    if launched_by_torchrun() and restart_count() == 0 and rank() == 0 and args.out is not None:
+        _write_json(out / RESTART_NAME, {"target_step": start + args.steps})
     summary = train(
         config,
         steps=args.steps,
@@ -231,11 +277,15 @@ def cmd_train(args) -> int:
         resume=args.resume,
         sample_every=args.sample_every,
         checkpoint_every=args.checkpoint_every,
-        device=_device(args),
+        device=device,
         seed=args.seed,
         num_workers=args.workers,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite and rank() == 0,
+        progress=rank() == 0,
+        sync_bn=args.sync_bn,
     )
+    if rank() != 0:  # rank 0 wrote the files and reports them
+        return 0
     print(
         f"step {summary['step']}: total {summary['total']:.4f}, mse {summary['mse']:.4f}, kl {summary['kl']:.3f} "
         f"({summary['seconds']:.1f} s)"
@@ -248,44 +298,70 @@ def cmd_train(args) -> int:
 
 
 def _eval_setup(args):
-    """The model, where it came from, the frames to predict, the test clips and the sampling
-    generator shared by ``sample`` and ``evaluate`` (sampling with BatchNorm in eval mode)."""
-    device = resolve_device(_device(args))
+    """The model, where it came from, the frames to predict and the test clips shared by ``sample`` and
+    ``evaluate`` (sampling with BatchNorm in eval mode). Under ``torchrun`` this joins the process group
+    (Gloo on the CPU, NCCL on CUDA; each rank on ``cuda:LOCAL_RANK``)."""
+    device = init_from_env(resolve_device(_device(args)))
     model, source = _load_model(args, device)
     n_future = args.n_future or model.config.n_eval
     dataset = _test_data(args, model.config, model.config.n_past + n_future)
-    return model, source, n_future, dataset, torch.Generator(device).manual_seed(args.seed)
+    return model, source, n_future, dataset
+
+
+def _fingerprint(args, source: str, config: HAFSVGConfig) -> dict:
+    """What shards must match to be resumed: the model and the data (with their sha256)."""
+    data, data_sha256 = _data_source(args, config)
+    checkpoint = None if args.checkpoint is None else str(args.checkpoint)
+    return {
+        "source": source,
+        "checkpoint_sha256": None if checkpoint is None else file_sha256(checkpoint),
+        "data": data,
+        "data_sha256": data_sha256,
+        "config": config.to_dict(),
+    }
+
+
+def _shards_done(folder: Path) -> int:
+    """Once rank 0 has written the report (every rank waits for it), the per-clip shards it was built from
+    are removed (each rank its own view of them; the shards only guard a run that has not finished)."""
+    barrier()
+    remove_shards(folder)
+    return 0
 
 
 def cmd_sample(args) -> int:
-    model, source, n_future, dataset, gen = _eval_setup(args)
+    model, source, n_future, dataset = _eval_setup(args)
     c = model.config
-    pick = torch.Generator().manual_seed(args.seed)
-    rows, labels, clip_ids = [], [], itertools.count()
 
-    def draw(clips, samples, scores):
-        """Grid rows per clip: truth, best-SSIM sample, ``--show`` random others (context first)."""
-        for b, clip in enumerate(clips):
-            best = int(scores["ssim"].index[b])
-            others = [s for s in torch.randperm(args.samples, generator=pick).tolist() if s != best][: args.show]
-            rows.append(clip)
-            labels.append(f"clip {next(clip_ids)} truth")
-            rows.append(torch.cat([clip[: c.n_past], samples[b, best]]))
-            labels.append(f"best SSIM #{best} ({float(scores['ssim'].per_clip[b]):.3f})")
-            for s in others:
-                rows.append(torch.cat([clip[: c.n_past], samples[b, s]]))
-                labels.append(f"sample #{s}")
+    def grid_rows(index, clip, samples, record):
+        """Grid rows of a clip: truth, best-SSIM sample, ``--show`` random others (context first)."""
+        best = record["best"]["ssim"]
+        pick = torch.Generator().manual_seed((clip_seed(args.seed, index) + 1) % 2**63)
+        others = [s for s in torch.randperm(args.samples, generator=pick).tolist() if s != best][: args.show]
+        ctx = clip[: c.n_past]
+        rows = [clip] + [torch.cat([ctx, samples[s]]) for s in (best, *others)]
+        return {"rows": torch.stack(rows).float().cpu().numpy(), "others": np.asarray(others, dtype=np.int64)}
 
-    result = evaluate(
-        model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
-        on_batch=draw, protocol=args.protocol, batchnorm=args.batchnorm, baselines=("copy-last-frame",),
-    )
     out = _default_out(args)
-    grid = save_grid(out / "samples.png", [r.cpu() for r in rows], labels, split=c.n_past)
+    shards = out / "sample-shards"
+    result = evaluate_sharded(
+        model, dataset, n_samples=args.samples, n_future=n_future, seed=args.seed, batch_size=args.batch_clips,
+        protocol=args.protocol, batchnorm=args.batchnorm, baselines=("copy-last-frame",),
+        shards=shards, resume=args.resume, fingerprint=_fingerprint(args, source, c), on_clip=grid_rows,
+    )  # fmt: skip
+    if result is None:  # not rank 0: rank 0 writes the files
+        return _shards_done(shards)
+    rows, labels = [], []
+    for index, extra in result.pop("extra").items():
+        best = result["ssim"]["best_index"][index]
+        rows += list(torch.from_numpy(extra["rows"]))
+        labels += [f"clip {index} truth", f"best SSIM #{best} ({result['ssim']['per_clip'][index]:.3f})"]
+        labels += [f"sample #{s}" for s in extra["others"].tolist()]
+    grid = save_grid(out / "samples.png", rows, labels, split=c.n_past)
     path = _write_json(out / "samples.json", {"source": source, "seed": args.seed, "grid": str(grid), **result})
     _print_table(result)
     print(f"grid:    {grid}\nmetrics: {path}")
-    return 0
+    return _shards_done(shards)
 
 
 def _data_source(args, config: HAFSVGConfig) -> tuple[str, str | None]:
@@ -297,30 +373,35 @@ def _data_source(args, config: HAFSVGConfig) -> tuple[str, str | None]:
 
 
 def cmd_evaluate(args) -> int:
-    model, source, n_future, dataset, gen = _eval_setup(args)
-    result = evaluate(
-        model, dataset, n_samples=args.samples, n_future=n_future, generator=gen, batch_size=args.batch_clips,
+    model, source, n_future, dataset = _eval_setup(args)
+    out = _default_out(args)
+    shards = out / "evaluate-shards"
+    fingerprint = _fingerprint(args, source, model.config)
+    result = evaluate_sharded(
+        model, dataset, n_samples=args.samples, n_future=n_future, seed=args.seed, batch_size=args.batch_clips,
         progress=True, protocol=args.protocol, keep_samples=True, batchnorm=args.batchnorm,
-    )
-    data, data_sha256 = _data_source(args, model.config)
+        shards=shards, resume=args.resume, fingerprint=fingerprint,
+    )  # fmt: skip
+    if result is None:  # not rank 0: rank 0 writes the report
+        return _shards_done(shards)
     checkpoint = None if args.checkpoint is None else str(args.checkpoint)
     meta = {
         "source": source,
         "checkpoint": checkpoint,
-        "checkpoint_sha256": None if checkpoint is None else file_sha256(checkpoint),
+        "checkpoint_sha256": fingerprint["checkpoint_sha256"],
         "preset": None if checkpoint is not None else args.preset,
-        "data": data,
-        "data_sha256": data_sha256,
+        "data": fingerprint["data"],
+        "data_sha256": fingerprint["data_sha256"],
         "seed": args.seed,
         "config": model.config.to_dict(),
     }
     name = f"checkpoint {checkpoint}" if checkpoint is not None else f"preset {args.preset!r} (random weights)"
     title = f"{name} | protocol {args.protocol} | best of {args.samples} samples | {result['n_clips']} clips"
-    files = write_report(_default_out(args), result, meta, title=title)
+    files = write_report(out, result, meta, title=title)
     _print_table(result)
     print(f"metrics: {files['evaluation']}\ncurves:  {files['curves_png']} ({files['curves_json'].name})")
     print(f"samples: {files['samples']}")
-    return 0
+    return _shards_done(shards)
 
 
 def cmd_make_testset(args) -> int:
@@ -478,6 +559,9 @@ def _add_model_source(p: argparse.ArgumentParser, clips: int | None, samples: in
     p.add_argument("--n-future", type=_at_least(1), metavar="N", help="predicted frames (default: the config's n_eval)")
     p.add_argument("--batch-clips", type=_at_least(1), default=1, metavar="N",
                    help="clips sampled together (default 1; raise it on a GPU)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the clips already finished in --out (by any number of ranks, same settings) and "
+                        "sample only the others; without it they are sampled again")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -505,6 +589,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint every K steps and at the end (default %(default)s)")
     p.add_argument("--workers", type=_at_least(0), default=0, metavar="N",
                    help="DataLoader worker processes (default 0)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: SyncBatchNorm, BatchNorm statistics over all ranks' batches (CUDA only; "
+                        "without it each rank normalises its own batch)")
     _add_common(p)
     p.set_defaults(func=cmd_train)
 
@@ -618,8 +705,13 @@ def main(argv: list[str] | None = None) -> int:
         args.preset = getattr(args, "default_preset", DEMO_PRESET)
     try:
         return args.func(args)
+    except DistributedFailure as err:  # a rank failed: every rank ends with its message
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except (ValueError, FileNotFoundError, TypeError, KeyError, BackendUnavailable) as err:
         # BackendUnavailable: HAFSVG_BACKEND or --backend names a backend that cannot run here
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1
+    finally:
+        shutdown()  # leaves the process group this command joined (torchrun), if any

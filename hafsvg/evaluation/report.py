@@ -24,7 +24,10 @@ from ..metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, evaluate_samples, ms
 from ..models import HAFSVG
 from ..viz import plot_curves
 
-__all__ = ["BASELINES", "CI_RULE", "METRICS", "N_FIRST", "ci95", "curves", "evaluate", "file_sha256", "write_report"]
+__all__ = [
+    "BASELINES", "CI_RULE", "METRICS", "N_FIRST", "ci95", "clip_noise", "clip_records", "clip_seed", "curves",
+    "evaluate", "file_sha256", "summarize", "write_report",
+]
 
 METRICS = ("ssim", "psnr", "mse")
 _SCORE = {"ssim": ssim, "psnr": psnr, "mse": mse}
@@ -89,7 +92,173 @@ def _summary(name: str, steps: np.ndarray, per_clip: list, best: list | None = N
     }
 
 
+def clip_seed(seed: int, index: int) -> int:
+    """The 63-bit seed of clip ``index``'s noise under run seed ``seed``: a function of the two integers
+    only (numpy ``SeedSequence([seed, index])``), so a clip's noise does not depend on the rank, the world
+    size, the batching or the chunking that sample it."""
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed ({seed}) and clip index ({index}) must be >= 0")
+    hi, lo = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, np.uint32).tolist()
+    return ((hi << 32) | lo) & ((1 << 63) - 1)
+
+
+def clip_noise(seed: int, index: int, n_samples: int, n_steps: int, z_dim: int) -> torch.Tensor:
+    """Clip ``index``'s standard normal noise (n_samples, n_steps, z_dim), float32 on the CPU, drawn from a
+    CPU generator seeded with :func:`clip_seed` (``n_steps`` = n_past - 1 + n_future: ``model.sample``'s
+    ``noise`` layout). The same numbers on every device and for every world size."""
+    gen = torch.Generator().manual_seed(clip_seed(seed, index))
+    return torch.randn(n_samples, n_steps, z_dim, generator=gen)
+
+
+def clip_records(
+    model: HAFSVG,
+    clips: torch.Tensor,
+    indices: list[int],
+    *,
+    n_samples: int,
+    n_past: int,
+    n_future: int,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    chunk_size: int | None = None,
+    metric_chunk: int = 10,
+    protocol: str = "gaussian",
+    keep_samples: bool = False,
+    baselines: Iterable[str] = tuple(BASELINES),
+    on_batch: BatchCallback | None = None,
+) -> list[dict]:
+    """Sample and score one batch of clips (B, >= n_past + n_future, C, H, W) with global indices
+    ``indices``; one record per clip: {"index", "scores" {metric: float}, "steps" {metric: [n_future
+    floats]} (the chosen sample's per-step scores), "best" / "worst" {metric: int}, "baselines"
+    {name: {metric: [n_future floats]}}} and, with ``keep_samples``, "arrays" {"truth", "best",
+    "worst", "first"} uint8 numpy arrays. With ``seed``, clip i's noise is :func:`clip_noise` (seed,
+    i); else it is drawn from ``generator`` for the whole batch. :func:`summarize` turns records into
+    :func:`evaluate`'s result."""
+    device = next(model.parameters()).device
+    clips = clips[:, : n_past + n_future].to(device)
+    noise = None
+    if seed is not None:
+        z_dim = model.config.z_dim
+        noise = torch.stack([clip_noise(seed, i, n_samples, n_past - 1 + n_future, z_dim) for i in indices])
+    samples = model.sample(clips[:, :n_past], n_future, n_samples, generator, noise=noise, chunk_size=chunk_size)
+    target = clips[:, n_past:]
+    scores = evaluate_samples(samples, target, chunk=metric_chunk, protocol=protocol)
+    rows = torch.arange(len(clips), device=samples.device)
+    records = [
+        {"index": int(i), "scores": {}, "steps": {}, "best": {}, "worst": {}, "baselines": {}} for i in indices
+    ]
+    for m in METRICS:
+        chosen = samples[rows, scores[m].index.to(samples.device)]  # (B, n_future, C, H, W)
+        steps = _SCORE[m](chosen, target, protocol).double().cpu().numpy()
+        for b, rec in enumerate(records):
+            rec["scores"][m] = float(scores[m].per_clip[b])
+            rec["steps"][m] = steps[b].tolist()
+            rec["best"][m] = int(scores[m].index[b])
+            rec["worst"][m] = int(scores[m].worst[b])
+    for name in baselines:
+        guess = BASELINES[name](clips[:, :n_past], n_future)
+        for m in METRICS:
+            steps = _SCORE[m](guess, target, protocol).double().cpu().numpy()
+            for b, rec in enumerate(records):
+                rec["baselines"].setdefault(name, {})[m] = steps[b].tolist()
+    if keep_samples:
+        kept = {
+            "truth": quantize(clips).cpu().numpy(),
+            "best": quantize(samples[rows, scores["ssim"].index.to(samples.device)]).cpu().numpy(),
+            "worst": quantize(samples[rows, scores["ssim"].worst.to(samples.device)]).cpu().numpy(),
+            "first": quantize(samples[:, :N_FIRST]).cpu().numpy(),
+        }
+        for b, rec in enumerate(records):
+            rec["arrays"] = {k: v[b] for k, v in kept.items()}
+    if on_batch is not None:
+        on_batch(clips, samples, scores)
+    return records
+
+
+def summarize(
+    records: list[dict],
+    *,
+    protocol: str,
+    n_samples: int,
+    n_past: int,
+    n_future: int,
+    baselines: Iterable[str] = tuple(BASELINES),
+    keep_samples: bool = False,
+) -> dict:
+    """:func:`evaluate`'s result from the per-clip records of :func:`clip_records` (in any order: sorted
+    by clip index here; the same records give the same result wherever they were computed)."""
+    records = sorted(records, key=lambda r: r["index"])
+    n_clips = len(records)
+    if n_clips == 0:
+        raise ValueError("no clips to evaluate")
+    baselines = tuple(baselines)
+    per_clip = {m: [r["scores"][m] for r in records] for m in METRICS}
+    # clips (position in data order) whose samples all score NaN by some metric: their per-clip score is NaN
+    nan_clips = sorted({i for m in METRICS for i, v in enumerate(per_clip[m]) if math.isnan(v)})
+
+    def table(get):
+        return np.asarray([get(r) for r in records], dtype=np.float64).reshape(n_clips, n_future)
+
+    result = {
+        "protocol": protocol,
+        "n_clips": n_clips,
+        "n_nan_clips": len(nan_clips),
+        "nan_clips": nan_clips,
+        "n_samples": n_samples,
+        "n_past": n_past,
+        "n_future": n_future,
+        "ci": CI_RULE,
+        **{
+            m: _summary(
+                m, table(lambda r, m=m: r["steps"][m]), per_clip[m],
+                [r["best"][m] for r in records], [r["worst"][m] for r in records],
+            )
+            for m in METRICS
+        },
+        "baselines": {
+            b: {
+                m: _summary(m, (v := table(lambda r, b=b, m=m: r["baselines"][b][m])), v.mean(axis=1).tolist())
+                for m in METRICS
+            }
+            for b in baselines
+        },
+    }
+    if keep_samples:
+        result["samples"] = {
+            **{k: np.stack([r["arrays"][k] for r in records]) for k in ("truth", "best", "worst", "first")},
+            "best_index": np.asarray([r["best"]["ssim"] for r in records], dtype=np.int64),
+            "worst_index": np.asarray([r["worst"]["ssim"] for r in records], dtype=np.int64),
+        }
+    return result
+
+
 @torch.no_grad()
+def check_evaluation_args(model, n_samples, n_past, n_future, batch_size, batchnorm, baselines, protocol):
+    """The arguments :func:`evaluate` and :func:`hafsvg.distributed.evaluate` share, checked:
+    returns (baselines as a tuple, n_past, n_future) with the model's defaults filled in."""
+    if batchnorm != "eval":
+        raise ValueError(
+            f"evaluation samples with batchnorm='eval' only (got {batchnorm!r}): with per-batch statistics "
+            "(SVG's generation script) a clip's futures depend on the other clips of its batch; use "
+            "HAFSVG.sample(batchnorm='batch') to reproduce SVG's frames"
+        )
+    baselines = tuple(baselines)
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+    c = model.config
+    n_past = c.n_past if n_past is None else n_past
+    n_future = c.n_eval if n_future is None else n_future
+    if n_samples < 1 or n_past < 1 or n_future < 1 or batch_size < 1:
+        raise ValueError(
+            f"n_samples ({n_samples}), n_past ({n_past}), n_future ({n_future}) and batch_size ({batch_size}) "
+            "must be >= 1"
+        )
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    return baselines, n_past, n_future
+
+
 def evaluate(
     model: HAFSVG,
     data: Dataset | DataLoader | Iterable[torch.Tensor],
@@ -98,6 +267,7 @@ def evaluate(
     n_past: int | None = None,
     n_future: int | None = None,
     generator: torch.Generator | None = None,
+    seed: int | None = None,
     chunk_size: int | None = None,
     batch_size: int = 1,
     metric_chunk: int = 10,
@@ -122,7 +292,10 @@ def evaluate(
         data: a Dataset of clips (T, C, H, W) (batched ``batch_size`` clips at a time), or a
             DataLoader / iterable of clip batches (B, T, C, H, W), T >= n_past + n_future.
         n_past, n_future: context and predicted frames (default ``model.config.n_past`` / ``n_eval``).
-        generator: noise generator on the model's device (same seed, same result).
+        generator: noise generator on the model's device (same seed, same result), drawn per batch.
+        seed: instead of ``generator``: each clip's noise from (seed, the clip's index in data order)
+            (:func:`clip_noise`), so scores do not depend on the batching, nor on the ranks of
+            :func:`hafsvg.distributed.evaluate`, which splits the clips over a process group.
         chunk_size: samples per chunk in ``model.sample``; metric_chunk: samples scored at once.
         on_batch: called with each batch's clips, samples and scores (e.g. to draw the best sample).
         protocol: how SSIM / PSNR are computed, one of :data:`hafsvg.metrics.PROTOCOLS`.
@@ -150,90 +323,29 @@ def evaluate(
         clip's best and worst sample by SSIM; "first" uint8 (n_clips, min(5, n_samples),
         n_future, C, H, W), samples 0..4; "best_index", "worst_index" int64 (n_clips,) (by SSIM).
     """
-    if batchnorm != "eval":
-        raise ValueError(
-            f"evaluation samples with batchnorm='eval' only (got {batchnorm!r}): with per-batch statistics "
-            "(SVG's generation script) a clip's futures depend on the other clips of its batch; use "
-            "HAFSVG.sample(batchnorm='batch') to reproduce SVG's frames"
-        )
-    baselines = tuple(baselines)
-    unknown = [b for b in baselines if b not in BASELINES]
-    if unknown:
-        raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
-    c = model.config
-    n_past = c.n_past if n_past is None else n_past
-    n_future = c.n_eval if n_future is None else n_future
-    if n_samples < 1 or n_past < 1 or n_future < 1:
-        raise ValueError(f"n_samples ({n_samples}), n_past ({n_past}) and n_future ({n_future}) must be >= 1")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    baselines, n_past, n_future = check_evaluation_args(
+        model, n_samples, n_past, n_future, batch_size, batchnorm, baselines, protocol
+    )
     if isinstance(data, Dataset):
         data = DataLoader(data, batch_size=batch_size, shuffle=False)
-    device = next(model.parameters()).device
+    if seed is not None and generator is not None:
+        raise ValueError("pass a generator or a seed, not both")
     n_frames = n_past + n_future
-    steps = {m: [] for m in METRICS}  # chosen samples' per-step scores, (B, n_future) per batch
-    per_clip = {m: [] for m in METRICS}
-    best_index = {m: [] for m in METRICS}
-    worst_index = {m: [] for m in METRICS}
-    kept = {k: [] for k in ("truth", "best", "worst", "first")}
-    base_steps = {b: {m: [] for m in METRICS} for b in baselines}  # (B, n_future) per batch
+    records: list[dict] = []
     for clips in tqdm(data, desc="evaluate", disable=not progress, dynamic_ncols=True):
         if clips.dim() != 5 or clips.shape[1] < n_frames:
             raise ValueError(
                 f"clip batch has shape {tuple(clips.shape)}; expected (B, T, C, H, W) with T >= {n_frames}"
             )
-        clips = clips[:, :n_frames].to(device)
-        samples = model.sample(clips[:, :n_past], n_future, n_samples, generator, chunk_size=chunk_size)
-        target = clips[:, n_past:]
-        scores = evaluate_samples(samples, target, chunk=metric_chunk, protocol=protocol)
-        rows = torch.arange(len(clips), device=samples.device)
-        for m in METRICS:
-            chosen = samples[rows, scores[m].index.to(samples.device)]  # (B, n_future, C, H, W)
-            steps[m].append(_SCORE[m](chosen, target, protocol).double().cpu().numpy())
-            per_clip[m] += scores[m].per_clip.tolist()
-            best_index[m] += scores[m].index.tolist()
-            worst_index[m] += scores[m].worst.tolist()
-        for b in baselines:
-            guess = BASELINES[b](clips[:, :n_past], n_future)
-            for m in METRICS:
-                base_steps[b][m].append(_SCORE[m](guess, target, protocol).double().cpu().numpy())
-        if keep_samples:
-            kept["truth"].append(quantize(clips).cpu().numpy())
-            kept["best"].append(quantize(samples[rows, scores["ssim"].index.to(samples.device)]).cpu().numpy())
-            kept["worst"].append(quantize(samples[rows, scores["ssim"].worst.to(samples.device)]).cpu().numpy())
-            kept["first"].append(quantize(samples[:, :N_FIRST]).cpu().numpy())
-        if on_batch is not None:
-            on_batch(clips, samples, scores)
-    n_clips = len(per_clip["ssim"])
-    if n_clips == 0:
-        raise ValueError("no clips to evaluate")
-    # clips (global index, in data order) whose samples all score NaN by some metric: their per-clip score is NaN
-    nan_clips = sorted({i for m in METRICS for i, v in enumerate(per_clip[m]) if math.isnan(v)})
-    result = {
-        "protocol": protocol,
-        "n_clips": n_clips,
-        "n_nan_clips": len(nan_clips),
-        "nan_clips": nan_clips,
-        "n_samples": n_samples,
-        "n_past": n_past,
-        "n_future": n_future,
-        "ci": CI_RULE,
-        **{
-            m: _summary(m, np.concatenate(steps[m]), per_clip[m], best_index[m], worst_index[m])
-            for m in METRICS
-        },
-        "baselines": {
-            b: {m: _summary(m, (v := np.concatenate(base_steps[b][m])), v.mean(axis=1).tolist()) for m in METRICS}
-            for b in baselines
-        },
-    }
-    if keep_samples:
-        result["samples"] = {
-            **{k: np.concatenate(v) for k, v in kept.items()},
-            "best_index": np.asarray(best_index["ssim"], dtype=np.int64),
-            "worst_index": np.asarray(worst_index["ssim"], dtype=np.int64),
-        }
-    return result
+        records += clip_records(
+            model, clips, list(range(len(records), len(records) + len(clips))), n_samples=n_samples, n_past=n_past,
+            n_future=n_future, seed=seed, generator=generator, chunk_size=chunk_size, metric_chunk=metric_chunk,
+            protocol=protocol, keep_samples=keep_samples, baselines=baselines, on_batch=on_batch,
+        )
+    return summarize(
+        records, protocol=protocol, n_samples=n_samples, n_past=n_past, n_future=n_future, baselines=baselines,
+        keep_samples=keep_samples,
+    )
 
 
 def curves(result: dict) -> dict:

@@ -12,11 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from ..config import HAFSVGConfig
 from ..data import make_dataset
+from ..distributed.runtime import fault_point, is_distributed, rank, world_size
+from ..distributed.training import IndexedDataset, check_sync_bn, example_noise, wrap_ddp
 from ..models import HAFSVG
 from ..viz import save_grid
 
@@ -190,9 +194,13 @@ def _metrics_log(path: Path, start: int):
 
 
 def _batches(loader: DataLoader):
-    """Endless iterator over the loader's batches, epoch after epoch."""
+    """Endless iterator over the loader's batches, epoch after epoch (a DistributedSampler told each epoch)."""
+    epoch = 0
     while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch)
         yield from loader
+        epoch += 1
 
 
 def _sample_grid(path: Path, model: HAFSVG, clips: torch.Tensor, seed: int) -> Path:
@@ -225,6 +233,7 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     overwrite: bool = False,
+    sync_bn: bool = False,
 ) -> dict:
     """Train ``config``'s model for ``steps`` more steps on batches of ``config.batch_size`` clips
     (B, n_past + n_future, C, 64, 64) from ``make_dataset(config.dataset, ...)``.
@@ -238,6 +247,13 @@ def train(
     ``overwrite`` removes a previous run's files from ``out_dir`` (:func:`clear_run`) once the
     inputs are checked, before anything is written.
 
+    The posterior noise of an example at a step depends on (``seed``, step, its dataset index) only
+    (:func:`hafsvg.distributed.training.example_noise`). Inside a process group (``torchrun``) the model
+    is wrapped in DistributedDataParallel, each rank reads its share of every epoch through a
+    DistributedSampler (``config.batch_size`` clips per rank and step), and rank 0 alone writes files
+    (config, metrics of the losses averaged over the ranks, grids, checkpoints); ``sync_bn`` turns
+    BatchNorm into SyncBatchNorm (CUDA only).
+
     Returns:
         {"step", "total", "mse", "kl" (last step's losses), "checkpoint", "samples" (last grid or
         None), "seconds", "out_dir"}.
@@ -247,6 +263,10 @@ def train(
     if sample_every < 0 or checkpoint_every < 1:
         raise ValueError("sample_every must be >= 0 and checkpoint_every >= 1")
     dev = resolve_device(device)
+    if sync_bn:
+        check_sync_bn(dev)
+    me, world = rank(), world_size()
+    writer = me == 0
     n_frames = config.n_past + config.n_future
     dataset = make_dataset(
         config.dataset, n_frames, path=data_path, train=True, seed=seed, num_digits=config.num_digits
@@ -266,40 +286,65 @@ def train(
             optimizer.load_state_dict(opt_state)
             for group in optimizer.param_groups:
                 group["lr"] = config.lr
-        log(f"resumed from {resume} at step {start}")
+        if writer:
+            log(f"resumed from {resume} at step {start}")
         torch.manual_seed(seed + start)  # fresh noise, not a replay of the first run's
-    loader = DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        shuffle=True,
-        drop_last=len(dataset) >= config.batch_size,
-        num_workers=num_workers,
-        generator=torch.Generator().manual_seed(seed + start),
-    )
+    indexed = IndexedDataset(dataset)
+    if is_distributed():
+        if len(dataset) < world * config.batch_size:
+            raise ValueError(
+                f"{len(dataset)} training clips cannot fill one batch of {config.batch_size} on each of {world} ranks"
+            )
+        sampler = DistributedSampler(indexed, world, me, shuffle=True, seed=seed + start, drop_last=True)
+        loader = DataLoader(indexed, batch_size=config.batch_size, sampler=sampler, drop_last=True,
+                            num_workers=num_workers)  # fmt: skip
+    else:
+        loader = DataLoader(
+            indexed,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) >= config.batch_size,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed + start),
+        )
+    net = wrap_ddp(model, dev, sync_bn=sync_bn)
     out = Path(out_dir)
-    if overwrite:
-        clear_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if writer:
+        if overwrite:
+            clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_NAME).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     batches = _batches(loader)
     ckpt, grid, losses = None, None, {}
     t0 = time.perf_counter()
     model.train()
-    with _metrics_log(out / METRICS_NAME, start) as metrics:
-        bar = tqdm(range(start + 1, start + steps + 1), desc="train", disable=not progress, dynamic_ncols=True)
+    with _metrics_log(out / METRICS_NAME, start) if writer else open(os.devnull, "w") as metrics:
+        bar = tqdm(
+            range(start + 1, start + steps + 1), desc="train", disable=not progress or not writer, dynamic_ncols=True
+        )
         for step in bar:
-            x = next(batches).to(dev, non_blocking=True)
+            fault_point(step - start - 1)
+            indices, x = next(batches)
+            x = x.to(dev, non_blocking=True)
+            eps = example_noise(seed, step, indices.tolist(), n_frames - 1, config.z_dim).to(dev, x.dtype)
             optimizer.zero_grad(set_to_none=True)
-            result = model.loss(x)
+            result = net(x, eps)
             result["total"].backward()
             optimizer.step()
             kl = result["kl"].detach()
-            losses = {"total": result["total"].item(), "mse": result["mse"].item(), "kl": kl.sum().item()}
+            summed = torch.cat([result["total"].detach().reshape(1), result["mse"].detach().reshape(1), kl])
+            if is_distributed():  # the losses averaged over the ranks (the gradient DDP applied)
+                dist.all_reduce(summed)
+                summed = summed / world
+            kl = summed[2:]
+            losses = {"total": summed[0].item(), "mse": summed[1].item(), "kl": kl.sum().item()}
             bar.set_postfix(total=f"{losses['total']:.4f}", mse=f"{losses['mse']:.4f}", kl=f"{losses['kl']:.3f}")
+            last = step == start + steps
+            if not writer:
+                continue
             record = {"step": step, **losses, "kl_groups": kl.tolist(), "seconds": time.perf_counter() - t0}
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
-            last = step == start + steps
             if sample_every and (step % sample_every == 0 or last):
                 grid = _sample_grid(out / f"samples_{step:06d}.png", model, x[:GRID_CLIPS], seed + step)
             if step % checkpoint_every == 0 or last:
@@ -308,7 +353,7 @@ def train(
     return {
         "step": start + steps,
         **losses,
-        "checkpoint": str(ckpt),
+        "checkpoint": None if ckpt is None else str(ckpt),
         "samples": None if grid is None else str(grid),
         "seconds": time.perf_counter() - t0,
         "out_dir": str(out),
