@@ -160,11 +160,13 @@ def _panel(x: list[float], mean: list[float], ci: list[float | None] | None, yla
         draw.line((x0 - 4, y, x0, y), fill=(0, 0, 0))
         label = _tick_label(t, step)
         draw.text((x0 - 6 - draw.textlength(label, font=small), y - 6), label, fill=(0, 0, 0), font=small)
-    every = max(1, math.ceil(len(x) / 10))
-    for v in x[::every]:
+    # Few points (frames): a tick at each; many (training steps): round numbers over the range.
+    xticks = x if len(x) <= 12 else [t for t in _nice_ticks(xlo, xhi) if xlo <= t <= xhi]
+    xstep = xticks[1] - xticks[0] if len(xticks) > 1 else 1.0
+    for v in xticks:
         xx = px(v)
         draw.line((xx, y1, xx, y1 + 4), fill=(0, 0, 0))
-        label = f"{v:g}"
+        label = f"{v:g}" if len(x) <= 12 else _tick_label(v, xstep)
         draw.text((xx - draw.textlength(label, font=small) / 2, y1 + 6), label, fill=(0, 0, 0), font=small)
     for line, color in zip(others.values(), _OTHERS):
         for run in _runs([math.isfinite(v) for v in line]):

@@ -136,7 +136,7 @@ python -m hafsvg.pretrained.card runs/demo      # this card, scores.json, traini
   (`hafsvg.data.MovingMNIST`, 2 digits, training seed 0), batches of 16 clips of 15 frames;
 * steps: {log['steps']}, Adam (lr 2e-3, betas 0.9 / 0.999), β = 1e-4, seed 0;
 * wall time: {log['wall_s'] / 60:.0f} min on {log['device']};
-* software: torch {torch.__version__}, Python {platform.python_version()}.
+* software: torch {torch.__version__}, Python {platform.python_version()}; code: {log['code']}.
 
 ![training curve]({CURVE.name})
 
@@ -175,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--command", default="hafsvg train --preset demo --steps 1600 --seed 0",
                         help="the training command(s) to record in the card")
+    parser.add_argument("--code", default="this checkout", help="the code the run was trained with (e.g. a commit)")
     parser.add_argument("--device-note", default="2-core CPU, one thread (torch.set_num_threads(1))",
                         help="where the model was trained")
     args = parser.parse_args(argv)
@@ -186,7 +187,7 @@ def main(argv=None) -> int:
     scores["seconds"] = time.perf_counter() - t0
     SCORES.write_text(json.dumps(scores, indent=2) + "\n")
     log = training_log(args.run)
-    log.update(command=args.command, device=args.device_note)
+    log.update(command=args.command, device=args.device_note, code=args.code)
     _curve(log["records"], CURVE)
     write_card(scores, log, config.to_dict(), CHECKPOINT.stat().st_size)
     print(f"wrote {CHECKPOINT}, {SCORES}, {CURVE}, {CARD}")
