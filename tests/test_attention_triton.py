@@ -252,18 +252,17 @@ def build(fn, ptrs, consts, cfg):
     triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
 
 
-for dt in ("bf16", "fp32"):
+# fp32 with TF32 allowed (tensor cores, "tf32x3"), and fp32 IEEE (FFMA dots, their own tiles: fma)
+for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
     io = PTR[dt]
-    common = {"DOT_PRECISION": "tf32x3" if dt == "fp32" else "ieee", "ACC_DTYPE": tl.float32}
-    for N, d_qk, d_v in ((4096, 8, 64), (64, 32, 256)):
-        cfg = ta._fwd_config(N, N, d_qk, d_v)
+    common = {"DOT_PRECISION": "tf32x3" if dt == "fp32" and not fma else "ieee", "ACC_DTYPE": tl.float32}
+    for N, d_qk, d_v in ((4096, 8, 64), (64, 32, 256))[: 1 if fma else 2]:
+        cfg = ta._fwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
         build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common}, cfg)
-        cfg = ta._bwd_config(N, N, d_qk, d_v)
-        blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
-        pre = {"BLOCK_Q": blocks["BLOCK_Q"], "BLOCK_DV": blocks["BLOCK_DV"], "ACC_DTYPE": tl.float32}
-        build(ta._bwd_preprocess, dict(Out=io, DO=io, Delta="*fp32"), pre, cfg)
-        ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DQ=io)
+        cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
+        blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
+        ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", DQ=io)
         build(ta._bwd_dq_kernel, ptrs, {**blocks, **common}, cfg)
         for dk, dv, split in ((True, True, 1), (True, False, 4), (False, True, 1)):
             out = io if split == 1 else "*fp32"
@@ -275,10 +274,10 @@ print("compiled")
 
 
 def test_kernels_compile_for_sm90():
-    """Compile every kernel (bf16 and fp32/TF32, two block configurations, the three dK/dV
-    variants) to an sm_90 cubin without a GPU: the interpreter runs Python and accepts code that
-    the compiler rejects (scoping, types, constexpr rules). Needs a process without
-    TRITON_INTERPRET."""
+    """Compile every kernel (bf16 and fp32/TF32 at two block configurations, fp32/IEEE at its
+    own, the three dK/dV variants) to an sm_90 cubin without a GPU: the interpreter runs Python
+    and accepts code that the compiler rejects (scoping, types, constexpr rules). Needs a process
+    without TRITON_INTERPRET."""
     if CUDA:
         pytest.skip("on a GPU the other tests compile and run the kernels for real")
     import os

@@ -12,6 +12,16 @@ an online softmax (running max ``m_i`` and sum ``l_i``, base-2 exponentials with
 into the scale) and an fp32 (fp64 for fp64 inputs) accumulator, so the N x M scores never reach
 memory; it writes the output tile and, from the first value tile, the per-row ``lse`` (natural log).
 
+* The full key blocks run in a loop without any mask or select; the tail block (keys past
+  M - M % BLOCK_K, when BLOCK_K does not divide M) runs once after it with the key mask. The
+  scale is folded into the exponent's argument, p = exp2(s * qk_scale - m): one FFMA per score
+  (the row max is taken on the unscaled scores and scaled once per row, which needs
+  qk_scale >= 0: a negative scale is applied by negating q, exactly, and passing |scale|).
+  The backward kernels do the same (FFMA with the stored lse; only the last key or query block
+  masked). Measured on the sm_90 code (bf16, DCGAN 32^2 row), warp-instructions per score in
+  the main loops: forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops
+  (per thread and step) 64 -> 0, 32 -> 0, 50 -> 0; 1.06 MUFU.EX2 per score in the forward (the alpha rescale
+  adds 1 per row), 1.0 in the backward.
 * Batch folding: the key/value batch of query batch b is b // rk, b // rv, computed in the kernel
   and applied through the batch strides: the K/V of a clip is read by the programs of all its
   samples, never copied per sample. Programs are ordered with b fastest, so the programs running
@@ -22,24 +32,36 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
 * d_qk (1..128) is padded to BLOCK_D = max(16, next power of two) with masked loads (zeros add
   nothing to the dot; ``tl.dot`` needs K >= 16).
 * d_v (up to 512) is tiled across the grid's third axis in tiles of BLOCK_DV <= 128. Each value
-  tile recomputes the scores, which costs nothing extra where it matters: the paper models' large-N rows
-  (N = 4096, 1024) have C <= 128 = one tile, and the rows with C = 256, 512 have N <= 256, where
-  the recomputation is small and the extra programs give the GPU parallelism that N alone lacks.
-  A loop over value tiles inside the program would instead need a (BLOCK_Q x 512) fp32
-  accumulator, which does not fit in registers.
+  tile recomputes the scores, which costs little where it matters: the paper models' large-N rows
+  (N = 4096, 1024) have C <= 128 = one tile, and the rows with C = 256, 512 have N <= 64
+  (1600 x 64 x 64 scores per launch at C = 256 against 1600 x 1024 x 1024 at DCGAN 32^2: the
+  recomputation adds well under 1 % to the model's score work) while the extra programs give
+  the GPU parallelism that N alone lacks. A loop over value tiles inside the program would need
+  a (BLOCK_Q x d_v) fp32 accumulator: 64 x 256 on 4 warps is 128 registers per thread for the
+  accumulator alone, 16 x 512 on 1 warp 256, which does not fit next to the score tile.
+* Warps: a program's tile rows sit on one warpgroup (4 warps, wgmma m64) from 64 rows on, or on
+  one warp per 16 rows below (N = 16), and 128-row tiles on 8 warps: no score tile is laid over
+  two warpgroups (which computed each score twice; see ``_bwd_config``).
 
 Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 
-* ``_bwd_preprocess``: delta[b, n] = sum_c dO[b, n, c] * O[b, n, c].
 * ``_bwd_dq_kernel``: one program per (b, query block), looping over key blocks;
-  dS = P * (dO V^T - delta), dq = scale * dS K. d_v is looped in BLOCK_DV chunks for dO V^T.
+  dS = P * (dO V^T - delta), dq = scale * dS K. It first computes delta[b, n] =
+  sum_c dO[b, n, c] * O[b, n, c] for its rows and stores it for the dK/dV kernel, which is
+  launched after it (no launch of its own for delta; recomputing it in the dK/dV kernel instead
+  would read O once per key block program, M / BLOCK_K times over). When d_v fits one tile
+  (DV_TILES == 1, d_v <= 128) the (BLOCK_Q x BLOCK_DV) dO tile is loaded once, before the key
+  loop, and the key loop holds no inner loop; otherwise d_v is looped in BLOCK_DV chunks for
+  dO V^T.
 * ``_bwd_dkdv_kernel``: one program per (key/value batch g, split s, key block, value tile),
   looping over the query batches that share batch g (and their query blocks):
   dV = sum P^T dO, dK = scale * sum dS^T Q. The shared-K/V gradient is summed *inside* the program
   over the rk (or rv) query batches that read it, so there are no atomics and the result is
   deterministic. When that leaves too few programs to fill the GPU (few clips, small N), the
   query batches of a group are split over SPLIT programs which write fp32 partial sums that one
-  ``sum`` over the split axis reduces (still deterministic).
+  ``sum`` over the split axis reduces (still deterministic). Full query blocks run unmasked; the
+  tail query blocks (when BLOCK_Q does not divide N) run in a loop of their own afterwards, with
+  the query mask and the select that keeps NaN (padded query row against an infinite key) out.
   When rk == rv and d_v fits one tile, one launch computes dK and dV together (P is computed
   once). Otherwise (V per sample and K per clip, or d_v > one tile) dK programs are grouped by
   key batch and dV programs by value batch, in two launches of the same kernel.
@@ -47,8 +69,10 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 Precision: fp16/bf16 operands go to ``tl.dot`` as they are, with P and dS cast to the input
 dtype, and fp32 accumulation. fp32 operands use IEEE fp32 dots unless torch allows TF32 for
 matmuls, then 3xTF32 (``hafsvg_kernels._triton.fp32_dot_precision`` says why not one pass).
-fp64 operands (interpreter only; the backend refuses fp64 on CUDA until it is verified there)
-keep every product and accumulator in fp64; scalar arguments (the scale) are passed as fp32.
+IEEE fp32 dots compile to FFMA, not tensor-core instructions, so they get smaller tiles on a GPU
+(``_fwd_config``, ``_bwd_config``: ``fma``). fp64 operands (interpreter only; the backend refuses
+fp64 on CUDA until it is verified there) keep every product and accumulator in fp64; scalar
+arguments (the scale) are passed as fp32.
 """
 
 from __future__ import annotations
@@ -64,7 +88,7 @@ from .._triton import fp32_dot_precision, interpreting
 LOG2E = math.log2(math.e)  # exp(x) = exp2(x * LOG2E)
 LN2 = math.log(2.0)
 
-#: Largest d_qk / d_v the kernels take (BLOCK_D is at most 128; d_v is tiled by 128).
+#: Largest d_qk / d_v the kernels take (BLOCK_D is at most 128; d_v is tiled by at most 128).
 MAX_D_QK = 128
 MAX_D_V = 512
 
@@ -72,6 +96,47 @@ MAX_D_V = 512
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_block(
+    q,  # (BLOCK_Q, BLOCK_D) queries, sign-flipped when the scale is negative
+    m_i, l_i, acc,  # (BLOCK_Q,), (BLOCK_Q,), (BLOCK_Q, BLOCK_DV) online-softmax state
+    k_base, v_base,  # key / value batch base pointers
+    keys,  # (BLOCK_K,) key indices of this block
+    offs_d, d_ok, offs_v, v_ok,  # (BLOCK_D,), (BLOCK_DV,) channel indices and masks
+    M, skm, skd, svm, svd,
+    qk_scale,  # |scale| * log2(e) (>= 0)
+    MASKED: tl.constexpr,  # the tail block (keys past M): mask the keys; full blocks skip every select
+    DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """One key block of the forward's online softmax; returns the new (m_i, l_i, acc)."""
+    if MASKED:
+        k_ok = keys < M
+        kt = tl.load(
+            k_base + keys[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None] & k_ok[None, :], other=0.0
+        )  # (BLOCK_D, BLOCK_K)
+        vt = tl.load(
+            v_base + keys[:, None] * svm + offs_v[None, :] * svd, mask=k_ok[:, None] & v_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_DV)
+    else:
+        kt = tl.load(k_base + keys[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None], other=0.0)
+        vt = tl.load(v_base + keys[:, None] * svm + offs_v[None, :] * svd, mask=v_ok[None, :], other=0.0)
+    s = tl.dot(q, kt, input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K) unscaled scores
+    if MASKED:
+        s = tl.where(k_ok[None, :], s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+    else:
+        # qk_scale >= 0, so max(s) * qk_scale = max(s * qk_scale), and the scale folds into the
+        # exponent's argument: one FFMA per score (s * qk_scale - m) instead of FMUL + FADD.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -95,7 +160,8 @@ def _fwd_kernel(
     svb, svm, svd,
     sob, son, sod,
     # scalars
-    qk_scale,  # scale * log2(e)
+    qk_scale,  # |scale| * log2(e)
+    neg_scale,  # 1 when scale < 0, else 0
     # meta-parameters
     BLOCK_Q: tl.constexpr,  # queries per program
     BLOCK_K: tl.constexpr,  # keys per loop step
@@ -117,31 +183,31 @@ def _fwd_kernel(
 
     q = tl.load(
         Q + b * sqb + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
-    )
+    )  # (BLOCK_Q, BLOCK_D)
+    # scale * (q . k) = |scale| * ((-q) . k) for a negative scale: negating q is exact, and it
+    # makes the scale >= 0, which the fused max / FFMA of the full key blocks need.
+    q = tl.where(neg_scale != 0, -q, q)
     k_base = K + (b // RK) * skb
     v_base = V + (b // RV) * svb
 
     m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max of the base-2 scores
     l_i = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)  # running sum of exp2(score - m_i)
     acc = tl.zeros([BLOCK_Q, BLOCK_DV], dtype=ACC_DTYPE)
-    for m0 in range(0, M, BLOCK_K):
-        keys = m0 + offs_k
-        k_ok = keys < M
-        kt = tl.load(
-            k_base + keys[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None] & k_ok[None, :], other=0.0
-        )  # (BLOCK_D, BLOCK_K)
-        s = tl.dot(q, kt, input_precision=DOT_PRECISION).to(ACC_DTYPE) * qk_scale
-        s = tl.where(k_ok[None, :], s, float("-inf"))
-        # The first block holds key 0, so m_new is finite from the first step on.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(
-            v_base + keys[:, None] * svm + offs_v[None, :] * svd, mask=k_ok[:, None] & v_ok[None, :], other=0.0
-        )  # (BLOCK_K, BLOCK_DV)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION).to(ACC_DTYPE)
-        m_i = m_new
+    # Full key blocks run without masks; the block holding key 0 makes m_i finite from the
+    # first step on (alpha = exp2(-inf) = 0 there).
+    m_full = M - M % BLOCK_K
+    for m0 in range(0, m_full, BLOCK_K):
+        m_i, l_i, acc = _fwd_block(
+            q, m_i, l_i, acc, k_base, v_base, m0 + offs_k, offs_d, d_ok, offs_v, v_ok,
+            M, skm, skd, svm, svd, qk_scale,
+            MASKED=False, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+        )  # fmt: skip
+    if m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
+        m_i, l_i, acc = _fwd_block(
+            q, m_i, l_i, acc, k_base, v_base, m_full + offs_k, offs_d, d_ok, offs_v, v_ok,
+            M, skm, skd, svm, svd, qk_scale,
+            MASKED=True, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+        )  # fmt: skip
 
     out = acc / l_i[:, None]
     tl.store(
@@ -154,33 +220,65 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _bwd_preprocess(
-    # pointers
-    Out,  # (B, N, D_V) forward output
-    DO,  # (B, N, D_V) gradient of the output
-    Delta,  # (B, N) contiguous, fp32 (fp64): rowsum(dO * O)
-    # sizes
-    N,
-    D_V,
-    # strides
-    sob, son, sod,
-    sdob, sdon, sdod,
-    # meta-parameters
+def _bwd_dq_block(
+    q,  # (BLOCK_Q, BLOCK_D)
+    do,  # (BLOCK_Q, BLOCK_DV) the hoisted dO tile when DV_TILES == 1 (unused otherwise)
+    lse2,  # (BLOCK_Q,) base-2 lse (+inf on rows past N)
+    delta,  # (BLOCK_Q,)
+    dq,  # (BLOCK_Q, BLOCK_D) accumulator
+    k_base, v_base, do_base,  # key batch, value batch, dO batch base pointers
+    keys,  # (BLOCK_K,) key indices of this block
+    offs_q, q_ok, offs_d, d_ok,
+    M, D_V, skm, skd, svm, svd, sdon, sdod,
+    qk_scale,
+    MASKED: tl.constexpr,  # the tail block: P = 0 on keys past M (they read zeros, not -inf scores)
     BLOCK_Q: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV)
+    DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    q_ok = offs_q < N
-    delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
-    for c0 in range(0, D_V, BLOCK_DV):
-        offs_v = c0 + tl.arange(0, BLOCK_DV)
-        mask = q_ok[:, None] & (offs_v < D_V)[None, :]
-        o = tl.load(Out + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
-        do = tl.load(DO + b * sdob + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
-        delta += tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
-    tl.store(Delta + b * N + offs_q, delta, mask=q_ok)
+    """One key block of the dq kernel; returns the new dq accumulator."""
+    if MASKED:
+        k_ok = keys < M
+        k = tl.load(
+            k_base + keys[:, None] * skm + offs_d[None, :] * skd, mask=k_ok[:, None] & d_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_D)
+    else:
+        k_ok = tl.full([BLOCK_K], 1, tl.int1)  # constant true: the loads' masks fold to the channel masks
+        k = tl.load(k_base + keys[:, None] * skm + offs_d[None, :] * skd, mask=d_ok[None, :], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
+    p = tl.exp2(s * qk_scale - lse2[:, None])  # one FFMA per score
+    if MASKED:
+        p = tl.where(k_ok[None, :], p, 0.0)
+    if DV_TILES == 1:
+        offs_v = tl.arange(0, BLOCK_DV)
+        if MASKED:
+            vt = tl.load(
+                v_base + keys[None, :] * svm + offs_v[:, None] * svd,
+                mask=(offs_v < D_V)[:, None] & k_ok[None, :],
+                other=0.0,
+            )  # (BLOCK_DV, BLOCK_K)
+        else:
+            vt = tl.load(v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=(offs_v < D_V)[:, None], other=0.0)
+        dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    else:
+        dp = tl.zeros([BLOCK_Q, BLOCK_K], dtype=ACC_DTYPE)
+        # A loop, not unrolled: unrolled (static_range), the dq kernel at d_v = 256 on 4 warps
+        # with 128-channel chunks used 2856 bytes of stack, as a loop 984 (bf16, sm_90).
+        for c0 in range(0, D_V, BLOCK_DV):
+            offs_v = c0 + tl.arange(0, BLOCK_DV)
+            v_ok = offs_v < D_V
+            do_c = tl.load(
+                do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
+            )  # (BLOCK_Q, BLOCK_DV)
+            vt = tl.load(
+                v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
+            )  # (BLOCK_DV, BLOCK_K)
+            dp += tl.dot(do_c, vt.to(do_c.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION).to(ACC_DTYPE)
 
 
 @triton.jit
@@ -189,9 +287,10 @@ def _bwd_dq_kernel(
     Q,  # (B, N, D_QK)
     K,  # (Bk, M, D_QK)
     V,  # (Bv, M, D_V)
+    O,  # (B, N, D_V) forward output  # noqa: E741
     DO,  # (B, N, D_V)
     Lse,  # (B, N) contiguous, natural log
-    Delta,  # (B, N) contiguous
+    Delta,  # (B, N) contiguous, written here: rowsum(dO * O), read by the dK/dV kernel after
     DQ,  # (B, N, D_QK) output
     # sizes
     N, M, D_QK, D_V, RK, RV,
@@ -199,6 +298,7 @@ def _bwd_dq_kernel(
     sqb, sqn, sqd,
     skb, skm, skd,
     svb, svm, svd,
+    sob, son, sod,
     sdob, sdon, sdod,
     sdqb, sdqn, sdqd,
     # scalars
@@ -208,7 +308,8 @@ def _bwd_dq_kernel(
     BLOCK_Q: tl.constexpr,  # queries per program
     BLOCK_K: tl.constexpr,  # keys per loop step
     BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr,  # value channels per chunk of the dO V^T loop
+    BLOCK_DV: tl.constexpr,  # value channels per chunk of dO V^T
+    DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV); 1: the dO tile is loaded once, before the key loop
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -221,36 +322,46 @@ def _bwd_dq_kernel(
 
     q = tl.load(
         Q + b * sqb + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
-    )
+    )  # (BLOCK_Q, BLOCK_D)
     # Rows past N get lse = +inf, hence P = 0.
     lse2 = tl.load(Lse + b * N + offs_q, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
-    delta = tl.load(Delta + b * N + offs_q, mask=q_ok, other=0.0).to(ACC_DTYPE)
     k_base = K + (b // RK) * skb
     v_base = V + (b // RV) * svb
     do_base = DO + b * sdob
 
-    dq = tl.zeros([BLOCK_Q, BLOCK_D], dtype=ACC_DTYPE)
-    for m0 in range(0, M, BLOCK_K):
-        keys = m0 + offs_k
-        k_ok = keys < M
-        k = tl.load(
-            k_base + keys[:, None] * skm + offs_d[None, :] * skd, mask=k_ok[:, None] & d_ok[None, :], other=0.0
-        )  # (BLOCK_K, BLOCK_D)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION).to(ACC_DTYPE) * qk_scale
-        p = tl.where(k_ok[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-        dp = tl.zeros([BLOCK_Q, BLOCK_K], dtype=ACC_DTYPE)
+    # delta = rowsum(dO * O), here rather than in a launch of its own; stored for the dK/dV kernel.
+    if DV_TILES == 1:
+        offs_v = tl.arange(0, BLOCK_DV)
+        mask = q_ok[:, None] & (offs_v < D_V)[None, :]
+        # The (BLOCK_Q, BLOCK_DV) dO tile, kept in registers for the whole key loop.
+        do = tl.load(do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
+        o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
+        delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
+    else:
+        do = q  # unused: the key loop reads dO in chunks
+        delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
         for c0 in range(0, D_V, BLOCK_DV):
             offs_v = c0 + tl.arange(0, BLOCK_DV)
-            v_ok = offs_v < D_V
-            do = tl.load(
-                do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
-            )  # (BLOCK_Q, BLOCK_DV)
-            vt = tl.load(
-                v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
-            )  # (BLOCK_DV, BLOCK_K)
-            dp += tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+            mask = q_ok[:, None] & (offs_v < D_V)[None, :]
+            do_c = tl.load(do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
+            o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
+            delta += tl.sum(o.to(ACC_DTYPE) * do_c.to(ACC_DTYPE), 1)
+    tl.store(Delta + b * N + offs_q, delta, mask=q_ok)
+
+    dq = tl.zeros([BLOCK_Q, BLOCK_D], dtype=ACC_DTYPE)
+    m_full = M - M % BLOCK_K
+    for m0 in range(0, m_full, BLOCK_K):  # full key blocks: no masks
+        dq = _bwd_dq_block(
+            q, do, lse2, delta, dq, k_base, v_base, do_base, m0 + offs_k, offs_q, q_ok, offs_d, d_ok,
+            M, D_V, skm, skd, svm, svd, sdon, sdod, qk_scale,
+            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, DOT_PRECISION, ACC_DTYPE,
+        )  # fmt: skip
+    if m_full < M:  # the tail block
+        dq = _bwd_dq_block(
+            q, do, lse2, delta, dq, k_base, v_base, do_base, m_full + offs_k, offs_q, q_ok, offs_d, d_ok,
+            M, D_V, skm, skd, svm, svd, sdon, sdod, qk_scale,
+            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, DOT_PRECISION, ACC_DTYPE,
+        )  # fmt: skip
 
     dq = dq * scale
     tl.store(
@@ -261,6 +372,98 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
+def _bwd_dkdv_block(
+    k,  # (BLOCK_K, BLOCK_D) keys of this program
+    v,  # (BLOCK_K, BLOCK_DV) values of this program (read only when fused)
+    dk, dv,  # (BLOCK_K, BLOCK_D), (BLOCK_K, BLOCK_DV) accumulators
+    q_base, do_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
+    queries,  # (BLOCK_Q,) query indices of this block
+    offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
+    N, D_V, sqn, sqd, svm, svd, sdon, sdod,
+    qk_scale,
+    MASKED: tl.constexpr,  # the tail block (queries past N)
+    BLOCK_K: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    DV_TILES: tl.constexpr,
+    COMPUTE_DK: tl.constexpr,
+    COMPUTE_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """One query block of the dK/dV kernel; returns the new (dk, dv)."""
+    if MASKED:
+        q_ok = queries < N
+    else:
+        q_ok = tl.full([BLOCK_Q], 1, tl.int1)  # constant true: the loads' masks fold to the channel masks
+    q = tl.load(
+        q_base + queries[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
+    )  # (BLOCK_Q, BLOCK_D)
+    lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
+    st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_K, BLOCK_Q)
+    pt = tl.exp2(st * qk_scale - lse2[None, :])  # one FFMA per score
+    if MASKED:
+        # Queries past N read zeros and lse = +inf, so P = 0, except against an infinite key
+        # (0 * inf = NaN in the scores): the select keeps that NaN out of dK / dV.
+        pt = tl.where(q_ok[None, :], pt, 0.0)
+    if COMPUTE_DV:
+        do = tl.load(
+            do_base + queries[:, None] * sdon + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
+        )  # (BLOCK_Q, BLOCK_DV)
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    if COMPUTE_DK:
+        delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
+        if COMPUTE_DV:
+            dpt = tl.dot(v.to(do.dtype), tl.trans(do), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        else:
+            dpt = tl.zeros([BLOCK_K, BLOCK_Q], dtype=ACC_DTYPE)
+            for c0 in range(0, D_V, BLOCK_DV):  # a loop, not unrolled (see _bwd_dq_block)
+                offs_c = c0 + tl.arange(0, BLOCK_DV)
+                c_ok = offs_c < D_V
+                vc = tl.load(
+                    v_base + offs_k[:, None] * svm + offs_c[None, :] * svd,
+                    mask=k_ok[:, None] & c_ok[None, :],
+                    other=0.0,
+                )  # (BLOCK_K, BLOCK_DV)
+                do_t = tl.load(
+                    do_base + queries[None, :] * sdon + offs_c[:, None] * sdod,
+                    mask=c_ok[:, None] & q_ok[None, :],
+                    other=0.0,
+                )  # (BLOCK_DV, BLOCK_Q): dO^T
+                dpt += tl.dot(vc.to(do_t.dtype), do_t, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kv(
+    K, V,  # (Bk, M, D_QK) keys, (Bv, M, D_V) values
+    b,  # query batch
+    RK, RV, skb, skm, skd, svb, svm, svd,
+    offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,  # (BLOCK_K,), (BLOCK_D,), (BLOCK_DV,) indices and masks
+    COMPUTE_DK: tl.constexpr,
+    COMPUTE_DV: tl.constexpr,
+):  # fmt: skip
+    """The key tile k (BLOCK_K, BLOCK_D) of query batch b's key batch, its value tile v
+    (BLOCK_K, BLOCK_DV) when dK and dV are fused (else k again, unused), and the value batch's base
+    pointer. Keys past M read zeros; their rows of dK/dV are never stored, so P needs no key mask."""
+    k = tl.load(
+        K + (b // RK) * skb + offs_k[:, None] * skm + offs_d[None, :] * skd,
+        mask=k_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    v_base = V + (b // RV) * svb
+    if COMPUTE_DV and COMPUTE_DK:  # fused: the value tile is all of D_V, the dO tile serves both
+        v = tl.load(
+            v_base + offs_k[:, None] * svm + offs_v[None, :] * svd, mask=k_ok[:, None] & v_ok[None, :], other=0.0
+        )
+    else:
+        v = k
+    return k, v, v_base
+
+
+@triton.jit
 def _bwd_dkdv_kernel(
     # pointers
     Q,  # (B, N, D_QK)
@@ -268,7 +471,7 @@ def _bwd_dkdv_kernel(
     V,  # (Bv, M, D_V)
     DO,  # (B, N, D_V)
     Lse,  # (B, N) contiguous, natural log
-    Delta,  # (B, N) contiguous
+    Delta,  # (B, N) contiguous, rowsum(dO * O) (written by the dq kernel, which runs first)
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums when SPLIT > 1); unused without COMPUTE_DK
     DV,  # (SPLIT, Bv, M, D_V) output (partial sums when SPLIT > 1); unused without COMPUTE_DV
     # sizes
@@ -291,6 +494,7 @@ def _bwd_dkdv_kernel(
     BLOCK_Q: tl.constexpr,  # queries per loop step
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,  # value channels per program (dV) / per chunk of the V dO^T loop (dK)
+    DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV): chunks of the V dO^T loop of dK alone
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
     DOT_PRECISION: tl.constexpr,
@@ -311,60 +515,34 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_K, BLOCK_DV], dtype=ACC_DTYPE)
     b_start = g * R + sp * SPLIT_LEN
     b_end = tl.minimum(b_start + SPLIT_LEN, (g + 1) * R)
+    # Full query blocks of every query batch first, without masks; then, when N % BLOCK_Q != 0,
+    # the tail block of every query batch in a loop of its own. A tail handled inside the batch
+    # loop (after the query loop) kept more values live across it: 784 bytes of stack instead
+    # of 344 in the fused kernel (bf16, DCGAN 32^2 row; code as here but for the constant masks
+    # of _bwd_dkdv_block), 424 instead of 0 for dV alone at d_v = 256.
+    n_full = N - N % BLOCK_Q
     for b in range(b_start, b_end):
-        # Keys past M read zeros; their rows of dK/dV are never stored, so no masking of P is needed.
-        k = tl.load(
-            K + (b // RK) * skb + offs_k[:, None] * skm + offs_d[None, :] * skd,
-            mask=k_ok[:, None] & d_ok[None, :],
-            other=0.0,
-        )  # (BLOCK_K, BLOCK_D)
-        v_base = V + (b // RV) * svb
-        if COMPUTE_DV and COMPUTE_DK:  # fused: the value tile is all of D_V, the dO tile serves both
-            v = tl.load(
-                v_base + offs_k[:, None] * svm + offs_v[None, :] * svd, mask=k_ok[:, None] & v_ok[None, :], other=0.0
-            )  # (BLOCK_K, BLOCK_DV)
-        for n0 in range(0, N, BLOCK_Q):
-            queries = n0 + offs_q
-            q_ok = queries < N
-            q = tl.load(
-                Q + b * sqb + queries[:, None] * sqn + offs_d[None, :] * sqd,
-                mask=q_ok[:, None] & d_ok[None, :],
-                other=0.0,
-            )  # (BLOCK_Q, BLOCK_D)
-            lse2 = tl.load(Lse + b * N + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
-            st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION).to(ACC_DTYPE) * qk_scale  # (BLOCK_K, BLOCK_Q)
-            # Queries past N read zeros and lse = +inf, so P = 0, except against an infinite key
-            # (0 * inf = NaN in the scores): the select keeps that NaN out of dK / dV.
-            pt = tl.where(q_ok[None, :], tl.exp2(st - lse2[None, :]), 0.0)
-            if COMPUTE_DV:
-                do = tl.load(
-                    DO + b * sdob + queries[:, None] * sdon + offs_v[None, :] * sdod,
-                    mask=q_ok[:, None] & v_ok[None, :],
-                    other=0.0,
-                )  # (BLOCK_Q, BLOCK_DV)
-                dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION).to(ACC_DTYPE)
-            if COMPUTE_DK:
-                delta = tl.load(Delta + b * N + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
-                if COMPUTE_DV:
-                    dpt = tl.dot(v.to(do.dtype), tl.trans(do), input_precision=DOT_PRECISION).to(ACC_DTYPE)
-                else:
-                    dpt = tl.zeros([BLOCK_K, BLOCK_Q], dtype=ACC_DTYPE)
-                    for c0 in range(0, D_V, BLOCK_DV):
-                        offs_c = c0 + tl.arange(0, BLOCK_DV)
-                        c_ok = offs_c < D_V
-                        vc = tl.load(
-                            v_base + offs_k[:, None] * svm + offs_c[None, :] * svd,
-                            mask=k_ok[:, None] & c_ok[None, :],
-                            other=0.0,
-                        )  # (BLOCK_K, BLOCK_DV)
-                        do_t = tl.load(
-                            DO + b * sdob + queries[None, :] * sdon + offs_c[:, None] * sdod,
-                            mask=c_ok[:, None] & q_ok[None, :],
-                            other=0.0,
-                        )  # (BLOCK_DV, BLOCK_Q): dO^T
-                        dpt += tl.dot(vc.to(do_t.dtype), do_t, input_precision=DOT_PRECISION).to(ACC_DTYPE)
-                dst = pt * (dpt - delta[None, :])
-                dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        k, v, v_base = _bwd_dkdv_kv(
+            K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
+            COMPUTE_DK, COMPUTE_DV,
+        )  # fmt: skip
+        for n0 in range(0, n_full, BLOCK_Q):
+            dk, dv = _bwd_dkdv_block(
+                k, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, n0 + offs_q,
+                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale,
+                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DOT_PRECISION, ACC_DTYPE,
+            )  # fmt: skip
+    if n_full < N:
+        for b in range(b_start, b_end):
+            k, v, v_base = _bwd_dkdv_kv(
+                K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
+                COMPUTE_DK, COMPUTE_DV,
+            )  # fmt: skip
+            dk, dv = _bwd_dkdv_block(
+                k, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, n_full + offs_q,
+                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale,
+                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DOT_PRECISION, ACC_DTYPE,
+            )  # fmt: skip
 
     if COMPUTE_DK:
         dk = dk * scale
@@ -400,38 +578,70 @@ def _tl_acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _fwd_config(N: int, M: int, d_qk: int, d_v: int) -> dict:
-    """Block sizes of the forward (GPU tuning comes later; these are the FlashAttention-2 defaults).
+def _warps(rows: int) -> int:
+    """Warps of a program whose tiles have ``rows`` rows: 4 (one warpgroup, wgmma's m64) from 64
+    rows on, else one warp per 16 rows (mma.sync's m16). More warps than that would lay the same
+    score tile over several warps (each computing it again); see the numbers in ``_bwd_config``."""
+    return max(1, min(4, rows // 16))
+
+
+def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
+    """Block sizes of the forward (the FlashAttention-2 defaults, fitted to the workload rows).
 
     BLOCK_Q = 128 queries (64 under the interpreter, so that the tests cross several query
     blocks) and BLOCK_K = 64 keys, shrunk to the next power of two >= 16 of N / M for the small
     levels (N = 16, 64) so that no program computes mostly padding. BLOCK_DV <= 128 keeps the
-    fp32 accumulator at <= 128 x 128 (64 KiB of registers over 8 warps).
+    fp32 accumulator at <= 128 x 128 (64 KiB of registers over 8 warps). Warps: 128-row tiles
+    with a 128-channel accumulator on 8 warps (two warpgroups of 64 rows each), else ``_warps``
+    (4 from 64 rows on; 1 at N = 16, where 4 warps ran 3.0 MUFU.EX2 per score instead of 1.25).
+
+    ``fma``: fp32 operands with IEEE dots on a GPU, which ``tl.dot`` computes with FFMA (no tensor
+    cores): 64 x 32 score tiles and BLOCK_DV <= 64 on 4 warps. The 128 x 64 tiles above gave 9328
+    bytes of stack (spills in the key loop, 8.3 warp-instructions per score) at the DCGAN 32^2 row;
+    64 x 32: no stack, 3.4 per score (the FFMA floor there is 2.5: 16 + 64 FFMA per score / 32 lanes).
     """
-    block_q = _pow2(N, hi=64 if interpreting() else 128)
-    block_k = _pow2(M, hi=64)
-    block_dv = _pow2(d_v, hi=128)
+    block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
+    block_k = _pow2(M, hi=32 if fma else 64)
+    block_dv = _pow2(d_v, hi=64 if fma else 128)
     big = block_q * block_dv >= 128 * 128
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
-        "num_warps": 8 if big else 4,
+        "num_warps": 8 if big else _warps(block_q),
         "num_stages": 2 if big else 3,
     }
 
 
-def _bwd_config(N: int, M: int, d_qk: int, d_v: int) -> dict:
+def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     """Block sizes of the backward kernels: 64 x 64 score tiles (the backward holds P, dP and dS
-    tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward)."""
-    block_dv = _pow2(d_v, hi=128)
+    tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward),
+    on 4 warps (one warpgroup) whatever d_v; fewer at N = 16 (``_warps``).
+
+    Measured on the sm_90 code (bf16): 8 warps at d_v >= 128 (as before) laid each 64 x 64 score
+    tile over both warpgroups, so every score was computed twice: 2.0 MUFU.EX2 per score instead
+    of 1.0 (DCGAN 16^2 row, both kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0).
+    BLOCK_DV = 64 when d_v > 128: with 128-channel chunks the dq and dK-alone kernels at
+    d_v = 256 on 4 warps used 984 and 1056 bytes of stack (spilling inside the key loop), with
+    64-channel chunks 168 and 232. DV_TILES = cdiv(d_v, BLOCK_DV).
+
+    ``fma`` (fp32 with IEEE dots on a GPU: FFMA dots, see ``_fwd_config``): 32 x 32 score tiles
+    (on 2 warps). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8 (dq) and 15.6 (dK/dV, 8648 bytes
+    of stack, spilling in the loop) warp-instructions per score; 32 x 32: 4.2 and 6.4 (floors
+    3.0 and 5.0: 96 and 160 FFMA per score / 32 lanes), with 1528 and 1200 bytes of stack, mostly
+    outside the loops.
+    """
+    block_q = _pow2(N, hi=32 if fma else 64)
+    block_k = _pow2(M, hi=32 if fma else 64)
+    block_dv = _pow2(d_v, hi=128) if d_v <= 128 else 64
     return {
-        "BLOCK_Q": _pow2(N, hi=64),
-        "BLOCK_K": _pow2(M, hi=64),
+        "BLOCK_Q": block_q,
+        "BLOCK_K": block_k,
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
-        "num_warps": 8 if block_dv >= 128 else 4,
+        "DV_TILES": triton.cdiv(d_v, block_dv),
+        "num_warps": _warps(min(block_q, block_k)),
         "num_stages": 2,
     }
 
@@ -472,13 +682,14 @@ def forward(
     if out is None:
         out = torch.empty(B, N, d_v, device=q.device, dtype=q.dtype)
     lse = torch.empty(B, N, device=q.device, dtype=_acc_dtype(q.dtype))
-    cfg = _fwd_config(N, M, d_qk, d_v)
+    fma = q.dtype == torch.float32 and fp32_dot_precision(q.dtype) == "ieee" and not interpreting()
+    cfg = _fwd_config(N, M, d_qk, d_v, fma)
     grid = (B, triton.cdiv(N, cfg["BLOCK_Q"]), triton.cdiv(d_v, cfg["BLOCK_DV"]))
     _fwd_kernel[grid](
         q, k, v, out, lse,
         N, M, d_qk, d_v, B // Bk, B // Bv,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        float(scale) * LOG2E,
+        abs(float(scale)) * LOG2E, int(scale < 0),
         DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
         **cfg,
     )  # fmt: skip
@@ -514,21 +725,18 @@ def backward(
     acc = _acc_dtype(q.dtype)
     tl_acc = _tl_acc(q.dtype)
     lse = lse.contiguous()
-    cfg = _bwd_config(N, M, d_qk, d_v)
     prec = fp32_dot_precision(q.dtype)
+    cfg = _bwd_config(N, M, d_qk, d_v, q.dtype == torch.float32 and prec == "ieee" and not interpreting())
     n_qblocks = triton.cdiv(N, cfg["BLOCK_Q"])
 
+    # The dq kernel computes delta = rowsum(dO * O) and stores it for the dK/dV kernel, which is
+    # launched after it on the same stream.
     delta = torch.empty(B, N, device=q.device, dtype=acc)
-    _bwd_preprocess[(B, n_qblocks)](
-        out, do, delta, N, d_v, *out.stride(), *do.stride(),
-        BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc,
-    )  # fmt: skip
-
     dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
     _bwd_dq_kernel[(B, n_qblocks)](
-        q, k, v, do, lse, delta, dq,
+        q, k, v, out, do, lse, delta, dq,
         N, M, d_qk, d_v, rk, rv,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride(),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
         float(scale) * LOG2E, float(scale),
         DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
