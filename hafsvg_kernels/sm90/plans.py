@@ -1,0 +1,464 @@
+"""What the launchers launch for each workload: kernels, constants, argument values, grids, loop
+trip counts, and the bytes each kernel moves.
+
+Attention (the workload rows, sampling batch 1600 = 16 clips x 100 samples): queries per sample
+(B = 1600), keys/values per clip (Bk = Bv = 16), M = N keys, d_v = C. The launches are
+*recorded*: ``triton_attention.forward`` and ``backward`` run on meta tensors with every jit
+function of the module replaced by a recorder (:func:`recording`), so the kernels, arguments,
+constants, grids, the fused-or-split dK/dV choice and SPLIT are exactly the launchers' (``_split``
+sees a CUDA device with the H100's 132 SMs). Tensors have the layouts the model passes
+(``hafsvg.models.aligner``): NCHW features viewed as (batch, N, C), i.e. strides (C*N, 1, N);
+``out`` and ``dO`` channel slices of a (B, 2C, H, W) buffer. fp32 gets the launchers' default
+``DOT_PRECISION="ieee"`` (torch disallows TF32 by default). The expected loop trees
+(:func:`_attention_loops`) follow the kernels' source; a kernel whose SASS loop nest matches none
+of them falls back to counting its main loop (noted in the report).
+
+Recurrent step (G = 4, batch 1600, the paper's sizes: rnn 256, g_dim 128, z per preset): what a
+sampling step launches, the prior's Gaussian step (1 layer, noise drawn in the kernel from a
+device offset, nothing saved) and the frame predictor's step (2 layers, n_in = g_dim + z). The
+launcher's config is ``launch_config(1600, 256)``; ``HAFSVG_TRITON_AUTOTUNE=1`` would pick one of
+``autotune_configs()`` on a GPU, which one is unknown here, so each candidate is listed too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+from .compile import Ptr
+from .sass import Trip
+
+SMS = 132
+B, CLIPS, SAMPLES = 1600, 16, 100
+
+#: The aligner's workload rows: (level, N, C, d_qk)
+ROWS = [
+    ("DCGAN 32x32", 1024, 64, 8),
+    ("DCGAN 16x16", 256, 128, 16),
+    ("DCGAN 8x8", 64, 256, 32),
+    ("DCGAN 4x4", 16, 512, 64),
+    ("VGG 64x64", 4096, 64, 8),
+    ("VGG 32x32", 1024, 128, 16),
+    ("VGG 16x16", 256, 256, 32),
+    ("VGG 8x8", 64, 512, 64),
+]
+DTYPES = {"bf16": 2, "fp32": 4}
+
+#: hafsvg/config.py presets (g_dim 128, rnn 256, G 4, prior 1 layer, predictor 2 layers)
+PRESETS = {"moving-mnist": 16, "kth": 24, "bair": 64}
+G_DIM, RNN, GROUPS, PRIOR_LAYERS, PREDICTOR_LAYERS = 128, 256, 4, 1, 2
+KERNEL_SEED = 0x4841465356  # hafsvg.sampling.fast_sampler.KERNEL_SEED (an i64 argument)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch."""
+
+    kernel: str  # the jit function's name in its module
+    module: str  # "attention", "lstm" or "gaussian"
+    args: dict  # runtime argument values (Ptr for pointers)
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    grid: tuple
+    loops: list  # expected loop tree (sass.Trip)
+    scores_per_iter: int = 0  # scores of one main-loop iteration (0: no scores)
+    bytes: float = 0.0  # HBM bytes it moves (shared K/V and weights counted once: L2 reuse)
+    label: str = ""  # which launch of the op (e.g. "dK (split 17)")
+
+    @property
+    def programs(self) -> int:
+        g = 1
+        for x in self.grid:
+            g *= x
+        return g
+
+    def key(self) -> tuple:
+        """What determines the compiled code (the same key: one compilation)."""
+        from .compile import specialize
+
+        spec = tuple(
+            (k, specialize(v) if not isinstance(v, tuple) else specialize(v)) for k, v in sorted(self.args.items())
+        )
+        return (self.kernel, spec, tuple(sorted((k, str(v)) for k, v in self.constexprs.items())), self.num_warps,
+                self.num_stages)  # fmt: skip
+
+
+@dataclasses.dataclass
+class Op:
+    """A workload op (attention forward / backward at a row, a recurrent kernel): launches plus
+    the quantities of its physical floor."""
+
+    name: str
+    kind: str  # "attention" or "recurrent"
+    dtype: str
+    direction: str  # "fwd", "bwd" or "step"
+    launches: list
+    flops: float  # useful FLOPs (no padding)
+    exps: float  # useful exponentials
+    bytes: float  # minimal HBM bytes
+    extra_bytes: float = 0.0  # torch ops between launches (e.g. the sum of split partials), bandwidth-bound
+    scores: float = 0.0
+    row: str = ""
+    config: str = ""  # "launcher", or the autotune candidate
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention
+# ----------------------------------------------------------------------------------------------
+
+
+_TRITON_DTYPES = {
+    "torch.bfloat16": "bf16",
+    "torch.float16": "fp16",
+    "torch.float32": "fp32",
+    "torch.float64": "fp64",
+    "torch.int64": "i64",
+    "torch.int32": "i32",
+}
+
+
+class _Recorder:
+    """Stands in for a jit function in its module while a launcher runs: records the launches."""
+
+    def __init__(self, fn, sink):
+        self.fn, self.sink = fn, sink
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.sink.append((self.fn, grid, args, kwargs))
+
+        return launch
+
+
+@contextlib.contextmanager
+def recording(module, sink, patches=None):
+    """Replace every jit function of ``module`` by a :class:`_Recorder` (and apply ``patches``:
+    name -> object) while the block runs."""
+    from triton.runtime.jit import JITFunction
+
+    saved = {}
+    try:
+        for name, obj in list(vars(module).items()):
+            if isinstance(obj, JITFunction):
+                saved[name] = obj
+                setattr(module, name, _Recorder(obj, sink))
+        for name, obj in (patches or {}).items():
+            saved.setdefault(name, getattr(module, name))
+            setattr(module, name, obj)
+        yield sink
+    finally:
+        for name, obj in saved.items():
+            setattr(module, name, obj)
+
+
+def _convert(v):
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return Ptr(_TRITON_DTYPES[str(v.dtype)])
+    if isinstance(v, tuple):
+        return tuple(_convert(x) for x in v)
+    return v
+
+
+def to_launch(rec, module: str) -> Launch:
+    """A recorded ``fn[grid](*args, **kwargs)`` as a :class:`Launch` (loops, bytes, label filled later)."""
+    fn, grid, args, kwargs = rec
+    kwargs = dict(kwargs)
+    num_warps = kwargs.pop("num_warps", 4)
+    num_stages = kwargs.pop("num_stages", 3)
+    names = list(fn.arg_names)
+    const = {p.name for p in fn.params if p.is_constexpr}
+    values = dict(zip(names, args))
+    values.update(kwargs)
+    rt = {k: _convert(v) for k, v in values.items() if k not in const}
+    cx = {k: v for k, v in values.items() if k in const}
+    if callable(grid):
+        grid = grid({**values, **cx})
+    grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    return Launch(fn.__name__, module, rt, cx, num_warps, num_stages, grid, [])
+
+
+class _FakeCuda:
+    type = "cuda"
+    index = 0
+
+
+def _record_attention(row, dtype: str):
+    """The launches of ``triton_attention.forward`` and ``backward`` at a row, on meta tensors."""
+    import types
+
+    import torch
+
+    from ..attention import triton_attention as ta
+
+    _, N, C, dqk = row
+    side = int(round(N**0.5))
+    dt = getattr(torch, {"bf16": "bfloat16", "fp32": "float32"}[dtype])
+
+    def tokens(b, c, hidden=None):  # (b, c, side, side) NCHW as (b, N, c); hidden: channels of the buffer
+        x = torch.empty(b, hidden or c, side, side, device="meta", dtype=dt)[:, (hidden or c) - c :]
+        return x.flatten(2).transpose(1, 2)
+
+    q, k, v = tokens(B, dqk), tokens(CLIPS, dqk), tokens(CLIPS, C)
+    out, do = tokens(B, C, 2 * C), tokens(B, C, 2 * C)  # channel slices of the decoder's [F_d; Z] buffer
+    patches = {}
+    if hasattr(ta, "_split"):
+        orig = ta._split
+        props = types.SimpleNamespace(multi_processor_count=SMS)
+
+        def split(R, programs, device, _orig=orig):
+            real = torch.cuda.get_device_properties
+            torch.cuda.get_device_properties = lambda *a, **k: props
+            try:
+                return _orig(R, programs, _FakeCuda())
+            finally:
+                torch.cuda.get_device_properties = real
+
+        patches["_split"] = split
+    fwd, bwd = [], []
+    with recording(ta, fwd, patches):
+        _, lse = ta.forward(q, k, v, 1.0, out)
+    with recording(ta, bwd, patches):
+        ta.backward(do, q, k, v, out, lse, 1.0)
+    return [to_launch(r, "attention") for r in fwd], [to_launch(r, "attention") for r in bwd]
+
+
+def _attention_loops(launch: Launch) -> list[list]:
+    """Candidate loop trees (the first that matches the SASS is used) of the attention kernels,
+    for this and the previous version of their source."""
+    a, c = launch.args, launch.constexprs
+    N, M, D_V = a.get("N", 1), a.get("M", 1), a.get("D_V", 1)
+    bq, bk, bdv = c.get("BLOCK_Q", 1), c.get("BLOCK_K", 1), c.get("BLOCK_DV", 1)
+    t = c.get("DV_TILES", cdiv(D_V, bdv))
+    name = launch.kernel
+    if name == "_fwd_kernel":
+        return [[Trip(M // bk, main=True)], [Trip(cdiv(M, bk), main=True)]]
+    if name == "_bwd_preprocess":
+        return [[Trip(cdiv(D_V, bdv))]]
+    if name == "_bwd_dq_kernel":
+        tail = 0 if M % bk == 0 else t
+        return [
+            [Trip(t), Trip(M // bk, [Trip(t)], main=True), Trip(tail, optional=True)],
+            [Trip(M // bk, [Trip(t, optional=t == 1)], main=True), Trip(tail, optional=True)],
+        ]
+    if name == "_bwd_dkdv_kernel":
+        split_len = a.get("SPLIT_LEN", 1)
+        dk_only = c.get("COMPUTE_DK") and not c.get("COMPUTE_DV")
+        inner = [Trip(t, optional=t == 1)] if dk_only else []
+        tail = [Trip(0 if N % bq == 0 else t, optional=True)] if dk_only else []
+        tail_batches = 0 if N % bq == 0 else split_len  # the masked last query block, after the main loop
+        return [
+            [Trip(split_len, [Trip(N // bq, inner, main=True)]), Trip(tail_batches, inner, optional=True)],
+            [Trip(split_len, [Trip(N // bq, inner, main=True), *tail])],
+        ]
+    return [[]]
+
+
+def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, float]:
+    """(label, HBM bytes, bytes of the torch reduction of split partials after it)."""
+    c, e = launch.constexprs, sizes["e"]
+    q_b, kv_b, o_b, lse_b = sizes["q"], sizes["kv"], sizes["o"], sizes["lse"]
+    name = launch.kernel
+    if name == "_fwd_kernel":
+        return "fwd", q_b + kv_b + o_b + lse_b, 0.0
+    if name == "_bwd_preprocess":
+        return "preprocess", 2 * o_b + lse_b, 0.0
+    if name == "_bwd_dq_kernel":
+        reads_o = "O" in launch.args
+        return "dQ" + (" (+delta)" if reads_o else ""), 2 * q_b + o_b * (2 if reads_o else 1) + 2 * lse_b + kv_b, 0.0
+    if name == "_bwd_dkdv_kernel":
+        s = c.get("SPLIT", 1)
+        dk, dv = bool(c.get("COMPUTE_DK")), bool(c.get("COMPUTE_DV"))
+        be = e if s == 1 else 4
+        out_b = s * CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0)) * be
+        red = 0.0
+        if s > 1:  # t.sum(0).to(dtype): read the fp32 partials, write the result
+            red = out_b + CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0)) * e
+        what = "dK+dV" if dk and dv else ("dK" if dk else "dV")
+        return f"{what} (split {s})", q_b + o_b + lse_b * (2 if dk else 1) + kv_b + out_b, red
+    return name, 0.0, 0.0
+
+
+def attention_ops(row, dtype: str) -> list[Op]:
+    level, N, C, dqk = row
+    e = DTYPES[dtype]
+    scores = B * N * N
+    sizes = {
+        "e": e,
+        "M": N,
+        "dqk": dqk,
+        "dv": C,
+        "q": B * N * dqk * e,
+        "kv": CLIPS * N * (dqk + C) * e,
+        "o": B * N * C * e,
+        "lse": B * N * 4,
+    }
+    fwd, bwd = _record_attention(row, dtype)
+    ops = []
+    for direction, launches in (("fwd", fwd), ("bwd", bwd)):
+        extra = 0.0
+        for lch in launches:
+            lch.loops = _attention_loops(lch)
+            lch.label, lch.bytes, red = _attention_label_bytes(lch, sizes)
+            extra += red
+            c = lch.constexprs
+            if lch.kernel != "_bwd_preprocess":
+                lch.scores_per_iter = c.get("BLOCK_Q", 0) * c.get("BLOCK_K", 0)
+        if direction == "fwd":
+            flops, moved = 2.0 * scores * (dqk + C), sizes["q"] + sizes["kv"] + sizes["o"] + sizes["lse"]
+        else:  # read q, k, v, o, dO, lse; write dq, dk, dv
+            flops, moved = (
+                2.0 * scores * (3 * dqk + 2 * C),
+                2 * sizes["q"] + 2 * sizes["kv"] + 2 * sizes["o"] + sizes["lse"],
+            )
+        ops.append(
+            Op(f"{level} {direction} {dtype}", "attention", dtype, direction, launches, flops, scores, moved,
+               extra_bytes=extra, scores=scores, row=level, config="launcher")
+        )  # fmt: skip
+    return ops
+
+
+def _tl_fp32():
+    import triton.language as tl
+
+    return tl.float32
+
+
+def _strides(names, values) -> dict:
+    return dict(zip(names, values))
+
+
+def _prod(t) -> int:
+    p = 1
+    for x in t:
+        p *= x
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent step
+# ----------------------------------------------------------------------------------------------
+
+
+def _configs():
+    """[("launcher", (block_b, block_n, block_k, warps, stages))] + the autotune candidates."""
+    from ..recurrent import triton_lstm as tlm
+
+    cfg = tlm.launch_config(B, RNN)
+    out = [("launcher", tuple(cfg))]
+    for c in tlm.autotune_configs():
+        kw = c.kwargs
+        out.append(
+            (
+                f"autotune BB{kw['BLOCK_B']} BN{kw['BLOCK_N']} BK{kw['BLOCK_K']} w{c.num_warps} s{c.num_stages}",
+                (kw["BLOCK_B"], kw["BLOCK_N"], kw["BLOCK_K"], c.num_warps, c.num_stages),
+            )
+        )
+    return out
+
+
+def _lstm_trips(n_in, H, n_out, L, bn, bk):
+    cell = [Trip(cdiv(H, bn), [Trip(cdiv(H, bk), main=(i == 0)), Trip(cdiv(H, bk))]) for i in range(L)]
+    return [Trip(cdiv(H, bn), [Trip(cdiv(n_in, bk))]), *cell, Trip(cdiv(n_out, bn), [Trip(cdiv(H, bk))])]
+
+
+def _gaussian_trips(n_in, H, Zg, G, L, bn, bk, bz):
+    out = []
+    for j in range(G):
+        emb = [Trip(cdiv(n_in, bk))]
+        emb.append(Trip(cdiv(j * Zg, bk), optional=(j == 0)))
+        out.append(Trip(cdiv(H, bn), emb))
+        for i in range(L):
+            out.append(Trip(cdiv(H, bn), [Trip(cdiv(H, bk), main=(j == 0 and i == 0)), Trip(cdiv(H, bk))]))
+        out.append(Trip(cdiv(Zg, bz), [Trip(cdiv(H, bk))]))
+    return out
+
+
+def recurrent_ops(dtype: str, preset: str = "moving-mnist", all_configs: bool = False) -> list[Op]:
+    z = PRESETS[preset]
+    e = DTYPES[dtype]
+    io = Ptr(dtype)
+    H, G, Zg = RNN, GROUPS, z // GROUPS
+    prec = "ieee"
+    ops = []
+    configs = _configs() if all_configs else _configs()[:1]
+    for cname, (bb, bn, bk, nw, ns) in configs:
+        programs = cdiv(B, bb)
+        # predictor: _lstm_step_kernel, L = 2, n_in = g_dim + z, n_out = g_dim
+        L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
+        args = {
+            "x_ptr": io, "h_in": (io,) * L, "c_in": (io,) * L, "e_ptr": io, "h_out_ptr": io, "c_out_ptr": io,
+            "gates_ptr": io, "out_ptr": io, "embed_w": io, "embed_b": io, "w_ih": (io,) * L, "w_hh": (io,) * L,
+            "b_ih": (io,) * L, "b_hh": (io,) * L, "out_w": io, "out_b": io,
+            "B": B, "n_in": n_in, "H": H, "n_out": n_out, "stride_x": n_in,
+        }  # fmt: skip
+        consts = {"L": L, "SAVE_GATES": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}
+        w = H * n_in + L * (8 * H * H) + n_out * H
+        bias = H + L * 8 * H + n_out
+        act = B * (n_in + L * 2 * H + L * 2 * H + H + n_out)  # x, h/c in, h/c out, e, out
+        macs = B * w
+        lch = Launch("_lstm_step_kernel", "lstm", args, consts, nw, ns, (programs,),
+                     _lstm_trips(n_in, H, n_out, L, bn, bk), 0, (w + bias + act) * e, "predictor")  # fmt: skip
+        ops.append(
+            Op(f"predictor step {preset} {dtype}", "recurrent", dtype, "step", [lch], 2.0 * macs,
+               B * (L * 5 * H + n_out), (w + bias + act) * e, config=cname,
+               meta={"preset": preset, "kernel": "predictor"})
+        )  # fmt: skip
+        # prior: _gaussian_step_kernel, G groups, L = 1, n_in = g_dim, noise drawn (device offset)
+        L, n_in = PRIOR_LAYERS, G_DIM
+        bz = max(16, min(64, 1 << max(0, (Zg - 1).bit_length())))
+        args = {
+            "x_ptr": io, "zsrc_ptr": io, "eps_ptr": io, "h_in": (io,) * (G * L), "c_in": (io,) * (G * L),
+            "embed_w": (io,) * G, "embed_b": (io,) * G, "w_ih": (io,) * (G * L), "w_hh": (io,) * (G * L),
+            "b_ih": (io,) * (G * L), "b_hh": (io,) * (G * L), "mu_w": (io,) * G, "mu_b": (io,) * G,
+            "lv_w": (io,) * G, "lv_b": (io,) * G, "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "e_ptr": io,
+            "h_out_ptr": io, "c_out_ptr": io, "gates_ptr": io,
+            "B": B, "n_in": n_in, "H": H, "Zg": Zg, "stride_x": n_in, "stride_zsrc": G * Zg, "stride_eps": G * Zg,
+            "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"),
+        }  # fmt: skip
+        consts = {
+            "G": G, "L": L, "DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "SAVE_GATES": False,
+            "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_Z": bz, "PRECISION": prec,
+        }  # fmt: skip
+        w = sum(H * (n_in + j * Zg) + L * 8 * H * H + 2 * Zg * H for j in range(G))
+        bias = G * (H + L * 8 * H + 2 * Zg)
+        act = B * (n_in + G * (L * 4 * H + H) + 3 * G * Zg)
+        lch = Launch("_gaussian_step_kernel", "gaussian", args, consts, nw, ns, (programs,),
+                     _gaussian_trips(n_in, H, Zg, G, L, bn, bk, bz), 0, (w + bias + act) * e, "prior")  # fmt: skip
+        ops.append(
+            Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", [lch], 2.0 * B * w,
+               B * G * (L * 5 * H + Zg), (w + bias + act) * e, config=cname,
+               meta={"preset": preset, "kernel": "prior"})
+        )  # fmt: skip
+    return ops
+
+
+def kernel_fn(launch: Launch):
+    """The jit function a launch runs."""
+    if launch.module == "attention":
+        from ..attention import triton_attention as m
+    elif launch.module == "lstm":
+        from ..recurrent import triton_lstm as m
+    else:
+        from ..recurrent import triton_gaussian as m
+    return getattr(m, launch.kernel)
+
+
+def all_ops(dtypes=("bf16", "fp32"), rows=None, presets=("moving-mnist", "kth", "bair"), autotune=True) -> list[Op]:
+    """Every op of the report: attention fwd/bwd per row and dtype, recurrent kernels per preset and
+    dtype (the autotune candidates for the first preset)."""
+    ops = []
+    for dt in dtypes:
+        for row in ROWS if rows is None else [r for r in ROWS if r[0] in rows]:
+            ops += attention_ops(row, dt)
+    for dt in dtypes:
+        for i, p in enumerate(presets):
+            ops += recurrent_ops(dt, p, all_configs=autotune and i == 0)
+    return ops
