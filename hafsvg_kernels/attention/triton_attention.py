@@ -19,9 +19,11 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   qk_scale >= 0: a negative scale is applied by negating q, exactly, and passing |scale|).
   The backward kernels do the same (FFMA with the stored lse; only the last key or query block
   masked). Measured on the sm_90 code (bf16, DCGAN 32^2 row), warp-instructions per score in
-  the main loops: forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops
-  (per thread and step) 64 -> 0, 32 -> 0, 50 -> 0; 1.06 MUFU.EX2 per score in the forward (the alpha rescale
-  adds 1 per row), 1.0 in the backward.
+  the main loops, before -> after, in one compile without the JIT's argument specialisation:
+  forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops (per thread and
+  step) 64 -> 0, 32 -> 0, 50 -> 0. As ``python -m hafsvg_kernels.sm90_report`` compiles them (with
+  it): 0.24, 0.24 and 0.32; 1.06 MUFU.EX2 per score in the forward (the alpha rescale adds 1 per
+  row), 1.0 in the backward.
 * Batch folding: the key/value batch of query batch b is b // rk, b // rv, computed in the kernel
   and applied through the batch strides: the K/V of a clip is read by the programs of all its
   samples, never copied per sample. Programs are ordered with b fastest, so the programs running
@@ -517,9 +519,10 @@ def _bwd_dkdv_kernel(
     b_end = tl.minimum(b_start + SPLIT_LEN, (g + 1) * R)
     # Full query blocks of every query batch first, without masks; then, when N % BLOCK_Q != 0,
     # the tail block of every query batch in a loop of its own. A tail handled inside the batch
-    # loop (after the query loop) kept more values live across it: 784 bytes of stack instead
-    # of 344 in the fused kernel (bf16, DCGAN 32^2 row; code as here but for the constant masks
-    # of _bwd_dkdv_block), 424 instead of 0 for dV alone at d_v = 256.
+    # loop (after the query loop) kept more values live across it: 784 bytes of stack against
+    # 344 for this layout in a compile without Triton's argument specialisation (bf16, DCGAN 32^2
+    # row), 424 against 0 for dV alone at d_v = 256. Compiled as the JIT specialises the
+    # arguments (python -m hafsvg_kernels.sm90_report), this layout has no stack at those rows.
     n_full = N - N % BLOCK_Q
     for b in range(b_start, b_end):
         k, v, v_base = _bwd_dkdv_kv(
@@ -598,7 +601,8 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     ``fma``: fp32 operands with IEEE dots on a GPU, which ``tl.dot`` computes with FFMA (no tensor
     cores): 64 x 32 score tiles and BLOCK_DV <= 64 on 4 warps. The 128 x 64 tiles above gave 9328
     bytes of stack (spills in the key loop, 8.3 warp-instructions per score) at the DCGAN 32^2 row;
-    64 x 32: no stack, 3.4 per score (the FFMA floor there is 2.5: 16 + 64 FFMA per score / 32 lanes).
+    64 x 32: no stack, 3.2 per score in the sm90_report compile (the FFMA floor there is 2.5:
+    16 + 64 FFMA per score / 32 lanes).
     """
     block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
     block_k = _pow2(M, hi=32 if fma else 64)
@@ -624,13 +628,15 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     of 1.0 (DCGAN 16^2 row, both kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0).
     BLOCK_DV = 64 when d_v > 128: with 128-channel chunks the dq and dK-alone kernels at
     d_v = 256 on 4 warps used 984 and 1056 bytes of stack (spilling inside the key loop), with
-    64-channel chunks 168 and 232. DV_TILES = cdiv(d_v, BLOCK_DV).
+    64-channel chunks none (sm90_report, DCGAN 8^2 row). DV_TILES = cdiv(d_v, BLOCK_DV).
 
     ``fma`` (fp32 with IEEE dots on a GPU: FFMA dots, see ``_fwd_config``): 32 x 32 score tiles
     (on 2 warps). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8 (dq) and 15.6 (dK/dV, 8648 bytes
-    of stack, spilling in the loop) warp-instructions per score; 32 x 32: 4.2 and 6.4 (floors
-    3.0 and 5.0: 96 and 160 FFMA per score / 32 lanes), with 1528 and 1200 bytes of stack, mostly
-    outside the loops.
+    of stack, spilling in the loop) warp-instructions per score; 32 x 32, as sm90_report compiles
+    them (the JIT's argument specialisation): dq 3.7 (floor 3.0: 96 FFMA per score / 32 lanes)
+    with 1248 bytes of stack, but the fused dK/dV kernel at 32 registers, 16 KB of spill stores
+    and 14.2 per score (floor 5.0): not fixed yet (a compile without the specialisation gave 6.4
+    and 1200 bytes).
     """
     block_q = _pow2(N, hi=32 if fma else 64)
     block_k = _pow2(M, hi=32 if fma else 64)
