@@ -304,10 +304,11 @@ def launch_config(B: int, H: int) -> LaunchConfig:
 
     Interpreter: 64-row blocks and 64-wide tiles keep the number of interpreted ops low while
     still exercising the row masks (B = 130) and the multi-tile, masked loops (H = 200).
-    GPU: 32 rows per program at the sampling batch (1600 rows -> 50 programs; 8 warps: with 4
-    the four 32 x 64 fp32 gate accumulators spill, ptxas sm_90: 255 registers + stack), 16 rows
-    with 4 warps below (small batches: more programs; 146 registers, no spill); 64 x 32 tiles,
-    2 stages (36 KB of shared memory).
+    GPU: 32 rows per program at the sampling batch (1600 rows -> 50 programs on 132 SMs, mma.sync;
+    8 warps: with 4 the four 32 x 64 fp32 gate accumulators spill, ptxas sm_90: 255 registers +
+    stack; the Gaussian step still keeps 32 bytes of stack in bf16, 112 in fp32, by sm90_report),
+    16 rows with 4 warps below (small batches: more programs); 64 x 32 tiles, 2 stages (36 KB of
+    shared memory).
     """
     if interpreting():
         return LaunchConfig(min(64, max(16, triton.next_power_of_2(B))), 64, 64, 4, 1)
@@ -323,7 +324,9 @@ def autotune_enabled() -> bool:
 def autotune_configs() -> list[triton.Config]:
     """Candidates for ``HAFSVG_TRITON_AUTOTUNE=1`` (GPU only)."""
     out = []
-    # none of these spills registers on sm_90 (checked with ptxas for the predictor kernel)
+    # Not spill-free (python -m hafsvg_kernels.sm90_report, batch 1600, sm_90): the Gaussian step
+    # keeps 32 bytes of stack in every bf16 candidate, and in fp32 (FFMA dots) 88-112 bytes with
+    # 32-row blocks, up to 5 KB of spill stores at 64 rows; the predictor spills in fp32 at 3 stages.
     for bb, bn, bk, w, s in [(16, 64, 32, 4, 2), (16, 64, 32, 4, 3), (16, 32, 64, 4, 3),
                              (32, 64, 32, 8, 2), (32, 64, 32, 8, 3), (64, 64, 32, 8, 2)]:  # fmt: skip
         out.append(triton.Config({"BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s))
