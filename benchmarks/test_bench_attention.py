@@ -44,25 +44,18 @@ from hafsvg_kernels import aligned_attention, aligned_attention_ref
 from hafsvg_kernels._ext import cuda_backend_unavailable
 from hafsvg_kernels._triton import triton_unavailable
 from hafsvg_kernels.attention.reference import SCORE_BUDGET
+from hafsvg_kernels.workloads import ALIGNER_ROWS, SAMPLING_CLIPS, SAMPLING_SAMPLES
 
 DEVICE = default_device()
 GPU = DEVICE.type == "cuda"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE = DTYPES[os.environ.get("HAFSVG_BENCH_DTYPE", "bf16" if GPU else "fp32")]
 
-# SPEC §3: (id, N, C, d_qk).
-ROWS = [
-    ("dcgan32", 1024, 64, 8),
-    ("dcgan16", 256, 128, 16),
-    ("dcgan8", 64, 256, 32),
-    ("dcgan4", 16, 512, 64),
-    ("vgg64", 4096, 64, 8),
-    ("vgg32", 1024, 128, 16),
-    ("vgg16", 256, 256, 32),
-    ("vgg8", 64, 512, 64),
-]
+# (id, N, C, d_qk) of every aligner workload row.
+ROWS = [(r.id, r.n, r.c, r.d_qk) for r in ALIGNER_ROWS]
 # id -> (clips, samples per clip, V per sample)
-BATCHES = {"sample": (16, 100, False), "sample-vdec": (16, 100, True), "train": (100, 1, False)}
+SAMPLE = (SAMPLING_CLIPS, SAMPLING_SAMPLES)
+BATCHES = {"sample": (*SAMPLE, False), "sample-vdec": (*SAMPLE, True), "train": (100, 1, False)}
 if not GPU:
     ROWS = [r for r in ROWS if r[0] in ("dcgan4", "dcgan8")]
     BATCHES = {"cpu-small": (2, 4, False)}

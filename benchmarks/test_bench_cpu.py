@@ -32,10 +32,11 @@ from hafsvg_kernels import aligned_attention, aligned_attention_ref, gaussian_ls
 from hafsvg_kernels._ext import cpu_unavailable
 from hafsvg_kernels.recurrent import HierarchicalGaussianLSTM
 from hafsvg_kernels.recurrent.reference import gaussian_lstm_step_ref
+from hafsvg_kernels.workloads import ALIGNER_ROWS
 
 DEVICE = torch.device("cpu")
 IMPLS = ["eager", "compile", "cpp"]
-ATTN_ROWS = [("dcgan32", 1024, 64, 8), ("dcgan16", 256, 128, 16)]
+ATTN_ROWS = [(r.id, r.n, r.c, r.d_qk) for r in ALIGNER_ROWS if r.id in ("dcgan32", "dcgan16")]
 CLIPS, SAMPLES = 4, 10
 _medians: dict[tuple, float] = {}
 

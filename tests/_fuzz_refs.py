@@ -56,6 +56,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
+from torch.utils._pytree import tree_leaves
 
 import hafsvg_kernels as hk
 from hafsvg_kernels import BackendUnavailable, _ext
@@ -299,10 +300,8 @@ def check_second_derivatives(grad, ref_grad, views, ref_ins, names, backend, rou
 
 
 def flat(obj) -> list:
-    """The tensors (and Nones) of a nested tuple/list, in order."""
-    if obj is None or isinstance(obj, torch.Tensor):
-        return [obj]
-    return [t for o in obj for t in flat(o)]
+    """The tensors (and Nones, which torch's pytree would drop) of a nested tuple/list, in order."""
+    return tree_leaves(obj, is_leaf=lambda t: t is None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import re
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 from hafsvg_kernels import BackendUnavailable, gaussian_lstm_step, lstm_step
 from hafsvg_kernels._ext import cuda_backend_unavailable
@@ -65,11 +66,6 @@ def rel_err(got, ref) -> float:
     return ((got - ref).norm() / ref.norm()).item()
 
 
-def flat(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    return [t for o in obj for t in flat(o)]
-
 
 def nest(tensors, groups, layers):
     it = iter(tensors)
@@ -82,7 +78,7 @@ def double_leaf(t):
 
 def assert_close_with_grads(got, ref, leaves, ref_leaves, dtype):
     """Outputs, then the gradients of every leaf for one random output gradient."""
-    got, ref = flat(got), flat(ref)
+    got, ref = tree_leaves(got), tree_leaves(ref)
     assert len(got) == len(ref)
     for i, (a, b) in enumerate(zip(got, ref)):
         assert a.dtype == dtype and a.device == b.device, f"output {i}: {a.dtype} on {a.device}"
@@ -134,9 +130,9 @@ def test_gaussian_step_forward_backward(case, backend, dtype):
     got = gaussian_lstm_step(x, states, weights_of(m), eps, cond, backend=backend)
     mr = copy.deepcopy(m).double()
     xr, epsr, condr = (double_leaf(t) for t in (x, eps, cond))
-    statesr = nest([double_leaf(t) for t in flat(states)], G, layers)
+    statesr = nest([double_leaf(t) for t in tree_leaves(states)], G, layers)
     ref = gaussian_lstm_step_ref(xr, statesr, weights_of(mr), epsr, condr)
-    ref_inputs = [t for t in (xr, epsr, condr, *flat(statesr)) if t is not None]
+    ref_inputs = [t for t in (xr, epsr, condr, *tree_leaves(statesr)) if t is not None]
     assert_close_with_grads(got, ref, inputs + list(m.parameters()), ref_inputs + list(mr.parameters()), dtype)
 
 
@@ -152,10 +148,10 @@ def test_lstm_step_forward_backward(B, H, layers, backend, dtype):
     got = lstm_step(x, state, m.weights(), backend=backend)
     mr = copy.deepcopy(m).double()
     xr = double_leaf(x)
-    stater = nest([double_leaf(t) for t in flat(state)], 1, layers)[0]
+    stater = nest([double_leaf(t) for t in tree_leaves(state)], 1, layers)[0]
     ref = lstm_step_ref(xr, stater, mr.weights())
-    leaves = [x, *flat(state), *m.parameters()]
-    assert_close_with_grads(got, ref, leaves, [xr, *flat(stater), *mr.parameters()], dtype)
+    leaves = [x, *tree_leaves(state), *m.parameters()]
+    assert_close_with_grads(got, ref, leaves, [xr, *tree_leaves(stater), *mr.parameters()], dtype)
 
 
 def _inference_check(m, x, states, eps, cond, dtype, backend):
@@ -217,7 +213,7 @@ def test_inference_frame_predictor_module(backend):
         for _ in range(3):
             out, state = m.step(x, state)
             ref_out, ref_state = ref_m.step(x.double(), ref_state)
-            for a, b in zip([out, *flat(state)], [ref_out, *flat(ref_state)]):
+            for a, b in zip([out, *tree_leaves(state)], [ref_out, *tree_leaves(ref_state)]):
                 assert a.device == x.device and rel_err(a, b) <= 1e-4
 
 
@@ -228,7 +224,7 @@ def test_noise_from_seed_matches_torch_backend(backend):
     with torch.no_grad():
         got = gaussian_lstm_step(x, states, weights_of(m), seed=11, offset=5, backend=backend)
         ref = gaussian_lstm_step(x, states, weights_of(m), seed=11, offset=5, backend="torch")
-    for a, b in zip(flat(got), flat(ref)):
+    for a, b in zip(tree_leaves(got), tree_leaves(ref)):
         assert rel_err(a, b) <= 1e-4
 
 
@@ -241,7 +237,7 @@ def test_noise_from_a_device_offset_reads_its_value(backend):
         ref = gaussian_lstm_step(x, states, weights_of(m), seed=11, offset=5, backend=backend)
         offset = torch.tensor([5], device=device)
         got = gaussian_lstm_step(x, states, weights_of(m), seed=11, offset=offset, backend=backend)
-    for a, b in zip(flat(got), flat(ref)):
+    for a, b in zip(tree_leaves(got), tree_leaves(ref)):
         assert torch.equal(a, b)
 
 

@@ -21,6 +21,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._pytree import tree_leaves
 
 import hafsvg_kernels as hk
 from hafsvg_kernels import BackendUnavailable, aligned_attention, gaussian_lstm_step, lstm_step
@@ -41,11 +42,6 @@ def rel_err(got, ref) -> float:
     got, ref = got.double(), ref.double()
     return ((got - ref).norm() / ref.norm()).item()
 
-
-def flat(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    return [t for o in obj for t in flat(o)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ def _poison(x, state, rows):
 
 
 def _assert_same_specials(got, ref, what):
-    for i, (a, b) in enumerate(zip(flat(got), flat(ref))):
+    for i, (a, b) in enumerate(zip(tree_leaves(got), tree_leaves(ref))):
         torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"{what}[{i}]: {m}")
 
 
@@ -115,7 +111,7 @@ def test_cpp_lstm_step_propagates_nan_and_inf(dtype):
         ref = lstm_step(x, state, m.weights(), backend="torch")
     assert torch.isnan(ref[0][1]).all()  # the case: NaN input, NaN output
     _assert_same_specials(got, ref, "no grad")
-    leaves = [t.detach().requires_grad_() for t in (x, *flat(state))]
+    leaves = [t.detach().requires_grad_() for t in (x, *tree_leaves(state))]
     got = lstm_step(leaves[0], ((leaves[1], leaves[2]), (leaves[3], leaves[4])), m.weights(), backend="cpp")
     _assert_same_specials(got, ref, "with grad")
     # the exact case
@@ -166,7 +162,7 @@ def test_cpp_recurrent_sees_writes_through_param_data():
             ref = lstm_step(x, s, m.weights(), backend="torch")
             got_g = gaussian_lstm_step(x, gs, gw(), eps, backend="cpp")
             ref_g = gaussian_lstm_step(x, gs, gw(), eps, backend="torch")
-        for a, b in zip(flat((got, got_g)), flat((ref, ref_g))):
+        for a, b in zip(tree_leaves((got, got_g)), tree_leaves((ref, ref_g))):
             assert rel_err(a, b) <= 1e-5, f"after {write} writes through .data"
         m.embed.weight.data.mul_(2)
         m.lstm[0].bias_hh.data.add_(0.5)

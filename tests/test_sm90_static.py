@@ -22,21 +22,13 @@ import pytest
 
 from hafsvg_kernels.sm90 import model, sass
 from hafsvg_kernels.sm90.compile import find_tool
+from hafsvg_kernels.workloads import ALIGNER_ROWS
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The last recorded report (the newest by its dated name).
 RECORDED = max((ROOT / "benchmarks" / "results").glob("static-sm90-*.json"))
 TOL = 0.02
-ROW_NAMES = [
-    "DCGAN 32x32",
-    "DCGAN 16x16",
-    "DCGAN 8x8",
-    "DCGAN 4x4",
-    "VGG 64x64",
-    "VGG 32x32",
-    "VGG 16x16",
-    "VGG 8x8",
-]
+ROW_NAMES = [r.name for r in ALIGNER_ROWS]
 
 
 def _aot_missing() -> str | None:

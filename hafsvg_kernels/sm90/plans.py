@@ -25,23 +25,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 
+from ..workloads import ALIGNER_ROWS, SAMPLING_CLIPS, SAMPLING_SAMPLES
 from .compile import Ptr
 from .sass import Trip
 
 SMS = 132
-B, CLIPS, SAMPLES = 1600, 16, 100
+CLIPS, SAMPLES = SAMPLING_CLIPS, SAMPLING_SAMPLES
+B = CLIPS * SAMPLES
 
-#: The aligner's workload rows: (level, N, C, d_qk)
-ROWS = [
-    ("DCGAN 32x32", 1024, 64, 8),
-    ("DCGAN 16x16", 256, 128, 16),
-    ("DCGAN 8x8", 64, 256, 32),
-    ("DCGAN 4x4", 16, 512, 64),
-    ("VGG 64x64", 4096, 64, 8),
-    ("VGG 32x32", 1024, 128, 16),
-    ("VGG 16x16", 256, 256, 32),
-    ("VGG 8x8", 64, 512, 64),
-]
+#: The aligner's workload rows: (name, N, C, d_qk)
+ROWS = [(r.name, r.n, r.c, r.d_qk) for r in ALIGNER_ROWS]
 DTYPES = {"bf16": 2, "fp32": 4}
 
 #: hafsvg/config.py presets (g_dim 128, rnn 256, G 4, prior 1 layer, predictor 2 layers)
