@@ -15,7 +15,9 @@ for ``fwd`` (under ``no_grad``, as in sampling) and ``fwd+bwd`` (gradients of x 
 weight for fixed random output gradients), with the implementations
 
 * ``fused``: :func:`hafsvg_kernels.recurrent.gaussian_lstm_step` / ``lstm_step`` with
-  ``backend="triton"`` (one launch per step forward), noise passed in;
+  ``backend="triton"`` (on a GPU one launch per cell over rows x hidden units: G + 1 for the prior,
+  L + 1 for the predictor), noise passed in;
+* ``fused-row``: the same in the row design (``HAFSVG_RECURRENT_SPLIT=0``: one launch per step);
 * ``fused-philox`` (prior only): the same with the noise drawn in-kernel from a seed;
 * ``cuda``: the same calls with ``backend="cuda"`` (the C++/CUDA extension), noise passed in, to
   measure the CUDA ``auto`` order;
@@ -67,7 +69,7 @@ SIZES = {"g_dim": 128, "z_dim": 16, "groups": 4, "hidden": 256, "pred_layers": 2
 if not GPU:  # smoke test of the harness
     SIZES = {"g_dim": 32, "z_dim": 8, "groups": 4, "hidden": 64, "pred_layers": 2, "gauss_layers": 1}
 PASSES = ["fwd", "fwd+bwd"]
-IMPLS = ["fused", "fused-philox", "cuda", "eager", "compile"]
+IMPLS = ["fused", "fused-row", "fused-philox", "cuda", "eager", "compile"]
 
 
 def _batch(batch):
@@ -159,7 +161,7 @@ _compiled = {}
 
 def _impl_fn(kind, impl):
     """The step function of an implementation: (x, states, weights, eps, cond) -> outputs."""
-    if impl in ("fused", "fused-philox"):
+    if impl in ("fused", "fused-row", "fused-philox"):
         if not GPU:
             pytest.skip("Triton kernels need a CUDA device; the interpreter is for correctness only")
         why = triton_unavailable()
@@ -188,8 +190,10 @@ def _impl_fn(kind, impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("passes", PASSES)
 @pytest.mark.parametrize("workload", list(WORKLOADS))
-def test_bench_recurrent_step(benchmark, workload, passes, impl):
+def test_bench_recurrent_step(benchmark, monkeypatch, workload, passes, impl):
     kind, batch, cond = WORKLOADS[workload]
+    if impl == "fused-row":
+        monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "0")
     if impl == "fused-philox" and kind == "lstm":
         pytest.skip("the predictor draws no noise")
     if impl == "compile" and not GPU and (workload, passes) != ("prior-sample", "fwd"):

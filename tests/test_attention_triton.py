@@ -92,6 +92,37 @@ def test_lse_and_float64():
         assert rel_err(g, r) <= 1e-10
 
 
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize("split", [1, 3])
+def test_single_pass_backward_float64(monkeypatch, split):
+    """d_qk <= 16 with dK and dV fused: one pass over the scores (the dK/dV kernel's key blocks add
+    dQ atomically, no dq kernel), against the float64 reference with ragged query and key blocks,
+    and against the two-pass backward."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    B, Bk, N, M, d_qk, d_v = 6, 2, 100, 257, 8, 64
+    q, k, v = (t.detach() for t in make_inputs(B, Bk, Bk, N, M, d_qk, d_v, dtype=torch.float64))
+    assert ta.single_pass(M, d_qk, d_v, B // Bk, B // Bk, ta._bwd_config(N, M, d_qk, d_v), fma=False)
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.7, do)
+
+    class NoDq:
+        def __getitem__(self, grid):
+            raise AssertionError("the single-pass backward launched the dq kernel")
+
+    with monkeypatch.context() as m:
+        m.setattr(ta, "_bwd_dq_kernel", NoDq())
+        one = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    for name, g, r in zip("qkv", one, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+    monkeypatch.setattr(ta, "single_pass", lambda *a: False)
+    two = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    for g1, g2 in zip(one, two):
+        assert rel_err(g1, g2) <= 1e-12
+
+
 @pytest.mark.parametrize(
     "case",
     [(7, 1, 1, 17, 33, 8, 64), (7, 1, 7, 17, 33, 8, 64), (6, 2, 2, 17, 33, 8, 200)],
@@ -264,20 +295,23 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", DQ=io)
         build(ta._bwd_dq_kernel, ptrs, {**blocks, **common}, cfg)
-        for dk, dv, split in ((True, True, 1), (True, False, 4), (False, True, 1)):
+        for dk, dv, split, atomic in ((True, True, 1, True), (True, True, 4, False), (True, False, 4, False),
+                                      (False, True, 1, False)):  # fmt: skip
             out = io if split == 1 else "*fp32"
-            ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out)
-            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv}
+            ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out, DQ="*fp32")
+            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic}
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
+        pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
+        build(ta._bwd_preprocess, dict(O=io, DO=io, Delta="*fp32"), pre, {"num_warps": 4, "num_stages": 2})
 print("compiled")
 """
 
 
 def test_kernels_compile_for_sm90():
     """Compile every kernel (bf16 and fp32/TF32 at two block configurations, fp32/IEEE at its
-    own, the three dK/dV variants) to an sm_90 cubin without a GPU: the interpreter runs Python
-    and accepts code that the compiler rejects (scoping, types, constexpr rules). Needs a process
-    without TRITON_INTERPRET."""
+    own, the dK/dV variants, the single pass with atomic dQ among them) to an sm_90 cubin without
+    a GPU: the interpreter runs Python and accepts code that the compiler rejects (scoping, types,
+    constexpr rules). Needs a process without TRITON_INTERPRET."""
     if CUDA:
         pytest.skip("on a GPU the other tests compile and run the kernels for real")
     import os

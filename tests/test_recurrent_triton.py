@@ -128,8 +128,16 @@ def check_close(out, ref, tol, what):
 LSTM_CASES = [(1, 144, 256, 128, 2), (7, 40, 200, 24, 1), (130, 64, 200, 32, 2)]
 
 
+@pytest.fixture(params=["row", "split"])
+def design(request, monkeypatch):
+    """Both designs of the step: one launch over row blocks (the default under the interpreter),
+    and one launch per cell over row x hidden-unit blocks (:mod:`.triton_split`, the default on a GPU)."""
+    monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1" if request.param == "split" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("B,n_in,H,n_out,L", LSTM_CASES)
-def test_lstm_step_matches_float64_reference(B, n_in, H, n_out, L):
+def test_lstm_step_matches_float64_reference(B, n_in, H, n_out, L, design):
     dtype = torch.float32
     w64, x64 = make_lstm(n_in, H, n_out, L, seed=B), _r(torch.Generator().manual_seed(9), B, n_in)
     s64 = make_state(B, H, L, seed=B + 1)
@@ -204,7 +212,7 @@ def strided(t):
 
 
 @pytest.mark.parametrize("B,n_in,H,Zg,G,L,with_cond,strided_inputs", GAUSSIAN_CASES)
-def test_gaussian_step_matches_float64_reference(B, n_in, H, Zg, G, L, with_cond, strided_inputs):
+def test_gaussian_step_matches_float64_reference(B, n_in, H, Zg, G, L, with_cond, strided_inputs, design):
     dtype = torch.float32
     inputs64 = gaussian_inputs(B, n_in, H, Zg, G, L, with_cond, seed=B + G)
     x, s, w, eps, cond = (cast(t, dtype) for t in inputs64)
@@ -239,6 +247,55 @@ def test_gaussian_step_eps_passed_in_equals_reference_exactly_enough():
     x, s, w, eps, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(7, 16, 200, 4, 2, 1, False))
     z, mu, lv, _ = gaussian_lstm_step(x, s, w, eps, backend="triton")
     torch.testing.assert_close(z - mu, torch.exp(0.5 * lv) * eps, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_cond", [False, True])
+def test_split_design_equals_row_design(monkeypatch, with_cond):
+    """The split design computes what the one-launch design does, bit for bit up to the order of
+    the K sums: the same in-kernel noise (drawn by the heads of the next group's launch or of the
+    last launch), the same saved tensors for backward, from a device offset too."""
+    from hafsvg_kernels.recurrent import triton_gaussian, triton_lstm
+
+    B, n_in, H, Zg, G, L = 130, 24, 200, 6, 3, 1
+    x, s, w, _, cond = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, L, with_cond))
+    lw = cast(make_lstm(40, H, 24, 2), torch.float32, grad=False)
+    ls = cast(make_state(B, H, 2, 3), torch.float32, grad=False)
+    xl = torch.randn(B, 40, device=DEV)
+    res = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", mode)
+        g = triton_gaussian.forward(x, s, w, None, cond, seed=11, offset=torch.tensor(77, device=DEV), save=True)
+        p = triton_lstm.forward(xl, ls, lw, save=True)
+        res[mode] = (g[:5], g[5], p[:3], p[3])
+    for a, b in zip(leaves(res["0"]), leaves(res["1"]), strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_split_design_launch_count_and_grid(monkeypatch):
+    """G * L + 1 launches for the Gaussian step (G + 1 at one cell per group), L + 1 for the
+    predictor, each over row blocks x hidden-unit (or output) blocks."""
+    import triton
+
+    from hafsvg_kernels.recurrent import triton_gaussian, triton_split
+
+    monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1")
+    grids = []
+    for name in ("_split_cell_kernel", "_split_heads_kernel", "_split_linear_tanh_kernel"):
+        fn = getattr(triton_split, name)
+
+        class Spy:
+            def __getitem__(self, grid, _fn=fn, _name=name):
+                grids.append((_name, grid))
+                return _fn[grid]
+
+        monkeypatch.setattr(triton_split, name, Spy())
+    B, n_in, H, Zg, G = 130, 24, 200, 4, 4
+    x, s, w, eps, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, 1, False))
+    triton_gaussian.forward(x, s, w, eps)
+    cfg = triton_split.split_config(B, H)
+    cell = ("_split_cell_kernel", (triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n)))
+    assert grids == [cell] * G + [("_split_heads_kernel", (triton.cdiv(B, triton_split.HEAD_ROWS),))]
+    assert cell[1][1] > 1, "the hidden units are split across programs"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,10 +725,13 @@ def test_torch_backend_refuses_a_device_offset_under_graph_capture():
 
 
 @needs_cuda
-def test_one_launch_per_step():
-    """The whole G = 4 step is one kernel launch (forward, no grad), the predictor step too."""
+@pytest.mark.parametrize("split", ["0", "1"])
+def test_launches_per_step(monkeypatch, split):
+    """G = 4 groups of one cell: one launch for the whole step in the row design, G + 1 split
+    (the default on a GPU); the 2-cell predictor step: one launch, or 3 split."""
     from torch.profiler import ProfilerActivity, profile
 
+    monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", split)
     x, s, w, _, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(1600, 128, 256, 4, 4, 1, False))
     lw = cast(make_lstm(144, 256, 128, 2), torch.float32, grad=False)
     ls = cast(make_state(1600, 256, 2, 0), torch.float32, grad=False)
@@ -680,13 +740,14 @@ def test_one_launch_per_step():
         gaussian_lstm_step(x, s, w, seed=1, backend="triton")
         lstm_step(xl, ls, lw, backend="triton")
     torch.cuda.synchronize()
-    for fn in (lambda: gaussian_lstm_step(x, s, w, seed=1, backend="triton"),
-               lambda: lstm_step(xl, ls, lw, backend="triton")):  # fmt: skip
+    want = (5, 3) if split == "1" else (1, 1)
+    for fn, n in zip((lambda: gaussian_lstm_step(x, s, w, seed=1, backend="triton"),
+                      lambda: lstm_step(xl, ls, lw, backend="triton")), want):  # fmt: skip
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
         kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        assert len(kernels) == 1, [e.name for e in kernels]
+        assert len(kernels) == n, [e.name for e in kernels]
 
 
 COMPILE_CHECK = textwrap.dedent(
@@ -730,6 +791,20 @@ COMPILE_CHECK = textwrap.dedent(
         BLOCK_B=16, BLOCK_H=64, grid=(1,))
     tg._head_bwd_kernel.warmup(*t(5, B, Zt), e(B, Zg), e(B, Zg), e(B, Zt), B, Zg, Zt, 0, HAS_DZ=True, HAS_DMU=True,
         HAS_DLV=True, STORE_DEPS=True, BLOCK_B=32, BLOCK_Z=16, grid=(1,))
+    from hafsvg_kernels.recurrent import triton_split as sp
+    c = sp.split_config(B, H, True, True)
+    sm = dict(BLOCK_B=c.block_b, BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.num_warps,
+              num_stages=c.num_stages, PRECISION="tf32x3")
+    offset = torch.empty((), dtype=torch.int64)
+    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(H, n_in + 2 * Zg), e(H), e(B, H),
+        e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+        offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
+        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE=True, BLOCK_Z=16,
+        grid=(1,), **sm)
+    sp._split_heads_kernel.warmup(e(B, H), H, e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt),
+        e(B, Zt), Zg, Zg, Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
+        BLOCK_B=sp.HEAD_ROWS, BLOCK_Z=16, BLOCK_K=32, PRECISION="tf32x3", grid=(1,))
+    sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)
     print("COMPILED")
     """
 )

@@ -374,6 +374,33 @@ def _bwd_dq_kernel(
 
 
 @triton.jit
+def _bwd_preprocess(
+    O,  # (B, N, D_V) forward output  # noqa: E741
+    DO,  # (B, N, D_V)
+    Delta,  # (B, N) contiguous, written: rowsum(dO * O)
+    N, D_V,
+    sob, son, sod,
+    sdob, sdon, sdod,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """Grid (B, cdiv(N, BLOCK_Q)): delta for the single-pass backward, which has no dq kernel to
+    compute it in (a bandwidth-bound pass over O and dO, as the dq kernel's delta was)."""
+    b = tl.program_id(0).to(tl.int64)
+    offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_ok = offs_q < N
+    delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
+    for c0 in range(0, D_V, BLOCK_DV):
+        offs_v = c0 + tl.arange(0, BLOCK_DV)
+        mask = q_ok[:, None] & (offs_v < D_V)[None, :]
+        do = tl.load(DO + b * sdob + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
+        o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
+        delta += tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
+    tl.store(Delta + b * N + offs_q, delta, mask=q_ok)
+
+
+@triton.jit
 def _bwd_dkdv_block(
     k,  # (BLOCK_K, BLOCK_D) keys of this program
     v,  # (BLOCK_K, BLOCK_DV) values of this program (read only when fused)
@@ -383,6 +410,8 @@ def _bwd_dkdv_block(
     offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
     N, D_V, sqn, sqd, svm, svd, sdon, sdod,
     qk_scale,
+    dq_base,  # DQ_ATOMIC: the query batch's rows of the (B, N, D_QK) contiguous dQ accumulator
+    D_QK, scale,
     MASKED: tl.constexpr,  # the tail block (queries past N)
     BLOCK_K: tl.constexpr,
     BLOCK_Q: tl.constexpr,
@@ -390,6 +419,7 @@ def _bwd_dkdv_block(
     DV_TILES: tl.constexpr,
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr,  # also add scale * dS K for these queries into dQ (single-pass backward)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -435,6 +465,12 @@ def _bwd_dkdv_block(
                 dpt += tl.dot(vc.to(do_t.dtype), do_t, input_precision=DOT_PRECISION).to(ACC_DTYPE)
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        if DQ_ATOMIC:
+            # dQ[queries] += scale * dS K: this key block's share, added atomically (the other key
+            # blocks' programs add theirs). Padded keys are zero rows of k: they add nothing.
+            dq = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=DOT_PRECISION).to(ACC_DTYPE) * scale
+            dq_ptr = dq_base + queries[:, None] * D_QK + offs_d[None, :]
+            tl.atomic_add(dq_ptr, dq, mask=q_ok[:, None] & d_ok[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -476,6 +512,7 @@ def _bwd_dkdv_kernel(
     Delta,  # (B, N) contiguous, rowsum(dO * O) (written by the dq kernel, which runs first)
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums when SPLIT > 1); unused without COMPUTE_DK
     DV,  # (SPLIT, Bv, M, D_V) output (partial sums when SPLIT > 1); unused without COMPUTE_DV
+    DQ,  # (B, N, D_QK) contiguous fp32 (fp64) accumulator, zeroed, added to when DQ_ATOMIC; else unused
     # sizes
     N, M, D_QK, D_V, RK, RV,
     R,  # query batches per group: RK when computing dK (alone or with dV), else RV
@@ -499,6 +536,7 @@ def _bwd_dkdv_kernel(
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV): chunks of the V dO^T loop of dK alone
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
+    DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK and COMPUTE_DV: the single-pass backward, dQ too
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -533,7 +571,9 @@ def _bwd_dkdv_kernel(
             dk, dv = _bwd_dkdv_block(
                 k, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, n0 + offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale,
-                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DOT_PRECISION, ACC_DTYPE,
+                DQ + b * N * D_QK, D_QK, scale,
+                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DOT_PRECISION,
+                ACC_DTYPE,
             )  # fmt: skip
     if n_full < N:
         for b in range(b_start, b_end):
@@ -544,7 +584,9 @@ def _bwd_dkdv_kernel(
             dk, dv = _bwd_dkdv_block(
                 k, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, n_full + offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale,
-                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DOT_PRECISION, ACC_DTYPE,
+                DQ + b * N * D_QK, D_QK, scale,
+                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DOT_PRECISION,
+                ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
@@ -634,9 +676,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     (on 2 warps). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8 (dq) and 15.6 (dK/dV, 8648 bytes
     of stack, spilling in the loop) warp-instructions per score; 32 x 32, as sm90_report compiles
     them (the JIT's argument specialisation): dq 3.7 (floor 3.0: 96 FFMA per score / 32 lanes)
-    with 1248 bytes of stack, but the fused dK/dV kernel at 32 registers, 16 KB of spill stores
-    and 14.2 per score (floor 5.0): not fixed yet (a compile without the specialisation gave 6.4
-    and 1200 bytes).
+    with 1248 bytes of stack; the kernels computing dV run on 4 warps (see ``backward``).
     """
     block_q = _pow2(N, hi=32 if fma else 64)
     block_k = _pow2(M, hi=32 if fma else 64)
@@ -650,6 +690,24 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "num_warps": _warps(min(block_q, block_k)),
         "num_stages": 2,
     }
+
+
+def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
+    """Whether the backward runs in one pass over the scores (dQ added atomically by the dK/dV
+    kernel's key blocks into a zeroed fp32 accumulator) instead of two (a dq kernel, then dK/dV).
+
+    Only where dK and dV are fused (K and V of the same batches, d_v in one tile) and d_qk <= 16:
+    the rows where the exponentials and the score GEMMs bound the backward, which one pass computes
+    once per score instead of twice. In bf16 also M >= 512 keys: at fewer the zeroing and the cast
+    of the dQ accumulator and the delta pass outweigh the saved pass. sm90_report, fwd+bwd modeled
+    ratio to the floor, two passes -> one: bf16 DCGAN 32^2 0.57 -> 0.65, VGG 64^2 0.61 -> 0.74,
+    VGG 32^2 0.63 -> 0.70, but DCGAN 16^2 (M = 256) 0.48 -> 0.45; exps per score 3.06 -> 2.06.
+    fp32 (FFMA dots, ``fma``) gains at every such row: DCGAN 32^2 0.49 -> 0.61, DCGAN 16^2
+    0.49 -> 0.63, VGG 64^2 0.49 -> 0.63, VGG 32^2 0.53 -> 0.70. Under the interpreter every fused
+    d_qk <= 16 shape runs it, so that the tests exercise it at small sizes. Not modeled: the L2
+    atomics' throughput (M / BLOCK_K adds per dQ element), which a GPU run has to confirm."""
+    fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1 and d_qk <= 16
+    return fused and (fma or interpreting() or M >= 512)
 
 
 def _split(R: int, programs: int, device: torch.device) -> int:
@@ -732,25 +790,14 @@ def backward(
     tl_acc = _tl_acc(q.dtype)
     lse = lse.contiguous()
     prec = fp32_dot_precision(q.dtype)
-    cfg = _bwd_config(N, M, d_qk, d_v, q.dtype == torch.float32 and prec == "ieee" and not interpreting())
+    fma = q.dtype == torch.float32 and prec == "ieee" and not interpreting()
+    cfg = _bwd_config(N, M, d_qk, d_v, fma)
     n_qblocks = triton.cdiv(N, cfg["BLOCK_Q"])
-
-    # The dq kernel computes delta = rowsum(dO * O) and stores it for the dK/dV kernel, which is
-    # launched after it on the same stream.
-    delta = torch.empty(B, N, device=q.device, dtype=acc)
-    dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
-    _bwd_dq_kernel[(B, n_qblocks)](
-        q, k, v, out, do, lse, delta, dq,
-        N, M, d_qk, d_v, rk, rv,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
-        float(scale) * LOG2E, float(scale),
-        DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
-    )  # fmt: skip
 
     n_kblocks = triton.cdiv(M, cfg["BLOCK_K"])
     n_vtiles = triton.cdiv(d_v, cfg["BLOCK_DV"])
 
-    def launch(groups: int, R: int, tiles: int, compute_dk: bool, compute_dv: bool):
+    def launch(groups: int, R: int, tiles: int, compute_dk: bool, compute_dv: bool, dq_acc=None):
         s = split if split is not None else _split(R, groups * n_kblocks * tiles, q.device)
         s = max(1, min(int(s), R))
         split_len = triton.cdiv(R, s)
@@ -760,14 +807,24 @@ def backward(
         dv_buf = torch.empty(s, Bv, M, d_v, device=q.device, dtype=buf_dtype) if compute_dv else None
         dk_arg = dk_buf if compute_dk else dv_buf  # a placeholder pointer where not computed
         dv_arg = dv_buf if compute_dv else dk_buf
+        # FFMA dots (fp32 "ieee") on 32 x 32 tiles: 4 warps instead of 2 where ptxas (sm_90) gave the
+        # 2-warp kernel 32 registers and 13-16 KB of spill stores: dK+dV fused at DCGAN 32^2 / VGG
+        # 64^2 (d_v 64) and dV at VGG 8^2 (d_qk 64): 46.7M and 1.14M warp-instructions per program
+        # with 2, 22.4M and 0.60M with 4 (255 registers, 20-368 B of spill stores; sm90_report).
+        # Elsewhere 4 warps cost more than they save (dV at d_qk 32, d_v 256: +14 % modeled time;
+        # dK+dV at d_v 128: +5 %; dK alone: +17 % instructions) and 2 stay.
+        warps = cfg["num_warps"]
+        if fma and compute_dv and warps == 2 and cfg["BLOCK_DV"] <= 64 and (compute_dk or cfg["BLOCK_D"] >= 64):
+            warps = 4
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
-            q, k, v, do, lse, delta, dk_arg, dv_arg,
+            q, k, v, do, lse, delta, dk_arg, dv_arg, dk_arg if dq_acc is None else dq_acc,
             N, M, d_qk, d_v, rk, rv, R, split_len,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(),
             *dk_arg.stride(), *dv_arg.stride(),
             float(scale) * LOG2E, float(scale),
-            SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv, DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
-            **cfg,
+            SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv, DQ_ATOMIC=dq_acc is not None,
+            DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
+            **{**cfg, "num_warps": warps},
         )  # fmt: skip
 
         def reduce(t):
@@ -775,6 +832,28 @@ def backward(
 
         return reduce(dk_buf), reduce(dv_buf)
 
+    delta = torch.empty(B, N, device=q.device, dtype=acc)
+    if single_pass(M, d_qk, d_v, rk, rv, cfg, fma):
+        # delta first (its own bandwidth-bound launch), then one pass: dK, dV, and dQ added
+        # atomically into a zeroed fp32 (fp64) accumulator, cast to q's dtype after.
+        _bwd_preprocess[(B, n_qblocks)](
+            out, do, delta, N, d_v, *out.stride(), *do.stride(),
+            BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
+        )  # fmt: skip
+        dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
+        dk, dv = launch(Bk, rk, 1, True, True, dq_acc)
+        return dq_acc.to(q.dtype), dk, dv
+
+    # The dq kernel computes delta = rowsum(dO * O) and stores it for the dK/dV kernel, which is
+    # launched after it on the same stream.
+    dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
+    _bwd_dq_kernel[(B, n_qblocks)](
+        q, k, v, out, do, lse, delta, dq,
+        N, M, d_qk, d_v, rk, rv,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
+        float(scale) * LOG2E, float(scale),
+        DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
+    )  # fmt: skip
     if rk == rv and n_vtiles == 1:
         dk, dv = launch(Bk, rk, 1, True, True)
     else:

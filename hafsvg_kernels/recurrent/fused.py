@@ -54,8 +54,8 @@ def _state(hidden, n_layers, hidden_size):
 
 
 class FusedLSTM(LSTM):
-    """Drop-in for SVG's ``lstm``: Linear embed -> n_layers LSTMCells -> Linear -> tanh, one
-    fused launch per step on CUDA (see :mod:`.triton_lstm`)."""
+    """Drop-in for SVG's ``lstm``: Linear embed -> n_layers LSTMCells -> Linear -> tanh, fused:
+    L + 1 launches per step on CUDA (see :mod:`.triton_lstm`)."""
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size=None, backend="auto"):
         super().__init__(input_size, output_size, hidden_size, n_layers, batch_size, backend)
@@ -70,8 +70,8 @@ class FusedLSTM(LSTM):
 
 class FusedGaussianLSTM(GaussianLSTM):
     """Drop-in for SVG's ``gaussian_lstm``: embed -> LSTMCells -> mu_net, logvar_net ->
-    z = mu + exp(logvar / 2) eps, one fused launch per step on CUDA (see
-    :mod:`.triton_gaussian`). ``forward(x, eps=None)`` -> (z, mu, logvar); without ``eps`` the
+    z = mu + exp(logvar / 2) eps, fused: one launch per cell and one for the heads per step on
+    CUDA (see :mod:`.triton_gaussian`). ``forward(x, eps=None)`` -> (z, mu, logvar); without ``eps`` the
     noise is ``torch.randn``'s, or drawn in-kernel after :meth:`manual_seed`."""
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size=None, backend="auto"):
@@ -87,7 +87,7 @@ class FusedGaussianLSTM(GaussianLSTM):
 
 class FusedHierarchicalGaussianLSTM(HierarchicalGaussianLSTM):
     """HAF-SVG's G-group Gaussian LSTM (group j: a ``gaussian_lstm`` reading [x, z^{1:j-1}]),
-    all groups in one fused launch per step on CUDA; ``forward(x, eps=None, cond=None)``."""
+    fused: G + 1 launches per step on CUDA (one cell per group); ``forward(x, eps=None, cond=None)``."""
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, groups, batch_size=None, backend="auto"):
         super().__init__(input_size, output_size, hidden_size, n_layers, groups, batch_size, backend)

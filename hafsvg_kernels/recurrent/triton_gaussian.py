@@ -1,4 +1,6 @@
-"""Fused Triton kernel of the (hierarchical) Gaussian LSTM step: all G groups in one launch.
+"""Fused Triton kernel of the (hierarchical) Gaussian LSTM step: all G groups in one launch (the
+row design; on a GPU the step runs split over rows x hidden units in G + 1 launches, see
+:mod:`.triton_split`, with the same outputs, noise and backward).
 
 For a block of ``BLOCK_B`` batch rows per program, and for each group j = 1..G in order:
 
@@ -41,61 +43,10 @@ import triton.language as tl
 
 from .._autograd import once_differentiable
 from .._triton import fp32_dot_precision
+from . import triton_split
 from .reference import CellWeights, GaussianLSTMWeights
-from .triton_lstm import (
-    _c,
-    _cell_rows,
-    _linear_rows,
-    autotune_configs,
-    cells_backward,
-    launch,
-)
-
-
-@triton.jit
-def _gaussian_head_rows(
-    h_ptr, H,  # top cell's h (B, H) contiguous
-    mu_w_ptr, mu_b_ptr, lv_w_ptr, lv_b_ptr,  # (Zg, H), (Zg,), (Zg, H), (Zg,)
-    eps_ptr, stride_eps,  # noise (B, Z_total): read, or written when DRAW_EPS and STORE_EPS
-    z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs
-    col0, Zg, Z_total,  # this group's first column, its width, the full width
-    seed, offset,  # Philox key and first counter of the step
-    rows, row_mask,
-    DRAW_EPS: tl.constexpr, STORE_EPS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """mu, logvar heads and the reparameterised sample of one group, for this program's rows."""
-    kk = tl.arange(0, BLOCK_K)
-    for z0 in range(0, Zg, BLOCK_Z):
-        cz = z0 + tl.arange(0, BLOCK_Z)
-        c_mask = cz < Zg
-        acc_mu = tl.zeros((BLOCK_B, BLOCK_Z), dtype=tl.float32)
-        acc_lv = tl.zeros((BLOCK_B, BLOCK_Z), dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            k = k0 + kk
-            k_mask = k < H
-            a = tl.load(h_ptr + rows[:, None] * H + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            w_off = cz[None, :] * H + k[:, None]
-            w_mask = c_mask[None, :] & k_mask[:, None]
-            acc_mu = tl.dot(a, tl.load(mu_w_ptr + w_off, mask=w_mask, other=0.0), acc_mu, input_precision=PRECISION)
-            acc_lv = tl.dot(a, tl.load(lv_w_ptr + w_off, mask=w_mask, other=0.0), acc_lv, input_precision=PRECISION)
-        mu = acc_mu + tl.load(mu_b_ptr + cz, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-        lv = acc_lv + tl.load(lv_b_ptr + cz, mask=c_mask, other=0.0).to(tl.float32)[None, :]
-        col = col0 + cz
-        mask = row_mask[:, None] & c_mask[None, :]
-        if DRAW_EPS:
-            eps = tl.randn(seed, offset + rows[:, None] * Z_total + col[None, :])
-            if STORE_EPS:
-                eps_out = eps.to(eps_ptr.dtype.element_ty)
-                tl.store(eps_ptr + rows[:, None] * stride_eps + col[None, :], eps_out, mask=mask)
-        else:
-            eps = tl.load(eps_ptr + rows[:, None] * stride_eps + col[None, :], mask=mask, other=0.0).to(tl.float32)
-        z = mu + tl.exp(0.5 * lv) * eps
-        off = rows[:, None] * Z_total + col[None, :]
-        dtype = z_ptr.dtype.element_ty
-        tl.store(z_ptr + off, z.to(dtype), mask=mask)
-        tl.store(mu_ptr + off, mu.to(dtype), mask=mask)
-        tl.store(lv_ptr + off, lv.to(dtype), mask=mask)
+from .triton_blocks import _cell_rows, _head_tile, _linear_rows
+from .triton_lstm import _c, autotune_configs, cells_backward, launch
 
 
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
@@ -153,9 +104,10 @@ def _gaussian_step_kernel(
                        PRECISION)  # fmt: skip
             tl.debug_barrier()
             inp = h_new
-        _gaussian_head_rows(inp, H, mu_w[j], mu_b[j], lv_w[j], lv_b[j], eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr,
-                            j * Zg, Zg, Z_total, seed, offset, rows, row_mask, DRAW_EPS, STORE_EPS,
-                            BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION)  # fmt: skip
+        for z0 in range(0, Zg, BLOCK_Z):
+            _head_tile(inp, H, mu_w[j], mu_b[j], lv_w[j], lv_b[j], eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr,
+                       z0, j * Zg, Zg, Z_total, seed, offset, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS,
+                       BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION)  # fmt: skip
         tl.debug_barrier()  # group j + 1 reads z_j
 
 
@@ -223,8 +175,14 @@ class GaussianSaved(NamedTuple):
     c_out: torch.Tensor
 
 
+def contiguous_gaussian_weights(w: GaussianLSTMWeights) -> GaussianLSTMWeights:
+    cells = tuple(CellWeights(*(_c(t) for t in cw)) for cw in w.cells)
+    return GaussianLSTMWeights(_c(w.embed_w), _c(w.embed_b), cells, *(_c(t) for t in w[3:]))
+
+
 def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=False):
-    """One step of G hierarchical Gaussian LSTMs in one launch.
+    """One step of G hierarchical Gaussian LSTMs: one launch (the row design), or G * L + 1
+    (:mod:`.triton_split`, on a GPU).
 
     Args:
         x: (B, n_in); states: G states of L pairs (h, c), each (B, H); weights: G
@@ -258,24 +216,33 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
         # backward reads the saved eps as contiguous (B, G * Zg); the kernel takes a row stride
         eps_buf = eps.contiguous() if save or eps.stride(-1) != 1 else eps
     zsrc = z if cond is None else (cond if cond.stride(-1) == 1 else cond.contiguous())
-    cells = [cw for w in weights for cw in w.cells]
-    args = (
-        x, zsrc, eps_buf,
-        tuple(_c(h) for s in states for h, _ in s), tuple(_c(c) for s in states for _, c in s),
-        tuple(_c(w.embed_w) for w in weights), tuple(_c(w.embed_b) for w in weights),
-        tuple(_c(w.w_ih) for w in cells), tuple(_c(w.w_hh) for w in cells),
-        tuple(_c(w.b_ih) for w in cells), tuple(_c(w.b_hh) for w in cells),
-        tuple(_c(w.mu_w) for w in weights), tuple(_c(w.mu_b) for w in weights),
-        tuple(_c(w.logvar_w) for w in weights), tuple(_c(w.logvar_b) for w in weights),
-        z, mu, lv, e, h_out, c_out, gates,
-        B, n_in, H, Zg, x.stride(0), zsrc.stride(0), eps_buf.stride(0),
-        0 if seed is None else int(seed), 0 if from_ptr else int(offset), offset if from_ptr else z,
-    )  # fmt: skip
-    meta = {
-        "G": G, "L": L, "DRAW_EPS": draw, "OFFSET_FROM_PTR": from_ptr, "STORE_EPS": draw and save, "SAVE_GATES": save,
-        "BLOCK_Z": max(16, min(64, triton.next_power_of_2(Zg))), "PRECISION": fp32_dot_precision(x.dtype),
-    }  # fmt: skip
-    launch(_gaussian_step_kernel, _gaussian_step_tuned, B, H, args, meta)
+    states = [[(_c(h), _c(c)) for h, c in s] for s in states]
+    weights = [contiguous_gaussian_weights(w) for w in weights]
+    seed = 0 if seed is None else int(seed)
+    precision = fp32_dot_precision(x.dtype)
+    if triton_split.split_enabled(B, Zg):
+        heads = triton_split.HeadIO(eps_buf, eps_buf.stride(0), z, mu, lv, seed, 0 if from_ptr else int(offset),
+                                    offset if from_ptr else z, draw, from_ptr, draw and save)  # fmt: skip
+        triton_split.gaussian_forward(x, states, weights, zsrc, cond is None, heads, e, h_out, c_out, gates, save,
+                                      precision)  # fmt: skip
+    else:
+        cells = [cw for w in weights for cw in w.cells]
+        args = (
+            x, zsrc, eps_buf, tuple(h for s in states for h, _ in s), tuple(c for s in states for _, c in s),
+            tuple(w.embed_w for w in weights), tuple(w.embed_b for w in weights),
+            tuple(w.w_ih for w in cells), tuple(w.w_hh for w in cells),
+            tuple(w.b_ih for w in cells), tuple(w.b_hh for w in cells),
+            tuple(w.mu_w for w in weights), tuple(w.mu_b for w in weights),
+            tuple(w.logvar_w for w in weights), tuple(w.logvar_b for w in weights),
+            z, mu, lv, e, h_out, c_out, gates,
+            B, n_in, H, Zg, x.stride(0), zsrc.stride(0), eps_buf.stride(0),
+            seed, 0 if from_ptr else int(offset), offset if from_ptr else z,
+        )  # fmt: skip
+        meta = {
+            "G": G, "L": L, "DRAW_EPS": draw, "OFFSET_FROM_PTR": from_ptr, "STORE_EPS": draw and save,
+            "SAVE_GATES": save, "BLOCK_Z": max(16, min(64, triton.next_power_of_2(Zg))), "PRECISION": precision,
+        }  # fmt: skip
+        launch(_gaussian_step_kernel, _gaussian_step_tuned, B, H, args, meta)
     saved = GaussianSaved(z, mu, lv, eps_buf if (save or not draw) else None, e, gates, h_out, c_out)
     return z, mu, lv, h_out, c_out, saved
 
@@ -456,9 +423,9 @@ class GaussianStepFunction(torch.autograd.Function):
 
 def gaussian_lstm_step_triton(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
     """The ``"triton"`` backend of :func:`~hafsvg_kernels.recurrent.interface.gaussian_lstm_step`:
-    one launch forward; autograd through :class:`GaussianStepFunction` when anything requires
-    grad. ``offset``: an int or a device offset (see the module docstring). Returns z, mu,
-    logvar (B, G * Zg) and the G new states."""
+    one launch forward (G * L + 1 on a GPU: :mod:`.triton_split`); autograd through
+    :class:`GaussianStepFunction` when anything requires grad. ``offset``: an int or a device
+    offset (see the module docstring). Returns z, mu, logvar (B, G * Zg) and the G new states."""
     G, L = len(weights), len(weights[0].cells)
     flat = _flatten(states, weights)
     tensors = [t for t in (x, eps, cond) if t is not None] + flat

@@ -1,7 +1,10 @@
-"""Fused Triton kernel of SVG's ``lstm`` step (the frame predictor), and the building blocks that
-:mod:`.triton_gaussian` reuses for the Gaussian LSTMs.
+"""Fused Triton kernel of SVG's ``lstm`` step (the frame predictor), its backward, and the launch
+helpers that :mod:`.triton_gaussian` shares.
 
-What one launch computes (:func:`forward`), for a block of ``BLOCK_B`` batch rows per program:
+Two designs compute a step (:func:`forward`): on a GPU the split design of :mod:`.triton_split`
+(one launch per cell over rows x hidden units, >= 132 programs at the sampling batch); under the
+interpreter, and with ``HAFSVG_RECURRENT_SPLIT=0``, the row design of this module. What its one
+launch computes, for a block of ``BLOCK_B`` batch rows per program:
 
     e   = x @ W_embed^T + b_embed                                  (the embedding Linear)
     for each of the L stacked cells:
@@ -25,7 +28,7 @@ a 132-SM H100); ``BLOCK_N = 64`` keeps the four gate accumulators (4 x BLOCK_B x
 registers; ``BLOCK_K = 32/64`` keeps the five operand tiles of one K-step in shared memory with
 double buffering. Non-power-of-2 sizes (hidden 200) are masked. ``HAFSVG_TRITON_AUTOTUNE=1``
 autotunes these on the GPU (first call compiles every candidate: warm up before capturing a
-CUDA graph); otherwise :func:`launch_config` picks them.
+CUDA graph; row design only); otherwise :func:`launch_config` picks them.
 
 Backward (:func:`backward`): a Triton kernel does each cell's pointwise part (gate derivatives,
 dc, from the saved activated gates and c); the GEMM gradients (dW = dgates^T @ inp, d inp =
@@ -45,150 +48,9 @@ import triton.language as tl
 
 from .._autograd import once_differentiable
 from .._triton import fp32_dot_precision, interpreting
+from . import triton_split
 from .reference import CellWeights, LSTMWeights
-
-# ---------------------------------------------------------------------------------------------
-# Building blocks (inlined into the step kernels)
-# ---------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # tanh(|x|) = (1 - e^{-2|x|}) / (1 + e^{-2|x|}): no overflow for any x.
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
-
-
-@triton.jit
-def _mm_acc(
-    acc,  # (BLOCK_B, BLOCK_N) fp32 accumulator
-    a_ptr, stride_a,  # A (rows, K) with row stride stride_a, unit column stride
-    w_ptr, stride_w,  # W (N, K) row-major with row stride stride_w (nn.Linear layout)
-    rows, row_mask,  # (BLOCK_B,) row indices (int64) of A and their mask
-    n, n_mask,  # (BLOCK_N,) output columns = rows of W, and their mask
-    K,  # reduction length
-    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """acc += A[rows, :K] @ W[n, :K]^T."""
-    kk = tl.arange(0, BLOCK_K)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + kk
-        k_mask = k < K
-        a = tl.load(a_ptr + rows[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptr + n[None, :] * stride_w + k[:, None], mask=n_mask[None, :] & k_mask[:, None], other=0.0)
-        acc = tl.dot(a, w, acc, input_precision=PRECISION)
-    return acc
-
-
-@triton.jit
-def _linear_rows(
-    out_ptr, stride_out,  # out (B, N)
-    x_ptr, stride_x, K1,  # first input part (B, K1)
-    x2_ptr, stride_x2, K2,  # second input part (B, K2); K2 = 0 for none
-    w_ptr, b_ptr,  # W (N, K1 + K2) row-major, b (N,)
-    N,  # output features
-    rows, row_mask,
-    ACT: tl.constexpr,  # 0: none, 1: tanh
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """out[rows] = act([x | x2][rows] @ W^T + b), tiled over N (the input is never concatenated:
-    two K-loops into one accumulator)."""
-    for n0 in range(0, N, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < N
-        acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc = _mm_acc(acc, x_ptr, stride_x, w_ptr, K1 + K2, rows, row_mask, n, n_mask, K1, BLOCK_K, PRECISION)
-        acc = _mm_acc(acc, x2_ptr, stride_x2, w_ptr + K1, K1 + K2, rows, row_mask, n, n_mask, K2, BLOCK_K, PRECISION)
-        acc += tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
-        if ACT == 1:
-            acc = _tanh(acc)
-        mask = row_mask[:, None] & n_mask[None, :]
-        tl.store(out_ptr + rows[:, None] * stride_out + n[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _gates_acc(
-    acc_i, acc_f, acc_g, acc_o,  # (BLOCK_B, BLOCK_N) fp32, one per gate
-    a_ptr, stride_a, K,  # A (rows, K)
-    w_ptr,  # W (4H, K) row-major: gate q of hidden unit n is row q * H + n
-    rows, row_mask, n, n_mask, H,
-    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """acc_q += A[rows] @ W[q*H + n]^T for the four gates; one A tile feeds four dots."""
-    kk = tl.arange(0, BLOCK_K)
-    gate = H * K  # elements between gate blocks of W
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + kk
-        k_mask = k < K
-        a = tl.load(a_ptr + rows[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = w_ptr + n[None, :] * K + k[:, None]
-        w_mask = n_mask[None, :] & k_mask[:, None]
-        acc_i = tl.dot(a, tl.load(w, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
-        acc_f = tl.dot(a, tl.load(w + gate, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
-        acc_g = tl.dot(a, tl.load(w + 2 * gate, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
-        acc_o = tl.dot(a, tl.load(w + 3 * gate, mask=w_mask, other=0.0), acc_o, input_precision=PRECISION)
-    return acc_i, acc_f, acc_g, acc_o
-
-
-@triton.jit
-def _cell_rows(
-    inp_ptr, stride_inp, K_in,  # cell input (B, K_in)
-    h_ptr, c_ptr,  # previous state, each (B, H) contiguous
-    w_ih_ptr, w_hh_ptr, b_ih_ptr, b_hh_ptr,  # (4H, K_in), (4H, H), (4H,), (4H,)
-    h_new_ptr, c_new_ptr,  # new state, each (B, H) contiguous
-    gates_ptr,  # (B, 4H) activated gates i, f, g, o (written when SAVE_GATES)
-    rows, row_mask, H,
-    SAVE_GATES: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """One LSTMCell for this program's rows, tiled over the hidden units."""
-    for n0 in range(0, H, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < H
-        acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, inp_ptr, stride_inp, K_in, w_ih_ptr, rows, row_mask, n, n_mask, H,
-            BLOCK_K, PRECISION,
-        )  # fmt: skip
-        acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh_ptr, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
-        )
-        bi = tl.load(b_ih_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
-        bi += tl.load(b_hh_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
-        bf = tl.load(b_ih_ptr + H + n, mask=n_mask, other=0.0).to(tl.float32)
-        bf += tl.load(b_hh_ptr + H + n, mask=n_mask, other=0.0).to(tl.float32)
-        bg = tl.load(b_ih_ptr + 2 * H + n, mask=n_mask, other=0.0).to(tl.float32)
-        bg += tl.load(b_hh_ptr + 2 * H + n, mask=n_mask, other=0.0).to(tl.float32)
-        bo = tl.load(b_ih_ptr + 3 * H + n, mask=n_mask, other=0.0).to(tl.float32)
-        bo += tl.load(b_hh_ptr + 3 * H + n, mask=n_mask, other=0.0).to(tl.float32)
-        i = _sigmoid(acc_i + bi[None, :])
-        f = _sigmoid(acc_f + bf[None, :])
-        g = _tanh(acc_g + bg[None, :])
-        o = _sigmoid(acc_o + bo[None, :])
-        mask = row_mask[:, None] & n_mask[None, :]
-        off = rows[:, None] * H + n[None, :]
-        c = tl.load(c_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        c = f * c + i * g
-        h = o * _tanh(c)
-        dtype = h_new_ptr.dtype.element_ty
-        tl.store(c_new_ptr + off, c.to(dtype), mask=mask)
-        tl.store(h_new_ptr + off, h.to(dtype), mask=mask)
-        if SAVE_GATES:
-            goff = rows[:, None] * (4 * H) + n[None, :]
-            tl.store(gates_ptr + goff, i.to(dtype), mask=mask)
-            tl.store(gates_ptr + goff + H, f.to(dtype), mask=mask)
-            tl.store(gates_ptr + goff + 2 * H, g.to(dtype), mask=mask)
-            tl.store(gates_ptr + goff + 3 * H, o.to(dtype), mask=mask)
-
+from .triton_blocks import _cell_rows, _linear_rows, _tanh
 
 # ---------------------------------------------------------------------------------------------
 # The predictor step kernel
@@ -300,7 +162,7 @@ class LaunchConfig(NamedTuple):
 
 
 def launch_config(B: int, H: int) -> LaunchConfig:
-    """Block sizes of the step kernels (see the module docstring for the trade-offs).
+    """Block sizes of the row design's step kernels (see the module docstring for the trade-offs).
 
     Interpreter: 64-row blocks and 64-wide tiles keep the number of interpreted ops low while
     still exercising the row masks (B = 130) and the multi-tile, masked loops (H = 200).
@@ -368,8 +230,13 @@ def _c(t: torch.Tensor) -> torch.Tensor:
     return t if t.is_contiguous() else t.contiguous()
 
 
+def contiguous_lstm_weights(w: LSTMWeights) -> LSTMWeights:
+    cells = tuple(CellWeights(*(_c(t) for t in cw)) for cw in w.cells)
+    return LSTMWeights(_c(w.embed_w), _c(w.embed_b), cells, _c(w.out_w), _c(w.out_b))
+
+
 def forward(x, state, weights: LSTMWeights, save: bool = False):
-    """One predictor step in one launch.
+    """One predictor step: one launch (the row design), or L + 1 (:mod:`.triton_split`, on a GPU).
 
     Args:
         x: (B, n_in); state: L pairs (h, c), each (B, H); weights: :class:`LSTMWeights` (embed
@@ -389,17 +256,21 @@ def forward(x, state, weights: LSTMWeights, save: bool = False):
     c_out = torch.empty(L, B, H, **kw)
     gates = torch.empty(L, B, 4 * H, **kw) if save else e  # e: a placeholder never written
     out = torch.empty(B, n_out, **kw)
-    cells = weights.cells
-    args = (
-        x, tuple(_c(h) for h, _ in state), tuple(_c(c) for _, c in state), e, h_out, c_out, gates, out,
-        _c(weights.embed_w), _c(weights.embed_b),
-        tuple(_c(w.w_ih) for w in cells), tuple(_c(w.w_hh) for w in cells),
-        tuple(_c(w.b_ih) for w in cells), tuple(_c(w.b_hh) for w in cells),
-        _c(weights.out_w), _c(weights.out_b),
-        B, n_in, H, n_out, x.stride(0),
-    )  # fmt: skip
-    meta = {"L": L, "SAVE_GATES": save, "PRECISION": fp32_dot_precision(x.dtype)}
-    launch(_lstm_step_kernel, _lstm_step_tuned, B, H, args, meta)
+    state = tuple((_c(h), _c(c)) for h, c in state)
+    weights = contiguous_lstm_weights(weights)
+    precision = fp32_dot_precision(x.dtype)
+    if triton_split.split_enabled(B):
+        triton_split.lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision)
+    else:
+        cells = weights.cells
+        args = (
+            x, tuple(h for h, _ in state), tuple(c for _, c in state), e, h_out, c_out, gates, out,
+            weights.embed_w, weights.embed_b, tuple(w.w_ih for w in cells), tuple(w.w_hh for w in cells),
+            tuple(w.b_ih for w in cells), tuple(w.b_hh for w in cells), weights.out_w, weights.out_b,
+            B, n_in, H, n_out, x.stride(0),
+        )  # fmt: skip
+        meta = {"L": L, "SAVE_GATES": save, "PRECISION": precision}
+        launch(_lstm_step_kernel, _lstm_step_tuned, B, H, args, meta)
     return out, h_out, c_out, LSTMSaved(e, gates if save else e.new_empty(0), h_out, c_out, out)
 
 

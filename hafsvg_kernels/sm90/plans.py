@@ -52,7 +52,7 @@ class Launch:
     """One kernel launch."""
 
     kernel: str  # the jit function's name in its module
-    module: str  # "attention", "lstm" or "gaussian"
+    module: str  # "attention", "lstm", "gaussian" or "split"
     args: dict  # runtime argument values (Ptr for pointers)
     constexprs: dict
     num_warps: int
@@ -275,7 +275,11 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
         if s > 1:  # t.sum(0).to(dtype): read the fp32 partials, write the result
             red = out_b + CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0)) * e
         what = "dK+dV" if dk and dv else ("dK" if dk else "dV")
-        return f"{what} (split {s})", q_b + o_b + lse_b * (2 if dk else 1) + kv_b + out_b, red
+        moved = q_b + o_b + lse_b * (2 if dk else 1) + kv_b + out_b
+        if c.get("DQ_ATOMIC"):  # dQ accumulated in fp32 (L2 atomics; written back once), then
+            acc_b = q_b // e * 4  # zeroed before (torch.zeros) and cast to the dtype after
+            what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
+        return f"{what} (split {s})", moved, red
     return name, 0.0, 0.0
 
 
@@ -340,17 +344,18 @@ def _prod(t) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
-def _configs():
-    """[("launcher", (block_b, block_n, block_k, warps, stages))] + the autotune candidates."""
+def _row_configs():
+    """The one-launch row design (``HAFSVG_RECURRENT_SPLIT=0``): its launcher config, and the
+    autotune candidates (``HAFSVG_TRITON_AUTOTUNE=1``, row design only)."""
     from ..recurrent import triton_lstm as tlm
 
     cfg = tlm.launch_config(B, RNN)
-    out = [("launcher", tuple(cfg))]
+    out = [("row design", tuple(cfg))]
     for c in tlm.autotune_configs():
         kw = c.kwargs
         out.append(
             (
-                f"autotune BB{kw['BLOCK_B']} BN{kw['BLOCK_N']} BK{kw['BLOCK_K']} w{c.num_warps} s{c.num_stages}",
+                f"row autotune BB{kw['BLOCK_B']} BN{kw['BLOCK_N']} BK{kw['BLOCK_K']} w{c.num_warps} s{c.num_stages}",
                 (kw["BLOCK_B"], kw["BLOCK_N"], kw["BLOCK_K"], c.num_warps, c.num_stages),
             )
         )
@@ -374,62 +379,169 @@ def _gaussian_trips(n_in, H, Zg, G, L, bn, bk, bz):
     return out
 
 
-def recurrent_ops(dtype: str, preset: str = "moving-mnist", all_configs: bool = False) -> list[Op]:
+def _step_sizes(preset: str, dtype: str):
     z = PRESETS[preset]
-    e = DTYPES[dtype]
-    io = Ptr(dtype)
-    H, G, Zg = RNN, GROUPS, z // GROUPS
+    return z, DTYPES[dtype], Ptr(dtype), RNN, GROUPS, z // GROUPS
+
+
+def _predictor_floor(n_in, n_out, L, H, e):
+    """(weights, biases, activations) elements of the predictor step: floor bytes and MACs."""
+    w = H * n_in + L * (8 * H * H) + n_out * H
+    bias = H + L * 8 * H + n_out
+    act = B * (n_in + L * 2 * H + L * 2 * H + H + n_out)  # x, h/c in, h/c out, e, out
+    return w, bias, act
+
+
+def _prior_floor(n_in, H, Zg, G, L):
+    w = sum(H * (n_in + j * Zg) + L * 8 * H * H + 2 * Zg * H for j in range(G))
+    bias = G * (H + L * 8 * H + 2 * Zg)
+    act = B * (n_in + G * (L * 4 * H + H) + 3 * G * Zg)
+    return w, bias, act
+
+
+def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
+    """The row design: one launch per step, cdiv(B, BLOCK_B) programs."""
+    z, e, io, H, G, Zg = _step_sizes(preset, dtype)
+    bb, bn, bk, nw, ns = cfg
     prec = "ieee"
-    ops = []
-    configs = _configs() if all_configs else _configs()[:1]
-    for cname, (bb, bn, bk, nw, ns) in configs:
-        programs = cdiv(B, bb)
-        # predictor: _lstm_step_kernel, L = 2, n_in = g_dim + z, n_out = g_dim
-        L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
-        args = {
-            "x_ptr": io, "h_in": (io,) * L, "c_in": (io,) * L, "e_ptr": io, "h_out_ptr": io, "c_out_ptr": io,
-            "gates_ptr": io, "out_ptr": io, "embed_w": io, "embed_b": io, "w_ih": (io,) * L, "w_hh": (io,) * L,
-            "b_ih": (io,) * L, "b_hh": (io,) * L, "out_w": io, "out_b": io,
-            "B": B, "n_in": n_in, "H": H, "n_out": n_out, "stride_x": n_in,
-        }  # fmt: skip
-        consts = {"L": L, "SAVE_GATES": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}
-        w = H * n_in + L * (8 * H * H) + n_out * H
-        bias = H + L * 8 * H + n_out
-        act = B * (n_in + L * 2 * H + L * 2 * H + H + n_out)  # x, h/c in, h/c out, e, out
-        macs = B * w
-        lch = Launch("_lstm_step_kernel", "lstm", args, consts, nw, ns, (programs,),
-                     _lstm_trips(n_in, H, n_out, L, bn, bk), 0, (w + bias + act) * e, "predictor")  # fmt: skip
-        ops.append(
-            Op(f"predictor step {preset} {dtype}", "recurrent", dtype, "step", [lch], 2.0 * macs,
-               B * (L * 5 * H + n_out), (w + bias + act) * e, config=cname,
-               meta={"preset": preset, "kernel": "predictor"})
-        )  # fmt: skip
-        # prior: _gaussian_step_kernel, G groups, L = 1, n_in = g_dim, noise drawn (device offset)
-        L, n_in = PRIOR_LAYERS, G_DIM
-        bz = max(16, min(64, 1 << max(0, (Zg - 1).bit_length())))
-        args = {
-            "x_ptr": io, "zsrc_ptr": io, "eps_ptr": io, "h_in": (io,) * (G * L), "c_in": (io,) * (G * L),
-            "embed_w": (io,) * G, "embed_b": (io,) * G, "w_ih": (io,) * (G * L), "w_hh": (io,) * (G * L),
-            "b_ih": (io,) * (G * L), "b_hh": (io,) * (G * L), "mu_w": (io,) * G, "mu_b": (io,) * G,
-            "lv_w": (io,) * G, "lv_b": (io,) * G, "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "e_ptr": io,
-            "h_out_ptr": io, "c_out_ptr": io, "gates_ptr": io,
-            "B": B, "n_in": n_in, "H": H, "Zg": Zg, "stride_x": n_in, "stride_zsrc": G * Zg, "stride_eps": G * Zg,
-            "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"),
-        }  # fmt: skip
-        consts = {
-            "G": G, "L": L, "DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "SAVE_GATES": False,
-            "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_Z": bz, "PRECISION": prec,
-        }  # fmt: skip
-        w = sum(H * (n_in + j * Zg) + L * 8 * H * H + 2 * Zg * H for j in range(G))
-        bias = G * (H + L * 8 * H + 2 * Zg)
-        act = B * (n_in + G * (L * 4 * H + H) + 3 * G * Zg)
-        lch = Launch("_gaussian_step_kernel", "gaussian", args, consts, nw, ns, (programs,),
-                     _gaussian_trips(n_in, H, Zg, G, L, bn, bk, bz), 0, (w + bias + act) * e, "prior")  # fmt: skip
-        ops.append(
-            Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", [lch], 2.0 * B * w,
-               B * G * (L * 5 * H + Zg), (w + bias + act) * e, config=cname,
-               meta={"preset": preset, "kernel": "prior"})
-        )  # fmt: skip
+    programs = cdiv(B, bb)
+    # predictor: _lstm_step_kernel, L = 2, n_in = g_dim + z, n_out = g_dim
+    L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
+    args = {
+        "x_ptr": io, "h_in": (io,) * L, "c_in": (io,) * L, "e_ptr": io, "h_out_ptr": io, "c_out_ptr": io,
+        "gates_ptr": io, "out_ptr": io, "embed_w": io, "embed_b": io, "w_ih": (io,) * L, "w_hh": (io,) * L,
+        "b_ih": (io,) * L, "b_hh": (io,) * L, "out_w": io, "out_b": io,
+        "B": B, "n_in": n_in, "H": H, "n_out": n_out, "stride_x": n_in,
+    }  # fmt: skip
+    consts = {"L": L, "SAVE_GATES": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}
+    w, bias, act = _predictor_floor(n_in, n_out, L, H, e)
+    lch = Launch("_lstm_step_kernel", "lstm", args, consts, nw, ns, (programs,),
+                 _lstm_trips(n_in, H, n_out, L, bn, bk), 0, (w + bias + act) * e, "predictor")  # fmt: skip
+    ops = [
+        Op(f"predictor step {preset} {dtype}", "recurrent", dtype, "step", [lch], 2.0 * B * w,
+           B * (L * 5 * H + n_out), (w + bias + act) * e, config=cname, meta={"preset": preset, "kernel": "predictor"})
+    ]  # fmt: skip
+    # prior: _gaussian_step_kernel, G groups, L = 1, n_in = g_dim, noise drawn (device offset)
+    L, n_in = PRIOR_LAYERS, G_DIM
+    bz = max(16, min(64, 1 << max(0, (Zg - 1).bit_length())))
+    args = {
+        "x_ptr": io, "zsrc_ptr": io, "eps_ptr": io, "h_in": (io,) * (G * L), "c_in": (io,) * (G * L),
+        "embed_w": (io,) * G, "embed_b": (io,) * G, "w_ih": (io,) * (G * L), "w_hh": (io,) * (G * L),
+        "b_ih": (io,) * (G * L), "b_hh": (io,) * (G * L), "mu_w": (io,) * G, "mu_b": (io,) * G,
+        "lv_w": (io,) * G, "lv_b": (io,) * G, "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "e_ptr": io,
+        "h_out_ptr": io, "c_out_ptr": io, "gates_ptr": io,
+        "B": B, "n_in": n_in, "H": H, "Zg": Zg, "stride_x": n_in, "stride_zsrc": G * Zg, "stride_eps": G * Zg,
+        "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"),
+    }  # fmt: skip
+    consts = {
+        "G": G, "L": L, "DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "SAVE_GATES": False,
+        "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_Z": bz, "PRECISION": prec,
+    }  # fmt: skip
+    w, bias, act = _prior_floor(n_in, H, Zg, G, L)
+    lch = Launch("_gaussian_step_kernel", "gaussian", args, consts, nw, ns, (programs,),
+                 _gaussian_trips(n_in, H, Zg, G, L, bn, bk, bz), 0, (w + bias + act) * e, "prior")  # fmt: skip
+    ops.append(
+        Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", [lch], 2.0 * B * w,
+           B * G * (L * 5 * H + Zg), (w + bias + act) * e, config=cname, meta={"preset": preset, "kernel": "prior"})
+    )  # fmt: skip
+    return ops
+
+
+def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e) -> Launch:
+    """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
+    offset): first = the embedding computed in it (input width n_in + K2 [+ Zg]); head = the
+    previous group's heads recomputed first."""
+    from ..recurrent import triton_split as ts
+
+    cfg = ts.split_config(B, H, io.dtype == "fp32", head)
+    bz = ts._head_block_z(Zg)
+    args = {
+        "a_ptr": io, "stride_a": n_in if first else H, "K_a": n_in if first else H, "a2_ptr": io, "stride_a2": Zt,
+        "K_a2": K2, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io, "mu_w": io, "mu_b": io, "lv_w": io,
+        "lv_b": io, "eps_ptr": io, "stride_eps": Zt, "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": 0, "Zg": Zg,
+        "Z_total": Zt, "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "h_ptr": io, "c_ptr": io,
+        "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io, "gates_ptr": io,
+        "B": B, "H": H,
+    }  # fmt: skip
+    consts = {
+        "EMBED": first, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": True, "OFFSET_FROM_PTR": True,
+        "STORE_EPS": False, "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
+        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "PRECISION": "ieee",
+    }  # fmt: skip
+    bk = cfg.block_k
+    loops = [Trip(cdiv(H, bk))] if head else []
+    if first:
+        loops.append(Trip(cdiv(H, bk), [Trip(cdiv(n_in, bk)), Trip(cdiv(K2, bk))], main=True))
+    else:
+        loops.append(Trip(cdiv(H, bk), main=True))
+    loops.append(Trip(cdiv(H, bk)))
+    w = 8 * H * H + 8 * H + ((n_in + K2 + (Zg if z_reg else 0)) * H + H if first else 0) + extra_w
+    act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act  # input, h/c in, h/c out
+    grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
+    return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
+                  (w + act) * e, label)  # fmt: skip
+
+
+def _split_recurrent_ops(dtype, preset) -> list[Op]:
+    """The split design (the launcher on a GPU): one launch per cell over rows x hidden units."""
+    from ..recurrent import triton_split as ts
+
+    z, e, io, H, G, Zg = _step_sizes(preset, dtype)
+    Zt = G * Zg
+    # predictor: L cell launches (the first computes the embedding), then tanh(Linear) over rows x outputs
+    L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
+    launches = [_split_cell_launch(io, H, n_in, 0, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e)
+                for i in range(L)]  # fmt: skip
+    cfg = ts.split_config(B, n_out, dtype == "fp32")
+    args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
+    consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
+    launches.append(
+        Launch("_split_linear_tanh_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages,
+               (cdiv(B, cfg.block_b), cdiv(n_out, cfg.block_n)), [Trip(cdiv(H, cfg.block_k), main=True)], 0,
+               (n_out * H + n_out + B * (H + n_out)) * e, "output")
+    )  # fmt: skip
+    w, bias, act = _predictor_floor(n_in, n_out, L, H, e)
+    ops = [
+        Op(f"predictor step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
+           B * (L * 5 * H + n_out), (w + bias + act) * e, config="launcher",
+           meta={"preset": preset, "kernel": "predictor"})
+    ]  # fmt: skip
+    # prior: G launches of one cell (group j > 0 first recomputes group j - 1's heads, z into its
+    # embedding from registers), then the last group's heads; the groups read their own z
+    n_in = G_DIM
+    heads_w, heads_act = 2 * Zg * H + 2 * Zg, B * (H + 3 * Zg)
+    launches = [
+        _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
+                           heads_w if j else 0, heads_act if j else 0, e)
+        for j in range(G)
+    ]  # fmt: skip
+    bz = min(64, ts._head_block_z(Zg))
+    args = {
+        "hh_ptr": io, "H": H, "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt,
+        "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": (G - 1) * Zg, "Zg": Zg, "Z_total": Zt,
+        "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "B": B,
+    }  # fmt: skip
+    consts = {"DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "BLOCK_B": ts.HEAD_ROWS,
+              "BLOCK_Z": bz, "BLOCK_K": 32, "PRECISION": "ieee"}  # fmt: skip
+    launches.append(
+        Launch("_split_heads_kernel", "split", args, consts, 4, 3, (cdiv(B, ts.HEAD_ROWS),),
+               [Trip(cdiv(Zg, bz), [Trip(cdiv(H, 32), main=True)])], 0, (heads_w + heads_act) * e, "heads")
+    )  # fmt: skip
+    w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS)
+    ops.append(
+        Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
+           B * G * (PRIOR_LAYERS * 5 * H + Zg), (w + bias + act) * e, config="launcher",
+           meta={"preset": preset, "kernel": "prior"})
+    )  # fmt: skip
+    return ops
+
+
+def recurrent_ops(dtype: str, preset: str = "moving-mnist", all_configs: bool = False) -> list[Op]:
+    """The launcher's split design; with ``all_configs`` also the row design and its autotune candidates."""
+    ops = _split_recurrent_ops(dtype, preset)
+    if all_configs:
+        for cname, cfg in _row_configs():
+            ops += _row_recurrent_ops(dtype, preset, cname, cfg)
     return ops
 
 
@@ -439,6 +551,8 @@ def kernel_fn(launch: Launch):
         from ..attention import triton_attention as m
     elif launch.module == "lstm":
         from ..recurrent import triton_lstm as m
+    elif launch.module == "split":
+        from ..recurrent import triton_split as m
     else:
         from ..recurrent import triton_gaussian as m
     return getattr(m, launch.kernel)

@@ -1,0 +1,345 @@
+"""The recurrent step with each cell's hidden units split across programs: one launch per cell.
+
+Why: the row design of :mod:`.triton_lstm` / :mod:`.triton_gaussian` runs a whole step in one
+launch, but a program must own its rows through the chain, so the grid is only cdiv(B, rows per
+program): at the sampling batch (1600 rows, 32 per program) 50 programs on a 132-SM H100, each
+streaming every weight of the step from L2. Here the grid is (row blocks) x (hidden-unit blocks)
+and every launch ends where the next one needs a whole hidden vector:
+
+    Gaussian step, G groups of L = 1 cell (G + 1 launches):
+      launch j = 0..G-1, program (rows r, hidden units n):
+        if j > 0: z_{j-1}[r] = heads of group j - 1 from its h'[r, :]   (recomputed by every program:
+                  a (rows x H) x (H x 2 Zg) GEMM; the programs of hidden block 0 write z, mu, logvar)
+        e_j[r, :] = [x, z^{1:j-1}][r] @ W_embed_j^T + b                 (computed chunk by chunk of H and
+                  fed straight into the gate GEMM, never read back; hidden block 0 writes it when saving)
+        gates[r, n] = [e_j, h_j][r] @ [W_ih; W_hh][n]^T -> c'[r, n], h'[r, n]
+      launch G: the heads of group G - 1 (mu, logvar, z)
+    predictor, L cells (L + 1 launches): cell 1 with the embedding computed as above, cells 2..L
+      reading the previous cell's h', then out = tanh(h'_L @ W_out^T + b) tiled over rows x outputs.
+
+Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
++50 % of the MACs of a group's cell) and the previous group's heads once per hidden block (+6 %);
+both are tensor-core work on data already in L2. What it buys: 200 programs instead of 50
+(``python -m hafsvg_kernels.sm90_report`` gives the per-launch numbers).
+
+Every output is the same as the row design's (the same roundings: e and z rounded to the step's
+dtype before they feed the next GEMM), and the saved tensors are the same, so the backward of
+:mod:`.triton_lstm` / :mod:`.triton_gaussian` is shared.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .._triton import interpreting
+from .triton_blocks import _cell_update, _gates_acc, _head_tile, _mm_acc, _tanh
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["B", "seed", "offset"])
+def _split_cell_kernel(
+    # the cell's input: computed here (EMBED: [a, a2] @ W_embed^T + b) or read (a, (B, H))
+    a_ptr, stride_a, K_a,  # EMBED: embedding input part 1 (B, K_a); else the cell input (B, H), K_a = H
+    a2_ptr, stride_a2, K_a2,  # EMBED: part 2 read from memory (B, K_a2), K_a2 may be 0
+    embed_w, embed_b,  # EMBED: (H, K_a + K_a2 [+ Zg when Z_REG]), (H,)
+    e_ptr,  # EMBED and SAVE: (B, H) out, the embedding (written by the programs of hidden block 0)
+    # HEAD_IN: the previous group's heads from its top h, recomputed by every program
+    hh_ptr,  # (B, H) the previous group's top h'
+    mu_w, mu_b, lv_w, lv_b,  # (Zg, H), (Zg,), (Zg, H), (Zg,)
+    eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS)
+    z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs (written by the programs of hidden block 0)
+    col0, Zg, Z_total,  # the previous group's first column, the group width, all groups' width
+    seed, offset,  # Philox key and first counter of the step (unless OFFSET_FROM_PTR)
+    offset_ptr,  # one int64, the first counter, read when OFFSET_FROM_PTR
+    # the cell
+    h_ptr, c_ptr,  # previous state, each (B, H) contiguous
+    w_ih, w_hh, b_ih, b_hh,  # (4H, H), (4H, H), (4H,), (4H,)
+    h_new_ptr, c_new_ptr,  # new state, each (B, H) contiguous
+    gates_ptr,  # (B, 4H) activated gates (written when SAVE)
+    # sizes
+    B, H,
+    # meta-parameters
+    EMBED: tl.constexpr,  # the input is the embedding, computed here
+    HEAD_IN: tl.constexpr,  # recompute the previous group's heads (z, mu, logvar) first
+    Z_REG: tl.constexpr,  # the embedding's last Zg input columns are that z, from registers
+    DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
+    SAVE: tl.constexpr,  # write the embedding and the activated gates (for backward)
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_Z: tl.constexpr,  # >= Zg: the previous group's z is one tile
+    PRECISION: tl.constexpr,
+):
+    """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): program (p, q) computes rows
+    [p * BLOCK_B, (p + 1) * BLOCK_B) x hidden units [q * BLOCK_N, (q + 1) * BLOCK_N) of the cell."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_mask = rows < B
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < H
+    # rows whose shared outputs (e, the previous group's z) this program writes: hidden block 0's
+    writer = row_mask & ((rows * 0 + tl.program_id(1)) == 0)
+    if HEAD_IN:
+        if OFFSET_FROM_PTR:
+            offset = tl.load(offset_ptr)
+        z_prev = _head_tile(hh_ptr, H, mu_w, mu_b, lv_w, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr,
+                            0, col0, Zg, Z_total, seed, offset, rows, row_mask, writer, DRAW_EPS, STORE_EPS,
+                            BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION)  # fmt: skip
+    acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    if EMBED:
+        dtype = h_new_ptr.dtype.element_ty
+        ld_e = K_a + K_a2
+        if Z_REG:
+            ld_e += Zg
+        gate = H * H  # elements between gate blocks of W_ih
+        if Z_REG:
+            z_op = z_prev.to(dtype)  # the dot operand, converted once
+        for k0 in range(0, H, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < H
+            # embedding columns k for these rows: (BLOCK_B, BLOCK_K)
+            e = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
+            e = _mm_acc(e, a_ptr, stride_a, embed_w, ld_e, rows, row_mask, k, k_mask, K_a, BLOCK_K, PRECISION)
+            e = _mm_acc(e, a2_ptr, stride_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask, K_a2, BLOCK_K,
+                        PRECISION)  # fmt: skip
+            if Z_REG:
+                cz = tl.arange(0, BLOCK_Z)
+                wz = tl.load(embed_w + k[None, :] * ld_e + (K_a + K_a2) + cz[:, None],
+                             mask=k_mask[None, :] & (cz < Zg)[:, None], other=0.0)  # fmt: skip
+                e = tl.dot(z_op, wz, e, input_precision=PRECISION)
+            e += tl.load(embed_b + k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
+            e = e.to(dtype)
+            if SAVE:
+                tl.store(e_ptr + rows[:, None] * H + k[None, :], e, mask=writer[:, None] & k_mask[None, :])
+            w = w_ih + n[None, :] * H + k[:, None]
+            w_mask = n_mask[None, :] & k_mask[:, None]
+            acc_i = tl.dot(e, tl.load(w, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
+            acc_f = tl.dot(e, tl.load(w + gate, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
+            acc_g = tl.dot(e, tl.load(w + 2 * gate, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
+            acc_o = tl.dot(e, tl.load(w + 3 * gate, mask=w_mask, other=0.0), acc_o, input_precision=PRECISION)
+    else:
+        acc_i, acc_f, acc_g, acc_o = _gates_acc(
+            acc_i, acc_f, acc_g, acc_o, a_ptr, stride_a, H, w_ih, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
+        )
+    acc_i, acc_f, acc_g, acc_o = _gates_acc(
+        acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
+    )
+    _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
+                 rows, row_mask, n, n_mask, H, SAVE)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["B", "seed", "offset"])
+def _split_heads_kernel(
+    hh_ptr, H,  # (B, H) the group's top h'
+    mu_w, mu_b, lv_w, lv_b,  # (Zg, H), (Zg,), (Zg, H), (Zg,)
+    eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS)
+    z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs
+    col0, Zg, Z_total,  # the group's first column, its width, all groups' width
+    seed, offset, offset_ptr,  # Philox key, first counter (or *offset_ptr when OFFSET_FROM_PTR)
+    B,
+    DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B)."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_mask = rows < B
+    if OFFSET_FROM_PTR:
+        offset = tl.load(offset_ptr)
+    for z0 in range(0, Zg, BLOCK_Z):
+        _head_tile(hh_ptr, H, mu_w, mu_b, lv_w, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
+                   Z_total, seed, offset, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, BLOCK_K,
+                   PRECISION)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["B"])
+def _split_linear_tanh_kernel(
+    x_ptr,  # (B, K) contiguous
+    w_ptr, b_ptr,  # (N, K), (N,)
+    out_ptr,  # (B, N) contiguous
+    B, K, N,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (cdiv(B, BLOCK_B), cdiv(N, BLOCK_N)): out = tanh(x @ W^T + b), one output tile per program."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_mask = rows < B
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    acc = _mm_acc(acc, x_ptr, K, w_ptr, K, rows, row_mask, n, n_mask, K, BLOCK_K, PRECISION)
+    acc = _tanh(acc + tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :])
+    tl.store(out_ptr + rows[:, None] * N + n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & n_mask[None, :])  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Launch configuration
+# ---------------------------------------------------------------------------------------------
+
+#: Programs wanted per launch: the SMs of an H100 SXM.
+TARGET_PROGRAMS = 132
+#: The heads launch's rows per program: 8, on the CUDA cores (tl.dot needs 16), for 200 programs at
+#: batch 1600 on a GEMM of (8 x 256) x (256 x 2 Zg).
+HEAD_ROWS = 8
+#: Largest group width whose z fits one register tile (the previous group's z feeds the embedding).
+MAX_GROUP_WIDTH = 64
+
+
+class SplitConfig(NamedTuple):
+    block_b: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+def split_enabled(B: int, Zg: int = 0) -> bool:
+    """Whether the step runs split: on a GPU (``HAFSVG_RECURRENT_SPLIT=0`` keeps the one-launch row
+    design, which ``HAFSVG_TRITON_AUTOTUNE=1`` tunes), or when ``HAFSVG_RECURRENT_SPLIT=1`` (also
+    under the interpreter, where the row design is the default: fewer interpreted launches). Group
+    widths over ``MAX_GROUP_WIDTH`` run the row design."""
+    if Zg > MAX_GROUP_WIDTH:
+        return False
+    env = os.environ.get("HAFSVG_RECURRENT_SPLIT", "")
+    if env:
+        return env != "0"
+    return not interpreting() and os.environ.get("HAFSVG_TRITON_AUTOTUNE", "0") in ("", "0")
+
+
+def split_config(B: int, N: int, fp32: bool = False, head_in: bool = False) -> SplitConfig:
+    """Tiles of a launch over B rows x N columns (hidden units, or outputs); ``fp32``: IEEE fp32
+    dots (FFMA); ``head_in``: the launch recomputes the previous group's heads first.
+
+    GPU, 4 warps, 2 stages, and the widest column block (64, 32 or 16) that still gives
+    ``TARGET_PROGRAMS`` programs. The numbers are ``python -m hafsvg_kernels.sm90_report``'s at
+    batch 1600, hidden 256 (moving-mnist preset):
+
+    * bf16: 64 rows per program, so that the gate GEMMs run on wgmma (64-row warpgroup tiles; 32
+      rows would be mma.sync); 32 hidden units (25 x 8 = 200 programs); 64-deep K steps, which
+      cut the first group's warp-instructions from 6426 to 5068 per program, but 32-deep in the
+      launches that recompute the heads (64-deep there: 255 registers and 84 B of spills).
+    * fp32: 32 rows x 64 hidden units (50 x 4 = 200 programs), 16-deep K steps: the FFMA tiles of
+      64 x 32 spill 1.7 KB per thread at any depth, 32 x 64 at depth 32 1.8 KB, at depth 16 8-28 B.
+
+    Interpreter: 64-wide blocks (fewer interpreted ops) that still exercise the masks at hidden 200.
+    """
+    if interpreting():
+        return SplitConfig(min(64, max(16, triton.next_power_of_2(B))), 64, 64, 4, 1)
+    bb, bk = (32, 16) if fp32 else (64, 32 if head_in else 64)
+    bn = 16
+    for cand in (64, 32):
+        if triton.cdiv(B, bb) * triton.cdiv(N, cand) >= TARGET_PROGRAMS:
+            bn = cand
+            break
+    return SplitConfig(bb, bn, bk, 4, 2)
+
+
+def _head_block_z(Zg: int) -> int:
+    return max(16, triton.next_power_of_2(Zg))
+
+
+# ---------------------------------------------------------------------------------------------
+# Launchers (outputs preallocated by the callers in triton_lstm / triton_gaussian)
+# ---------------------------------------------------------------------------------------------
+
+
+class HeadIO(NamedTuple):
+    """The Gaussian heads' tensors: eps (B, Z_total) and its row stride, z, mu, logvar (B, Z_total);
+    Philox seed, offset (int) and offset_ptr (a device offset, or any tensor when unused)."""
+
+    eps: object
+    stride_eps: int
+    z: object
+    mu: object
+    lv: object
+    seed: int
+    offset: int
+    offset_ptr: object
+    draw: bool
+    from_ptr: bool
+    store_eps: bool
+
+
+def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, heads, state, cell, new, gates, save,
+                 precision):  # fmt: skip
+    """One cell launch. embed: None or (embed_w, embed_b, z_reg: bool); head: None or (hh, mu_w, mu_b,
+    lv_w, lv_b, col0, Zg); heads: HeadIO; state: (h, c); cell: CellWeights; new: (h_new, c_new)."""
+    cfg = split_config(B, H, new[0].dtype == torch.float32, head is not None)
+    hh, mu_w, mu_b, lv_w, lv_b, col0, Zg = head if head is not None else (e, e, e, e, e, 0, 1)
+    ew, eb, z_reg = embed if embed is not None else (e, e, False)
+    _split_cell_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](
+        a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
+        hh, mu_w, mu_b, lv_w, lv_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
+        heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
+        state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih, cell.b_hh, new[0], new[1], gates, B, H,
+        EMBED=embed is not None, HEAD_IN=head is not None, Z_REG=z_reg, DRAW_EPS=heads.draw,
+        OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, SAVE=save,
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z=_head_block_z(Zg),
+        PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+
+
+def _heads_launch(B, H, hh, w, col0, Zg, heads: HeadIO, precision):
+    """The last group's heads: ``HEAD_ROWS`` rows per program."""
+    bk = 64 if interpreting() else 32
+    _split_heads_kernel[(triton.cdiv(B, HEAD_ROWS),)](
+        hh, H, w.mu_w, w.mu_b, w.logvar_w, w.logvar_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv,
+        col0, Zg, heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr, B,
+        DRAW_EPS=heads.draw, OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps,
+        BLOCK_B=HEAD_ROWS, BLOCK_Z=min(64, _head_block_z(Zg)), BLOCK_K=bk, PRECISION=precision, num_warps=4,
+    )  # fmt: skip
+
+
+def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision):
+    """The predictor step in L + 1 launches, into the callers' buffers: x (B, n_in) with unit column
+    stride; state L pairs (h, c) contiguous (B, H); e (B, H) (written when ``save``); h_out, c_out
+    (L, B, H); gates (L, B, 4H) (written when ``save``); out (B, n_out)."""
+    B, n_in = x.shape
+    H, n_out, L = weights.embed_w.shape[0], weights.out_w.shape[0], len(weights.cells)
+    none = HeadIO(e, 0, e, e, e, 0, 0, e, False, False, False)
+    for layer in range(L):
+        first = layer == 0
+        a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[layer - 1], H, H)
+        embed = (weights.embed_w, weights.embed_b, False) if first else None
+        _cell_launch(B, H, a, stride_a, K_a, a, stride_a, 0, embed, e, None, none, state[layer],
+                     weights.cells[layer], (h_out[layer], c_out[layer]), gates[layer] if save else e, save,
+                     precision)  # fmt: skip
+    cfg = split_config(B, n_out, x.dtype == torch.float32)
+    _split_linear_tanh_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(n_out, cfg.block_n))](
+        h_out[L - 1], weights.out_w, weights.out_b, out, B, H, n_out,
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PRECISION=precision,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+
+
+def gaussian_forward(x, states, weights, zsrc, own_z, heads: HeadIO, e, h_out, c_out, gates, save, precision):
+    """The Gaussian step in G * L + 1 launches (G + 1 for one cell per group), into the callers'
+    buffers: x (B, n_in) with unit column stride; states G lists of L contiguous (h, c) (B, H);
+    zsrc: the groups' z input (B, G * Zg): the z output itself (``own_z``) or cond; heads:
+    :class:`HeadIO`; e (G, B, H) (written when ``save``); h_out, c_out (G, L, B, H); gates
+    (G, L, B, 4H) (written when ``save``)."""
+    G, L = len(weights), len(weights[0].cells)
+    B, n_in = x.shape
+    H, Zg = weights[0].embed_w.shape[0], weights[0].mu_w.shape[0]
+    for j, w in enumerate(weights):
+        head = None
+        if j:
+            p = weights[j - 1]
+            head = (h_out[j - 1, L - 1], p.mu_w, p.mu_b, p.logvar_w, p.logvar_b, (j - 1) * Zg, Zg)
+        z_reg = own_z and j > 0
+        K_z = (j - 1) * Zg if z_reg else j * Zg
+        for layer in range(L):
+            first = layer == 0
+            a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[j, layer - 1], H, H)
+            _cell_launch(B, H, a, stride_a, K_a, zsrc, zsrc.stride(0), K_z if first else 0,
+                         (w.embed_w, w.embed_b, z_reg) if first else None, e[j], head if first else None, heads,
+                         states[j][layer], w.cells[layer], (h_out[j, layer], c_out[j, layer]),
+                         gates[j, layer] if save else e, save, precision)  # fmt: skip
+    _heads_launch(B, H, h_out[G - 1, L - 1], weights[G - 1], (G - 1) * Zg, Zg, heads, precision)
