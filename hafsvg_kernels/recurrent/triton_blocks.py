@@ -87,12 +87,26 @@ def _gates_acc(
         k = k0 + kk
         k_mask = k < K
         a = tl.load(a_ptr + rows[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = w_ptr + n[None, :] * K + k[:, None]
-        w_mask = n_mask[None, :] & k_mask[:, None]
-        acc_i = tl.dot(a, tl.load(w, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
-        acc_f = tl.dot(a, tl.load(w + gate, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
-        acc_g = tl.dot(a, tl.load(w + 2 * gate, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
-        acc_o = tl.dot(a, tl.load(w + 3 * gate, mask=w_mask, other=0.0), acc_o, input_precision=PRECISION)
+        acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, a, w_ptr, K, gate, n, n_mask, k, k_mask,
+                                                PRECISION)  # fmt: skip
+    return acc_i, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def _gates_dot(
+    acc_i, acc_f, acc_g, acc_o,  # (BLOCK_B, BLOCK_N) fp32, one per gate
+    a,  # (BLOCK_B, BLOCK_K) input tile, columns k
+    w_ptr, K, gate,  # W (4H, K) row-major; gate = H * K, the elements between gate blocks
+    n, n_mask, k, k_mask,
+    PRECISION: tl.constexpr,
+):
+    """acc_q += a @ W[q*H + n, k]^T for the four gates: one K step."""
+    w = w_ptr + n[None, :] * K + k[:, None]
+    w_mask = n_mask[None, :] & k_mask[:, None]
+    acc_i = tl.dot(a, tl.load(w, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
+    acc_f = tl.dot(a, tl.load(w + gate, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
+    acc_g = tl.dot(a, tl.load(w + 2 * gate, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
+    acc_o = tl.dot(a, tl.load(w + 3 * gate, mask=w_mask, other=0.0), acc_o, input_precision=PRECISION)
     return acc_i, acc_f, acc_g, acc_o
 
 

@@ -18,7 +18,8 @@ and every launch ends where the next one needs a whole hidden vector:
       reading the previous cell's h', then out = tanh(h'_L @ W_out^T + b) tiled over rows x outputs.
 
 Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
-+50 % of the MACs of a group's cell) and the previous group's heads once per hidden block (+6 %);
++50 % of the MACs of a group's cell) and the previous group's heads once per hidden block (+12 %,
+the head tile padded to 16 columns);
 both are tensor-core work on data already in L2. What it buys: 200 programs instead of 50
 (``python -m hafsvg_kernels.sm90_report`` gives the per-launch numbers).
 
@@ -37,7 +38,7 @@ import triton
 import triton.language as tl
 
 from .._triton import interpreting
-from .triton_blocks import _cell_update, _gates_acc, _head_tile, _mm_acc, _tanh
+from .triton_blocks import _cell_update, _gates_acc, _gates_dot, _head_tile, _mm_acc, _tanh
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
@@ -119,12 +120,8 @@ def _split_cell_kernel(
             e = e.to(dtype)
             if SAVE:
                 tl.store(e_ptr + rows[:, None] * H + k[None, :], e, mask=writer[:, None] & k_mask[None, :])
-            w = w_ih + n[None, :] * H + k[:, None]
-            w_mask = n_mask[None, :] & k_mask[:, None]
-            acc_i = tl.dot(e, tl.load(w, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
-            acc_f = tl.dot(e, tl.load(w + gate, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
-            acc_g = tl.dot(e, tl.load(w + 2 * gate, mask=w_mask, other=0.0), acc_g, input_precision=PRECISION)
-            acc_o = tl.dot(e, tl.load(w + 3 * gate, mask=w_mask, other=0.0), acc_o, input_precision=PRECISION)
+            acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, e, w_ih, H, gate, n, n_mask, k,
+                                                    k_mask, PRECISION)  # fmt: skip
     else:
         acc_i, acc_f, acc_g, acc_o = _gates_acc(
             acc_i, acc_f, acc_g, acc_o, a_ptr, stride_a, H, w_ih, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION

@@ -384,7 +384,7 @@ def _step_sizes(preset: str, dtype: str):
     return z, DTYPES[dtype], Ptr(dtype), RNN, GROUPS, z // GROUPS
 
 
-def _predictor_floor(n_in, n_out, L, H, e):
+def _predictor_floor(n_in, n_out, L, H):
     """(weights, biases, activations) elements of the predictor step: floor bytes and MACs."""
     w = H * n_in + L * (8 * H * H) + n_out * H
     bias = H + L * 8 * H + n_out
@@ -414,7 +414,7 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
         "B": B, "n_in": n_in, "H": H, "n_out": n_out, "stride_x": n_in,
     }  # fmt: skip
     consts = {"L": L, "SAVE_GATES": False, "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "PRECISION": prec}
-    w, bias, act = _predictor_floor(n_in, n_out, L, H, e)
+    w, bias, act = _predictor_floor(n_in, n_out, L, H)
     lch = Launch("_lstm_step_kernel", "lstm", args, consts, nw, ns, (programs,),
                  _lstm_trips(n_in, H, n_out, L, bn, bk), 0, (w + bias + act) * e, "predictor")  # fmt: skip
     ops = [
@@ -500,7 +500,7 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
                (cdiv(B, cfg.block_b), cdiv(n_out, cfg.block_n)), [Trip(cdiv(H, cfg.block_k), main=True)], 0,
                (n_out * H + n_out + B * (H + n_out)) * e, "output")
     )  # fmt: skip
-    w, bias, act = _predictor_floor(n_in, n_out, L, H, e)
+    w, bias, act = _predictor_floor(n_in, n_out, L, H)
     ops = [
         Op(f"predictor step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
            B * (L * 5 * H + n_out), (w + bias + act) * e, config="launcher",
