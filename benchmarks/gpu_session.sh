@@ -5,20 +5,23 @@
 #   bash benchmarks/gpu_session.sh          # from the repository root, with a CUDA torch and Triton
 #
 # No install needed: the repo goes on PYTHONPATH. Results go to $OUT (default
-# benchmarks/results/session): session.log; sampling.json, recurrent.json, attention.json
-# (pytest-benchmark JSON); report/report.md and report/speedups.png. Keep them as
-# benchmarks/results/<gpu>-<date>/, put the summary in the README, and set the measured times
-# against the compiled-code model's predictions for the same commit
-# (benchmarks/results/static-sm90-<date>.json, made on any machine by
-# `python -m hafsvg_kernels.sm90_report`: no GPU time spent on it).
+# benchmarks/results/session), at most 8 files (what a device call brings back): session.log;
+# benchmarks.json (the steps' pytest-benchmark JSON merged); kernel_times.json and
+# model-vs-measured.md (benchmarks/kernel_times.py: device time per kernel, set against the newest
+# benchmarks/results/static-sm90-<date>.json); report/report.md and report/speedups.png. Keep them
+# as benchmarks/results/<gpu>-<date>/ and put the summary in the README.
 #
-# Order: the headline results first (end-to-end sampling against eager and torch.compile, then
-# the recurrent step, then the attention rows at the sampling batch), then the GPU tests, then
-# the CUDA extension's tests. The CUDA extension compiles in the background from the start (CPU
-# work, MAX_JOBS jobs) while the GPU benchmarks run; its benchmark and tests run only if it is
-# ready in time. Every step runs under its own time limit, cut to what the budget
-# (HAFSVG_SESSION_S, default 290 s) leaves after a reserve for the steps after it: a hang or a
-# failure costs one step, not the session; each step's exit code is in the log's last line.
+# Order: the headline results first (end-to-end sampling against eager and torch.compile), then
+# the kernel times (their compilations run in parallel worker processes and fill Triton's cache
+# for the steps after), the recurrent step and the attention rows at the sampling batch (fused
+# first, then the peers), then the GPU tests (in parallel with pytest-xdist where it is there),
+# then the CUDA extension's tests. The CUDA extension compiles in the background from the start
+# (CPU work, MAX_JOBS jobs); its tests run only if it is ready in time. Every step runs under its
+# own time limit, cut to what the budget (HAFSVG_SESSION_S, default 290 s) leaves after a reserve
+# for the steps after it: benchmarks stop starting cases at the limit (HAFSVG_BENCH_DEADLINE,
+# benchmarks/conftest.py) and write their JSON, a hard timeout follows 30 s later; a hang or a
+# failure costs one step, not the session; each step's exit code is in the log's last lines.
+# HAFSVG_SESSION_STEPS="name ..." runs only the named steps (a rerun of what failed).
 # On a CPU the same script runs the CPU-sized workloads: a dry run of the harness.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +37,9 @@ results=()
 step() {  # step NAME SECONDS RESERVE CMD...: CMD under min(SECONDS, budget left - RESERVE); log exit code, time
     local name=$1 limit=$2 reserve=$3 t0=$SECONDS rc left
     shift 3
+    if [ -n "${HAFSVG_SESSION_STEPS:-}" ] && [[ " $HAFSVG_SESSION_STEPS " != *" $name "* ]]; then
+        return
+    fi
     left=$((budget - SECONDS - reserve))
     ((left < limit)) && limit=$left
     if ((limit < 5)); then
@@ -42,57 +48,85 @@ step() {  # step NAME SECONDS RESERVE CMD...: CMD under min(SECONDS, budget left
         return
     fi
     echo "=== $name (limit ${limit} s, at ${SECONDS} s): $*"
-    timeout --signal=INT --kill-after=10 "$limit" "$@"
+    HAFSVG_BENCH_DEADLINE=$(($(date +%s) + limit)) timeout --signal=INT --kill-after=10 $((limit + 30)) "$@"
     rc=$?
     echo "=== $name: exit $rc after $((SECONDS - t0)) s"
     results+=("$name=$rc")
 }
 
-bench() {  # bench NAME SECONDS RESERVE PYTEST-ARGS...: one benchmark file as pytest-benchmark JSON
+bench() {  # bench NAME SECONDS RESERVE PYTEST-ARGS...: benchmarks as pytest-benchmark JSON in $parts
     local name=$1 limit=$2 reserve=$3
     shift 3
-    step "bench $name" "$limit" "$reserve" "$py" -m pytest -q -rs -p no:cacheprovider --benchmark-only \
-        --benchmark-json="$out/$name.json" "$@"
+    step "$name" "$limit" "$reserve" "$py" -m pytest -q -rs -p no:cacheprovider --benchmark-only \
+        --benchmark-columns=median,iqr,rounds --benchmark-json="$parts/$name.json" "$@"
 }
 
+parts=$(mktemp -d)
 {
     echo "=== gpu_session, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
     "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" 2>&1
     if "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then gpu=1; else gpu=0; fi
+    static=$(ls benchmarks/results/static-sm90-*.json 2>/dev/null | sort | tail -n 1)
 
-    # The CUDA extension (nvcc, ~16 kernel variants) builds on the CPU cores while the GPU works.
-    build_log="$out/build.log"
+    # The CUDA extension (nvcc, ~16 kernel variants) builds on 6 CPU cores while the GPU works.
+    build_log="$parts/build.log"
     if [ $gpu = 1 ]; then
-        MAX_JOBS=${MAX_JOBS:-8} timeout 200 "$py" -c "from hafsvg_kernels import _ext; _ext.load_cuda(); \
+        MAX_JOBS=${MAX_JOBS:-6} timeout 200 "$py" -c "from hafsvg_kernels import _ext; _ext.load_cuda(); \
 print('cuda extension:', _ext.build_state('cuda'))" >"$build_log" 2>&1 &
         build_pid=$!
     fi
 
     # (the cuda implementations wait for the background build: its tests run at the end)
-    bench sampling 75 200 benchmarks/test_bench_sampling.py -k "not cuda"
-    bench recurrent 40 160 benchmarks/test_bench_recurrent.py -k "not cuda and (not compile or sample)"
-    # The sampling batch (16 clips x 100 samples); torch.compile on the Moving-MNIST rows only
-    # (one compilation per shape and pass costs ~20 s).
-    attention=(-k "sample and not vdec and not cuda and (not compile or dcgan32 or dcgan16)")
-    [ $gpu = 1 ] || attention=()  # the CPU smoke batch is "cpu-small"
-    bench attention 80 80 benchmarks/test_bench_attention.py "${attention[@]}"
-    step tests 60 20 "$py" -m pytest -q -rs -x -p no:cacheprovider --durations=10 \
-        tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_fast_sampling.py
+    bench sampling 70 190 benchmarks/test_bench_sampling.py -k "not cuda"
+    if [ $gpu = 1 ]; then
+        step kernel-times 45 140 "$py" benchmarks/kernel_times.py --workers 8 --out "$out/kernel_times.json"
+        if [ -s "$out/kernel_times.json" ] && [ -n "$static" ]; then
+            "$py" benchmarks/kernel_times.py --compare "$out/kernel_times.json" --static "$static" \
+                --md "$out/model-vs-measured.md" && cat "$out/model-vs-measured.md"
+        fi
+    fi
+    bench recurrent 25 110 benchmarks/test_bench_recurrent.py -k "not cuda and not compile"
+    # The sampling batch (16 clips x 100 samples): the fused kernels on every row, then the peers;
+    # torch.compile on the Moving-MNIST rows only (one compilation per shape and pass costs ~20 s).
+    fused=(-k "sample and not vdec and triton")
+    peers=(-k "sample and not vdec and not cuda and not triton and (not compile or dcgan32 or dcgan16)")
+    [ $gpu = 1 ] || peers=()  # the CPU smoke batch is "cpu-small"
+    bench attention 20 90 benchmarks/test_bench_attention.py "${fused[@]}"
+    bench recurrent-compile 20 70 benchmarks/test_bench_recurrent.py -k "compile and sample"
+    bench attention-peers 25 45 benchmarks/test_bench_attention.py "${peers[@]}"
+    xdist=()
+    "$py" -c "import xdist" 2>/dev/null && xdist=(-n 8)
+    step tests 50 20 "$py" -m pytest -q -rs -p no:cacheprovider --durations=10 "${xdist[@]}" \
+        tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_fast_sampling.py \
+        tests/test_silent_wrong.py tests/test_dispatch.py
     if [ $gpu = 1 ]; then
         wait "$build_pid" 2>/dev/null
         cat "$build_log"
         if grep -q "cuda extension: .*\(loaded\|built\)" "$build_log"; then
-            HAFSVG_REQUIRE_EXT=1 step cuda-tests 30 5 "$py" -m pytest -q -rs -x -p no:cacheprovider \
+            HAFSVG_REQUIRE_EXT=1 step cuda-tests 15 5 "$py" -m pytest -q -rs -p no:cacheprovider "${xdist[@]}" \
                 tests/test_cpp_attention.py tests/test_cpp_recurrent.py
         else
             results+=("cuda-tests=not-built")
         fi
     fi
-    jsons=()
-    for name in sampling recurrent attention; do
-        [ -s "$out/$name.json" ] && jsons+=("$out/$name.json")
-    done
-    step report 15 0 "$py" -m hafsvg bench-report "${jsons[@]}" --out "$out/report"
+    # the steps' JSON files as one (pytest-benchmark's layout, the benchmarks of all)
+    "$py" - "$out/benchmarks.json" "$parts"/*.json <<'PY'
+import json, sys
+merged = None
+for path in sys.argv[2:]:
+    try:
+        d = json.load(open(path))
+    except ValueError:
+        print(f"(no results in {path})")
+        continue
+    if merged is None:
+        merged = d
+    else:
+        merged["benchmarks"] += d["benchmarks"]
+if merged:
+    json.dump(merged, open(sys.argv[1], "w"), indent=1)
+PY
+    [ -s "$out/benchmarks.json" ] && step report 15 0 "$py" -m hafsvg bench-report "$out/benchmarks.json" --out "$out/report"
     echo "=== gpu_session done after ${SECONDS} s: ${results[*]}"
 } 2>&1 | tee "$out/session.log"

@@ -124,7 +124,7 @@ def _fused_fn(backend, s, passes, scale):
     grad = passes == "fwd+bwd"
     q, k, v = _inputs(s, grad)
     B, N, C = s["B"], s["N"], s["d_v"]
-    do = torch.randn(B, N, C, device=DEVICE, dtype=DTYPE)
+    do = torch.randn(B, 3 * C, N, device=DEVICE, dtype=DTYPE)[:, 2 * C :].transpose(1, 2)  # as autograd gives it
 
     def fn():
         buf = torch.empty(B, 3 * C, N, device=DEVICE, dtype=DTYPE)  # [F_d; F_e; Z] at one level

@@ -1,0 +1,241 @@
+"""Device time of every kernel the Triton launchers run, per workload, for setting the static sm_90
+model's predictions against a GPU.
+
+    python benchmarks/kernel_times.py --out kernel_times.json        # on a GPU: measure
+    python benchmarks/kernel_times.py --compare kernel_times.json \\
+        --static benchmarks/results/static-sm90-<date>.json --md model-vs-measured.md
+
+Workloads are those of ``python -m hafsvg_kernels.sm90_report``: every aligner row at the sampling
+batch (1600 queries, keys and values per clip, q/k/v as transposed views of NCHW projections,
+``out`` a channel slice of the decoder's buffer), forward and backward, and the recurrent step of
+the ``moving-mnist`` sizes at batch 1600 as sampling runs it (prior with noise drawn in the
+kernel, then the 2-layer predictor, under ``no_grad``), in bf16 and fp32. Each case is first run
+once in a pool of worker processes (Triton compiles in parallel, into its cache), then profiled
+alone in this process: ``torch.profiler`` device times of each kernel, the mean over ``--iters``
+calls after two warm-up calls. The comparison sums the model's and the profiler's times per
+(workload, kernel name) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hafsvg_kernels.workloads import ALIGNER_ROWS, SAMPLING_CLIPS, SAMPLING_SAMPLES  # noqa: E402
+
+CLIPS, BATCH = SAMPLING_CLIPS, SAMPLING_CLIPS * SAMPLING_SAMPLES
+DEVICE = "cuda"
+DTYPES = ("bf16", "fp32")
+# moving-mnist: g_dim 128, |z| 16 in G = 4 groups, rnn 256; prior 1 layer, predictor 2 layers
+G_DIM, Z_DIM, GROUPS, HIDDEN, PRIOR_LAYERS, PREDICTOR_LAYERS = 128, 16, 4, 256, 1, 2
+
+
+def cases() -> list[tuple[str, str]]:
+    """(workload, dtype): the attention rows by name, then "recurrent step"."""
+    names = [r.name for r in ALIGNER_ROWS] + ["recurrent step"]
+    return [(n, d) for d in DTYPES for n in names]
+
+
+def _make(workload: str, dtype: str):
+    """fn() running one call of the workload (attention: forward then backward)."""
+    import torch
+
+    from hafsvg_kernels import aligned_attention
+    from hafsvg_kernels.recurrent import gaussian_lstm_step, lstm_step
+    from hafsvg_kernels.recurrent.reference import CellWeights, GaussianLSTMWeights, LSTMWeights
+
+    dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    dev = torch.device(DEVICE)
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, device=dev, generator=g) * scale).to(dt)
+
+    if workload != "recurrent step":
+        row = next(r for r in ALIGNER_ROWS if r.name == workload)
+        N, C, dqk = row.n, row.c, row.d_qk
+
+        def tokens(b, c):  # (b, c, N) NCHW projection viewed as (b, N, c)
+            return rand(b, c, N).transpose(1, 2).requires_grad_(True)
+
+        q, k, v = tokens(BATCH, dqk), tokens(CLIPS, dqk), tokens(CLIPS, C)
+        do = rand(BATCH, 2 * C, N)[:, C:].transpose(1, 2)
+
+        def attention():
+            buf = torch.empty(BATCH, 2 * C, N, device=dev, dtype=dt)  # the decoder's [F_d; Z]
+            out = aligned_attention(q, k, v, scale=dqk**-0.5, out=buf[:, C:].transpose(1, 2), backend="triton")
+            torch.autograd.grad(out, (q, k, v), do)
+
+        return attention
+
+    H, zg = HIDDEN, Z_DIM // GROUPS
+
+    def cells(L):
+        return tuple(CellWeights(rand(4 * H, H, scale=H**-0.5), rand(4 * H, H, scale=H**-0.5),
+                                 rand(4 * H, scale=0.1), rand(4 * H, scale=0.1)) for _ in range(L))  # fmt: skip
+
+    prior_w = tuple(
+        GaussianLSTMWeights(rand(H, G_DIM + j * zg, scale=(G_DIM + j * zg) ** -0.5), rand(H, scale=0.1),
+                            cells(PRIOR_LAYERS), rand(zg, H, scale=H**-0.5), rand(zg, scale=0.1),
+                            rand(zg, H, scale=H**-0.5), rand(zg, scale=0.1))
+        for j in range(GROUPS)
+    )  # fmt: skip
+    pred_w = LSTMWeights(rand(H, G_DIM + Z_DIM, scale=(G_DIM + Z_DIM) ** -0.5), rand(H, scale=0.1),
+                         cells(PREDICTOR_LAYERS), rand(G_DIM, H, scale=H**-0.5), rand(G_DIM, scale=0.1))  # fmt: skip
+
+    def state(L):
+        return tuple((rand(BATCH, H, scale=0.5), rand(BATCH, H)) for _ in range(L))
+
+    prior_s, pred_s = tuple(state(PRIOR_LAYERS) for _ in range(GROUPS)), state(PREDICTOR_LAYERS)
+    h = rand(BATCH, G_DIM)
+
+    def step():
+        with torch.no_grad():
+            z = gaussian_lstm_step(h, prior_s, prior_w, None, None, seed=1234, backend="triton")[0]
+            lstm_step(torch.cat([h, z], 1), pred_s, pred_w, backend="triton")
+
+    return step
+
+
+def _warm(case):
+    """Run a case once in a worker: Triton compiles its kernels into the shared cache."""
+    try:
+        _make(*case)()
+        return case, None
+    except Exception as e:  # noqa: BLE001 - reported per case, the others go on
+        return case, f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def _profile(fn, iters: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    kernels: dict[str, dict] = {}
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        k = kernels.setdefault(e.name[:120], {"calls_per_iter": 0.0, "us_per_iter": 0.0})
+        k["calls_per_iter"] += 1 / iters
+        k["us_per_iter"] += e.device_time / iters
+    return kernels
+
+
+def measure(iters: int, workers: int) -> dict:
+    import torch
+
+    todo = cases()
+    errors = {}
+    if workers > 1:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            for case, err in pool.map(_warm, todo):
+                if err:
+                    errors[case] = err
+    results = []
+    for workload, dtype in todo:
+        entry = {"workload": workload, "dtype": dtype}
+        try:
+            entry["kernels"] = _profile(_make(workload, dtype), iters)
+            entry["total_us"] = sum(k["us_per_iter"] for k in entry["kernels"].values())
+            print(f"{workload:>16} {dtype}: {entry['total_us']:9.1f} us of kernels", flush=True)
+        except Exception as e:  # noqa: BLE001
+            entry["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            print(f"{workload:>16} {dtype}: FAILED {entry['error']}", flush=True)
+        if (workload, dtype) in errors:
+            entry["warm_error"] = errors[(workload, dtype)]
+        results.append(entry)
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+            "triton": __import__("triton").__version__, "batch": BATCH, "iters": iters, "cases": results}  # fmt: skip
+
+
+def _static_kernels(static: dict, workload: str, dtype: str) -> dict[str, float]:
+    """Modeled seconds per kernel name of a workload (launch latency excluded)."""
+    out: dict[str, float] = {}
+    for op in static["ops"]:
+        if op["dtype"] != dtype or op.get("config") != "launcher":
+            continue
+        if workload == "recurrent step":
+            ok = op["kind"] == "recurrent" and op.get("meta", {}).get("preset") == "moving-mnist"
+        else:
+            ok = op.get("row") == workload
+        if ok:
+            for k in op["kernels"]:
+                out[k["kernel"]] = out.get(k["kernel"], 0.0) + k["modeled_s"]
+    return out
+
+
+def compare(measured: dict, static: dict) -> str:
+    """Markdown: per workload and kernel, modeled and measured µs and measured / modeled."""
+    lines = [
+        f"Measured on {measured['device']} (torch {measured['torch']}, Triton {measured['triton']}), "
+        f"profiler device time per call, mean of {measured['iters']}; modeled: static sm_90 report of "
+        f"{static['date']} (Triton {static['triton']}). Batch {measured['batch']}. Attention: forward + backward.",
+        "",
+        "| workload | dtype | kernel | calls | modeled µs | measured µs | measured / modeled |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for case in measured["cases"]:
+        if "error" in case:
+            lines.append(f"| {case['workload']} | {case['dtype']} | failed: {case['error'][:80]} | | | | |")
+            continue
+        model = _static_kernels(static, case["workload"], case["dtype"])
+        tm = tk = 0.0
+        for name, k in sorted(case["kernels"].items(), key=lambda kv: -kv[1]["us_per_iter"]):
+            m = model.get(name)
+            tk += k["us_per_iter"]
+            if m is not None:
+                tm += m * 1e6
+            ratio = f"{k['us_per_iter'] / (m * 1e6):.2f}" if m else "(not modeled)"
+            ms = f"{m * 1e6:.1f}" if m else ""
+            lines.append(f"| {case['workload']} | {case['dtype']} | `{name[:48]}` | {k['calls_per_iter']:.0f} | "
+                         f"{ms} | {k['us_per_iter']:.1f} | {ratio} |")  # fmt: skip
+        lines.append(f"| **{case['workload']}** | {case['dtype']} | all kernels | | {tm:.1f} | {tk:.1f} | "
+                     f"{tk / tm:.2f} |" if tm else f"| **{case['workload']}** | {case['dtype']} | all | | | {tk:.1f} | |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="measure on the GPU and write this JSON")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    p.add_argument("--compare", metavar="JSON", help="a measured JSON to set against --static")
+    p.add_argument("--static", metavar="JSON", help="a static-sm90-<date>.json")
+    p.add_argument("--md", help="write the comparison here (else print it)")
+    a = p.parse_args(argv)
+    if a.out:
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("measuring needs a CUDA device")
+        res = measure(a.iters, a.workers)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        if a.static:
+            print(compare(res, json.loads(Path(a.static).read_text())))
+    elif a.compare and a.static:
+        md = compare(json.loads(Path(a.compare).read_text()), json.loads(Path(a.static).read_text()))
+        if a.md:
+            Path(a.md).write_text(md)
+        else:
+            print(md)
+    else:
+        p.error("give --out (measure), or --compare and --static")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
