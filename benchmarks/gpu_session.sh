@@ -6,7 +6,7 @@
 #
 # No install needed: the repo goes on PYTHONPATH. Results go to $OUT (default
 # benchmarks/results/session), at most 8 files (what a device call brings back): session.log;
-# benchmarks.json (the steps' pytest-benchmark JSON merged); kernel_times.json and
+# benchmarks.json (the steps' pytest-benchmark JSON merged); sweep.json where it ran; kernel_times.json and
 # model-vs-measured.md (benchmarks/kernel_times.py: device time per kernel, set against the newest
 # benchmarks/results/static-sm90-<date>.json); report/report.md and report/speedups.png. Keep them
 # as benchmarks/results/<gpu>-<date>/ and put the summary in the README.
@@ -21,7 +21,8 @@
 # for the steps after it: benchmarks stop starting cases at the limit (HAFSVG_BENCH_DEADLINE,
 # benchmarks/conftest.py) and write their JSON, a hard timeout follows 30 s later; a hang or a
 # failure costs one step, not the session; each step's exit code is in the log's last lines.
-# HAFSVG_SESSION_STEPS="name ..." runs only the named steps (a rerun of what failed).
+# HAFSVG_SESSION_STEPS="name ..." runs only the named steps (a rerun of what failed); the step
+# "sweep" (benchmarks/sweep.py: launch configurations timed, ~2 min) runs only when named.
 # On a CPU the same script runs the CPU-sized workloads: a dry run of the harness.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +38,8 @@ results=()
 step() {  # step NAME SECONDS RESERVE CMD...: CMD under min(SECONDS, budget left - RESERVE); log exit code, time
     local name=$1 limit=$2 reserve=$3 t0=$SECONDS rc left
     shift 3
-    if [ -n "${HAFSVG_SESSION_STEPS:-}" ] && [[ " $HAFSVG_SESSION_STEPS " != *" $name "* ]]; then
-        return
+    if [[ " ${HAFSVG_SESSION_STEPS:-} " != *" $name "* ]]; then  # not named: runs in a full session, except sweep
+        [ -n "${HAFSVG_SESSION_STEPS:-}" ] || [ "$name" = sweep ] && return
     fi
     left=$((budget - SECONDS - reserve))
     ((left < limit)) && limit=$left
@@ -86,6 +87,8 @@ print('cuda extension:', _ext.build_state('cuda'))" >"$build_log" 2>&1 &
                 --md "$out/model-vs-measured.md" && cat "$out/model-vs-measured.md"
         fi
     fi
+    # Launch configurations measured (benchmarks/sweep.py; ~2 min, only when named in HAFSVG_SESSION_STEPS)
+    [ $gpu = 1 ] && step sweep 110 150 "$py" benchmarks/sweep.py --workers 12 --out "$out/sweep.json"
     bench recurrent 25 110 benchmarks/test_bench_recurrent.py -k "not cuda and not compile"
     # The sampling batch (16 clips x 100 samples): the fused kernels on every row, then the peers;
     # torch.compile on the Moving-MNIST rows only (one compilation per shape and pass costs ~20 s).
@@ -96,8 +99,8 @@ print('cuda extension:', _ext.build_state('cuda'))" >"$build_log" 2>&1 &
     bench recurrent-compile 20 70 benchmarks/test_bench_recurrent.py -k "compile and sample"
     bench attention-peers 25 45 benchmarks/test_bench_attention.py "${peers[@]}"
     xdist=()
-    "$py" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-    step tests 50 20 "$py" -m pytest -q -rs -p no:cacheprovider --durations=10 "${xdist[@]}" \
+    "$py" -c "import xdist" 2>/dev/null && xdist=(-n 14)
+    step tests 150 20 "$py" -m pytest -q -rs -p no:cacheprovider --durations=10 "${xdist[@]}" \
         tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_fast_sampling.py \
         tests/test_silent_wrong.py tests/test_dispatch.py
     if [ $gpu = 1 ]; then

@@ -21,7 +21,7 @@ FP32_TOL = 1e-3 if CUDA and tf32_allowed() else 1e-4
 
 def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     """‖a − ref‖ / ‖ref‖ in float64; for an all-zero ref, the absolute RMS of a instead."""
-    a, ref = a.double(), ref.double()
+    a, ref = a.double().cpu(), ref.double().cpu()
     den = ref.norm().item()
     if den == 0.0:
         return (a.norm() / a.numel() ** 0.5).item()

@@ -57,7 +57,7 @@ def _case_id(c):
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     """||got - ref|| / ||ref||; where ref is exactly zero (dq, dk with a single key: the softmax
     is constant) the largest |got| element, 1e-2 times, measured against the same tolerance."""
-    got, ref = got.double(), ref.double()
+    got, ref = got.double().cpu(), ref.double().cpu()
     denom = ref.norm()
     return ((got - ref).norm() / denom).item() if denom > 0 else 1e-2 * got.abs().max().item()
 

@@ -62,7 +62,7 @@ def _ieee_fp32_matmuls():
 
 
 def rel_err(got, ref) -> float:
-    got, ref = got.double(), ref.double()
+    got, ref = got.double().cpu(), ref.double().cpu()
     return ((got - ref).norm() / ref.norm()).item()
 
 

@@ -45,7 +45,7 @@ TOL = {torch.float32: FP32_TOL, torch.bfloat16: 2e-2}
 
 
 def rel_err(a, ref) -> float:
-    a, ref = a.double(), ref.double()
+    a, ref = a.double().cpu(), ref.double().cpu()
     return ((a - ref).norm() / ref.norm()).item()
 
 

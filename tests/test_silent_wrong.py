@@ -39,7 +39,7 @@ NAN, INF = math.nan, math.inf
 
 
 def rel_err(got, ref) -> float:
-    got, ref = got.double(), ref.double()
+    got, ref = got.double().cpu(), ref.double().cpu()
     return ((got - ref).norm() / ref.norm()).item()
 
 

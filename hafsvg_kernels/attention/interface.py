@@ -190,8 +190,14 @@ def aligned_attention(q, k, v, *, scale: float = 1.0, out=None, backend: str = "
 
 def autocast_dtype(device_type: str):
     """The autocast dtype while autocast is on for ``device_type``, else None (also for device
-    types autocast does not know, such as meta)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+    types autocast does not know, such as meta). While Dynamo traces, cpu and cuda are taken as
+    known without asking ``torch.amp.is_autocast_available``, which Dynamo in torch 2.11 cannot
+    trace (a graph break, an error under ``fullgraph``)."""
+    if compiling():
+        known = device_type in ("cpu", "cuda")
+    else:
+        known = torch.amp.is_autocast_available(device_type)
+    if known and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 

@@ -1,0 +1,248 @@
+"""Launch configurations measured on a GPU: each workload's kernels timed at the launcher's choice
+and at candidates around it, so that the launchers' choices rest on measured times.
+
+    python benchmarks/sweep.py --out sweep.json          # on a GPU (benchmarks/gpu_session.sh)
+    python benchmarks/sweep.py --show sweep.json         # the tables again, anywhere
+
+Workloads as in ``kernel_times.py`` (bf16, batch 1600):
+
+* attention forward: BLOCK_Q x BLOCK_K score tiles, warps, pipeline stages;
+* attention backward (``triton_attention.backward`` called directly, without autograd's copies):
+  the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
+  kernel, then dK/dV) where both are possible;
+* the recurrent step of sampling (prior then predictor): the row design at its tile candidates,
+  and the split design at its tile candidates.
+
+Each variant is first run once in a pool of worker processes (Triton compiles in parallel into
+its cache), then timed alone in this process: ``triton.testing.do_bench`` (median) for attention,
+``do_bench_cudagraph`` for the recurrent step (its launches replayed from a CUDA graph, as
+``FastSampler(graphs=True)`` runs them). A variant that fails (out of shared memory, say) is
+recorded with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import kernel_times as kt  # noqa: E402
+
+from hafsvg_kernels.workloads import ALIGNER_ROWS  # noqa: E402
+
+DTYPE = "bf16"
+# (BLOCK_Q, BLOCK_K, num_warps, num_stages)
+FWD_TILES = [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2),
+             (128, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3)]  # fmt: skip
+BWD_TILES = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)]
+# recurrent: (design, BLOCK_B, BLOCK_N, BLOCK_K, num_warps, num_stages); None: the launcher's
+RECURRENT = [("split", None), ("row", None)] + [
+    ("split", c) for c in [(64, 32, 64, 4, 2), (64, 64, 64, 4, 2), (64, 32, 32, 4, 3), (32, 32, 32, 4, 2),
+                           (64, 16, 64, 4, 2), (128, 32, 64, 8, 2), (32, 64, 32, 4, 2), (64, 64, 32, 4, 3),
+                           (128, 64, 64, 8, 2), (16, 64, 32, 4, 2)]
+] + [("row", c) for c in [(16, 64, 32, 4, 2), (64, 64, 32, 8, 2), (16, 64, 32, 4, 3), (32, 32, 64, 4, 2)]]  # fmt: skip
+
+
+def _fit(tile, n):
+    """A (BLOCK_Q, BLOCK_K, warps, stages) candidate clamped to N = M = n (powers of two >= 16)."""
+    from hafsvg_kernels.attention.triton_attention import _pow2, _warps
+
+    bq, bk, w, s = tile
+    bq, bk = min(bq, _pow2(n)), min(bk, _pow2(n))
+    return bq, bk, w if bq >= 64 else _warps(bq), s
+
+
+def variants() -> list[tuple]:
+    """(kind, workload, variant): kind "fwd" / "bwd" (variant: (tile or None, one_pass or None))
+    or "recurrent" (variant: an entry of RECURRENT); None: the launcher's choice."""
+    out = []
+    for r in ALIGNER_ROWS:
+        fwd = [None] + sorted({_fit(t, r.n) for t in FWD_TILES})
+        out += [("fwd", r.name, (t, None)) for t in fwd]
+        bwd = sorted({_fit(t, r.n) for t in BWD_TILES})
+        passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
+        out += [("bwd", r.name, (None, None))] + [("bwd", r.name, (t, p)) for t in bwd for p in passes]
+    out += [("recurrent", "recurrent step", v) for v in RECURRENT]
+    return out
+
+
+@contextlib.contextmanager
+def _patched(kind, variant):
+    """The launchers' config functions replaced by the variant's while inside."""
+    from hafsvg_kernels.attention import triton_attention as ta
+    from hafsvg_kernels.recurrent import triton_gaussian, triton_lstm, triton_split
+
+    saved = []
+
+    def patch(mod, name, value):
+        saved.append((mod, name, getattr(mod, name)))
+        setattr(mod, name, value)
+
+    env = os.environ.get("HAFSVG_RECURRENT_SPLIT")
+    try:
+        if kind in ("fwd", "bwd"):
+            tile, one_pass = variant
+            if tile is not None:
+                bq, bk, w, s = tile
+                base = ta._fwd_config if kind == "fwd" else ta._bwd_config
+
+                def cfg(*a, _base=base, **k):
+                    c = dict(_base(*a, **k))
+                    c.update(BLOCK_Q=bq, BLOCK_K=bk, num_warps=w, num_stages=s)
+                    return c
+
+                patch(ta, "_fwd_config" if kind == "fwd" else "_bwd_config", cfg)
+            if one_pass is not None:
+                orig = ta.single_pass
+
+                def sp(M, d_qk, d_v, rk, rv, cfg, fma, _orig=orig, _want=one_pass):
+                    possible = rk == rv and d_qk <= 16 and cfg["DV_TILES"] == 1
+                    return _want and possible
+
+                patch(ta, "single_pass", sp)
+        else:
+            design, c = variant
+            os.environ["HAFSVG_RECURRENT_SPLIT"] = "1" if design == "split" else "0"
+            if c is not None and design == "split":
+                patch(triton_split, "split_config", lambda *a, **k: triton_split.SplitConfig(*c))
+            elif c is not None:
+                cfg = triton_lstm.LaunchConfig(*c)
+                for mod in (triton_lstm, triton_gaussian):
+                    if hasattr(mod, "launch_config"):
+                        patch(mod, "launch_config", lambda *a, _c=cfg, **k: _c)
+        yield
+    finally:
+        for mod, name, value in reversed(saved):
+            setattr(mod, name, value)
+        if env is None:
+            os.environ.pop("HAFSVG_RECURRENT_SPLIT", None)
+        else:
+            os.environ["HAFSVG_RECURRENT_SPLIT"] = env
+
+
+_INPUTS: dict = {}
+
+
+def _fn(kind, workload):
+    """fn() of one call (inputs made once per process and workload)."""
+    import torch
+
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    key = (kind, workload)
+    if key not in _INPUTS:
+        _INPUTS.clear()  # one workload's inputs at a time (VGG 64^2: ~5 GB)
+        torch.cuda.empty_cache()
+        if kind == "recurrent":
+            _INPUTS[key] = kt.recurrent_step(DTYPE)
+        else:
+            a = kt.attention_inputs(workload, DTYPE)
+            q, k, v = (a[n].detach() for n in "qkv")
+            out, lse = ta.forward(q, k, v, a["scale"], a["out"]())
+            if kind == "fwd":
+                _INPUTS[key] = lambda: ta.forward(q, k, v, a["scale"], a["out"]())
+            else:
+                _INPUTS[key] = lambda: ta.backward(a["do"], q, k, v, out, lse, a["scale"])
+        torch.cuda.synchronize()
+    return _INPUTS[key]
+
+
+def _run(task, time_it=False):
+    kind, workload, variant = task
+    import torch
+    import triton.testing as tt
+
+    try:
+        with _patched(kind, variant):
+            fn = _fn(kind, workload)
+            fn()
+            torch.cuda.synchronize()
+            if not time_it:
+                return None
+            if kind == "recurrent":
+                return tt.do_bench_cudagraph(fn, rep=30, return_mode="median") * 1e3
+            return tt.do_bench(fn, warmup=5, rep=30, return_mode="median") * 1e3
+    except Exception as e:  # noqa: BLE001 - a variant that cannot run is recorded, the others go on
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
+def _warm(task):
+    return _run(task, time_it=False)
+
+
+def measure(workers: int, only: str | None) -> dict:
+    import multiprocessing as mp
+
+    import torch
+
+    tasks = [t for t in variants() if not only or only in t[0]]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            list(pool.map(_warm, tasks, chunksize=1))
+    results = []
+    for task in tasks:
+        r = _run(task, time_it=True)
+        entry = {"kind": task[0], "workload": task[1], "variant": list(task[2]) if task[2] else None}
+        entry["us" if isinstance(r, float) else "error"] = r
+        results.append(entry)
+        print(f"{task[0]:>9} {task[1]:>14} {str(task[2]):>42}: {r if isinstance(r, str) else f'{r:10.1f} us'}",
+              flush=True)  # fmt: skip
+    import triton
+
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "dtype": DTYPE, "batch": kt.BATCH, "results": results}  # fmt: skip
+
+
+def show(res: dict) -> str:
+    """Markdown: per (kind, workload) the launcher's time, the best variant and its time."""
+    lines = [f"Sweep on {res['device']} (torch {res['torch']}, Triton {res['triton']}), {res['dtype']}, "
+             f"batch {res['batch']}; median µs.", "",
+             "| pass | workload | launcher µs | best variant | best µs | launcher / best |",
+             "|---|---|---:|---|---:|---:|"]  # fmt: skip
+    groups: dict = {}
+    for e in res["results"]:
+        groups.setdefault((e["kind"], e["workload"]), []).append(e)
+    for (kind, workload), es in groups.items():
+        base = next((e for e in es if e["variant"] is None or e["variant"] in ([None, None], ["split", None])), None)
+        ok = [e for e in es if "us" in e]
+        if not ok:
+            lines.append(f"| {kind} | {workload} | all failed: {es[0].get('error', '')[:60]} | | | |")
+            continue
+        best = min(ok, key=lambda e: e["us"])
+        b = base.get("us") if base else None
+        launcher, gain = ("", "") if b is None else (f"{b:.1f}", f"{b / best['us']:.2f}")
+        lines.append(f"| {kind} | {workload} | {launcher} | `{best['variant']}` | {best['us']:.1f} | {gain} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", help="measure on the GPU and write this JSON")
+    p.add_argument("--show", metavar="JSON", help="print the tables of a measured JSON")
+    p.add_argument("--only", choices=("fwd", "bwd", "recurrent"), help="one kind of workload")
+    p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    a = p.parse_args(argv)
+    if a.out:
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("measuring needs a CUDA device")
+        res = measure(a.workers, a.only)
+        Path(a.out).write_text(json.dumps(res, indent=1))
+        print(show(res))
+    elif a.show:
+        print(show(json.loads(Path(a.show).read_text())))
+    else:
+        p.error("give --out (measure) or --show")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
