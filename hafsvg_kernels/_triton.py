@@ -6,20 +6,25 @@ which must be set before Triton is first imported; the tests and CPU users set i
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 
+_TRITON_WHY: list = []  # triton_unavailable()'s answer, once known
 
-@functools.lru_cache(maxsize=None)
+
 def triton_unavailable() -> str | None:
-    """None when Triton imports, else why not."""
-    try:
-        import triton  # noqa: F401
-    except Exception as e:  # ImportError, or a broken install raising anything else
-        return f"Triton is not importable ({type(e).__name__}: {e}); pip install triton"
-    return None
+    """None when Triton imports, else why not. Memoized by hand, not with ``functools.lru_cache``:
+    Dynamo in torch 2.11 passes the dispatcher's ``Backend`` as an argument to an lru_cache
+    wrapper stored on it (``Backend.unavailable``), and torch.compile of the Triton route fails."""
+    if not _TRITON_WHY:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_WHY.append(None)
+        except Exception as e:  # ImportError, or a broken install raising anything else
+            _TRITON_WHY.append(f"Triton is not importable ({type(e).__name__}: {e}); pip install triton")
+    return _TRITON_WHY[0]
 
 
 def interpreting() -> bool:

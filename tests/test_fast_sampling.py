@@ -125,8 +125,16 @@ def test_kernel_noise_is_reproducible_per_seed(backend):
     context = _inputs(model, clips=1, samples=2, n_future=2)[0].to(device)
     sampler = FastSampler(model, backend=backend, noise="kernel")
     a = sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(7))
-    assert torch.equal(a, sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(7)))
-    assert not torch.equal(a, sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(8)))
+    again = sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(7))
+    other = sampler.sample(context, 2, 2, torch.Generator(device).manual_seed(8))
+    if device.type == "cuda":
+        # On a GPU the same noise gives the same frames up to rounding, not bit for bit: cuDNN's
+        # transposed convolutions (the decoder) may sum in a different order from call to call
+        # (seen on an H200: equal to 4 digits, not bitwise). Another seed moves them far more.
+        assert rel(again, a) < 1e-5 and rel(other, a) > 1e-3, (rel(again, a), rel(other, a))
+    else:
+        assert torch.equal(a, again)
+        assert not torch.equal(a, other)
 
 
 def test_kernel_noise_counters_of_a_call():

@@ -292,7 +292,7 @@ def test_split_design_launch_count_and_grid(monkeypatch):
     B, n_in, H, Zg, G = 130, 24, 200, 4, 4
     x, s, w, eps, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, 1, False))
     triton_gaussian.forward(x, s, w, eps)
-    cfg = triton_split.split_config(B, H)
+    cfg = triton_split.split_config(B, H, fp32=True)  # the launcher's tiles for these fp32 inputs
     cell = ("_split_cell_kernel", (triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n)))
     assert grids == [cell] * G + [("_split_heads_kernel", (triton.cdiv(B, triton_split.HEAD_ROWS),))]
     assert cell[1][1] > 1, "the hidden units are split across programs"
@@ -792,7 +792,7 @@ COMPILE_CHECK = textwrap.dedent(
     tg._head_bwd_kernel.warmup(*t(5, B, Zt), e(B, Zg), e(B, Zg), e(B, Zt), B, Zg, Zt, 0, HAS_DZ=True, HAS_DMU=True,
         HAS_DLV=True, STORE_DEPS=True, BLOCK_B=32, BLOCK_Z=16, grid=(1,))
     from hafsvg_kernels.recurrent import triton_split as sp
-    c = sp.split_config(B, H, True, True)
+    c = sp.split_config(B, H, True)
     sm = dict(BLOCK_B=c.block_b, BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.num_warps,
               num_stages=c.num_stages, PRECISION="tf32x3")
     offset = torch.empty((), dtype=torch.int64)

@@ -42,8 +42,9 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   a (BLOCK_Q x d_v) fp32 accumulator: 64 x 256 on 4 warps is 128 registers per thread for the
   accumulator alone, 16 x 512 on 1 warp 256, which does not fit next to the score tile.
 * Warps: a program's tile rows sit on one warpgroup (4 warps, wgmma m64) from 64 rows on, or on
-  one warp per 16 rows below (N = 16), and 128-row tiles on 8 warps: no score tile is laid over
-  two warpgroups (which computed each score twice; see ``_bwd_config``).
+  one warp per 16 rows below (N = 16); 128-row forward tiles on 8 warps where d_v <= 64 (a 64-row
+  half per warpgroup), else on 4 (both halves on one warpgroup): no score tile is laid over two
+  warpgroups (which computed each score twice; see ``_bwd_config``).
 
 Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 
@@ -631,52 +632,65 @@ def _warps(rows: int) -> int:
 
 
 def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
-    """Block sizes of the forward (the FlashAttention-2 defaults, fitted to the workload rows).
+    """Block sizes of the forward, as measured on an H200 (``benchmarks/sweep.py``, bf16, batch
+    1600, Triton 3.6; ``benchmarks/results/h200-2026-12-04``).
 
     BLOCK_Q = 128 queries (64 under the interpreter, so that the tests cross several query
-    blocks) and BLOCK_K = 64 keys, shrunk to the next power of two >= 16 of N / M for the small
-    levels (N = 16, 64) so that no program computes mostly padding. BLOCK_DV <= 128 keeps the
-    fp32 accumulator at <= 128 x 128 (64 KiB of registers over 8 warps). Warps: 128-row tiles
-    with a 128-channel accumulator on 8 warps (two warpgroups of 64 rows each), else ``_warps``
-    (4 from 64 rows on; 1 at N = 16, where 4 warps ran 3.0 MUFU.EX2 per score instead of 1.25).
+    blocks), shrunk to the next power of two >= 16 of N for the small levels (N = 16, 64) so that
+    no program computes mostly padding; BLOCK_DV <= 128. 3 pipeline stages from 64-row tiles on.
+    BLOCK_K = 64 keys, 32 where d_v >= 128 (a 128 x 128 fp32 accumulator beside the score tile);
+    8 warps (two warpgroups of 64 rows) for 128-row tiles with d_v <= 64, else ``_warps`` (4 from
+    64 rows on; 1 at N = 16, where 4 warps ran 3.0 MUFU.EX2 per score instead of 1.25).
+    Measured, µs, the previous choice (8 warps and 2 stages for 128 x 128 query x value tiles, else
+    4 warps and 3 stages, 64-key blocks) -> this one: DCGAN 32^2 911 -> 877, DCGAN 16^2 168 -> 128,
+    DCGAN 8^2 49 -> 41, VGG 64^2 13049 -> 12807, VGG 32^2 1843 -> 1457 (64 x 128 tiles: 1352),
+    VGG 16^2 339 -> 264, VGG 8^2 103 -> 96; DCGAN 4^2 unchanged (24).
 
     ``fma``: fp32 operands with IEEE dots on a GPU, which ``tl.dot`` computes with FFMA (no tensor
     cores): 64 x 32 score tiles and BLOCK_DV <= 64 on 4 warps. The 128 x 64 tiles above gave 9328
     bytes of stack (spills in the key loop, 8.3 warp-instructions per score) at the DCGAN 32^2 row;
     64 x 32: no stack, 3.2 per score in the sm90_report compile (the FFMA floor there is 2.5:
-    16 + 64 FFMA per score / 32 lanes).
+    16 + 64 FFMA per score / 32 lanes). Not yet swept on a GPU.
     """
     block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
-    block_k = _pow2(M, hi=32 if fma else 64)
+    narrow_k = fma or (d_v >= 128 and not interpreting())
+    block_k = _pow2(M, hi=32 if narrow_k else 64)
     block_dv = _pow2(d_v, hi=64 if fma else 128)
-    big = block_q * block_dv >= 128 * 128
+    two_groups = block_q >= 128 and block_dv <= 64 and not fma
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
-        "num_warps": 8 if big else _warps(block_q),
-        "num_stages": 2 if big else 3,
+        "num_warps": 8 if two_groups else _warps(block_q),
+        "num_stages": 3 if block_q >= 64 else 2,
     }
 
 
 def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     """Block sizes of the backward kernels: 64 x 64 score tiles (the backward holds P, dP and dS
     tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward),
-    on 4 warps (one warpgroup) whatever d_v; fewer at N = 16 (``_warps``).
+    on 4 warps (one warpgroup) whatever d_v; fewer at N = 16 (``_warps``). 3 pipeline stages at
+    64 x 64 tiles, 2 below.
 
-    Measured on the sm_90 code (bf16): 8 warps at d_v >= 128 (as before) laid each 64 x 64 score
-    tile over both warpgroups, so every score was computed twice: 2.0 MUFU.EX2 per score instead
-    of 1.0 (DCGAN 16^2 row, both kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0).
-    BLOCK_DV = 64 when d_v > 128: with 128-channel chunks the dq and dK-alone kernels at
-    d_v = 256 on 4 warps used 984 and 1056 bytes of stack (spilling inside the key loop), with
-    64-channel chunks none (sm90_report, DCGAN 8^2 row). DV_TILES = cdiv(d_v, BLOCK_DV).
+    Measured on an H200 (``benchmarks/sweep.py``, bf16, batch 1600, the backward alone, µs): 3
+    stages instead of 2 at 64 x 64 tiles: DCGAN 32^2 2816 -> 2317 (two passes), DCGAN 16^2 503 ->
+    442, DCGAN 8^2 203 -> 190, VGG 64^2 42914 -> 35720, VGG 32^2 3530 -> 3149 (one pass), VGG 16^2
+    1579 -> 1241, VGG 8^2 360 -> 332; at DCGAN 4^2 (16 x 16 tiles) 2 stages stay (181 vs 188).
+    128 x 64 or 64 x 128 tiles on 8 warps, 64 x 32 and 32 x 64 tiles were all slower (1.1-3x).
+    On the sm_90 code, 8 warps at d_v >= 128 laid each 64 x 64 score tile over both warpgroups,
+    computing every score twice: 2.0 MUFU.EX2 per score instead of 1.0 (DCGAN 16^2 row, both
+    kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). BLOCK_DV = 64 when d_v >
+    128: with 128-channel chunks the dq and dK-alone kernels at d_v = 256 on 4 warps used 984 and
+    1056 bytes of stack (spilling inside the key loop), with 64-channel chunks none (sm90_report,
+    DCGAN 8^2 row). DV_TILES = cdiv(d_v, BLOCK_DV).
 
     ``fma`` (fp32 with IEEE dots on a GPU: FFMA dots, see ``_fwd_config``): 32 x 32 score tiles
-    (on 2 warps). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8 (dq) and 15.6 (dK/dV, 8648 bytes
-    of stack, spilling in the loop) warp-instructions per score; 32 x 32, as sm90_report compiles
-    them (the JIT's argument specialisation): dq 3.7 (floor 3.0: 96 FFMA per score / 32 lanes)
-    with 1248 bytes of stack; the kernels computing dV run on 4 warps (see ``backward``).
+    (on 2 warps, 2 stages; not yet swept on a GPU). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8
+    (dq) and 15.6 (dK/dV, 8648 bytes of stack, spilling in the loop) warp-instructions per score;
+    32 x 32, as sm90_report compiles them (the JIT's argument specialisation): dq 3.7 (floor 3.0:
+    96 FFMA per score / 32 lanes) with 1248 bytes of stack; the kernels computing dV run on 4
+    warps (see ``backward``).
     """
     block_q = _pow2(N, hi=32 if fma else 64)
     block_k = _pow2(M, hi=32 if fma else 64)
@@ -688,7 +702,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "BLOCK_DV": block_dv,
         "DV_TILES": triton.cdiv(d_v, block_dv),
         "num_warps": _warps(min(block_q, block_k)),
-        "num_stages": 2,
+        "num_stages": 3 if min(block_q, block_k) >= 64 and not fma else 2,
     }
 
 
@@ -696,18 +710,19 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     """Whether the backward runs in one pass over the scores (dQ added atomically by the dK/dV
     kernel's key blocks into a zeroed fp32 accumulator) instead of two (a dq kernel, then dK/dV).
 
-    Only where dK and dV are fused (K and V of the same batches, d_v in one tile) and d_qk <= 16:
-    the rows where the exponentials and the score GEMMs bound the backward, which one pass computes
-    once per score instead of twice. In bf16 also M >= 512 keys: at fewer the zeroing and the cast
-    of the dQ accumulator and the delta pass outweigh the saved pass. sm90_report, fwd+bwd modeled
-    ratio to the floor, two passes -> one: bf16 DCGAN 32^2 0.57 -> 0.65, VGG 64^2 0.61 -> 0.74,
-    VGG 32^2 0.63 -> 0.70, but DCGAN 16^2 (M = 256) 0.48 -> 0.45; exps per score 3.06 -> 2.06.
-    fp32 (FFMA dots, ``fma``) gains at every such row: DCGAN 32^2 0.49 -> 0.61, DCGAN 16^2
-    0.49 -> 0.63, VGG 64^2 0.49 -> 0.63, VGG 32^2 0.53 -> 0.70. Under the interpreter every fused
-    d_qk <= 16 shape runs it, so that the tests exercise it at small sizes. Not modeled: the L2
-    atomics' throughput (M / BLOCK_K adds per dQ element), which a GPU run has to confirm."""
+    Only where dK and dV are fused (K and V of the same batches, d_v in one tile) and d_qk <= 16,
+    where one pass computes each score's exponential and GEMMs once instead of twice. In bf16
+    also M >= 512 keys and d_v >= 128, as measured on an H200 (``benchmarks/sweep.py``, batch
+    1600, 64 x 64 tiles, 3 stages, µs, two passes vs one): VGG 32^2 (d_v 128) 3636 vs 3149; but
+    DCGAN 32^2 (d_v 64) 2317 vs 2487, VGG 64^2 (d_v 64) 35720 vs 35531, DCGAN 16^2 (M = 256) 442
+    vs 476: at d_v = 64 the second pass's dP = dO V^T costs less than the M / BLOCK_K L2 atomic
+    adds per dQ element, and at few keys the zeroing and the cast of the dQ accumulator and the
+    delta pass outweigh it. fp32 (FFMA dots, ``fma``), where the static sm_90 model gains at every
+    such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 -> 0.70), keeps one pass; it is
+    not yet measured. Under the interpreter every fused d_qk <= 16 shape runs it, so that the
+    tests exercise it at small sizes."""
     fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1 and d_qk <= 16
-    return fused and (fma or interpreting() or M >= 512)
+    return fused and (fma or interpreting() or (M >= 512 and d_v >= 128))
 
 
 def _split(R: int, programs: int, device: torch.device) -> int:

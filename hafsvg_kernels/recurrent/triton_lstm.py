@@ -23,7 +23,7 @@ between programs, so one launch does the whole step.
 
 Block sizes: every GEMM is ``(BLOCK_B rows) x (BLOCK_N output columns) x (BLOCK_K reduction)``;
 ``tl.dot`` needs each of them >= 16. A program streams all weights once for its rows, so larger
-``BLOCK_B`` means fewer weight reads from L2 but fewer programs (1600 rows / 32 = 50 programs on
+``BLOCK_B`` means fewer weight reads from L2 but fewer programs (1600 rows / 16 = 100 programs on
 a 132-SM H100); ``BLOCK_N = 64`` keeps the four gate accumulators (4 x BLOCK_B x BLOCK_N fp32) in
 registers; ``BLOCK_K = 32/64`` keeps the five operand tiles of one K-step in shared memory with
 double buffering. Non-power-of-2 sizes (hidden 200) are masked. ``HAFSVG_TRITON_AUTOTUNE=1``
@@ -166,17 +166,18 @@ def launch_config(B: int, H: int) -> LaunchConfig:
 
     Interpreter: 64-row blocks and 64-wide tiles keep the number of interpreted ops low while
     still exercising the row masks (B = 130) and the multi-tile, masked loops (H = 200).
-    GPU: 32 rows per program at the sampling batch (1600 rows -> 50 programs on 132 SMs, mma.sync;
-    8 warps: with 4 the four 32 x 64 fp32 gate accumulators spill, ptxas sm_90: 255 registers +
-    stack; the Gaussian step still keeps 32 bytes of stack in bf16, 112 in fp32, by sm90_report),
-    16 rows with 4 warps below (small batches: more programs); 64 x 32 tiles, 2 stages (36 KB of
-    shared memory).
+    GPU: 16 rows per program on 4 warps (100 programs at the sampling batch), 64 x 32 tiles, 3
+    stages. Measured on an H200 (``benchmarks/sweep.py``, bf16, batch 1600, the sampling step of
+    the moving-mnist sizes, prior then predictor, from a CUDA graph, µs): 242; 2 stages 325; the
+    previous 32 rows on 8 warps, 2 stages (50 programs, chosen from the static model: with 4 warps
+    the four 32 x 64 fp32 gate accumulators spill) 355; 64 rows on 8 warps 426; 32 x 32 x 64 on 4
+    warps 524. The split design (:mod:`.triton_split`), the default on a GPU, ran the same step in
+    187. By ``python -m hafsvg_kernels.sm90_report`` the Gaussian step keeps 32 bytes of stack in
+    bf16, 112 in fp32 (not yet measured in fp32).
     """
     if interpreting():
         return LaunchConfig(min(64, max(16, triton.next_power_of_2(B))), 64, 64, 4, 1)
-    if B >= 1536:
-        return LaunchConfig(32, 64, 32, 8, 2)
-    return LaunchConfig(16, 64, 32, 4, 2)
+    return LaunchConfig(16, 64, 32, 4, 3)
 
 
 def autotune_enabled() -> bool:

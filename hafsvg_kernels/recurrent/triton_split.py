@@ -2,7 +2,7 @@
 
 Why: the row design of :mod:`.triton_lstm` / :mod:`.triton_gaussian` runs a whole step in one
 launch, but a program must own its rows through the chain, so the grid is only cdiv(B, rows per
-program): at the sampling batch (1600 rows, 32 per program) 50 programs on a 132-SM H100, each
+program): at the sampling batch (1600 rows, 16 per program) 100 programs on a 132-SM H100, each
 streaming every weight of the step from L2. Here the grid is (row blocks) x (hidden-unit blocks)
 and every launch ends where the next one needs a whole hidden vector:
 
@@ -20,8 +20,12 @@ and every launch ends where the next one needs a whole hidden vector:
 Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
 +50 % of the MACs of a group's cell) and the previous group's heads once per hidden block (+12 %,
 the head tile padded to 16 columns);
-both are tensor-core work on data already in L2. What it buys: 200 programs instead of 50
-(``python -m hafsvg_kernels.sm90_report`` gives the per-launch numbers).
+both are tensor-core work on data already in L2. What it buys: 200 programs instead of 100.
+Measured on an H200 (bf16, the sampling step of the moving-mnist sizes, prior then predictor,
+replayed from a CUDA graph; ``benchmarks/sweep.py``): 187 µs against the row design's 242. Without
+a graph, each launch costs host time: the Gaussian step alone timed 557 µs per call from Python
+against the row design's 459 (``benchmarks/test_bench_recurrent.py``, batch 1600); sampling
+replays the step from a graph where it can (``FastSampler(graphs=True)``).
 
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
 dtype before they feed the next GEMM), and the saved tensors are the same, so the backward of
@@ -210,26 +214,29 @@ def split_enabled(B: int, Zg: int = 0) -> bool:
     return not interpreting() and os.environ.get("HAFSVG_TRITON_AUTOTUNE", "0") in ("", "0")
 
 
-def split_config(B: int, N: int, fp32: bool = False, head_in: bool = False) -> SplitConfig:
+def split_config(B: int, N: int, fp32: bool = False) -> SplitConfig:
     """Tiles of a launch over B rows x N columns (hidden units, or outputs); ``fp32``: IEEE fp32
-    dots (FFMA); ``head_in``: the launch recomputes the previous group's heads first.
+    dots (FFMA).
 
     GPU, 4 warps, 2 stages, and the widest column block (64, 32 or 16) that still gives
-    ``TARGET_PROGRAMS`` programs. The numbers are ``python -m hafsvg_kernels.sm90_report``'s at
-    batch 1600, hidden 256 (moving-mnist preset):
+    ``TARGET_PROGRAMS`` programs:
 
     * bf16: 64 rows per program, so that the gate GEMMs run on wgmma (64-row warpgroup tiles; 32
-      rows would be mma.sync); 32 hidden units (25 x 8 = 200 programs); 64-deep K steps, which
-      cut the first group's warp-instructions from 6426 to 5068 per program, but 32-deep in the
-      launches that recompute the heads (64-deep there: 255 registers and 84 B of spills).
+      rows would be mma.sync); 32 hidden units (25 x 8 = 200 programs at batch 1600, hidden 256);
+      64-deep K steps. Measured on an H200 (``benchmarks/sweep.py``, the sampling step of the
+      moving-mnist sizes, prior then predictor, replayed from a CUDA graph, µs): 187; with 32-deep
+      steps in the launches that recompute the heads (the previous choice, from the static model:
+      64-deep spilled 84 B there) 233; 64 hidden units (100 programs) 222; 16: 268; 32 x 32 tiles
+      444; 128 rows on 8 warps (104 programs) 179, not taken: under the 132-CTA mark for 4 %.
     * fp32: 32 rows x 64 hidden units (50 x 4 = 200 programs), 16-deep K steps: the FFMA tiles of
-      64 x 32 spill 1.7 KB per thread at any depth, 32 x 64 at depth 32 1.8 KB, at depth 16 8-28 B.
+      64 x 32 spill 1.7 KB per thread at any depth, 32 x 64 at depth 32 1.8 KB, at depth 16 8-28 B
+      (``python -m hafsvg_kernels.sm90_report``; not yet swept on a GPU).
 
     Interpreter: 64-wide blocks (fewer interpreted ops) that still exercise the masks at hidden 200.
     """
     if interpreting():
         return SplitConfig(min(64, max(16, triton.next_power_of_2(B))), 64, 64, 4, 1)
-    bb, bk = (32, 16) if fp32 else (64, 32 if head_in else 64)
+    bb, bk = (32, 16) if fp32 else (64, 64)
     bn = 16
     for cand in (64, 32):
         if triton.cdiv(B, bb) * triton.cdiv(N, cand) >= TARGET_PROGRAMS:
@@ -268,7 +275,7 @@ def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, he
                  precision):  # fmt: skip
     """One cell launch. embed: None or (embed_w, embed_b, z_reg: bool); head: None or (hh, mu_w, mu_b,
     lv_w, lv_b, col0, Zg); heads: HeadIO; state: (h, c); cell: CellWeights; new: (h_new, c_new)."""
-    cfg = split_config(B, H, new[0].dtype == torch.float32, head is not None)
+    cfg = split_config(B, H, new[0].dtype == torch.float32)
     hh, mu_w, mu_b, lv_w, lv_b, col0, Zg = head if head is not None else (e, e, e, e, e, 0, 1)
     ew, eb, z_reg = embed if embed is not None else (e, e, False)
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](

@@ -453,7 +453,7 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     previous group's heads recomputed first."""
     from ..recurrent import triton_split as ts
 
-    cfg = ts.split_config(B, H, io.dtype == "fp32", head)
+    cfg = ts.split_config(B, H, io.dtype == "fp32")
     bz = ts._head_block_z(Zg)
     args = {
         "a_ptr": io, "stride_a": n_in if first else H, "K_a": n_in if first else H, "a2_ptr": io, "stride_a2": Zt,
