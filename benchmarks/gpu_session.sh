@@ -6,10 +6,11 @@
 #
 # No install needed: the repo goes on PYTHONPATH. Results go to $OUT (default
 # benchmarks/results/session), at most 8 files (what a device call brings back): session.log;
-# benchmarks.json (the steps' pytest-benchmark JSON merged); sweep.json where it ran; kernel_times.json and
-# model-vs-measured.md (benchmarks/kernel_times.py: device time per kernel, set against the newest
-# benchmarks/results/static-sm90-<date>.json); report/report.md and report/speedups.png. Keep them
-# as benchmarks/results/<gpu>-<date>/ and put the summary in the README.
+# benchmarks.json (the steps' pytest-benchmark JSON merged); sweep-<dtype>.json where it ran;
+# kernel_times.json and model-vs-measured.md (benchmarks/kernel_times.py: device time per kernel,
+# set against the newest benchmarks/results/static-sm90-<date>.json); report/report.md and
+# report/speedups.png. Keep them as benchmarks/results/<gpu>-<date>/ and put the summary in the
+# README.
 #
 # Order: the headline results first (end-to-end sampling against eager and torch.compile), then
 # the kernel times (their compilations run in parallel worker processes and fill Triton's cache
@@ -22,7 +23,8 @@
 # benchmarks/conftest.py) and write their JSON, a hard timeout follows 30 s later; a hang or a
 # failure costs one step, not the session; each step's exit code is in the log's last lines.
 # HAFSVG_SESSION_STEPS="name ..." runs only the named steps (a rerun of what failed); the step
-# "sweep" (benchmarks/sweep.py: launch configurations timed, ~2 min) runs only when named.
+# "sweep" (benchmarks/sweep.py: launch configurations timed, ~2 min; HAFSVG_SWEEP_DTYPE=fp32 for
+# the fp32 candidates) runs only when named.
 # On a CPU the same script runs the CPU-sized workloads: a dry run of the harness.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -88,7 +90,9 @@ print('cuda extension:', _ext.build_state('cuda'))" >"$build_log" 2>&1 &
         fi
     fi
     # Launch configurations measured (benchmarks/sweep.py; ~2 min, only when named in HAFSVG_SESSION_STEPS)
-    [ $gpu = 1 ] && step sweep 110 150 "$py" benchmarks/sweep.py --workers 12 --out "$out/sweep.json"
+    sweep_dtype=${HAFSVG_SWEEP_DTYPE:-bf16}
+    [ $gpu = 1 ] && step sweep 110 150 "$py" benchmarks/sweep.py --workers 12 --dtype "$sweep_dtype" \
+        --out "$out/sweep-$sweep_dtype.json"
     bench recurrent 25 110 benchmarks/test_bench_recurrent.py -k "not cuda and not compile"
     # The sampling batch (16 clips x 100 samples): the fused kernels on every row, then the peers;
     # torch.compile on the Moving-MNIST rows only (one compilation per shape and pass costs ~20 s).

@@ -4,7 +4,8 @@ and at candidates around it, so that the launchers' choices rest on measured tim
     python benchmarks/sweep.py --out sweep.json          # on a GPU (benchmarks/gpu_session.sh)
     python benchmarks/sweep.py --show sweep.json         # the tables again, anywhere
 
-Workloads as in ``kernel_times.py`` (bf16, batch 1600):
+Workloads as in ``kernel_times.py`` (``--dtype`` bf16 or fp32, batch 1600; in fp32 without the
+two largest rows):
 
 * attention forward: BLOCK_Q x BLOCK_K score tiles, warps, pipeline stages;
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
@@ -37,17 +38,28 @@ import kernel_times as kt  # noqa: E402
 
 from hafsvg_kernels.workloads import ALIGNER_ROWS  # noqa: E402
 
-DTYPE = "bf16"
-# (BLOCK_Q, BLOCK_K, num_warps, num_stages)
-FWD_TILES = [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2),
-             (128, 32, 4, 3), (64, 32, 4, 4), (128, 64, 8, 3)]  # fmt: skip
-BWD_TILES = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)]
-# recurrent: (design, BLOCK_B, BLOCK_N, BLOCK_K, num_warps, num_stages); None: the launcher's
-RECURRENT = [("split", None), ("row", None)] + [
-    ("split", c) for c in [(64, 32, 64, 4, 2), (64, 64, 64, 4, 2), (64, 32, 32, 4, 3), (32, 32, 32, 4, 2),
-                           (64, 16, 64, 4, 2), (128, 32, 64, 8, 2), (32, 64, 32, 4, 2), (64, 64, 32, 4, 3),
-                           (128, 64, 64, 8, 2), (16, 64, 32, 4, 2)]
-] + [("row", c) for c in [(16, 64, 32, 4, 2), (64, 64, 32, 8, 2), (16, 64, 32, 4, 3), (32, 32, 64, 4, 2)]]  # fmt: skip
+# (BLOCK_Q, BLOCK_K, num_warps, num_stages) per dtype; fp32 runs FFMA dots (IEEE, torch's default)
+FWD_TILES = {
+    "bf16": [(128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 128, 8, 2), (128, 32, 4, 3),
+             (64, 32, 4, 4), (128, 64, 8, 3)],
+    "fp32": [(64, 32, 4, 3), (32, 32, 2, 3), (32, 32, 4, 3), (64, 16, 4, 3), (32, 64, 4, 3), (64, 64, 4, 2),
+             (128, 32, 8, 3)],
+}  # fmt: skip
+BWD_TILES = {
+    "bf16": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 2)],
+    "fp32": [(32, 32, 2, 2), (32, 32, 4, 2), (32, 32, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (16, 32, 1, 2)],
+}
+#: fp32 attention rows whose forward + backward takes over ~0.1 s a call are left out
+FP32_SKIP = ("VGG 64x64", "VGG 32x32")
+# recurrent: (design, (BLOCK_B, BLOCK_N, BLOCK_K, num_warps, num_stages)); None: the launcher's
+RECURRENT = {
+    "bf16": [("split", c) for c in [(64, 32, 64, 4, 3), (64, 32, 64, 4, 4), (128, 32, 64, 8, 2), (128, 32, 64, 8, 3),
+                                    (64, 64, 64, 4, 3), (64, 32, 128, 4, 2), (64, 16, 64, 4, 3)]]
+    + [("row", c) for c in [(16, 64, 32, 4, 4), (16, 64, 64, 4, 3), (16, 32, 32, 4, 3), (32, 64, 32, 4, 3)]],
+    "fp32": [("split", c) for c in [(32, 64, 32, 4, 2), (64, 32, 16, 4, 2), (32, 32, 16, 4, 2), (16, 64, 16, 4, 2),
+                                    (32, 64, 16, 4, 3), (64, 64, 16, 8, 2)]]
+    + [("row", c) for c in [(16, 64, 16, 4, 2), (16, 64, 32, 4, 2), (32, 64, 32, 8, 2)]],
+}  # fmt: skip
 
 
 def _fit(tile, n):
@@ -59,17 +71,20 @@ def _fit(tile, n):
     return bq, bk, w if bq >= 64 else _warps(bq), s
 
 
-def variants() -> list[tuple]:
-    """(kind, workload, variant): kind "fwd" / "bwd" (variant: (tile or None, one_pass or None))
-    or "recurrent" (variant: an entry of RECURRENT); None: the launcher's choice."""
+def variants(dtype: str) -> list[tuple]:
+    """(kind, workload, variant, dtype): kind "fwd" / "bwd" (variant: (tile or None, one_pass or
+    None)) or "recurrent" (variant: (design, tiles or None)); None: the launcher's choice."""
     out = []
     for r in ALIGNER_ROWS:
-        fwd = [None] + sorted({_fit(t, r.n) for t in FWD_TILES})
-        out += [("fwd", r.name, (t, None)) for t in fwd]
-        bwd = sorted({_fit(t, r.n) for t in BWD_TILES})
+        if dtype == "fp32" and r.name in FP32_SKIP:
+            continue
+        fwd = [None] + sorted({_fit(t, r.n) for t in FWD_TILES[dtype]})
+        out += [("fwd", r.name, (t, None), dtype) for t in fwd]
+        bwd = sorted({_fit(t, r.n) for t in BWD_TILES[dtype]})
         passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
-        out += [("bwd", r.name, (None, None))] + [("bwd", r.name, (t, p)) for t in bwd for p in passes]
-    out += [("recurrent", "recurrent step", v) for v in RECURRENT]
+        out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
+    recurrent = [("split", None), ("row", None)] + RECURRENT[dtype]
+    out += [("recurrent", "recurrent step", v, dtype) for v in recurrent]
     return out
 
 
@@ -77,7 +92,7 @@ def variants() -> list[tuple]:
 def _patched(kind, variant):
     """The launchers' config functions replaced by the variant's while inside."""
     from hafsvg_kernels.attention import triton_attention as ta
-    from hafsvg_kernels.recurrent import triton_gaussian, triton_lstm, triton_split
+    from hafsvg_kernels.recurrent import triton_lstm, triton_split
 
     saved = []
 
@@ -112,11 +127,9 @@ def _patched(kind, variant):
             os.environ["HAFSVG_RECURRENT_SPLIT"] = "1" if design == "split" else "0"
             if c is not None and design == "split":
                 patch(triton_split, "split_config", lambda *a, **k: triton_split.SplitConfig(*c))
-            elif c is not None:
+            elif c is not None:  # triton_lstm.launch runs both row kernels with launch_config's tiles
                 cfg = triton_lstm.LaunchConfig(*c)
-                for mod in (triton_lstm, triton_gaussian):
-                    if hasattr(mod, "launch_config"):
-                        patch(mod, "launch_config", lambda *a, _c=cfg, **k: _c)
+                patch(triton_lstm, "launch_config", lambda *a, **k: cfg)
         yield
     finally:
         for mod, name, value in reversed(saved):
@@ -130,20 +143,20 @@ def _patched(kind, variant):
 _INPUTS: dict = {}
 
 
-def _fn(kind, workload):
+def _fn(kind, workload, dtype):
     """fn() of one call (inputs made once per process and workload)."""
     import torch
 
     from hafsvg_kernels.attention import triton_attention as ta
 
-    key = (kind, workload)
+    key = (kind, workload, dtype)
     if key not in _INPUTS:
         _INPUTS.clear()  # one workload's inputs at a time (VGG 64^2: ~5 GB)
         torch.cuda.empty_cache()
         if kind == "recurrent":
-            _INPUTS[key] = kt.recurrent_step(DTYPE)
+            _INPUTS[key] = kt.recurrent_step(dtype)
         else:
-            a = kt.attention_inputs(workload, DTYPE)
+            a = kt.attention_inputs(workload, dtype)
             q, k, v = (a[n].detach() for n in "qkv")
             out, lse = ta.forward(q, k, v, a["scale"], a["out"]())
             if kind == "fwd":
@@ -155,13 +168,13 @@ def _fn(kind, workload):
 
 
 def _run(task, time_it=False):
-    kind, workload, variant = task
+    kind, workload, variant, dtype = task
     import torch
     import triton.testing as tt
 
     try:
         with _patched(kind, variant):
-            fn = _fn(kind, workload)
+            fn = _fn(kind, workload, dtype)
             fn()
             torch.cuda.synchronize()
             if not time_it:
@@ -177,12 +190,12 @@ def _warm(task):
     return _run(task, time_it=False)
 
 
-def measure(workers: int, only: str | None) -> dict:
+def measure(workers: int, only: str | None, dtype: str) -> dict:
     import multiprocessing as mp
 
     import torch
 
-    tasks = [t for t in variants() if not only or only in t[0]]
+    tasks = [t for t in variants(dtype) if not only or only in t[0]]
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
             list(pool.map(_warm, tasks, chunksize=1))
@@ -197,7 +210,7 @@ def measure(workers: int, only: str | None) -> dict:
     import triton
 
     return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "dtype": DTYPE, "batch": kt.BATCH, "results": results}  # fmt: skip
+            "dtype": dtype, "batch": kt.BATCH, "results": results}  # fmt: skip
 
 
 def show(res: dict) -> str:
@@ -227,6 +240,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="measure on the GPU and write this JSON")
     p.add_argument("--show", metavar="JSON", help="print the tables of a measured JSON")
     p.add_argument("--only", choices=("fwd", "bwd", "recurrent"), help="one kind of workload")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
     a = p.parse_args(argv)
     if a.out:
@@ -234,7 +248,7 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             p.error("measuring needs a CUDA device")
-        res = measure(a.workers, a.only)
+        res = measure(a.workers, a.only, a.dtype)
         Path(a.out).write_text(json.dumps(res, indent=1))
         print(show(res))
     elif a.show:

@@ -1,0 +1,68 @@
+"""The GPU session's measuring tools, checked without a GPU: ``benchmarks/sweep.py`` puts each
+variant's configuration into the launchers and takes it out again; ``benchmarks/kernel_times.py``
+sets measured kernel times against the recorded static report."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import kernel_times  # noqa: E402
+import sweep  # noqa: E402
+
+from hafsvg_kernels.attention import triton_attention as ta  # noqa: E402
+from hafsvg_kernels.recurrent import triton_lstm, triton_split  # noqa: E402
+
+
+def test_sweep_variants_reach_the_launchers_and_are_undone():
+    fwd0, bwd0, sp0 = ta._fwd_config, ta._bwd_config, ta.single_pass
+    with sweep._patched("bwd", ((32, 64, 2, 3), True)):
+        cfg = ta._bwd_config(1024, 1024, 8, 64)
+        assert (cfg["BLOCK_Q"], cfg["BLOCK_K"], cfg["num_warps"], cfg["num_stages"]) == (32, 64, 2, 3)
+        assert cfg["DV_TILES"] == 1  # the rest of the launcher's config stays
+        assert ta.single_pass(1024, 8, 64, 100, 100, cfg, False)
+        assert not ta.single_pass(1024, 32, 64, 100, 100, cfg, False)  # d_qk 32: one pass impossible
+    with sweep._patched("fwd", ((64, 32, 4, 4), None)):
+        cfg = ta._fwd_config(256, 256, 16, 128)
+        assert (cfg["BLOCK_Q"], cfg["BLOCK_K"], cfg["num_warps"], cfg["num_stages"]) == (64, 32, 4, 4)
+    assert (ta._fwd_config, ta._bwd_config, ta.single_pass) == (fwd0, bwd0, sp0)
+
+    env, split0, row0 = os.environ.get("HAFSVG_RECURRENT_SPLIT"), triton_split.split_config, triton_lstm.launch_config
+    with sweep._patched("recurrent", ("row", (16, 64, 32, 4, 3))):
+        assert os.environ["HAFSVG_RECURRENT_SPLIT"] == "0"
+        assert tuple(triton_lstm.launch_config(1600, 256)) == (16, 64, 32, 4, 3)  # both row kernels' launcher
+    with sweep._patched("recurrent", ("split", (128, 32, 64, 8, 2))):
+        assert os.environ["HAFSVG_RECURRENT_SPLIT"] == "1"
+        assert tuple(triton_split.split_config(1600, 256)) == (128, 32, 64, 8, 2)
+    assert os.environ.get("HAFSVG_RECURRENT_SPLIT") == env
+    assert (triton_split.split_config, triton_lstm.launch_config) == (split0, row0)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_sweep_variants_are_valid_tiles(dtype):
+    tasks = sweep.variants(dtype)
+    assert {t[0] for t in tasks} == {"fwd", "bwd", "recurrent"}
+    for kind, workload, (tile, _one_pass), _ in (t for t in tasks if t[0] != "recurrent"):
+        if tile is not None:
+            bq, bk, warps, stages = tile
+            assert {bq, bk} <= {16, 32, 64, 128} and warps in (1, 2, 4, 8) and stages >= 2, (kind, workload, tile)
+
+
+def test_kernel_times_compare_with_the_static_report():
+    static = json.loads(sorted((BENCH / "results").glob("static-sm90-*.json"))[-1].read_text())
+    model = kernel_times._static_kernels(static, "DCGAN 32x32", "bf16")
+    assert model and all(v > 0 for v in model.values())
+    measured = {
+        "device": "test", "torch": "-", "triton": "-", "iters": 1, "batch": 1600,
+        "cases": [{"workload": "DCGAN 32x32", "dtype": "bf16",
+                   "kernels": {**{k: {"calls_per_iter": 1, "us_per_iter": 2e6 * v} for k, v in model.items()},
+                               "elementwise_kernel": {"calls_per_iter": 2, "us_per_iter": 7.0}}}],
+    }  # fmt: skip
+    md = kernel_times.compare(measured, static)
+    total = next(line for line in md.splitlines() if "Triton kernels" in line)
+    assert "+ 7 µs of other kernels" in total and total.endswith("**2.00** |"), total
