@@ -125,12 +125,33 @@ def _jit_cached(kind: str) -> bool:
         return False
 
 
+#: A build lock (torch.utils.cpp_extension's ``lock`` file in the build folder) older than this
+#: was left by a build that was killed (a build takes 1-2 minutes); torch would wait for it forever.
+STALE_LOCK_S = 30 * 60
+
+
+def _check_lock(build_dir: Path) -> None:
+    """Remove a stale build lock, saying so; for a recent one, say that the build waits for it."""
+    lock = build_dir / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return
+    if age > STALE_LOCK_S:
+        lock.unlink(missing_ok=True)
+        print(f"hafsvg: removed {lock}, left {age / 60:.0f} min ago by a build that did not finish", file=sys.stderr)
+    else:
+        print(f"hafsvg: waiting for another process's build of the extension ({lock}; delete it if no build "
+              "is running)", file=sys.stderr)  # fmt: skip
+
+
 def _jit_build(kind: str):
     from torch.utils import cpp_extension
 
     root = cfg.source_root()
     build_dir = cache_dir(kind)
     build_dir.mkdir(parents=True, exist_ok=True)
+    _check_lock(build_dir)
     fresh = not _jit_cached(kind)
     if fresh:
         what = "C++" if kind == "cpu" else "CUDA"

@@ -211,3 +211,23 @@ def test_info_says_triton_runs_cpu_tensors_only_under_the_interpreter():
     assert len(with_it) == 3, with_it
     for line in with_it:
         assert "available: CPU tensors through the interpreter" in line and "correctness" in line, line
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed(tmp_path, capsys):
+    """torch waits forever on the lock file of a build that was killed: a lock older than any
+    build is removed with a message, a recent one is kept and the wait is announced."""
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - _ext.STALE_LOCK_S - 60
+    os.utime(lock, (old, old))
+    _ext._check_lock(tmp_path)
+    assert not lock.exists() and "did not finish" in capsys.readouterr().err
+    lock.touch()
+    _ext._check_lock(tmp_path)
+    assert lock.exists() and "waiting for another process's build" in capsys.readouterr().err
+    lock.unlink()
+    _ext._check_lock(tmp_path)
+    assert capsys.readouterr().err == ""
+
