@@ -66,7 +66,8 @@ bench() {  # bench NAME SECONDS RESERVE PYTEST-ARGS...: benchmarks as pytest-ben
 
 parts=$(mktemp -d)
 {
-    echo "=== gpu_session, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    # HAFSVG_COMMIT: the commit as the caller knows it (a copied working tree's git may lag behind)
+    echo "=== gpu_session, $(date -u +%FT%TZ), commit ${HAFSVG_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo '?')}"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
     "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" 2>&1
     if "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then gpu=1; else gpu=0; fi
