@@ -23,16 +23,26 @@ def paper_aligner(aligner, f_d, f_e):
 
 @pytest.mark.parametrize("value_from", ["encoder", "decoder"])
 @pytest.mark.parametrize("scale", [1.0, 0.3])
-def test_aligner_matches_paper_formulas_with_samples_folded(value_from, scale):
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "no-grad"])
+def test_aligner_matches_paper_formulas_with_samples_folded(value_from, scale, grad):
+    """Both paths of the aligner: under autograd (one concatenation) the output and the gradients
+    of f_d, f_e and the projections; without (Z written into the buffer) the output."""
     torch.manual_seed(0)
     clips, S, C, H, W = 2, 3, 16, 5, 7
     al = FeatureAligner(C, qk_channels=8, scale=scale, value_from=value_from).double()
-    f_d = torch.randn(clips * S, C, H, W, dtype=torch.float64)
-    f_e = torch.randn(clips, C, H, W, dtype=torch.float64)
-    out = al(f_d, f_e, samples_per_clip=S)
+    f_d = torch.randn(clips * S, C, H, W, dtype=torch.float64, requires_grad=grad)
+    f_e = torch.randn(clips, C, H, W, dtype=torch.float64, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        out = al(f_d, f_e, samples_per_clip=S)
     assert out.shape == (clips * S, 3 * C, H, W)
+    ref = torch.stack([paper_aligner(al, f_d[b], f_e[b // S]) for b in range(clips * S)])
     for b in range(clips * S):
-        assert rel_err(out[b], paper_aligner(al, f_d[b], f_e[b // S])) < 1e-12
+        assert rel_err(out[b], ref[b]) < 1e-12
+    if grad:
+        probe = torch.randn(out.shape, dtype=torch.float64)
+        wrt = [f_d, f_e, *al.parameters()]
+        for g, g_ref in zip(torch.autograd.grad(out, wrt, probe), torch.autograd.grad(ref, wrt, probe), strict=True):
+            assert rel_err(g, g_ref) < 1e-12
 
 
 def test_aligner_default_qk_channels():
