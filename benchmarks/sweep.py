@@ -118,8 +118,8 @@ def _patched(kind, variant):
                 orig = ta.single_pass
 
                 def sp(M, d_qk, d_v, rk, rv, cfg, fma, _orig=orig, _want=one_pass):
-                    possible = rk == rv and d_qk <= 16 and cfg["DV_TILES"] == 1
-                    return _want and possible
+                    # the launcher's rule with fma=True is "one pass is possible here"
+                    return _want and _orig(M, d_qk, d_v, rk, rv, cfg, True)
 
                 patch(ta, "single_pass", sp)
         else:

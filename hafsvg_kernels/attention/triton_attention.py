@@ -644,7 +644,9 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     Measured, µs, the previous choice (8 warps and 2 stages for 128 x 128 query x value tiles, else
     4 warps and 3 stages, 64-key blocks) -> this one: DCGAN 32^2 911 -> 877, DCGAN 16^2 168 -> 128,
     DCGAN 8^2 49 -> 41, VGG 64^2 13049 -> 12807, VGG 32^2 1843 -> 1457 (64 x 128 tiles: 1352),
-    VGG 16^2 339 -> 264, VGG 8^2 103 -> 96; DCGAN 4^2 unchanged (24).
+    VGG 16^2 339 -> 264, VGG 8^2 103 -> 96; DCGAN 4^2 unchanged (24). Cost in the sm_90 code
+    (sm90_report): 20 B of spills at VGG 16^2 (128 x 32 tiles beside a 128 x 128 accumulator on 4
+    warps), none elsewhere in bf16.
 
     ``fma``: fp32 operands with IEEE dots on a GPU, which ``tl.dot`` computes with FFMA (no tensor
     cores): 64 x 32 score tiles and BLOCK_DV <= 64 on 4 warps. The 128 x 64 tiles above gave 9328
@@ -678,6 +680,8 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     442, DCGAN 8^2 203 -> 190, VGG 64^2 42914 -> 35720, VGG 32^2 3530 -> 3149 (one pass), VGG 16^2
     1579 -> 1241, VGG 8^2 360 -> 332; at DCGAN 4^2 (16 x 16 tiles) 2 stages stay (181 vs 188).
     128 x 64 or 64 x 128 tiles on 8 warps, 64 x 32 and 32 x 64 tiles were all slower (1.1-3x).
+    The third stage costs the fused dK/dV kernel spills in the sm_90 code (sm90_report: 100 B at
+    DCGAN 16^2, 148 B at VGG 32^2, 255 registers), which the measured times already include.
     On the sm_90 code, 8 warps at d_v >= 128 laid each 64 x 64 score tile over both warpgroups,
     computing every score twice: 2.0 MUFU.EX2 per score instead of 1.0 (DCGAN 16^2 row, both
     kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). BLOCK_DV = 64 when d_v >

@@ -226,7 +226,8 @@ def split_config(B: int, N: int, fp32: bool = False) -> SplitConfig:
       64-deep K steps. Measured on an H200 (``benchmarks/sweep.py``, the sampling step of the
       moving-mnist sizes, prior then predictor, replayed from a CUDA graph, µs): 187; with 32-deep
       steps in the launches that recompute the heads (the previous choice, from the static model:
-      64-deep spilled 84 B there) 233; 64 hidden units (100 programs) 222; 16: 268; 32 x 32 tiles
+      64-deep spills there, 84 B in the second group's launch and 4 B in the third and fourth by
+      sm90_report, which the measured 187 includes) 233; 64 hidden units (100 programs) 222; 16: 268; 32 x 32 tiles
       444; 128 rows on 8 warps (104 programs) 179, not taken: under the 132-CTA mark for 4 %.
     * fp32: 32 rows x 64 hidden units (50 x 4 = 200 programs), 16-deep K steps: the FFMA tiles of
       64 x 32 spill 1.7 KB per thread at any depth, 32 x 64 at depth 32 1.8 KB, at depth 16 8-28 B
