@@ -6,8 +6,8 @@ forward and gradients on sizes that are not multiples of any block (N, M in 1, 1
 the CUDA kernels' 64-row blocks and 16-row tiles; d_qk in 1, 8, 16, 64 against their 16/64 register
 rows; d_v in 3, 64, 200, 512 against their 32-column slices; 1, 3, 7 samples per clip with V per
 clip or per sample), strided inputs and a strided ``out``, and the O(N) memory claim. float32 and
-float64 on both; float16 and bfloat16 on ``cuda`` only (it computes them on float32 copies; the
-``cpp`` backend refuses them, tested with its reason).
+float64 on both; float16 and bfloat16 on ``cuda`` only (its kernels read and write them as they are,
+with float32 arithmetic; the ``cpp`` backend refuses them, tested with its reason).
 
 The extension compiles on first use (once, cached). A backend's cases skip, with the reason, only
 where its extension cannot be built at all (no compiler, no nvcc) or, for ``cuda``, where there is
@@ -109,8 +109,8 @@ def test_float64_forward_backward(backend, case):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_cuda_half_precision_forward_backward(dtype, case):
-    """float16 / bfloat16 on the cuda backend (float32 copies inside, results rounded to the input
-    dtype), 2e-2. Scale d_qk^-1/2: scores of order 1 whatever d, as after trained projections (as
+    """float16 / bfloat16 on the cuda backend (read as they are, float32 arithmetic, results rounded
+    to the input dtype), 2e-2. Scale d_qk^-1/2: scores of order 1 whatever d, as after trained projections (as
     the Triton GPU tests); emulating the backend's roundings on the CPU gave at most 4.2e-3 (bf16)
     over these cases and 20 seeds. Not 0.7: at d_qk = 64 the softmax is then nearly one-hot, and
     the rounding of the saved bf16 output, from which the backward's delta = rowsum(dout * out) is
@@ -154,7 +154,7 @@ def _strided_problem(clips, rk, N, M, d, dv, dtype, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_inputs_and_strided_out(backend):
     """Strided q/k/v read in place and the Z slice of a [F_d; F_e; Z] buffer written in place
-    (on cuda: the float32 kernels write straight through out's strides)."""
+    (the kernels write straight through out's strides)."""
     clips, rk, N, M, d, dv = 2, 3, 100, 100, 8, 64
     q, k, v, buf = _strided_problem(clips, rk, N, M, d, dv, torch.float32, DEVICE[backend])
     keep = buf.clone()
@@ -173,8 +173,8 @@ def test_strided_inputs_and_strided_out(backend):
 
 @needs_cuda
 def test_cuda_half_precision_strided_out():
-    """bfloat16 with a strided bfloat16 ``out``: the cuda backend computes on float32 copies and
-    copies the result into out's strides (its other path); the rest of the buffer is untouched."""
+    """bfloat16 with a strided bfloat16 ``out``: the cuda kernels write the bfloat16 result straight
+    through out's strides; the rest of the buffer is untouched."""
     clips, rk, N, M, d, dv = 2, 3, 100, 100, 8, 64
     q, k, v, buf = _strided_problem(clips, rk, N, M, d, dv, torch.bfloat16, DEVICE["cuda"])
     keep = buf.clone()

@@ -13,8 +13,8 @@ namespace hafsvg::cuda {
 // Largest d_qk the attention kernels take (the query/key rows live in registers; SVG's is 8..64).
 constexpr int64_t kMaxHeadDim = 64;
 
-// Aligned attention on CUDA tensors: float32 and float64 kernels; float16 / bfloat16 inputs are
-// computed on float32 copies. Returns (out, lse) with lse (B, N) in float32 (float64 for float64).
+// Aligned attention on CUDA tensors: float32, float64, float16 and bfloat16 kernels (read and
+// written in their dtype, float32 arithmetic for the half types). Returns (out, lse) with lse (B, N) in float32 (float64 for float64).
 std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                                      double scale, const c10::optional<at::Tensor>& out_opt);
 
