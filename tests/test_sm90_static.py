@@ -212,6 +212,12 @@ def test_model_arithmetic():
     # mma.sync at the assumed half rate; 133 programs -> 2 on the busiest SM
     b = model.bounds({"mma_flops_mma.sync": 4096}, 4, 133, 0.0, "bf16")
     assert b["tensor_s"] == pytest.approx(4096 * 4 * 2 / (989e12 / 2 / 132))
+    # spills: 64-bit local stores, 32 lanes x 8 B each, through L1 at 128 B per clock
+    ins = sass.Instr(0, "STL.64", "[R1+0x10], R4", False)
+    assert sass.classify(ins)["local_bytes"] == 32 * 8
+    b = model.bounds({"instr": 10, "local_bytes": 1000 * 256}, 4, 132, 0.0, "fp32")
+    assert b["local_s"] == pytest.approx(1000 * 256 * 4 / (128 * 1.755e9))
+    assert model.modeled(b)[1] == "local"
     assert model.ctas_per_sm(128, 4, 32768) == 4  # registers: 65536 / (128 * 32 * 4)
     assert model.ctas_per_sm(223, 4, 34816) == 2  # 224 regs/thread rounded to 7168 per warp
     assert model.ctas_per_sm(32, 4, 200 * 1024) == 1  # shared memory

@@ -652,11 +652,16 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     cores): 64 x 32 score tiles and BLOCK_DV <= 64 on 4 warps. The 128 x 64 tiles above gave 9328
     bytes of stack (spills in the key loop, 8.3 warp-instructions per score) at the DCGAN 32^2 row;
     64 x 32: no stack, 3.2 per score in the sm90_report compile (the FFMA floor there is 2.5:
-    16 + 64 FFMA per score / 32 lanes). Not yet swept on a GPU.
+    16 + 64 FFMA per score / 32 lanes). From d_qk 32 on, 16-key blocks: each thread holds its rows
+    of q and its key columns over all of d_qk for the FFMA score product, which at 32 keys spilled
+    1228 B per thread (d_qk 32) and 1812 B (d_qk 64); at 16 keys none and 424 B, modeled 0.32 ->
+    0.37 and 0.25 -> 0.28 of the floor (a static sweep of block sizes and warps with the
+    sm90_report model, DCGAN 8^2 and VGG 8^2 rows), with 2 pipeline stages (3: 12 B at d_qk 32).
+    Not yet swept on a GPU.
     """
     block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
     narrow_k = fma or (d_v >= 128 and not interpreting())
-    block_k = _pow2(M, hi=32 if narrow_k else 64)
+    block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 32 if narrow_k else 64)
     block_dv = _pow2(d_v, hi=64 if fma else 128)
     two_groups = block_q >= 128 and block_dv <= 64 and not fma
     return {
@@ -665,7 +670,7 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
         "num_warps": 8 if two_groups else _warps(block_q),
-        "num_stages": 3 if block_q >= 64 else 2,
+        "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32) else 2,
     }
 
 
@@ -694,10 +699,13 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     (dq) and 15.6 (dK/dV, 8648 bytes of stack, spilling in the loop) warp-instructions per score;
     32 x 32, as sm90_report compiles them (the JIT's argument specialisation): dq 3.7 (floor 3.0:
     96 FFMA per score / 32 lanes) with 1248 bytes of stack; the kernels computing dV run on 4
-    warps (see ``backward``).
+    warps (see ``backward``). At d_qk 64, 16 x 16 tiles on 1 warp: at the VGG 8^2 row 32 x 32
+    tiles spilled 8036 B over dq, dK and dV (dq 6272), these 1964 B (dq), modeled at the same time
+    (0.31 of the floor; static sweep of tiles and warps with the sm90_report model).
     """
-    block_q = _pow2(N, hi=32 if fma else 64)
-    block_k = _pow2(M, hi=32 if fma else 64)
+    fma_tile = 16 if d_qk >= 64 else 32
+    block_q = _pow2(N, hi=fma_tile if fma else 64)
+    block_k = _pow2(M, hi=fma_tile if fma else 64)
     block_dv = _pow2(d_v, hi=128) if d_v <= 128 else 64
     return {
         "BLOCK_Q": block_q,

@@ -4,7 +4,7 @@ Device (H100 SXM, sm_90; the constants the project pins for floors and models): 
 1.755 GHz; dense bf16 tensor rate 989 TFLOP/s; HBM 3.35 TB/s; 16 MUFU.EX2 lanes per clock per
 SM; 4 warp-instructions issued per clock per SM.
 
-Modeled time of one launch = the largest of four bounds, each for the busiest SM, which runs
+Modeled time of one launch = the largest of five bounds, each for the busiest SM, which runs
 ``ceil(grid / 132)`` programs (programs spread evenly; a grid under 132 leaves SMs idle):
 
 * issue: executed warp-instructions (SASS, every instruction of every warp, loops at their trip
@@ -17,7 +17,12 @@ Modeled time of one launch = the largest of four bounds, each for the busiest SM
   assumption, not a measurement); FFMA (fp32 "ieee" dots) 128 lanes x 2 FLOPs per clock, which
   the issue bound already covers;
 * bandwidth: the launch's HBM bytes / 3.35 TB/s for the whole GPU (K/V shared by a clip's samples
-  and the recurrent weights are counted once: perfect L2 reuse assumed).
+  and the recurrent weights are counted once: perfect L2 reuse assumed);
+* local: register spills, the executed local loads and stores (``LDL``/``STL``, 32 lanes x their
+  width) through L1 at an **assumed** 128 bytes per clock per SM (one 32-bit warp access per
+  clock; the L1 of an H100 SM, not one of the pinned constants), best case: it takes every spill
+  as an L1 hit, though a few KB of stack per thread, times the resident threads, overflow L1 to
+  L2. Without it a spilling kernel was modeled as if each local access cost one issue slot.
 
 Not modeled: latency (memory, barriers, MMA pipeline), so a kernel with few warps per SM or a
 serial chain is modeled faster than it runs; bank conflicts; L2 bandwidth; the overlap between
@@ -46,6 +51,7 @@ EX2_PER_CLK = 16
 ISSUE_PER_CLK = 4
 FP32_FMA = SMS * ISSUE_PER_CLK * 32 * 2 * CLOCK  # 4 warp-instructions x 32 lanes x 2 FLOPs
 LAUNCH_LATENCY_ASSUMED = 2.5e-6
+L1_BYTES_PER_CLK = 128  # per SM, assumed (local memory traffic of spills)
 
 #: per-GPU rates of the MMA kinds, by operand type
 MMA_RATES = {
@@ -73,7 +79,7 @@ def ctas_per_sm(regs: int, num_warps: int, shared: int) -> int:
 
 
 def bounds(per_program: dict, num_warps: int, programs: int, bytes_: float, dtype: str) -> dict:
-    """The four bounds (seconds) of one launch from per-program, per-warp executed counters."""
+    """The five bounds (seconds) of one launch from per-program, per-warp executed counters."""
     busiest = math.ceil(programs / SMS)
     warp_instr = per_program.get("instr", 0) * num_warps * busiest
     mufu_lanes = per_program.get("mufu", 0) * num_warps * busiest * 32
@@ -88,6 +94,7 @@ def bounds(per_program: dict, num_warps: int, programs: int, bytes_: float, dtyp
         "sfu_s": mufu_lanes / (EX2_PER_CLK * CLOCK),
         "tensor_s": tensor + fma,
         "bandwidth_s": bytes_ / HBM,
+        "local_s": per_program.get("local_bytes", 0) * num_warps * busiest / (L1_BYTES_PER_CLK * CLOCK),
     }
 
 

@@ -130,11 +130,18 @@ def classify(ins: Instr) -> dict:
     elif kind == "fma":
         c["ffma"] = 1
         c["fma_flops"] = flops
-    if op.startswith("STL"):
-        c["stl"] = 1
-    if op.startswith("LDL"):
-        c["ldl"] = 1
+    if op.startswith(("STL", "LDL")):
+        c["stl" if op.startswith("STL") else "ldl"] = 1
+        c["local_bytes"] = 32 * local_width(op)
     return c
+
+
+def local_width(opcode: str) -> int:
+    """Bytes per lane of a local load/store (``LDL.64``: 8; no size suffix: 4)."""
+    for suffix, width in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
+        if suffix in opcode:
+            return width
+    return 4
 
 
 def static_counts(instrs: list[Instr], lo: int = 0, hi: int | None = None) -> Counter:
