@@ -232,9 +232,12 @@ def test_out_overlapping_k_or_v(backend, which):
 
 
 @pytest.mark.parametrize("backend", FUSED)
-def test_out_exactly_q_still_in_place(backend):
+@pytest.mark.parametrize("d", [5, 40], ids=["d5", "d40"])
+def test_out_exactly_q_still_in_place(backend, d):
+    """d = 40: the cuda kernels split a row's 40 value columns over two blocks, the second of which
+    would read q columns the first had overwritten; that launch computes into a copy."""
     dev = DEVICE[backend]
-    q0, k, v = _qkv(N=70, device=dev)
+    q0, k, v = _qkv(N=70, d=d, dv=d, device=dev)
     ref = aligned_attention(q0, k, v, backend="torch")
     q = q0.clone()
     res = aligned_attention(q, k, v, out=q, backend=backend)

@@ -2,6 +2,7 @@
 // of the kernels in attention_kernels.cuh (what they compute and how: see there).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -65,9 +66,14 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
                     out_opt->device() == q.device(),
                 "hafsvg cuda attention: out must match (B, N, d_v), q's dtype and device");
   }
-  at::Tensor out = out_opt.has_value() ? *out_opt : at::empty({B, dm.N, dm.Dv}, q.options());
-  at::Tensor lse = at::empty({B, dm.N}, q.options().dtype(acc_type(q.scalar_type())));
   const dim3 grid(static_cast<unsigned>(B), ceil_div(dm.N, kRows), ceil_div(dm.Dv, kDvTile));
+  // `out` may be q itself (hafsvg_kernels/attention/_guards.py lets that through without autograd).
+  // With several value tiles (grid z) a block would read q columns that another z-block of the
+  // same rows has already overwritten: compute into a new tensor then, and copy.
+  const bool via_copy =
+      out_opt.has_value() && grid.z > 1 && at::get_overlap_status(*out_opt, q) != at::MemOverlapStatus::No;
+  at::Tensor out = out_opt.has_value() && !via_copy ? *out_opt : at::empty({B, dm.N, dm.Dv}, q.options());
+  at::Tensor lse = at::empty({B, dm.N}, q.options().dtype(acc_type(q.scalar_type())));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "hafsvg_cuda_attention_forward", [&] {
     using T = scalar_t;
@@ -80,6 +86,7 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
+  if (via_copy) return {out_opt->copy_(out), lse};
   return {out, lse};
 }
 
@@ -92,8 +99,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const at::Tens
   const auto acc = acc_type(q.scalar_type());
   const Dims dm = dims_of(q, k, v);
   const int64_t B = q.size(0), Bk = k.size(0), Bv = v.size(0);
-  TORCH_CHECK(lse.scalar_type() == acc && lse.sizes() == at::IntArrayRef({B, dm.N}),
-              "hafsvg cuda attention backward: lse must be (B, N) in the accumulation dtype");
+  TORCH_CHECK(lse.scalar_type() == acc && lse.sizes() == at::IntArrayRef({B, dm.N}) && lse.device() == q.device(),
+              "hafsvg cuda attention backward: lse must be (B, N) in the accumulation dtype, on q's device");
   TORCH_CHECK(dout_in.sizes() == at::IntArrayRef({B, dm.N, dm.Dv}) && out_in.sizes() == dout_in.sizes() &&
                   dout_in.device() == q.device() && out_in.device() == q.device(),
               "hafsvg cuda attention backward: dout and out must be (B, N, d_v) on q's device");

@@ -6,9 +6,10 @@ that they return what the torch backend returns or raise:
   memory, say) would read values already overwritten. Such calls compute into a new tensor and
   copy it into ``out`` (as the torch backend does). ``out`` that *is* q (same memory, shape and
   strides) stays written in place without autograd: each block reads its q rows before writing
-  the same rows of ``out``. With autograd every overlapping input is cloned first (a
-  differentiable copy), since the Functions save their inputs and the copy into ``out`` would
-  change them under the saved tensors.
+  the same rows of ``out`` (the CUDA kernels, which split a row's value columns over several
+  blocks, then compute into a new tensor and copy, in ``attention_cuda.cu``). With autograd every
+  overlapping input is cloned first (a differentiable copy), since the Functions save their
+  inputs and the copy into ``out`` would change them under the saved tensors.
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@
 // model (no warps, no memory model beyond the barrier), but it runs the kernels' own indexing,
 // tiling, staging and masking, so the tests check them on machines without a GPU
 // (tests/test_cuda_emulated.py). float32 and float64 entry points, C ABI for ctypes.
+#include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <mutex>
 #include <thread>
@@ -18,7 +21,9 @@ struct dim3 {
 thread_local dim3 threadIdx, blockIdx;
 dim3 blockDim;
 
-// A reusable barrier for the threads of one block.
+// A reusable barrier for the threads of one block. A barrier that some threads never reach (a
+// __syncthreads in divergent code, which would hang or corrupt on a GPU) aborts the process with a
+// message after 60 s instead of hanging the test run.
 class BlockBarrier {
  public:
   explicit BlockBarrier(int n) : n_(n) {}
@@ -29,8 +34,9 @@ class BlockBarrier {
       arrived_ = 0;
       ++gen_;
       cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return gen_ != gen; });
+    } else if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return gen_ != gen; })) {
+      std::fprintf(stderr, "attention_emulated: __syncthreads not reached by every thread of a block\n");
+      std::abort();
     }
   }
 
