@@ -66,3 +66,44 @@ def test_kernel_times_compare_with_the_static_report():
     md = kernel_times.compare(measured, static)
     total = next(line for line in md.splitlines() if "Triton kernels" in line)
     assert "+ 7 µs of other kernels" in total and total.endswith("**2.00** |"), total
+
+
+def test_static_sweep_models_the_launcher_and_a_candidate():
+    """``benchmarks/static_sweep.py`` (compiles for sm_90a, no GPU): the launcher's own config is
+    modeled as the report models it, a candidate's overrides reach the kernels, and the launcher is
+    restored after. One small row, two compiles; skips where the report's tools are missing."""
+    import subprocess
+
+    from hafsvg_kernels.sm90.compile import find_tool
+
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.compiler import ASTSource  # noqa: F401
+    except Exception as e:
+        pytest.skip(f"Triton's ahead-of-time compile API is missing: {e}")
+    if find_tool("cuobjdump") is None:
+        pytest.skip("cuobjdump is missing")
+    recorded = max((BENCH / "results").glob("static-sm90-*.json"))
+    launcher = next(o for o in json.loads(recorded.read_text())["ops"]
+                    if o["name"] == "DCGAN 4x4 fwd fp32" and o["config"] == "launcher")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH.parent), env.get("PYTHONPATH", "")])
+    script = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import static_sweep as s, json\n"
+        "from hafsvg_kernels.attention import triton_attention as ta\n"
+        "from hafsvg_kernels.sm90 import plans\n"
+        "row = next(r for r in plans.ROWS if r[0] == 'DCGAN 4x4'); f0 = ta._fwd_config\n"
+        "own = s.model_candidate('fwd', row, 'fp32', None)\n"
+        "c = dict(BLOCK_Q=16, BLOCK_K=16, BLOCK_DV=32, num_warps=4, num_stages=2)\n"
+        "cand = s.model_candidate('fwd', row, 'fp32', c)\n"
+        "assert ta._fwd_config is f0\n"
+        "print(json.dumps([own, cand]))\n"
+    )  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=BENCH.parent)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    own, cand = json.loads(res.stdout.strip().splitlines()[-1])
+    assert own["ratio"] == pytest.approx(launcher["ratio_to_floor"], rel=0.02)
+    assert own["spill_stores"] == sum(k["spill_stores"] for k in launcher["kernels"])
+    assert cand["config"]["BLOCK_DV"] == 32 and cand["ratio"] != own["ratio"]  # other code, other model
+    assert "| DCGAN 4x4 | launcher |" in __import__("static_sweep").markdown([own, cand])

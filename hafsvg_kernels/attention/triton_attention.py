@@ -655,8 +655,8 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     16 + 64 FFMA per score / 32 lanes). From d_qk 32 on, 16-key blocks: each thread holds its rows
     of q and its key columns over all of d_qk for the FFMA score product, which at 32 keys spilled
     1228 B per thread (d_qk 32) and 1812 B (d_qk 64); at 16 keys none and 424 B, modeled 0.32 ->
-    0.37 and 0.25 -> 0.28 of the floor (a static sweep of block sizes and warps with the
-    sm90_report model, DCGAN 8^2 and VGG 8^2 rows), with 2 pipeline stages (3: 12 B at d_qk 32).
+    0.37 and 0.25 -> 0.28 of the floor (``benchmarks/static_sweep.py``: block sizes and warps
+    compiled and modeled as sm90_report does, DCGAN 8^2 and VGG 8^2 rows), with 2 pipeline stages (3: 12 B at d_qk 32).
     Not yet swept on a GPU.
     """
     block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
@@ -701,7 +701,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     96 FFMA per score / 32 lanes) with 1248 bytes of stack; the kernels computing dV run on 4
     warps (see ``backward``). At d_qk 64, 16 x 16 tiles on 1 warp: at the VGG 8^2 row 32 x 32
     tiles spilled 8036 B over dq, dK and dV (dq 6272), these 1964 B (dq), modeled at the same time
-    (0.31 of the floor; static sweep of tiles and warps with the sm90_report model).
+    (0.31 of the floor; ``benchmarks/static_sweep.py bwd --dtype fp32``).
     """
     fma_tile = 16 if d_qk >= 64 else 32
     block_q = _pow2(N, hi=fma_tile if fma else 64)
