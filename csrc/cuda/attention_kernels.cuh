@@ -115,6 +115,49 @@ __device__ __forceinline__ void stage(A (*dst)[COLS + 1], const T* __restrict__ 
   }
 }
 
+// dp[r] = own . other[r0 + r] over the Dv value channels, for the kTile rows of a tile of `other`
+// (row stride rs, channel stride cs; zero rows past nr), staged kDvTile channels at a time through
+// `buf`; `own` is the thread's row (channel stride own_cs), read one value per channel as it is
+// used. Its barriers also publish what the block staged before the call (Dv >= 1: at least one).
+template <typename T, typename A>
+__device__ __forceinline__ void dot_tile_rows(A (&dp)[kTile], A (*buf)[kDvTile + 1], const T* __restrict__ other,
+                                              int64_t rs, int64_t cs, int64_t r0, int64_t nr,
+                                              const T* __restrict__ own, int64_t own_cs, bool active, int64_t Dv) {
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) dp[r] = A(0);
+  for (int64_t c0 = 0; c0 < Dv; c0 += kDvTile) {
+    stage<kTile, kDvTile>(buf, other, rs, cs, r0, nr, c0, Dv);
+    __syncthreads();
+#pragma unroll 1  // (unrolled: 28-48 B of spills at d_qk 64, float)
+    for (int c = 0; c < kDvTile; ++c) {
+      const A o = (active && c0 + c < Dv) ? static_cast<A>(own[(c0 + c) * own_cs]) : A(0);
+#pragma unroll
+      for (int r = 0; r < kTile; ++r) dp[r] += o * buf[r][c];
+    }
+    __syncthreads();
+  }
+}
+
+// The gradient of the thread's own row from the kTile staged rows of the other side: per row r,
+// the score own . rows[r], ds = exp(score - lse[r * step]) (dp[r] - delta[r * step]) (0 for r >=
+// valid or an inactive thread), acc += ds * rows[r]; each staged row read once for both (reading
+// the tile in two passes had ptxas keep it all in registers: 255 registers and spills in float32).
+// step 0: one lse / delta for all rows (the thread's own query row, dq); 1: one per row (dk).
+template <bool AGAIN, int DMAX, typename A, typename Own>
+__device__ __forceinline__ void accumulate_ds_rows(A (&acc)[DMAX], Own& own, A (*rows)[DMAX + 1],
+                                                   const A (&dp)[kTile], const A* lse, const A* delta, int step,
+                                                   bool active, int64_t valid) {
+#pragma unroll
+  for (int r = 0; r < kTile; ++r) {
+    A dot = A(0);
+#pragma unroll
+    for (int d = 0; d < DMAX; ++d) dot += own[d] * rows[r][d];
+    const A ds = (active && r < valid) ? dexp(dot - lse[r * step]) * (dp[r] - delta[r * step]) : A(0);
+#pragma unroll
+    for (int d = 0; d < DMAX; ++d) acc[d] += ds * reread<AGAIN>(rows[r][d]);
+  }
+}
+
 template <typename T, int DMAX>
 __global__ void __launch_bounds__(kRows)
     fwd_kernel(const T* __restrict__ q, Strides sq, const T* __restrict__ k, Strides sk, const T* __restrict__ v,
@@ -211,32 +254,10 @@ __global__ void __launch_bounds__(kRows)
   for (int64_t m0 = 0; m0 < dm.M; m0 += kTile) {
     stage<kTile, DMAX>(Ks, kb, sk.s1, sk.s2, m0, dm.M, 0, dm.D);
     const int64_t nk = dm.M - m0 < kTile ? dm.M - m0 : kTile;
-    // dp first (its loop's barriers also publish Ks), then one pass over the keys that reads each
-    // key row once for both the score and the dq update: reading Ks in two passes with the dp loop
-    // between had ptxas keep the whole Ks tile in registers (255 registers and spills, dq<float, 16>).
+    // dp first (its barriers also publish Ks), then the keys' scores and dq's update
     A dp[kTile];
-#pragma unroll
-    for (int j = 0; j < kTile; ++j) dp[j] = A(0);
-    for (int64_t c0 = 0; c0 < dm.Dv; c0 += kDvTile) {
-      stage<kTile, kDvTile>(Vs, vb, sv.s1, sv.s2, m0, dm.M, c0, dm.Dv);
-      __syncthreads();
-#pragma unroll 1  // (unrolled: 28-48 B of spills at d_qk 64, float)
-      for (int c = 0; c < kDvTile; ++c) {
-        const A o = (active && c0 + c < dm.Dv) ? static_cast<A>(dorow[(c0 + c) * sd.s2]) : A(0);
-#pragma unroll
-        for (int j = 0; j < kTile; ++j) dp[j] += o * Vs[j][c];
-      }
-      __syncthreads();
-    }
-#pragma unroll
-    for (int j = 0; j < kTile; ++j) {
-      A dot = A(0);
-#pragma unroll
-      for (int d = 0; d < DMAX; ++d) dot += qr[d] * Ks[j][d];
-      const A ds = (active && j < nk) ? dexp(dot - L) * (dp[j] - Dl) : A(0);
-#pragma unroll
-      for (int d = 0; d < DMAX; ++d) dqa[d] += ds * reread<kShared>(Ks[j][d]);
-    }
+    dot_tile_rows(dp, Vs, vb, sv.s1, sv.s2, m0, dm.M, dorow, sd.s2, active, dm.Dv);
+    accumulate_ds_rows<kShared>(dqa, qr, Ks, dp, &L, &Dl, 0, active, nk);
     __syncthreads();
   }
   if (active) {
@@ -285,30 +306,10 @@ __global__ void __launch_bounds__(kRows)
     for (int64_t n0 = 0; n0 < dm.N; n0 += kTile) {
       load_query_tile<T, A, DMAX>(Qs, Ls, Dls, q, sq, lse, delta, b, n0, dm);
       const int64_t nq = dm.N - n0 < kTile ? dm.N - n0 : kTile;
-      // dp first, then one pass over the query rows (as in dq_kernel).
+      // dp first (its barriers also publish Qs, Ls, Dls), then the query rows' scores and dk's update
       A dp[kTile];
-#pragma unroll
-      for (int i = 0; i < kTile; ++i) dp[i] = A(0);
-      for (int64_t c0 = 0; c0 < dm.Dv; c0 += kDvTile) {
-        stage<kTile, kDvTile>(Os, dout + b * sd.s0, sd.s1, sd.s2, n0, dm.N, c0, dm.Dv);
-        __syncthreads();
-#pragma unroll 1  // (unrolled: 28-48 B of spills at d_qk 64, float)
-        for (int c = 0; c < kDvTile; ++c) {
-          const A vv = (active && c0 + c < dm.Dv) ? static_cast<A>(vrow[(c0 + c) * sv.s2]) : A(0);
-#pragma unroll
-          for (int i = 0; i < kTile; ++i) dp[i] += Os[i][c] * vv;
-        }
-        __syncthreads();
-      }
-#pragma unroll
-      for (int i = 0; i < kTile; ++i) {
-        A dot = A(0);
-#pragma unroll
-        for (int d = 0; d < DMAX; ++d) dot += kr[d] * Qs[i][d];
-        const A ds = (active && i < nq) ? dexp(dot - Ls[i]) * (dp[i] - Dls[i]) : A(0);
-#pragma unroll
-        for (int d = 0; d < DMAX; ++d) dka[d] += ds * reread<kShared>(Qs[i][d]);
-      }
+      dot_tile_rows(dp, Os, dout + b * sd.s0, sd.s1, sd.s2, n0, dm.N, vrow, sv.s2, active, dm.Dv);
+      accumulate_ds_rows<kShared>(dka, kr, Qs, dp, Ls, Dls, 1, active, nq);
       __syncthreads();
     }
   }
