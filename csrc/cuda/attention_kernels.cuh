@@ -115,6 +115,14 @@ __device__ __forceinline__ void stage(A (*dst)[COLS + 1], const T* __restrict__ 
   }
 }
 
+// own[d] = scale * row[d * stride] for d < D; 0 past D and for an inactive thread (padding).
+template <int DMAX, typename T, typename A, typename Own>
+__device__ __forceinline__ void load_own_row(Own& own, const T* row, int64_t stride, bool active, int64_t D,
+                                             A scale) {
+#pragma unroll
+  for (int d = 0; d < DMAX; ++d) own[d] = (active && d < D) ? scale * static_cast<A>(row[d * stride]) : A(0);
+}
+
 // dp[r] = own . other[r0 + r] over the Dv value channels, for the kTile rows of a tile of `other`
 // (row stride rs, channel stride cs; zero rows past nr), staged kDvTile channels at a time through
 // `buf`; `own` is the thread's row (channel stride own_cs), read one value per channel as it is
@@ -174,9 +182,7 @@ __global__ void __launch_bounds__(kRows)
   constexpr bool kShared = kOwnRowShared<A, DMAX>;
   __shared__ A own_rows[kShared ? kRows : 1][kShared ? DMAX + 1 : 1];
   OwnRow<A, DMAX, kShared> qr(&own_rows[kShared ? threadIdx.x : 0][0]);
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d)
-    qr[d] = (active && d < dm.D) ? scale * static_cast<A>(q[b * sq.s0 + n * sq.s1 + d * sq.s2]) : A(0);
+  load_own_row<DMAX>(qr, q + b * sq.s0 + n * sq.s1, sq.s2, active, dm.D, scale);
   A acc[kDvTile];
 #pragma unroll
   for (int c = 0; c < kDvTile; ++c) acc[c] = A(0);
@@ -244,12 +250,8 @@ __global__ void __launch_bounds__(kRows)
   constexpr bool kShared = kOwnRowShared<A, DMAX>;
   __shared__ A own_rows[kShared ? kRows : 1][kShared ? DMAX + 1 : 1];
   OwnRow<A, DMAX, kShared, true> qr(&own_rows[kShared ? threadIdx.x : 0][0]);
-  A dqa[DMAX];
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) {
-    qr[d] = (active && d < dm.D) ? scale * static_cast<A>(q[b * sq.s0 + n * sq.s1 + d * sq.s2]) : A(0);
-    dqa[d] = A(0);
-  }
+  load_own_row<DMAX>(qr, q + b * sq.s0 + n * sq.s1, sq.s2, active, dm.D, scale);
+  A dqa[DMAX] = {};
   const A L = active ? lse[b * dm.N + n] : A(0);
   for (int64_t m0 = 0; m0 < dm.M; m0 += kTile) {
     stage<kTile, DMAX>(Ks, kb, sk.s1, sk.s2, m0, dm.M, 0, dm.D);
@@ -295,12 +297,8 @@ __global__ void __launch_bounds__(kRows)
   constexpr bool kShared = kOwnRowShared<A, DMAX>;
   __shared__ A own_rows[kShared ? kRows : 1][kShared ? DMAX + 1 : 1];
   OwnRow<A, DMAX, kShared, true> kr(&own_rows[kShared ? threadIdx.x : 0][0]);
-  A dka[DMAX];
-#pragma unroll
-  for (int d = 0; d < DMAX; ++d) {
-    kr[d] = (active && d < dm.D) ? scale * static_cast<A>(k[g * sk.s0 + j * sk.s1 + d * sk.s2]) : A(0);
-    dka[d] = A(0);
-  }
+  load_own_row<DMAX>(kr, k + g * sk.s0 + j * sk.s1, sk.s2, active, dm.D, scale);
+  A dka[DMAX] = {};
   for (int64_t b = g * dm.rk; b < (g + 1) * dm.rk; ++b) {
     const T* vrow = v + (b / dm.rv) * sv.s0 + j * sv.s1;
     for (int64_t n0 = 0; n0 < dm.N; n0 += kTile) {
@@ -340,9 +338,7 @@ __global__ void __launch_bounds__(kRows)
 #pragma unroll
   for (int c = 0; c < kDvTile; ++c) dva[c] = A(0);
   for (int64_t b = g * dm.rv; b < (g + 1) * dm.rv; ++b) {
-    const T* krow = k + (b / dm.rk) * sk.s0 + j * sk.s1;
-#pragma unroll
-    for (int d = 0; d < DMAX; ++d) kr[d] = (active && d < dm.D) ? scale * static_cast<A>(krow[d * sk.s2]) : A(0);
+    load_own_row<DMAX>(kr, k + (b / dm.rk) * sk.s0 + j * sk.s1, sk.s2, active, dm.D, scale);
     for (int64_t n0 = 0; n0 < dm.N; n0 += kTile) {
       load_query_tile<T, A, DMAX>(Qs, Ls, nullptr, q, sq, lse, nullptr, b, n0, dm);
       stage<kTile, kDvTile>(Os, dout + b * sd.s0, sd.s1, sd.s2, n0, dm.N, c0, dm.Dv);
