@@ -123,6 +123,55 @@ def test_single_pass_backward_float64(monkeypatch, split):
         assert rel_err(g1, g2) <= 1e-12
 
 
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize(
+    "case",
+    [
+        (6, 2, 2, 17, 33, 8, 64, 1),
+        (6, 2, 2, 17, 32, 40, 200, 3),
+        (6, 2, 6, 5, 16, 16, 130, 2),
+        (4, 1, 1, 3, 1, 8, 3, 1),
+    ],
+    ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key"],
+)
+def test_one_key_block_float64(monkeypatch, case):
+    """All M keys in one block (the N = 16, 64 levels): the forward computes each score once and
+    loops over the value chunks in the program (grid's value axis 1); the backward has no dq
+    kernel, its dK programs compute delta and store dQ. Against the float64 reference."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    *shape, split = case
+    B, Bk, Bv, N, M, d_qk, d_v = shape
+    assert M <= ta._fwd_config(N, M, d_qk, d_v)["BLOCK_K"] and M <= ta._bwd_config(N, M, d_qk, d_v)["BLOCK_K"]
+    q, k, v = (t.detach() for t in make_inputs(*shape, dtype=torch.float64))
+    grids = []
+
+    class Recorded:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            grids.append((self.fn.__name__, grid))
+            return self.fn[grid]
+
+    class NoDq:
+        def __getitem__(self, grid):
+            raise AssertionError("a one-key-block backward launched the dq kernel")
+
+    monkeypatch.setattr(ta, "_fwd_kernel", Recorded(ta._fwd_kernel))
+    monkeypatch.setattr(ta, "_bwd_dq_kernel", NoDq())
+    out, lse = ta.forward(q, k, v, -0.6)
+    assert grids == [("_fwd_kernel", (B, 1, 1))]
+    do = torch.randn_like(out)
+    ref, ref_grads = reference(q, k, v, -0.6, do)
+    kk = k.repeat_interleave(B // Bk, 0)
+    assert rel_err(out, ref) <= 1e-12
+    assert rel_err(lse, torch.logsumexp(-0.6 * q @ kk.transpose(1, 2), -1)) <= 1e-12
+    for name, g, r in zip("qkv", ta.backward(do, q, k, v, out, lse, -0.6, split=split), ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+
+
 @pytest.mark.parametrize(
     "case",
     [(7, 1, 1, 17, 33, 8, 64), (7, 1, 7, 17, 33, 8, 64), (6, 2, 2, 17, 33, 8, 200)],
@@ -290,16 +339,20 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
     for N, d_qk, d_v in ((4096, 8, 64), (64, 32, 256))[: 1 if fma else 2]:
         cfg = ta._fwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
-        build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common}, cfg)
+        for one, masked in ((N <= cfg["BLOCK_K"], False), (True, True)):
+            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked}
+            build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
         cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", DQ=io)
         build(ta._bwd_dq_kernel, ptrs, {**blocks, **common}, cfg)
-        for dk, dv, split, atomic in ((True, True, 1, True), (True, True, 4, False), (True, False, 4, False),
-                                      (False, True, 1, False)):  # fmt: skip
+        for dk, dv, split, atomic, direct in ((True, True, 1, True, False), (True, True, 4, False, False),
+                                              (True, False, 4, False, False), (False, True, 1, False, False),
+                                              (True, True, 4, False, True), (True, False, 4, False, True)):  # fmt: skip
             out = io if split == 1 else "*fp32"
-            ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out, DQ="*fp32")
-            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic}
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out,
+                        DQ=io if direct else "*fp32")  # fmt: skip
+            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct}
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         build(ta._bwd_preprocess, dict(O=io, DO=io, Delta="*fp32"), pre, {"num_warps": 4, "num_stages": 2})

@@ -17,6 +17,9 @@ import sweep  # noqa: E402
 
 from hafsvg_kernels.attention import triton_attention as ta  # noqa: E402
 from hafsvg_kernels.recurrent import triton_lstm, triton_split  # noqa: E402
+from hafsvg_kernels.workloads import ALIGNER_ROWS  # noqa: E402
+
+ROW_N = {r.name: r.n for r in ALIGNER_ROWS}
 
 
 def test_sweep_variants_reach_the_launchers_and_are_undone():
@@ -50,7 +53,8 @@ def test_sweep_variants_are_valid_tiles(dtype):
     for kind, workload, (tile, _one_pass), _ in (t for t in tasks if t[0] != "recurrent"):
         if tile is not None:
             bq, bk, warps, stages = tile
-            assert {bq, bk} <= {16, 32, 64, 128} and warps in (1, 2, 4, 8) and stages >= 2, (kind, workload, tile)
+            assert {bq, bk} <= {16, 32, 64, 128, 256} and warps in (1, 2, 4, 8) and stages >= 2, (kind, workload, tile)
+            assert bk <= 128 or (kind == "fwd" and bk >= ROW_N[workload]), (kind, workload, tile)  # one key block
 
 
 def test_kernel_times_compare_with_the_static_report():

@@ -33,18 +33,25 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   work without copies.
 * d_qk (1..128) is padded to BLOCK_D = max(16, next power of two) with masked loads (zeros add
   nothing to the dot; ``tl.dot`` needs K >= 16).
-* d_v (up to 512) is tiled across the grid's third axis in tiles of BLOCK_DV <= 128. Each value
-  tile recomputes the scores, which costs little where it matters: the paper models' large-N rows
-  (N = 4096, 1024) have C <= 128 = one tile, and the rows with C = 256, 512 have N <= 64
-  (1600 x 64 x 64 scores per launch at C = 256 against 1600 x 1024 x 1024 at DCGAN 32^2: the
-  recomputation adds well under 1 % to the model's score work) while the extra programs give
-  the GPU parallelism that N alone lacks. A loop over value tiles inside the program would need
-  a (BLOCK_Q x d_v) fp32 accumulator: 64 x 256 on 4 warps is 128 registers per thread for the
-  accumulator alone, 16 x 512 on 1 warp 256, which does not fit next to the score tile.
+* Keys in one block (M <= BLOCK_K; on a GPU BLOCK_K = M up to 256 keys, the N = 16, 64 and 256
+  levels): ``_fwd_one_key_block`` computes the program's softmax once and exactly (one
+  exponential per score) and loops over the value channels in BLOCK_DV chunks, reusing the
+  normalised P. Modeled on the sm_90 code (sm90_report, bf16), ratio to the floor before -> after:
+  DCGAN 16^2 0.50 -> 0.68, DCGAN 8^2 0.77 -> 1.0 (bandwidth-bound), DCGAN 4^2 0.89 -> 1.0, VGG 16^2
+  0.50 -> 0.99, VGG 8^2 0.72 -> 1.0; MUFU.EX2 per score 2.25 -> 1.0 at d_v = 256, 4.5 -> 1.0 at 512.
+  At 256 keys the tile is 64 x 256 on 4 warps (209-220 registers, no spills, 2 CTAs per SM: the
+  occupancy of the 4-warp configurations the H200 timed fastest there); 128 x 256 on 8 warps
+  models higher (0.77 at DCGAN 16^2) at 1 CTA per SM, the kind of configuration the H200 timed
+  slower at these rows. Not yet timed on a GPU (``benchmarks/sweep.py`` has both).
+* Otherwise d_v (up to 512) is tiled across the grid's third axis in tiles of BLOCK_DV <= 128,
+  and each value tile recomputes the scores: a loop over value tiles inside the program would
+  need a (BLOCK_Q x d_v) fp32 accumulator across the key loop (64 x 256 on 4 warps is 128
+  registers per thread for the accumulator alone). The large-N rows (N = 4096, 1024) have
+  C <= 128, one tile.
 * Warps: a program's tile rows sit on one warpgroup (4 warps, wgmma m64) from 64 rows on, or on
-  one warp per 16 rows below (N = 16); 128-row forward tiles on 8 warps where d_v <= 64 (a 64-row
-  half per warpgroup), else on 4 (both halves on one warpgroup): no score tile is laid over two
-  warpgroups (which computed each score twice; see ``_bwd_config``).
+  one warp per 16 rows below (N = 16); 128-row forward tiles on 8 warps where d_v <= 64
+  (a 64-row half per warpgroup), else on 4 (both halves on one warpgroup):
+  no score tile is laid over two warpgroups (which computed each score twice; see ``_bwd_config``).
 
 Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 
@@ -56,6 +63,15 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   (DV_TILES == 1, d_v <= 128) the (BLOCK_Q x BLOCK_DV) dO tile is loaded once, before the key
   loop, and the key loop holds no inner loop; otherwise d_v is looped in BLOCK_DV chunks for
   dO V^T.
+* Keys in one block (M <= BLOCK_K, the N = 16 and 64 levels): no dq kernel. The dK programs see
+  every key of their queries, so they compute delta from O and dO themselves and store
+  dQ = scale * dS K directly (``DQ_DIRECT``); dV follows in its own launch where it is not fused.
+  dO is read twice instead of three times (dq, dK, dV kernels). Modeled (sm90_report, bf16),
+  backward ratio to the floor 0.47 -> 0.61 (DCGAN 8^2), 0.48 -> 0.63 (DCGAN 4^2, VGG 8^2).
+  Wider value tiles for the dV launch (to compute fewer exponentials) modeled slower: 128
+  channels 0.61 -> 0.59, 256 -> 0.54 at DCGAN 8^2 (spills, and larger fp32 split partials);
+  the rows are bandwidth-bound, not exp-bound. At 256 keys the one-block backward spilled
+  (128-1472 B on 8 warps) and stays two-pass.
 * ``_bwd_dkdv_kernel``: one program per (key/value batch g, split s, key block, value tile),
   looping over the query batches that share batch g (and their query blocks):
   dV = sum P^T dO, dK = scale * sum dS^T Q. The shared-K/V gradient is summed *inside* the program
@@ -143,6 +159,56 @@ def _fwd_block(
 
 
 @triton.jit
+def _fwd_one_key_block(
+    q,  # (BLOCK_Q, BLOCK_D) queries, sign-flipped when the scale is negative
+    k_base, v_base, out_base, lse_ptrs,  # key / value / output batch base pointers; (BLOCK_Q,) lse pointers
+    offs_q, q_ok, offs_d, d_ok,  # (BLOCK_Q,), (BLOCK_D,) indices and masks
+    M, D_V, skm, skd, svm, svd, son, sod,
+    qk_scale,  # |scale| * log2(e) (>= 0)
+    MASK_KEYS: tl.constexpr,  # M < BLOCK_K: keys past M get -inf scores; M == BLOCK_K: no select
+    BLOCK_K: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """The forward of a program whose M keys all fit one block (M <= BLOCK_K: the N = 16, 64 and,
+    on a GPU, 256 levels). Its (BLOCK_Q, M) softmax is computed once and exactly: one exponential per score, no
+    running max and no rescaling. The normalised P, in the operands' dtype, then serves every
+    BLOCK_DV chunk of the value channels, looped here, each chunk's output stored when done.
+    The grid's value-tile axis is 1: with one program per value tile (the loop over key blocks)
+    each tile computed the scores again, d_v / BLOCK_DV exponentials per score (2 at d_v = 256,
+    4 at 512: the sm90_report's DCGAN 8^2, 4^2 and VGG 8^2 rows)."""
+    keys = tl.arange(0, BLOCK_K)
+    k_ok = keys < M
+    kt = tl.load(
+        k_base + keys[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None] & k_ok[None, :], other=0.0
+    )  # (BLOCK_D, BLOCK_K)
+    s = tl.dot(q, kt, input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K) unscaled scores
+    if MASK_KEYS:
+        s = tl.where(k_ok[None, :], s * qk_scale, float("-inf"))
+        m = tl.max(s, 1)
+        p = tl.exp2(s - m[:, None])
+    else:  # the scale in the exponent's FFMA, as in _fwd_block
+        m = tl.max(s, 1) * qk_scale
+        p = tl.exp2(s * qk_scale - m[:, None])
+    l_i = tl.sum(p, 1)
+    p = (p * (1.0 / l_i)[:, None]).to(kt.dtype)  # normalised once, not per output chunk
+    for c0 in range(0, D_V, BLOCK_DV):
+        offs_v = c0 + tl.arange(0, BLOCK_DV)
+        v_ok = offs_v < D_V
+        v = tl.load(
+            v_base + keys[:, None] * svm + offs_v[None, :] * svd, mask=k_ok[:, None] & v_ok[None, :], other=0.0
+        )  # (BLOCK_K, BLOCK_DV)
+        o = tl.dot(p, v, input_precision=DOT_PRECISION)
+        tl.store(
+            out_base + offs_q[:, None] * son + offs_v[None, :] * sod,
+            o.to(out_base.dtype.element_ty),
+            mask=q_ok[:, None] & v_ok[None, :],
+        )
+    tl.store(lse_ptrs, (m + tl.log2(l_i)) * 0.6931471805599453, mask=q_ok)
+
+
+@triton.jit
 def _fwd_kernel(
     # pointers
     Q,  # (B, N, D_QK) queries
@@ -172,6 +238,8 @@ def _fwd_kernel(
     BLOCK_DV: tl.constexpr,  # value channels per program (third grid axis tiles D_V)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32x3" (fp32 operands only; see fp32_dot_precision)
     ACC_DTYPE: tl.constexpr,  # tl.float32, or tl.float64 for fp64 inputs
+    ONE_KEY_BLOCK: tl.constexpr,  # M <= BLOCK_K: _fwd_one_key_block (the grid's third axis is 1)
+    MASK_KEYS: tl.constexpr,  # with ONE_KEY_BLOCK: M < BLOCK_K
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     pid_q = tl.program_id(1)
@@ -193,33 +261,40 @@ def _fwd_kernel(
     k_base = K + (b // RK) * skb
     v_base = V + (b // RV) * svb
 
-    m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max of the base-2 scores
-    l_i = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)  # running sum of exp2(score - m_i)
-    acc = tl.zeros([BLOCK_Q, BLOCK_DV], dtype=ACC_DTYPE)
-    # Full key blocks run without masks; the block holding key 0 makes m_i finite from the
-    # first step on (alpha = exp2(-inf) = 0 there).
-    m_full = M - M % BLOCK_K
-    for m0 in range(0, m_full, BLOCK_K):
-        m_i, l_i, acc = _fwd_block(
-            q, m_i, l_i, acc, k_base, v_base, m0 + offs_k, offs_d, d_ok, offs_v, v_ok,
-            M, skm, skd, svm, svd, qk_scale,
-            MASKED=False, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+    if ONE_KEY_BLOCK:
+        _fwd_one_key_block(
+            q, k_base, v_base, Out + b * sob, Lse + b * N + offs_q, offs_q, q_ok, offs_d, d_ok,
+            M, D_V, skm, skd, svm, svd, son, sod, qk_scale,
+            MASK_KEYS, BLOCK_K, BLOCK_DV, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
-    if m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
-        m_i, l_i, acc = _fwd_block(
-            q, m_i, l_i, acc, k_base, v_base, m_full + offs_k, offs_d, d_ok, offs_v, v_ok,
-            M, skm, skd, svm, svd, qk_scale,
-            MASKED=True, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
-        )  # fmt: skip
+    else:
+        m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max of the base-2 scores
+        l_i = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)  # running sum of exp2(score - m_i)
+        acc = tl.zeros([BLOCK_Q, BLOCK_DV], dtype=ACC_DTYPE)
+        # Full key blocks run without masks; the block holding key 0 makes m_i finite from the
+        # first step on (alpha = exp2(-inf) = 0 there).
+        m_full = M - M % BLOCK_K
+        for m0 in range(0, m_full, BLOCK_K):
+            m_i, l_i, acc = _fwd_block(
+                q, m_i, l_i, acc, k_base, v_base, m0 + offs_k, offs_d, d_ok, offs_v, v_ok,
+                M, skm, skd, svm, svd, qk_scale,
+                MASKED=False, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+            )  # fmt: skip
+        if m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
+            m_i, l_i, acc = _fwd_block(
+                q, m_i, l_i, acc, k_base, v_base, m_full + offs_k, offs_d, d_ok, offs_v, v_ok,
+                M, skm, skd, svm, svd, qk_scale,
+                MASKED=True, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+            )  # fmt: skip
 
-    out = acc / l_i[:, None]
-    tl.store(
-        Out + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod,
-        out.to(Out.dtype.element_ty),
-        mask=q_ok[:, None] & v_ok[None, :],
-    )
-    if pid_v == 0:
-        tl.store(Lse + b * N + offs_q, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=q_ok)
+        out = acc / l_i[:, None]
+        tl.store(
+            Out + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod,
+            out.to(Out.dtype.element_ty),
+            mask=q_ok[:, None] & v_ok[None, :],
+        )
+        if pid_v == 0:
+            tl.store(Lse + b * N + offs_q, (m_i + tl.log2(l_i)) * 0.6931471805599453, mask=q_ok)
 
 
 @triton.jit
@@ -406,12 +481,12 @@ def _bwd_dkdv_block(
     k,  # (BLOCK_K, BLOCK_D) keys of this program
     v,  # (BLOCK_K, BLOCK_DV) values of this program (read only when fused)
     dk, dv,  # (BLOCK_K, BLOCK_D), (BLOCK_K, BLOCK_DV) accumulators
-    q_base, do_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
+    q_base, do_base, o_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
     queries,  # (BLOCK_Q,) query indices of this block
     offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
-    N, D_V, sqn, sqd, svm, svd, sdon, sdod,
+    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod,
     qk_scale,
-    dq_base,  # DQ_ATOMIC: the query batch's rows of the (B, N, D_QK) contiguous dQ accumulator
+    dq_base,  # DQ_ATOMIC / DQ_DIRECT: the query batch's rows of the (B, N, D_QK) contiguous dQ
     D_QK, scale,
     MASKED: tl.constexpr,  # the tail block (queries past N)
     BLOCK_K: tl.constexpr,
@@ -421,6 +496,7 @@ def _bwd_dkdv_block(
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,
     DQ_ATOMIC: tl.constexpr,  # also add scale * dS K for these queries into dQ (single-pass backward)
+    DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from O and dO here, dQ stored
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -445,11 +521,20 @@ def _bwd_dkdv_block(
         )  # (BLOCK_Q, BLOCK_DV)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION).to(ACC_DTYPE)
     if COMPUTE_DK:
-        delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         if COMPUTE_DV:
             dpt = tl.dot(v.to(do.dtype), tl.trans(do), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+            if DQ_DIRECT:  # the value tile is all of D_V (fused): delta from this dO tile
+                o = tl.load(
+                    o_base + queries[:, None] * son + offs_v[None, :] * sod,
+                    mask=q_ok[:, None] & v_ok[None, :],
+                    other=0.0,
+                )  # (BLOCK_Q, BLOCK_DV)
+                delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
+            else:
+                delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         else:
             dpt = tl.zeros([BLOCK_K, BLOCK_Q], dtype=ACC_DTYPE)
+            delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
             for c0 in range(0, D_V, BLOCK_DV):  # a loop, not unrolled (see _bwd_dq_block)
                 offs_c = c0 + tl.arange(0, BLOCK_DV)
                 c_ok = offs_c < D_V
@@ -464,14 +549,27 @@ def _bwd_dkdv_block(
                     other=0.0,
                 )  # (BLOCK_DV, BLOCK_Q): dO^T
                 dpt += tl.dot(vc.to(do_t.dtype), do_t, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+                if DQ_DIRECT:  # delta from the same chunks of dO^T and O^T
+                    o_t = tl.load(
+                        o_base + queries[None, :] * son + offs_c[:, None] * sod,
+                        mask=c_ok[:, None] & q_ok[None, :],
+                        other=0.0,
+                    )  # (BLOCK_DV, BLOCK_Q)
+                    delta += tl.sum(o_t.to(ACC_DTYPE) * do_t.to(ACC_DTYPE), 0)
+            if not DQ_DIRECT:
+                delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         dst = pt * (dpt - delta[None, :])
         dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
-        if DQ_ATOMIC:
-            # dQ[queries] += scale * dS K: this key block's share, added atomically (the other key
-            # blocks' programs add theirs). Padded keys are zero rows of k: they add nothing.
+        if DQ_ATOMIC or DQ_DIRECT:
+            # dQ[queries] = scale * dS K over this key block. DQ_ATOMIC: one share of several,
+            # added atomically (the other key blocks' programs add theirs); DQ_DIRECT: the only
+            # key block, so the whole of dQ, stored. Padded keys are zero rows of k: they add nothing.
             dq = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=DOT_PRECISION).to(ACC_DTYPE) * scale
             dq_ptr = dq_base + queries[:, None] * D_QK + offs_d[None, :]
-            tl.atomic_add(dq_ptr, dq, mask=q_ok[:, None] & d_ok[None, :], sem="relaxed")
+            if DQ_ATOMIC:
+                tl.atomic_add(dq_ptr, dq, mask=q_ok[:, None] & d_ok[None, :], sem="relaxed")
+            else:
+                tl.store(dq_ptr, dq.to(dq_base.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
     return dk, dv
 
 
@@ -509,11 +607,13 @@ def _bwd_dkdv_kernel(
     K,  # (Bk, M, D_QK)
     V,  # (Bv, M, D_V)
     DO,  # (B, N, D_V)
+    O,  # (B, N, D_V) forward output, read when DQ_DIRECT (for delta)  # noqa: E741
     Lse,  # (B, N) contiguous, natural log
-    Delta,  # (B, N) contiguous, rowsum(dO * O) (written by the dq kernel, which runs first)
+    Delta,  # (B, N) contiguous, rowsum(dO * O) (from the dq kernel or the preprocess); unused when DQ_DIRECT
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums when SPLIT > 1); unused without COMPUTE_DK
     DV,  # (SPLIT, Bv, M, D_V) output (partial sums when SPLIT > 1); unused without COMPUTE_DV
-    DQ,  # (B, N, D_QK) contiguous fp32 (fp64) accumulator, zeroed, added to when DQ_ATOMIC; else unused
+    DQ,  # (B, N, D_QK) contiguous: DQ_ATOMIC, a zeroed fp32 (fp64) accumulator added to;
+    # DQ_DIRECT, the output in q's dtype, stored to; else unused
     # sizes
     N, M, D_QK, D_V, RK, RV,
     R,  # query batches per group: RK when computing dK (alone or with dV), else RV
@@ -523,6 +623,7 @@ def _bwd_dkdv_kernel(
     skb, skm, skd,
     svb, svm, svd,
     sdob, sdon, sdod,
+    sob, son, sod,
     sdks, sdkb, sdkm, sdkd,
     sdvs, sdvb, sdvm, sdvd,
     # scalars
@@ -538,6 +639,7 @@ def _bwd_dkdv_kernel(
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
     DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK and COMPUTE_DV: the single-pass backward, dQ too
+    DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -570,11 +672,11 @@ def _bwd_dkdv_kernel(
         )  # fmt: skip
         for n0 in range(0, n_full, BLOCK_Q):
             dk, dv = _bwd_dkdv_block(
-                k, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, n0 + offs_q,
-                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale,
+                k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, n0 + offs_q,
+                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
-                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DOT_PRECISION,
-                ACC_DTYPE,
+                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
+                DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
     if n_full < N:
         for b in range(b_start, b_end):
@@ -583,11 +685,12 @@ def _bwd_dkdv_kernel(
                 COMPUTE_DK, COMPUTE_DV,
             )  # fmt: skip
             dk, dv = _bwd_dkdv_block(
-                k, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, n_full + offs_q,
-                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale,
+                k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
+                n_full + offs_q,
+                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
-                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DOT_PRECISION,
-                ACC_DTYPE,
+                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
+                DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
@@ -639,7 +742,9 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     blocks), shrunk to the next power of two >= 16 of N for the small levels (N = 16, 64) so that
     no program computes mostly padding; BLOCK_DV <= 128. 3 pipeline stages from 64-row tiles on.
     BLOCK_K = 64 keys, 32 where d_v >= 128 (a 128 x 128 fp32 accumulator beside the score tile);
-    8 warps (two warpgroups of 64 rows) for 128-row tiles with d_v <= 64, else ``_warps`` (4 from
+    on a GPU all M keys in one block up to M = 256 (``_fwd_one_key_block`` on 64 x M tiles, numbers
+    in the module docstring; chosen on the sm_90 model, not yet timed). 8 warps (two warpgroups of
+    64 rows) for 128-row tiles with d_v <= 64, else ``_warps`` (4 from
     64 rows on; 1 at N = 16, where 4 warps ran 3.0 MUFU.EX2 per score instead of 1.25).
     Measured, µs, the previous choice (8 warps and 2 stages for 128 x 128 query x value tiles, else
     4 warps and 3 stages, 64-key blocks) -> this one: DCGAN 32^2 911 -> 877, DCGAN 16^2 168 -> 128,
@@ -657,19 +762,28 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     1228 B per thread (d_qk 32) and 1812 B (d_qk 64); at 16 keys none and 424 B, modeled 0.32 ->
     0.37 and 0.25 -> 0.28 of the floor (``benchmarks/static_sweep.py``: block sizes and warps
     compiled and modeled as sm90_report does, DCGAN 8^2 and VGG 8^2 rows), with 2 pipeline stages (3: 12 B at d_qk 32).
-    Not yet swept on a GPU.
+    With all keys in one block (M <= 256), 32 x 64 score tiles up to 64 keys and 16 x 256 at 256, on
+    4 warps: 96-112 registers, no spills, modeled DCGAN 8^2 0.37 -> 0.72, VGG 8^2 0.28 -> 0.75,
+    DCGAN 16^2 0.59 -> 0.65, VGG 16^2 0.48 -> 0.72 (forward; 64 x 64 tiles spilled 88-92 B,
+    32 x 256 tiles 11-13 KB). Not yet swept on a GPU.
     """
-    block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
-    narrow_k = fma or (d_v >= 128 and not interpreting())
-    block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 32 if narrow_k else 64)
+    one_block = M <= 256 and not interpreting()  # all keys in one block: _fwd_one_key_block
+    if one_block:
+        block_q = _pow2(N, hi=(32 if M <= 64 else 16) if fma else 64)
+        block_k = _pow2(M)
+    else:
+        block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
+        narrow_k = fma or (d_v >= 128 and not interpreting())
+        block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 32 if narrow_k else 64)
     block_dv = _pow2(d_v, hi=64 if fma else 128)
     two_groups = block_q >= 128 and block_dv <= 64 and not fma
+    fma_wide = fma and one_block and block_q * block_k >= 2048  # 32 x 64 or 16 x 256 FFMA score tiles
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
-        "num_warps": 8 if two_groups else _warps(block_q),
+        "num_warps": 8 if two_groups else 4 if fma_wide else _warps(block_q),
         "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32) else 2,
     }
 
@@ -701,11 +815,15 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     96 FFMA per score / 32 lanes) with 1248 bytes of stack; the kernels computing dV run on 4
     warps (see ``backward``). At d_qk 64, 16 x 16 tiles on 1 warp: at the VGG 8^2 row 32 x 32
     tiles spilled 8036 B over dq, dK and dV (dq 6272), these 1964 B (dq), modeled at the same time
-    (0.31 of the floor; ``benchmarks/static_sweep.py bwd --dtype fp32``).
+    (0.31 of the floor; ``benchmarks/static_sweep.py bwd --dtype fp32``). Up to 64 keys, 16 x 64
+    tiles on 4 warps, all keys in one block (no dq kernel, ``backward``): DCGAN 8^2 404 -> 0 B of
+    spill stores, 0.37 -> 0.40 of the floor; VGG 8^2 1964 -> 68 B, 0.31 -> 0.38 (32 x 64 tiles:
+    0.46 with 52 B at DCGAN 8^2, 15 KB at VGG 8^2).
     """
     fma_tile = 16 if d_qk >= 64 else 32
-    block_q = _pow2(N, hi=fma_tile if fma else 64)
-    block_k = _pow2(M, hi=fma_tile if fma else 64)
+    fma_one_block = fma and M <= 64 and not interpreting()  # 16 x M tiles, all keys in one block
+    block_q = _pow2(N, hi=16 if fma_one_block else fma_tile if fma else 64)
+    block_k = _pow2(M, hi=64 if fma_one_block else fma_tile if fma else 64)
     block_dv = _pow2(d_v, hi=128) if d_v <= 128 else 64
     return {
         "BLOCK_Q": block_q,
@@ -713,7 +831,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
         "DV_TILES": triton.cdiv(d_v, block_dv),
-        "num_warps": _warps(min(block_q, block_k)),
+        "num_warps": 4 if fma_one_block and block_k >= 64 else _warps(min(block_q, block_k)),
         "num_stages": 3 if min(block_q, block_k) >= 64 and not fma else 2,
     }
 
@@ -724,17 +842,19 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
 
     Only where dK and dV are fused (K and V of the same batches, d_v in one tile) and d_qk <= 16,
     where one pass computes each score's exponential and GEMMs once instead of twice. In bf16
-    also M >= 512 keys and d_v >= 128, as measured on an H200 (``benchmarks/sweep.py``, batch
-    1600, 64 x 64 tiles, 3 stages, µs, two passes vs one): VGG 32^2 (d_v 128) 3636 vs 3149; but
-    DCGAN 32^2 (d_v 64) 2317 vs 2487, VGG 64^2 (d_v 64) 35720 vs 35531, DCGAN 16^2 (M = 256) 442
-    vs 476: at d_v = 64 the second pass's dP = dO V^T costs less than the M / BLOCK_K L2 atomic
-    adds per dQ element, and at few keys the zeroing and the cast of the dQ accumulator and the
-    delta pass outweigh it. fp32 (FFMA dots, ``fma``), where the static sm_90 model gains at every
-    such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 -> 0.70), keeps one pass; it is
-    not yet measured. Under the interpreter every fused d_qk <= 16 shape runs it, so that the
-    tests exercise it at small sizes."""
+    also M >= 512 keys, and d_v >= 128 or M >= 4096, as measured on an H200 (``benchmarks/sweep.py``,
+    batch 1600, 64 x 64 tiles, 3 stages, µs, two passes vs one): VGG 32^2 (d_v 128) 3636 vs 3149,
+    VGG 64^2 (d_v 64) 35720 vs 35531; but DCGAN 32^2 (d_v 64, M = 1024) 2317 vs 2487, DCGAN 16^2
+    (M = 256) 442 vs 476: at d_v = 64 the second pass's dP = dO V^T costs about what the M / BLOCK_K
+    L2 atomic adds per dQ element cost (which the static model does not charge: it puts one pass
+    at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the zeroing and the
+    cast of the dQ accumulator and the delta pass outweigh it. fp32 (FFMA dots, ``fma``), where
+    the static sm_90 model gains at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2
+    0.53 -> 0.70), keeps one pass; it is not yet measured. Under the interpreter every fused
+    d_qk <= 16 shape with more keys than one block runs it (one key block: ``DQ_DIRECT``), so that
+    the tests exercise it at small sizes."""
     fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1 and d_qk <= 16
-    return fused and (fma or interpreting() or (M >= 512 and d_v >= 128))
+    return fused and (fma or interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
 
 
 def _split(R: int, programs: int, device: torch.device) -> int:
@@ -775,13 +895,15 @@ def forward(
     lse = torch.empty(B, N, device=q.device, dtype=_acc_dtype(q.dtype))
     fma = q.dtype == torch.float32 and fp32_dot_precision(q.dtype) == "ieee" and not interpreting()
     cfg = _fwd_config(N, M, d_qk, d_v, fma)
-    grid = (B, triton.cdiv(N, cfg["BLOCK_Q"]), triton.cdiv(d_v, cfg["BLOCK_DV"]))
+    one_block = M <= cfg["BLOCK_K"]  # the value channels are looped inside the program
+    grid = (B, triton.cdiv(N, cfg["BLOCK_Q"]), 1 if one_block else triton.cdiv(d_v, cfg["BLOCK_DV"]))
     _fwd_kernel[grid](
         q, k, v, out, lse,
         N, M, d_qk, d_v, B // Bk, B // Bv,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         abs(float(scale)) * LOG2E, int(scale < 0),
         DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
+        ONE_KEY_BLOCK=one_block, MASK_KEYS=M < cfg["BLOCK_K"],
         **cfg,
     )  # fmt: skip
     return out, lse
@@ -824,7 +946,8 @@ def backward(
     n_kblocks = triton.cdiv(M, cfg["BLOCK_K"])
     n_vtiles = triton.cdiv(d_v, cfg["BLOCK_DV"])
 
-    def launch(groups: int, R: int, tiles: int, compute_dk: bool, compute_dv: bool, dq_acc=None):
+    def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
+        tiles = 1 if compute_dk else n_vtiles  # dK programs loop over the value chunks
         s = split if split is not None else _split(R, groups * n_kblocks * tiles, q.device)
         s = max(1, min(int(s), R))
         split_len = triton.cdiv(R, s)
@@ -844,12 +967,13 @@ def backward(
         if fma and compute_dv and warps == 2 and cfg["BLOCK_DV"] <= 64 and (compute_dk or cfg["BLOCK_D"] >= 64):
             warps = 4
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
-            q, k, v, do, lse, delta, dk_arg, dv_arg, dk_arg if dq_acc is None else dq_acc,
+            q, k, v, do, out, lse, delta, dk_arg, dv_arg, dk_arg if dq is None else dq,
             N, M, d_qk, d_v, rk, rv, R, split_len,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *out.stride(),
             *dk_arg.stride(), *dv_arg.stride(),
             float(scale) * LOG2E, float(scale),
-            SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv, DQ_ATOMIC=dq_acc is not None,
+            SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
+            DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
             **{**cfg, "num_warps": warps},
         )  # fmt: skip
@@ -858,6 +982,19 @@ def backward(
             return None if t is None else (t[0] if s == 1 else t.sum(0).to(q.dtype))
 
         return reduce(dk_buf), reduce(dv_buf)
+
+    fused = rk == rv and n_vtiles == 1  # dK and dV in one launch
+    if M <= cfg["BLOCK_K"]:
+        # One key block (the N = 16, 64 levels): the dK programs see every key of their queries,
+        # so they compute delta and store dQ themselves; no dq kernel, dO read once less.
+        delta = lse  # unused
+        dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
+        if fused:
+            dk, dv = launch(Bk, rk, True, True, dq)
+        else:
+            dk, _ = launch(Bk, rk, True, False, dq)
+            _, dv = launch(Bv, rv, False, True)
+        return dq, dk, dv
 
     delta = torch.empty(B, N, device=q.device, dtype=acc)
     if single_pass(M, d_qk, d_v, rk, rv, cfg, fma):
@@ -868,7 +1005,7 @@ def backward(
             BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
         )  # fmt: skip
         dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
-        dk, dv = launch(Bk, rk, 1, True, True, dq_acc)
+        dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True)
         return dq_acc.to(q.dtype), dk, dv
 
     # The dq kernel computes delta = rowsum(dO * O) and stores it for the dK/dV kernel, which is
@@ -881,9 +1018,9 @@ def backward(
         float(scale) * LOG2E, float(scale),
         DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
-    if rk == rv and n_vtiles == 1:
-        dk, dv = launch(Bk, rk, 1, True, True)
+    if fused:
+        dk, dv = launch(Bk, rk, True, True)
     else:
-        dk, _ = launch(Bk, rk, 1, True, False)
-        _, dv = launch(Bv, rv, n_vtiles, False, True)
+        dk, _ = launch(Bk, rk, True, False)
+        _, dv = launch(Bv, rv, False, True)
     return dq, dk, dv

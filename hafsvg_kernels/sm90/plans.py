@@ -232,6 +232,8 @@ def _attention_loops(launch: Launch) -> list[list]:
     t = c.get("DV_TILES", cdiv(D_V, bdv))
     name = launch.kernel
     if name == "_fwd_kernel":
+        if c.get("ONE_KEY_BLOCK"):  # the scores once, then the loop over value chunks
+            return [[Trip(cdiv(D_V, bdv), main=True)]]
         return [[Trip(M // bk, main=True)], [Trip(cdiv(M, bk), main=True)]]
     if name == "_bwd_preprocess":
         return [[Trip(cdiv(D_V, bdv))]]
@@ -276,6 +278,8 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
             red = out_b + CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0)) * e
         what = "dK+dV" if dk and dv else ("dK" if dk else "dV")
         moved = q_b + o_b + lse_b * (2 if dk else 1) + kv_b + out_b
+        if c.get("DQ_DIRECT"):  # reads O for delta (not delta), writes dQ
+            what, moved = what + "+dQ (+delta)", moved + o_b + q_b - lse_b
         if c.get("DQ_ATOMIC"):  # dQ accumulated in fp32 (L2 atomics; written back once), then
             acc_b = q_b // e * 4  # zeroed before (torch.zeros) and cast to the dtype after
             what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
@@ -306,7 +310,7 @@ def attention_ops(row, dtype: str) -> list[Op]:
             lch.label, lch.bytes, red = _attention_label_bytes(lch, sizes)
             extra += red
             c = lch.constexprs
-            if lch.kernel != "_bwd_preprocess":
+            if lch.kernel != "_bwd_preprocess" and not c.get("ONE_KEY_BLOCK"):
                 lch.scores_per_iter = c.get("BLOCK_Q", 0) * c.get("BLOCK_K", 0)
         if direction == "fwd":
             flops, moved = 2.0 * scores * (dqk + C), sizes["q"] + sizes["kv"] + sizes["o"] + sizes["lse"]
