@@ -70,8 +70,11 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   backward ratio to the floor 0.47 -> 0.61 (DCGAN 8^2), 0.48 -> 0.63 (DCGAN 4^2, VGG 8^2).
   Wider value tiles for the dV launch (to compute fewer exponentials) modeled slower: 128
   channels 0.61 -> 0.59, 256 -> 0.54 at DCGAN 8^2 (spills, and larger fp32 split partials);
-  the rows are bandwidth-bound, not exp-bound. At 256 keys the one-block backward spilled
-  (128-1472 B on 8 warps) and stays two-pass.
+  the rows are bandwidth-bound, not exp-bound. So did dK and dV fused per value tile (each
+  tile adding its share of dK and dQ, since dS = P * (dP - delta) is linear in dP; dO read once):
+  backward 0.61 -> 0.46 at DCGAN 8^2, 0.37 -> 0.31 at VGG 16^2, the fp32 shares of dK and dQ
+  moving more bytes than the second read of dO saves. At 256 keys the one-block backward
+  spilled (128-1472 B on 8 warps) and stays two-pass.
 * ``_bwd_dkdv_kernel``: one program per (key/value batch g, split s, key block, value tile),
   looping over the query batches that share batch g (and their query blocks):
   dV = sum P^T dO, dK = scale * sum dS^T Q. The shared-K/V gradient is summed *inside* the program
