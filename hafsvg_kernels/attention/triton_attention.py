@@ -37,12 +37,14 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   levels): ``_fwd_one_key_block`` computes the program's softmax once and exactly (one
   exponential per score) and loops over the value channels in BLOCK_DV chunks, reusing the
   normalised P. Modeled on the sm_90 code (sm90_report, bf16), ratio to the floor before -> after:
-  DCGAN 16^2 0.50 -> 0.68, DCGAN 8^2 0.77 -> 1.0 (bandwidth-bound), DCGAN 4^2 0.89 -> 1.0, VGG 16^2
-  0.50 -> 0.99, VGG 8^2 0.72 -> 1.0; MUFU.EX2 per score 2.25 -> 1.0 at d_v = 256, 4.5 -> 1.0 at 512.
-  At 256 keys the tile is 64 x 256 on 4 warps (209-220 registers, no spills, 2 CTAs per SM: the
-  occupancy of the 4-warp configurations the H200 timed fastest there); 128 x 256 on 8 warps
-  models higher (0.77 at DCGAN 16^2) at 1 CTA per SM, the kind of configuration the H200 timed
-  slower at these rows. Not yet timed on a GPU (``benchmarks/sweep.py`` has both).
+  DCGAN 16^2 0.50 -> 0.80, DCGAN 8^2 0.77 -> 1.0 (bandwidth-bound), DCGAN 4^2 0.89 -> 1.0, VGG 16^2
+  0.50 -> 1.0, VGG 8^2 0.72 -> 1.0; MUFU.EX2 per score 2.25 -> 1.0 at d_v = 256, 4.5 -> 1.0 at 512.
+  At 256 keys the tile is 64 x 256 on 4 warps with 64-channel value chunks and 2 stages: 190
+  registers, no spills, 66 KB of shared memory, 2 CTAs per SM (the occupancy of the 4-warp
+  configurations the H200 timed fastest there). With 128-channel chunks and 3 stages the staged
+  value chunks took 194 KB (1 CTA per SM; 0.68 at DCGAN 16^2); 128 x 256 tiles on 8 warps (1 CTA
+  per SM, the kind of configuration the H200 timed slower at these rows) model 0.77-0.84.
+  Not yet timed on a GPU (``benchmarks/sweep.py`` has the alternatives).
 * Otherwise d_v (up to 512) is tiled across the grid's third axis in tiles of BLOCK_DV <= 128,
   and each value tile recomputes the scores: a loop over value tiles inside the program would
   need a (BLOCK_Q x d_v) fp32 accumulator across the key loop (64 x 256 on 4 warps is 128
@@ -745,8 +747,9 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     blocks), shrunk to the next power of two >= 16 of N for the small levels (N = 16, 64) so that
     no program computes mostly padding; BLOCK_DV <= 128. 3 pipeline stages from 64-row tiles on.
     BLOCK_K = 64 keys, 32 where d_v >= 128 (a 128 x 128 fp32 accumulator beside the score tile);
-    on a GPU all M keys in one block up to M = 256 (``_fwd_one_key_block`` on 64 x M tiles, numbers
-    in the module docstring; chosen on the sm_90 model, not yet timed). 8 warps (two warpgroups of
+    on a GPU all M keys in one block up to M = 256 (``_fwd_one_key_block`` on 64 x M tiles; past
+    64 keys with 64-channel value chunks and 2 stages, for 2 CTAs per SM; numbers in the module
+    docstring; chosen on the sm_90 model, not yet timed). 8 warps (two warpgroups of
     64 rows) for 128-row tiles with d_v <= 64, else ``_warps`` (4 from
     64 rows on; 1 at N = 16, where 4 warps ran 3.0 MUFU.EX2 per score instead of 1.25).
     Measured, µs, the previous choice (8 warps and 2 stages for 128 x 128 query x value tiles, else
@@ -778,7 +781,8 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
         narrow_k = fma or (d_v >= 128 and not interpreting())
         block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 32 if narrow_k else 64)
-    block_dv = _pow2(d_v, hi=64 if fma else 128)
+    wide_keys = one_block and M > 64 and not fma  # 64 x 256 tiles: 64-channel value chunks, 2 stages
+    block_dv = _pow2(d_v, hi=64 if fma or wide_keys else 128)
     two_groups = block_q >= 128 and block_dv <= 64 and not fma
     fma_wide = fma and one_block and block_q * block_k >= 2048  # 32 x 64 or 16 x 256 FFMA score tiles
     return {
@@ -787,7 +791,7 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
         "num_warps": 8 if two_groups else 4 if fma_wide else _warps(block_q),
-        "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32) else 2,
+        "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32 or wide_keys) else 2,
     }
 
 
