@@ -124,8 +124,9 @@ def check_close(out, ref, tol, what):
 # lstm_step (the frame predictor)
 # ---------------------------------------------------------------------------------------------
 
-# (B, n_in, H, n_out, L): batch 1, 7, 130; hidden 256 and 200 (non-power-of-2, masked); 1 and 2 layers.
-LSTM_CASES = [(1, 144, 256, 128, 2), (7, 40, 200, 24, 1), (130, 64, 200, 32, 2)]
+# (B, n_in, H, n_out, L): batch 1, 7, 130; hidden 256 and 200 (non-power-of-2, masked); 1 and 2 layers;
+# inputs of 144 (read as 128 + 16 by the split design) and 300 (256 in two chunks + 44, masked).
+LSTM_CASES = [(1, 144, 256, 128, 2), (7, 300, 200, 24, 1), (130, 64, 200, 32, 2)]
 
 
 @pytest.fixture(params=["row", "split"])
@@ -354,6 +355,25 @@ def test_in_kernel_noise_reproducible_and_counter_based():
     assert torch.equal(small, a[:7])
     shifted = draw(7, G, Zg, seed=7, offset=64 + 3 * G * Zg)
     assert torch.equal(shifted, a[3:10])
+
+
+@pytest.mark.parametrize("Zg", [4, 6, 16])
+def test_in_kernel_noise_is_philox_at_its_counter(Zg, design):
+    """eps[r, c] = tl.randn(seed, offset + r * G * Zg + c), in both designs, also where a head tile
+    draws fewer columns than it holds (Zg 4 and 6 in a 16-column tile)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def philox_normals(out, seed, offset, N: tl.constexpr):
+        tl.store(out + tl.arange(0, N), tl.randn(seed, offset + tl.arange(0, N)))
+
+    B, G = 7, 3
+    got = draw(B, G, Zg, seed=11, offset=96)
+    n = triton.next_power_of_2(B * G * Zg)
+    want = torch.empty(n, device=DEV)
+    philox_normals[(1,)](want, 11, 96, N=n)
+    assert torch.equal(got, want[: B * G * Zg].view(B, G * Zg))
 
 
 def test_device_offset_draws_the_int_offsets_numbers():
@@ -786,7 +806,7 @@ COMPILE_CHECK = textwrap.dedent(
         t(G * L, 4 * H), t(G * L, 4 * H), t(G, Zg, H), t(G, Zg), t(G, Zg, H), t(G, Zg),
         e(B, Zt), e(B, Zt), e(B, Zt), e(G, B, H), e(G, L, B, H), e(G, L, B, H), e(G, L, B, 4 * H),
         B, n_in, H, Zg, n_in, Zt, Zt, 1234, 0, torch.empty((), dtype=torch.int64), G=G, L=L, DRAW_EPS=True,
-        OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE_GATES=True, BLOCK_Z=16, grid=(1,), **meta)
+        OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE_GATES=True, BLOCK_Z=16, NOISE_Z=4, grid=(1,), **meta)
     tl_._cell_bwd_kernel.warmup(*t(6, B, H), e(B, 4 * H), e(B, H), B, H, HAS_DH_A=True, HAS_DH_B=True, HAS_DC=True,
         BLOCK_B=16, BLOCK_H=64, grid=(1,))
     tg._head_bwd_kernel.warmup(*t(5, B, Zt), e(B, Zg), e(B, Zg), e(B, Zt), B, Zg, Zt, 0, HAS_DZ=True, HAS_DMU=True,
@@ -800,10 +820,16 @@ COMPILE_CHECK = textwrap.dedent(
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
         HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE=True, BLOCK_Z=16,
-        grid=(1,), **sm)
+        NOISE_Z=4, A_CHUNKS=1, BLOCK_A=128, A2_CHUNKS=1, BLOCK_A2=16, LD_E=n_in + 2 * Zg, grid=(1,), **sm)
+    wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128)
+    sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
+        e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+        offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
+        HEAD_IN=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False, SAVE=False, BLOCK_Z=16,
+        NOISE_Z=16, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_E=wide, grid=(1,), **sm)
     sp._split_heads_kernel.warmup(e(B, H), H, e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt),
         e(B, Zt), Zg, Zg, Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
-        BLOCK_B=sp.HEAD_ROWS, BLOCK_Z=16, BLOCK_K=32, PRECISION="tf32x3", grid=(1,))
+        BLOCK_B=sp.HEAD_ROWS, BLOCK_Z=16, BLOCK_K=32, PRECISION="tf32x3", NOISE_Z=16, grid=(1,))
     sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)
     print("COMPILED")
     """

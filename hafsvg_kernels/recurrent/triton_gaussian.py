@@ -45,7 +45,7 @@ from .._autograd import once_differentiable
 from .._triton import fp32_dot_precision
 from . import triton_split
 from .reference import CellWeights, GaussianLSTMWeights
-from .triton_blocks import _cell_rows, _head_tile, _linear_rows
+from .triton_blocks import _cell_rows, _head_tile, _linear_rows, noise_width
 from .triton_lstm import _c, autotune_configs, cells_backward, launch
 
 
@@ -81,6 +81,7 @@ def _gaussian_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Z: tl.constexpr,  # head tile width: next power of 2 of Zg, at least 16 (tl.dot's minimum)
     PRECISION: tl.constexpr,  # tl.dot input precision for fp32: "ieee" or "tf32x3"
+    NOISE_Z: tl.constexpr,  # noise columns drawn per head tile (triton_blocks.noise_width)
 ):
     """Grid (cdiv(B, BLOCK_B),): program p computes rows [p * BLOCK_B, (p + 1) * BLOCK_B) of all groups."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -107,7 +108,7 @@ def _gaussian_step_kernel(
         for z0 in range(0, Zg, BLOCK_Z):
             _head_tile(inp, H, mu_w[j], mu_b[j], lv_w[j], lv_b[j], eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr,
                        z0, j * Zg, Zg, Z_total, seed, offset, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS,
-                       BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION)  # fmt: skip
+                       BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION, NOISE_Z)  # fmt: skip
         tl.debug_barrier()  # group j + 1 reads z_j
 
 
@@ -238,9 +239,10 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
             B, n_in, H, Zg, x.stride(0), zsrc.stride(0), eps_buf.stride(0),
             seed, 0 if from_ptr else int(offset), offset if from_ptr else z,
         )  # fmt: skip
+        bz = max(16, min(64, triton.next_power_of_2(Zg)))
         meta = {
             "G": G, "L": L, "DRAW_EPS": draw, "OFFSET_FROM_PTR": from_ptr, "STORE_EPS": draw and save,
-            "SAVE_GATES": save, "BLOCK_Z": max(16, min(64, triton.next_power_of_2(Zg))), "PRECISION": precision,
+            "SAVE_GATES": save, "BLOCK_Z": bz, "PRECISION": precision, "NOISE_Z": noise_width(Zg, bz),
         }  # fmt: skip
         launch(_gaussian_step_kernel, _gaussian_step_tuned, B, H, args, meta)
     saved = GaussianSaved(z, mu, lv, eps_buf if (save or not draw) else None, e, gates, h_out, c_out)

@@ -21,11 +21,26 @@ Work added against the row design: the embedding once per hidden block (8 blocks
 +50 % of the MACs of a group's cell) and the previous group's heads once per hidden block (+12 %,
 the head tile padded to 16 columns);
 both are tensor-core work on data already in L2. What it buys: 200 programs instead of 100.
-Measured on an H200 (bf16, the sampling step of the moving-mnist sizes, prior then predictor,
-replayed from a CUDA graph; ``benchmarks/sweep.py``): 187 µs against the row design's 242. Without
+Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
+moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
+187 µs against the row design's 242. Without
 a graph, each launch costs host time: the Gaussian step alone timed 557 µs per call from Python
 against the row design's 459 (``benchmarks/test_bench_recurrent.py``, batch 1600); sampling
 replays the step from a graph where it can (``FastSampler(graphs=True)``).
+
+The embedding's input parts (x, and the earlier groups' z; the predictor's input as whole chunks of
+:func:`embed_chunk` columns and the rest) are read in unrolled chunks, a one-chunk part once before
+the loop over H, so that this loop holds no inner loop and is software-pipelined (with the K loops
+nested inside it was not: its weight tiles came in through synchronous 16-bit loads). W_embed's row stride is a
+constexpr: at n_in + j Zg = 132..140 columns (moving-mnist, Zg = 4) the compiler could not know the
+rows' alignment from a runtime value and loaded those tiles 16 bits at a time. The heads draw noise
+for the group's columns only, not the tile's 16 (:func:`.triton_blocks.noise_width`). Static counts
+(``python -m hafsvg_kernels.sm90_report``, bf16, batch 1600, sm_90a; instructions per warp and
+program, before -> after these and the activations of :mod:`.triton_blocks`): the predictor's
+first cell 5492 -> 3695, second 3115 -> 2358; the prior's first group 5068 -> 3376, the later
+groups 9686 / 10830 / 10830 -> 5426 / 5370 / 5584 (spills 84 / 4 / 4 B -> 0): the step modeled
+55 -> 33 us. The later groups still recompute the previous group's heads and draw its noise
+(Philox and Box-Muller, ~170 instructions a number).
 
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
 dtype before they feed the next GEMM), and the saved tensors are the same, so the backward of
@@ -42,11 +57,38 @@ import triton
 import triton.language as tl
 
 from .._triton import interpreting
-from .triton_blocks import _cell_update, _gates_acc, _gates_dot, _head_tile, _mm_acc, _tanh
+from .triton_blocks import _cell_update, _gates_acc, _gates_dot, _head_tile, _mm_acc, _tanh, noise_width
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
 # ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _part_tile(a_ptr, stride_a, K, c0, rows, row_mask, BLOCK: tl.constexpr):
+    """Columns [c0, c0 + BLOCK) of one embedding input part (B, K): (BLOCK_B, BLOCK), 0 past K."""
+    ka = c0 + tl.arange(0, BLOCK)
+    return tl.load(a_ptr + rows[:, None] * stride_a + ka[None, :], mask=row_mask[:, None] & (ka < K)[None, :],
+                   other=0.0)  # fmt: skip
+
+
+@triton.jit
+def _embed_part(
+    e,  # (BLOCK_B, BLOCK_K) fp32 accumulator: embedding columns k
+    a,  # (BLOCK_B, BLOCK) the part's one tile, loaded before the loop (CHUNKS == 1)
+    a_ptr, stride_a, K,  # the part (B, K), unit column stride, read here chunk by chunk (CHUNKS > 1)
+    w_ptr, ld_w,  # its columns of W_embed: W[k, c] at w_ptr + k * ld_w + c
+    rows, row_mask, k, k_mask,
+    CHUNKS: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """e += A[rows, :K] @ W[k, :K]^T over CHUNKS x BLOCK >= K columns, unrolled."""
+    for c in tl.static_range(CHUNKS):
+        ka = c * BLOCK + tl.arange(0, BLOCK)
+        if CHUNKS > 1:
+            a = _part_tile(a_ptr, stride_a, K, c * BLOCK, rows, row_mask, BLOCK)
+        w = tl.load(w_ptr + k[None, :] * ld_w + ka[:, None], mask=k_mask[None, :] & (ka < K)[:, None], other=0.0)
+        e = tl.dot(a, w, e, input_precision=PRECISION)
+    return e
 
 
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
@@ -79,6 +121,11 @@ def _split_cell_kernel(
     SAVE: tl.constexpr,  # write the embedding and the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Z: tl.constexpr,  # >= Zg: the previous group's z is one tile
+    NOISE_Z: tl.constexpr,  # HEAD_IN and DRAW_EPS: noise columns drawn (triton_blocks.noise_width)
+    A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # EMBED: part 1 in A_CHUNKS x BLOCK_A >= K_a columns
+    A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # EMBED: part 2 likewise (0 chunks: none)
+    LD_E: tl.constexpr,  # EMBED: W_embed's row stride, K_a + K_a2 [+ Zg]: a constant, so that the
+    # compiler knows the rows' alignment (as a runtime value, only when it is a multiple of 16)
     PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): program (p, q) computes rows
@@ -94,27 +141,33 @@ def _split_cell_kernel(
             offset = tl.load(offset_ptr)
         z_prev = _head_tile(hh_ptr, H, mu_w, mu_b, lv_w, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr,
                             0, col0, Zg, Z_total, seed, offset, rows, row_mask, writer, DRAW_EPS, STORE_EPS,
-                            BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION)  # fmt: skip
+                            BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION, NOISE_Z)  # fmt: skip
     acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     if EMBED:
         dtype = h_new_ptr.dtype.element_ty
-        ld_e = K_a + K_a2
-        if Z_REG:
-            ld_e += Zg
+        ld_e = LD_E
         gate = H * H  # elements between gate blocks of W_ih
         if Z_REG:
             z_op = z_prev.to(dtype)  # the dot operand, converted once
+        # an input part of one chunk is read once, before the loop (a load inside it, invariant, is
+        # not pipelined: 16-bit loads in the MMA operand layout, 64 per thread at 128 columns)
+        a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A)
+        a2 = a1
+        if A2_CHUNKS == 1:
+            a2 = _part_tile(a2_ptr, stride_a2, K_a2, 0, rows, row_mask, BLOCK_A2)
         for k0 in range(0, H, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = k < H
-            # embedding columns k for these rows: (BLOCK_B, BLOCK_K)
+            # embedding columns k for these rows: (BLOCK_B, BLOCK_K); the input parts in unrolled
+            # chunks, so that this loop holds no inner loop and is software-pipelined
             e = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
-            e = _mm_acc(e, a_ptr, stride_a, embed_w, ld_e, rows, row_mask, k, k_mask, K_a, BLOCK_K, PRECISION)
-            e = _mm_acc(e, a2_ptr, stride_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask, K_a2, BLOCK_K,
-                        PRECISION)  # fmt: skip
+            e = _embed_part(e, a1, a_ptr, stride_a, K_a, embed_w, ld_e, rows, row_mask, k, k_mask, A_CHUNKS, BLOCK_A,
+                            PRECISION)  # fmt: skip
+            e = _embed_part(e, a2, a2_ptr, stride_a2, K_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask,
+                            A2_CHUNKS, BLOCK_A2, PRECISION)  # fmt: skip
             if Z_REG:
                 cz = tl.arange(0, BLOCK_Z)
                 wz = tl.load(embed_w + k[None, :] * ld_e + (K_a + K_a2) + cz[:, None],
@@ -148,6 +201,9 @@ def _split_heads_kernel(
     B,
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
+    NOISE_Z: tl.constexpr,  # DRAW_EPS: noise columns drawn per tile; BLOCK_Z here: at 8 rows x 16
+    # columns, 128 threads draw one number each, and drawing fewer took more (3302 against 2550
+    # instructions per warp at Zg = 4, bf16, sm_90a)
 ):
     """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B)."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
@@ -157,7 +213,7 @@ def _split_heads_kernel(
     for z0 in range(0, Zg, BLOCK_Z):
         _head_tile(hh_ptr, H, mu_w, mu_b, lv_w, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
                    Z_total, seed, offset, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, BLOCK_K,
-                   PRECISION)  # fmt: skip
+                   PRECISION, NOISE_Z)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -246,6 +302,31 @@ def split_config(B: int, N: int, fp32: bool = False) -> SplitConfig:
     return SplitConfig(bb, bn, bk, 4, 2)
 
 
+def embed_chunk(cfg: SplitConfig, fp32: bool) -> int:
+    """The widest chunk of an embedding input part: 128 columns on the tensor cores (x of width
+    g_dim 128 in one chunk, read once before the loop); for IEEE fp32 dots (FFMA in registers) and
+    under the interpreter the K step, ``cfg.block_k`` (at 128, the fp32 groups that recompute the
+    heads spilled 840 B per thread)."""
+    return cfg.block_k if fp32 or interpreting() else 128
+
+
+def _part_tiles(K: int, widest: int) -> tuple[int, int]:
+    """(chunks, columns per chunk) of an embedding input part of K columns: ``widest``-column
+    chunks, or one power-of-two chunk (>= 16, ``tl.dot``'s least) for a narrower part; (0, 16) for
+    none."""
+    if K <= 0:
+        return 0, 16
+    block = min(widest, max(16, triton.next_power_of_2(K)))
+    return triton.cdiv(K, block), block
+
+
+def embed_split(n_in: int, widest: int) -> int:
+    """Columns of the predictor's input read as the embedding's first part, the rest as its second:
+    whole ``widest``-column chunks, so that a width like 144 (g_dim 128 + z 16) pads to 128 + 16, not
+    256."""
+    return n_in - n_in % widest if n_in > widest else n_in
+
+
 def _head_block_z(Zg: int) -> int:
     return max(16, triton.next_power_of_2(Zg))
 
@@ -279,6 +360,8 @@ def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, he
     cfg = split_config(B, H, new[0].dtype == torch.float32)
     hh, mu_w, mu_b, lv_w, lv_b, col0, Zg = head if head is not None else (e, e, e, e, e, 0, 1)
     ew, eb, z_reg = embed if embed is not None else (e, e, False)
+    widest = embed_chunk(cfg, new[0].dtype == torch.float32)
+    (a_chunks, block_a), (a2_chunks, block_a2) = _part_tiles(K_a, widest), _part_tiles(K_a2, widest)
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](
         a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
         hh, mu_w, mu_b, lv_w, lv_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
@@ -287,6 +370,9 @@ def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, he
         EMBED=embed is not None, HEAD_IN=head is not None, Z_REG=z_reg, DRAW_EPS=heads.draw,
         OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, SAVE=save,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z=_head_block_z(Zg),
+        NOISE_Z=noise_width(Zg, _head_block_z(Zg)),
+        A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
+        LD_E=K_a + K_a2 + (Zg if z_reg else 0) if embed is not None else 0,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
@@ -294,11 +380,12 @@ def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, he
 def _heads_launch(B, H, hh, w, col0, Zg, heads: HeadIO, precision):
     """The last group's heads: ``HEAD_ROWS`` rows per program."""
     bk = 64 if interpreting() else 32
+    bz = min(64, _head_block_z(Zg))
     _split_heads_kernel[(triton.cdiv(B, HEAD_ROWS),)](
         hh, H, w.mu_w, w.mu_b, w.logvar_w, w.logvar_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv,
         col0, Zg, heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr, B,
         DRAW_EPS=heads.draw, OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps,
-        BLOCK_B=HEAD_ROWS, BLOCK_Z=min(64, _head_block_z(Zg)), BLOCK_K=bk, PRECISION=precision, num_warps=4,
+        BLOCK_B=HEAD_ROWS, BLOCK_Z=bz, BLOCK_K=bk, PRECISION=precision, NOISE_Z=bz, num_warps=4,
     )  # fmt: skip
 
 
@@ -309,11 +396,14 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
     B, n_in = x.shape
     H, n_out, L = weights.embed_w.shape[0], weights.out_w.shape[0], len(weights.cells)
     none = HeadIO(e, 0, e, e, e, 0, 0, e, False, False, False)
+    fp32 = x.dtype == torch.float32
+    n1 = embed_split(n_in, embed_chunk(split_config(B, H, fp32), fp32))
     for layer in range(L):
         first = layer == 0
-        a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[layer - 1], H, H)
+        a, stride_a, K_a = (x, x.stride(0), n1) if first else (h_out[layer - 1], H, H)
+        a2, K_a2 = (x[:, n1:], n_in - n1) if first and n1 < n_in else (a, 0)
         embed = (weights.embed_w, weights.embed_b, False) if first else None
-        _cell_launch(B, H, a, stride_a, K_a, a, stride_a, 0, embed, e, None, none, state[layer],
+        _cell_launch(B, H, a, stride_a, K_a, a2, stride_a, K_a2, embed, e, None, none, state[layer],
                      weights.cells[layer], (h_out[layer], c_out[layer]), gates[layer] if save else e, save,
                      precision)  # fmt: skip
     cfg = split_config(B, n_out, x.dtype == torch.float32)

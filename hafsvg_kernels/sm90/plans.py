@@ -405,6 +405,8 @@ def _prior_floor(n_in, H, Zg, G, L):
 
 def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
     """The row design: one launch per step, cdiv(B, BLOCK_B) programs."""
+    from ..recurrent.triton_blocks import noise_width
+
     z, e, io, H, G, Zg = _step_sizes(preset, dtype)
     bb, bn, bk, nw, ns = cfg
     prec = "ieee"
@@ -439,7 +441,7 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
     }  # fmt: skip
     consts = {
         "G": G, "L": L, "DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "SAVE_GATES": False,
-        "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_Z": bz, "PRECISION": prec,
+        "BLOCK_B": bb, "BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_Z": bz, "PRECISION": prec, "NOISE_Z": noise_width(Zg, bz),
     }  # fmt: skip
     w, bias, act = _prior_floor(n_in, H, Zg, G, L)
     lch = Launch("_gaussian_step_kernel", "gaussian", args, consts, nw, ns, (programs,),
@@ -451,33 +453,38 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
     return ops
 
 
-def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e) -> Launch:
+def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides) -> Launch:
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
-    offset): first = the embedding computed in it (input width n_in + K2 [+ Zg]); head = the
-    previous group's heads recomputed first."""
+    offset): first = the embedding computed in it (input parts of n_in and K2 columns [+ Zg], with
+    row strides ``strides``); head = the previous group's heads recomputed first."""
+    stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
+    from ..recurrent.triton_blocks import noise_width
 
     cfg = ts.split_config(B, H, io.dtype == "fp32")
     bz = ts._head_block_z(Zg)
+    widest = ts.embed_chunk(cfg, io.dtype == "fp32")
+    (a_chunks, block_a), (a2_chunks, block_a2) = ts._part_tiles(n_in if first else H, widest), ts._part_tiles(
+        K2, widest
+    )
     args = {
-        "a_ptr": io, "stride_a": n_in if first else H, "K_a": n_in if first else H, "a2_ptr": io, "stride_a2": Zt,
-        "K_a2": K2, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io, "mu_w": io, "mu_b": io, "lv_w": io,
-        "lv_b": io, "eps_ptr": io, "stride_eps": Zt, "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": 0, "Zg": Zg,
-        "Z_total": Zt, "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "h_ptr": io, "c_ptr": io,
-        "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io, "gates_ptr": io,
-        "B": B, "H": H,
+        "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
+        "stride_a2": stride_a2, "K_a2": K2, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io, "mu_w": io,
+        "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt, "z_ptr": io, "mu_ptr": io,
+        "lv_ptr": io, "col0": 0, "Zg": Zg, "Z_total": Zt, "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"),
+        "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io,
+        "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
         "EMBED": first, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": True, "OFFSET_FROM_PTR": True,
         "STORE_EPS": False, "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "PRECISION": "ieee",
+        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "NOISE_Z": noise_width(Zg, bz), "A_CHUNKS": a_chunks,
+        "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2,
+        "LD_E": n_in + K2 + (Zg if z_reg else 0) if first else 0, "PRECISION": "ieee",
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(H, bk))] if head else []
-    if first:
-        loops.append(Trip(cdiv(H, bk), [Trip(cdiv(n_in, bk)), Trip(cdiv(K2, bk))], main=True))
-    else:
-        loops.append(Trip(cdiv(H, bk), main=True))
+    loops.append(Trip(cdiv(H, bk), main=True))
     loops.append(Trip(cdiv(H, bk)))
     w = 8 * H * H + 8 * H + ((n_in + K2 + (Zg if z_reg else 0)) * H + H if first else 0) + extra_w
     act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act  # input, h/c in, h/c out
@@ -494,8 +501,10 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
     Zt = G * Zg
     # predictor: L cell launches (the first computes the embedding), then tanh(Linear) over rows x outputs
     L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
-    launches = [_split_cell_launch(io, H, n_in, 0, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e)
-                for i in range(L)]  # fmt: skip
+    fp32 = dtype == "fp32"
+    n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
+    launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e,
+                                   (n_in, n_in)) for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
     consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
@@ -516,7 +525,7 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
     heads_w, heads_act = 2 * Zg * H + 2 * Zg, B * (H + 3 * Zg)
     launches = [
         _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
-                           heads_w if j else 0, heads_act if j else 0, e)
+                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt))
         for j in range(G)
     ]  # fmt: skip
     bz = min(64, ts._head_block_z(Zg))
@@ -526,7 +535,7 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
         "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "B": B,
     }  # fmt: skip
     consts = {"DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "BLOCK_B": ts.HEAD_ROWS,
-              "BLOCK_Z": bz, "BLOCK_K": 32, "PRECISION": "ieee"}  # fmt: skip
+              "BLOCK_Z": bz, "BLOCK_K": 32, "PRECISION": "ieee", "NOISE_Z": bz}  # fmt: skip
     launches.append(
         Launch("_split_heads_kernel", "split", args, consts, 4, 3, (cdiv(B, ts.HEAD_ROWS),),
                [Trip(cdiv(Zg, bz), [Trip(cdiv(H, 32), main=True)])], 0, (heads_w + heads_act) * e, "heads")
