@@ -528,7 +528,7 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
                            heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt))
         for j in range(G)
     ]  # fmt: skip
-    bz = min(64, ts._head_block_z(Zg))
+    bz = ts.heads_tile_z(Zg)
     args = {
         "hh_ptr": io, "H": H, "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt,
         "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": (G - 1) * Zg, "Zg": Zg, "Z_total": Zt,
