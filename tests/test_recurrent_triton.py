@@ -359,21 +359,26 @@ def test_in_kernel_noise_reproducible_and_counter_based():
 
 @pytest.mark.parametrize("Zg", [4, 6, 16])
 def test_in_kernel_noise_is_philox_at_its_counter(Zg, design):
-    """eps[r, c] = tl.randn(seed, offset + r * G * Zg + c), in both designs, also where a head tile
-    draws fewer columns than it holds (Zg 4 and 6 in a 16-column tile)."""
+    """eps[r, c] = Box-Muller of the uniforms Philox gives at counter offset + r * G * Zg + c (those
+    of ``tl.randn``), in both designs, also where a head tile draws fewer columns than it holds
+    (Zg 4 and 6 in a 16-column tile); the transform in float64 here."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def philox_normals(out, seed, offset, N: tl.constexpr):
-        tl.store(out + tl.arange(0, N), tl.randn(seed, offset + tl.arange(0, N)))
+    def philox_uniforms(u1_ptr, u2_ptr, seed, offset, N: tl.constexpr):
+        i1, i2, _, _ = tl.randint4x(seed, offset + tl.arange(0, N))
+        tl.store(u1_ptr + tl.arange(0, N), tl.uint_to_uniform_float(i1))
+        tl.store(u2_ptr + tl.arange(0, N), tl.uint_to_uniform_float(i2))
 
     B, G = 7, 3
     got = draw(B, G, Zg, seed=11, offset=96)
     n = triton.next_power_of_2(B * G * Zg)
-    want = torch.empty(n, device=DEV)
-    philox_normals[(1,)](want, 11, 96, N=n)
-    assert torch.equal(got, want[: B * G * Zg].view(B, G * Zg))
+    u1, u2 = torch.empty(n, device=DEV), torch.empty(n, device=DEV)
+    philox_uniforms[(1,)](u1, u2, 11, 96, N=n)
+    u1, u2 = u1.double().clamp_min(1e-7), u2.double()
+    want = (torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * torch.pi * u2))[: B * G * Zg].view(B, G * Zg)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=3e-6)
 
 
 def test_device_offset_draws_the_int_offsets_numbers():

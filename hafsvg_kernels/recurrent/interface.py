@@ -268,7 +268,7 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
         cond: None, or (B, G * Zg) samples that replace the step's own z^{1:j-1} as group j's
         extra input (the posterior's, when the prior is trained).
         seed, offset: with ``eps=None``, the noise is drawn by the backend from (seed, offset):
-        the Triton kernels draw ``eps[r, c] = Philox-randn(seed, offset + r * G * Zg + c)``
+        the Triton kernels draw ``eps[r, c] = Philox-randn(seed, offset + r * G * Zg + c)`` (Box-Muller)
         in-kernel (never written to memory unless needed for backward); the torch backend
         draws with a torch generator seeded from (seed, offset). Both are reproducible for the
         same (seed, offset), but the two backends' numbers differ. A step uses B * G * Zg

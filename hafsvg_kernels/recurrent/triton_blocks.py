@@ -218,6 +218,36 @@ def _cell_update(
 # ---------------------------------------------------------------------------------------------
 
 
+@triton.jit
+def _cos_2pi(u):
+    """cos(2 pi u) for u in [0, 1), to ~1e-7: by symmetry from v = distance of u from the nearest
+    quarter turn's axis, in [0, 1/4], as Taylor terms through (2 pi v)^12 (error < 1e-8)."""
+    w = tl.abs(u - 0.5)  # cos(2 pi u) = -cos(2 pi w)
+    v = tl.minimum(w, 0.5 - w)  # cos(2 pi w) = +-cos(2 pi v), - where w > 1/4
+    x = v * 6.283185307179586
+    z = x * x
+    p = 1.0 / 479001600.0
+    p = p * z - 1.0 / 3628800.0
+    p = p * z + 1.0 / 40320.0
+    p = p * z - 1.0 / 720.0
+    p = p * z + 1.0 / 24.0
+    p = p * z - 0.5
+    p = p * z + 1.0
+    return tl.where(w > 0.25, p, -p)
+
+
+@triton.jit
+def _randn(seed, offset):
+    """Standard normals at Philox counters ``offset``: ``tl.randn``'s (the same Philox draws, uniforms
+    and Box-Muller radius) to ~1e-6, with cos(2 pi u2) a polynomial (:func:`_cos_2pi`). libdevice's
+    cosf, which ``tl.randn`` calls, carries a Payne-Hanek reduction for huge arguments (never taken
+    here) that put 32 B of stack and ~700 instructions into every kernel drawing noise."""
+    i1, i2, _, _ = tl.randint4x(seed, offset)
+    u1 = tl.maximum(1.0e-7, tl.uint_to_uniform_float(i1))
+    r = tl.sqrt(-2.0 * tl.log(u1))
+    return r * _cos_2pi(tl.uint_to_uniform_float(i2))
+
+
 def noise_width(Zg: int, block_z: int) -> int:
     """Noise columns a head tile draws: the group's Zg rounded up to a power of two (at least 2), at
     most the tile's ``block_z``; the tile is padded to 16 columns for ``tl.dot``, and at Zg = 4
@@ -281,11 +311,11 @@ def _head_tile(
             # draw only the first NOISE_Z columns, then place them in the tile with a 0/1 selection
             # (exact): a Philox draw and a Box-Muller transform cost ~170 instructions per number
             cn = tl.arange(0, NOISE_Z)
-            eps_n = tl.randn(seed, offset + rows[:, None] * Z_total + (col0 + z0 + cn)[None, :])
+            eps_n = _randn(seed, offset + rows[:, None] * Z_total + (col0 + z0 + cn)[None, :])
             sel = (cn[:, None] == tl.arange(0, BLOCK_Z)[None, :]).to(tl.float32)
             eps = tl.sum(eps_n[:, :, None] * sel[None, :, :], axis=1)
         else:
-            eps = tl.randn(seed, offset + rows[:, None] * Z_total + col[None, :])
+            eps = _randn(seed, offset + rows[:, None] * Z_total + col[None, :])
         if STORE_EPS:
             eps_out = eps.to(eps_ptr.dtype.element_ty)
             tl.store(eps_ptr + rows[:, None] * stride_eps + col[None, :], eps_out, mask=out_mask)

@@ -16,8 +16,9 @@ heads) GEMM phases). The per-group weights travel as tuples of pointers (one tup
 group or per (group, layer)), indexed with compile-time indices: the kernel is unrolled over the
 groups and layers and specialised on G and L.
 
-Noise drawn in-kernel: ``eps[r, c] = randn(seed, offset + r * G * Zg + c)`` (Philox,
-``tl.randn``), c the column in the full (B, G * Zg) output. A step consumes the counters
+Noise drawn in-kernel: ``eps[r, c] = randn(seed, offset + r * G * Zg + c)`` (Philox uniforms and
+a Box-Muller transform, ``tl.randn``'s numbers to ~1e-6: :func:`.triton_blocks._randn`), c the
+column in the full (B, G * Zg) output. A step consumes the counters
 ``offset .. offset + B * G * Zg - 1``: advance ``offset`` by that between steps for independent
 noise; the same (seed, offset) gives the same numbers. These are not the numbers torch's
 generators give. The seed is a launch argument; the offset is one too (an int), or a one-element
