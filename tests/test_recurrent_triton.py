@@ -817,7 +817,9 @@ COMPILE_CHECK = textwrap.dedent(
     tg._head_bwd_kernel.warmup(*t(5, B, Zt), e(B, Zg), e(B, Zg), e(B, Zt), B, Zg, Zt, 0, HAS_DZ=True, HAS_DMU=True,
         HAS_DLV=True, STORE_DEPS=True, BLOCK_B=32, BLOCK_Z=16, grid=(1,))
     from hafsvg_kernels.recurrent import triton_split as sp
-    c = sp.split_config(B, H, True)
+    c = sp.split_config(B, H, True, True)  # fp32 where torch allows TF32 ("tf32x3" dots)
+    widest = sp.embed_chunk(c, True)
+    (ac, ba), (a2c, ba2) = sp._part_tiles(n_in, widest), sp._part_tiles(Zg, widest)
     sm = dict(BLOCK_B=c.block_b, BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.num_warps,
               num_stages=c.num_stages, PRECISION="tf32x3")
     offset = torch.empty((), dtype=torch.int64)
@@ -825,8 +827,8 @@ COMPILE_CHECK = textwrap.dedent(
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
         HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE=True, BLOCK_Z=16,
-        NOISE_Z=4, A_CHUNKS=1, BLOCK_A=128, A2_CHUNKS=1, BLOCK_A2=16, LD_E=n_in + 2 * Zg, grid=(1,), **sm)
-    wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128)
+        NOISE_Z=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_E=n_in + 2 * Zg, grid=(1,), **sm)
+    wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,

@@ -270,9 +270,9 @@ def split_enabled(B: int, Zg: int = 0) -> bool:
     return not interpreting() and os.environ.get("HAFSVG_TRITON_AUTOTUNE", "0") in ("", "0")
 
 
-def split_config(B: int, N: int, fp32: bool = False) -> SplitConfig:
-    """Tiles of a launch over B rows x N columns (hidden units, or outputs); ``fp32``: IEEE fp32
-    dots (FFMA).
+def split_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> SplitConfig:
+    """Tiles of a launch over B rows x N columns (hidden units, or outputs); ``fp32``: fp32
+    operands, IEEE dots (FFMA) unless ``tf32`` (torch allows TF32: the tensor cores).
 
     GPU, 4 warps, 2 stages, and the widest column block (64, 32 or 16) that still gives
     ``TARGET_PROGRAMS`` programs:
@@ -286,14 +286,24 @@ def split_config(B: int, N: int, fp32: bool = False) -> SplitConfig:
       sm90_report, which the measured 187 includes) 233; 64 hidden units (100 programs) 222; 16: 268; 32 x 32 tiles
       444; 128 rows on 8 warps (104 programs) 179, not taken: under the 132-CTA mark for 4 %.
     * fp32: 32 rows x 64 hidden units (50 x 4 = 200 programs), 16-deep K steps: the FFMA tiles of
-      64 x 32 spill 1.7 KB per thread at any depth, 32 x 64 at depth 32 1.8 KB, at depth 16 8-28 B
-      (``python -m hafsvg_kernels.sm90_report``; not yet swept on a GPU).
+      64 x 32 spill 1.7 KB per thread at any depth, 32 x 64 at depth 32 1.8 KB, at depth 16 none
+      since the embedding's input parts are unrolled (8-28 B before) (``python -m
+      hafsvg_kernels.sm90_report``; not yet swept on a GPU). Of the other FFMA tiles at depth 16,
+      16 x 32, 16 x 64 and 32 x 32 model 0.39-0.46 of the floor against 0.51 (the same quantum of
+      work on the busiest SM, more loads per FMA).
+    * fp32 where torch allows TF32 (``tf32x3`` dots, :func:`..._triton.fp32_dot_precision`): 64 x 32
+      on wgmma, 32-deep K steps, no spills: the moving-mnist step (prior + predictor) models 140 µs,
+      against 256 on the FFMA tiles (mma.sync at 32 rows, 92-128 B of spills) and 354 with IEEE
+      dots; 16-deep steps 211.
 
     Interpreter: 64-wide blocks (fewer interpreted ops) that still exercise the masks at hidden 200.
     """
     if interpreting():
         return SplitConfig(min(64, max(16, triton.next_power_of_2(B))), 64, 64, 4, 1)
-    bb, bk = (32, 16) if fp32 else (64, 64)
+    if fp32 and not tf32:
+        bb, bk = 32, 16  # FFMA
+    else:
+        bb, bk = 64, 32 if fp32 else 64
     bn = 16
     for cand in (64, 32):
         if triton.cdiv(B, bb) * triton.cdiv(N, cand) >= TARGET_PROGRAMS:
@@ -304,9 +314,9 @@ def split_config(B: int, N: int, fp32: bool = False) -> SplitConfig:
 
 def embed_chunk(cfg: SplitConfig, fp32: bool) -> int:
     """The widest chunk of an embedding input part: 128 columns on the tensor cores (x of width
-    g_dim 128 in one chunk, read once before the loop); for IEEE fp32 dots (FFMA in registers) and
-    under the interpreter the K step, ``cfg.block_k`` (at 128, the fp32 groups that recompute the
-    heads spilled 840 B per thread)."""
+    g_dim 128 in one chunk, read once before the loop); for fp32 operands (FFMA dots in registers,
+    or TF32) and under the interpreter the K step, ``cfg.block_k`` (at 128, the FFMA groups that
+    recompute the heads spilled 840 B per thread)."""
     return cfg.block_k if fp32 or interpreting() else 128
 
 
@@ -365,7 +375,7 @@ def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, he
                  precision):  # fmt: skip
     """One cell launch. embed: None or (embed_w, embed_b, z_reg: bool); head: None or (hh, mu_w, mu_b,
     lv_w, lv_b, col0, Zg); heads: HeadIO; state: (h, c); cell: CellWeights; new: (h_new, c_new)."""
-    cfg = split_config(B, H, new[0].dtype == torch.float32)
+    cfg = split_config(B, H, new[0].dtype == torch.float32, precision != "ieee")
     hh, mu_w, mu_b, lv_w, lv_b, col0, Zg = head if head is not None else (e, e, e, e, e, 0, 1)
     ew, eb, z_reg = embed if embed is not None else (e, e, False)
     widest = embed_chunk(cfg, new[0].dtype == torch.float32)
@@ -405,7 +415,8 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
     H, n_out, L = weights.embed_w.shape[0], weights.out_w.shape[0], len(weights.cells)
     none = HeadIO(e, 0, e, e, e, 0, 0, e, False, False, False)
     fp32 = x.dtype == torch.float32
-    n1 = embed_split(n_in, embed_chunk(split_config(B, H, fp32), fp32))
+    tf32 = precision != "ieee"
+    n1 = embed_split(n_in, embed_chunk(split_config(B, H, fp32, tf32), fp32))
     for layer in range(L):
         first = layer == 0
         a, stride_a, K_a = (x, x.stride(0), n1) if first else (h_out[layer - 1], H, H)
@@ -414,7 +425,7 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
         _cell_launch(B, H, a, stride_a, K_a, a2, stride_a, K_a2, embed, e, None, none, state[layer],
                      weights.cells[layer], (h_out[layer], c_out[layer]), gates[layer] if save else e, save,
                      precision)  # fmt: skip
-    cfg = split_config(B, n_out, x.dtype == torch.float32)
+    cfg = split_config(B, n_out, fp32, tf32)
     _split_linear_tanh_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(n_out, cfg.block_n))](
         h_out[L - 1], weights.out_w, weights.out_b, out, B, H, n_out,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PRECISION=precision,
