@@ -252,6 +252,58 @@ def test_bad_arguments():
         sampler.best_of_n(context, torch.rand(2, 2, 1, 64, 64), 2)
 
 
+def _predictor_outputs(sampler):
+    """Make the sampler record the predictor's output g of every step -> the record (a list)."""
+    record, orig = [], sampler._predict
+
+    def spy(h, z, state):
+        g, state = orig(h, z, state)
+        record.append(g)
+        return g, state
+
+    sampler._predict = spy
+    return record
+
+
+def test_recurrent_steps_in_bf16():
+    """recurrent_dtype=bfloat16 (what dtype=bfloat16 implies on a GPU), here on the CPU without
+    autocast: every step's predictor output in bf16 and within the bf16 tolerance of the fp32
+    sampler's, and the frames close."""
+    model = _model()
+    context, noise = _inputs(model, clips=2, samples=3, n_future=3)
+    ref_sampler = FastSampler(model, backend="torch")
+    bf16_sampler = FastSampler(model, backend="torch", recurrent_dtype=torch.bfloat16)
+    g_ref, g_bf16 = _predictor_outputs(ref_sampler), _predictor_outputs(bf16_sampler)
+    ref = ref_sampler.sample(context, 3, 3, noise=noise)
+    out = bf16_sampler.sample(context, 3, 3, noise=noise)
+    assert len(g_bf16) == len(g_ref) > 0
+    assert {g.dtype for g in g_bf16} == {torch.bfloat16}
+    for a, b in zip(g_bf16, g_ref, strict=True):
+        assert 0 < rel(a.float(), b) <= 2e-2  # computed in bf16 (not equal), within its tolerance
+    assert out.dtype == ref.dtype and rel(out, ref) <= 2e-2
+
+
+def test_recurrent_bf16_weights_follow_parameter_updates():
+    """The bf16 weights are cast once per call and again after a parameter changes in place (an
+    optimizer step, a loaded state_dict): the next call matches a fresh sampler's."""
+    model = _model()
+    context, noise = _inputs(model, clips=1, samples=2, n_future=2)
+    sampler = FastSampler(model, backend="torch", recurrent_dtype=torch.bfloat16)
+    g = _predictor_outputs(sampler)
+    sampler.sample(context, 2, 2, noise=noise)
+    before = torch.cat(g).clone()
+    with torch.no_grad():
+        model.frame_predictor.embed.weight.mul_(0.5)
+    g.clear()
+    sampler.sample(context, 2, 2, noise=noise)
+    fresh = FastSampler(model, backend="torch", recurrent_dtype=torch.bfloat16)
+    g_fresh = _predictor_outputs(fresh)
+    fresh.sample(context, 2, 2, noise=noise)
+    assert torch.equal(torch.cat(g), torch.cat(g_fresh)) and not torch.equal(torch.cat(g), before)
+    with pytest.raises(ValueError, match="recurrent_dtype"):
+        FastSampler(model, recurrent_dtype=torch.float16)
+
+
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
 def test_bf16_autocast_close_to_fp32():
     model = _model().cuda()
