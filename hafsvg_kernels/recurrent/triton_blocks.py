@@ -239,9 +239,10 @@ def _cos_2pi(u):
 @triton.jit
 def _randn(seed, offset):
     """Standard normals at Philox counters ``offset``: ``tl.randn``'s (the same Philox draws, uniforms
-    and Box-Muller radius) to ~1e-6, with cos(2 pi u2) a polynomial (:func:`_cos_2pi`). libdevice's
+    and Box-Muller radius) to 2e-6, with cos(2 pi u2) a polynomial (:func:`_cos_2pi`). libdevice's
     cosf, which ``tl.randn`` calls, carries a Payne-Hanek reduction for huge arguments (never taken
-    here) that put 32 B of stack and ~700 instructions into every kernel drawing noise."""
+    here) that put 32 B of stack into every kernel drawing noise, and a reduction loop per number.
+    Per number and thread (static SASS, sm_90a): 94 instructions, against tl.randn's 205."""
     i1, i2, _, _ = tl.randint4x(seed, offset)
     u1 = tl.maximum(1.0e-7, tl.uint_to_uniform_float(i1))
     r = tl.sqrt(-2.0 * tl.log(u1))
@@ -309,7 +310,7 @@ def _head_tile(
     if DRAW_EPS:
         if NOISE_Z < BLOCK_Z:
             # draw only the first NOISE_Z columns, then place them in the tile with a 0/1 selection
-            # (exact): a Philox draw and a Box-Muller transform cost ~170 instructions per number
+            # (exact): a Philox draw and a Box-Muller transform cost ~94 instructions per number
             cn = tl.arange(0, NOISE_Z)
             eps_n = _randn(seed, offset + rows[:, None] * Z_total + (col0 + z0 + cn)[None, :])
             sel = (cn[:, None] == tl.arange(0, BLOCK_Z)[None, :]).to(tl.float32)

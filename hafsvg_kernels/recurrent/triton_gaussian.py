@@ -17,7 +17,7 @@ group or per (group, layer)), indexed with compile-time indices: the kernel is u
 groups and layers and specialised on G and L.
 
 Noise drawn in-kernel: ``eps[r, c] = randn(seed, offset + r * G * Zg + c)`` (Philox uniforms and
-a Box-Muller transform, ``tl.randn``'s numbers to ~1e-6: :func:`.triton_blocks._randn`), c the
+a Box-Muller transform, ``tl.randn``'s numbers to 2e-6: :func:`.triton_blocks._randn`), c the
 column in the full (B, G * Zg) output. A step consumes the counters
 ``offset .. offset + B * G * Zg - 1``: advance ``offset`` by that between steps for independent
 noise; the same (seed, offset) gives the same numbers. These are not the numbers torch's

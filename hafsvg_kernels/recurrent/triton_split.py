@@ -38,9 +38,9 @@ for the group's columns only, not the tile's 16 (:func:`.triton_blocks.noise_wid
 (``python -m hafsvg_kernels.sm90_report``, bf16, batch 1600, sm_90a; instructions per warp and
 program, before -> after these and the activations of :mod:`.triton_blocks`): the predictor's
 first cell 5492 -> 3695, second 3115 -> 2358; the prior's first group 5068 -> 3376, the later
-groups 9686 / 10830 / 10830 -> 5426 / 5370 / 5584 (spills 84 / 4 / 4 B -> 0): the step modeled
-55 -> 33 us. The later groups still recompute the previous group's heads and draw its noise
-(Philox and Box-Muller, ~170 instructions a number).
+groups 9686 / 10830 / 10830 -> 5304 / 5262 / 5470 (spills 84 / 4 / 4 B -> 0, with the noise of
+:func:`.triton_blocks._randn`): the step modeled 55 -> 31 us. The later groups still recompute the
+previous group's heads and draw its noise.
 
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
 dtype before they feed the next GEMM), and the saved tensors are the same, so the backward of
