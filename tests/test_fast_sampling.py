@@ -284,16 +284,16 @@ def test_recurrent_steps_in_bf16():
 
 
 def test_recurrent_bf16_weights_follow_parameter_updates():
-    """The bf16 weights are cast once per call and again after a parameter changes in place (an
-    optimizer step, a loaded state_dict): the next call matches a fresh sampler's."""
+    """The bf16 weights are cast at the start of every call: after a parameter changes in place,
+    also through ``.data`` (no new version, as fused optimizers do), the next call matches a fresh
+    sampler's."""
     model = _model()
     context, noise = _inputs(model, clips=1, samples=2, n_future=2)
     sampler = FastSampler(model, backend="torch", recurrent_dtype=torch.bfloat16)
     g = _predictor_outputs(sampler)
     sampler.sample(context, 2, 2, noise=noise)
     before = torch.cat(g).clone()
-    with torch.no_grad():
-        model.frame_predictor.embed.weight.mul_(0.5)
+    model.frame_predictor.embed.weight.data.mul_(0.5)
     g.clear()
     sampler.sample(context, 2, 2, noise=noise)
     fresh = FastSampler(model, backend="torch", recurrent_dtype=torch.bfloat16)

@@ -125,7 +125,8 @@ def check_close(out, ref, tol, what):
 # ---------------------------------------------------------------------------------------------
 
 # (B, n_in, H, n_out, L): batch 1, 7, 130; hidden 256 and 200 (non-power-of-2, masked); 1 and 2 layers;
-# inputs of 144 (read as 128 + 16 by the split design) and 300 (256 in two chunks + 44, masked).
+# inputs of 144 and 300, read by the split design as whole chunks and the rest (under the
+# interpreter 64-column chunks: 128 + 16, 4 x 64 + 44 masked; in bf16 on a GPU 128 + 16, 2 x 128 + 44).
 LSTM_CASES = [(1, 144, 256, 128, 2), (7, 300, 200, 24, 1), (130, 64, 200, 32, 2)]
 
 
@@ -699,8 +700,9 @@ def test_gaussian_step_bf16(case):
 
 
 @needs_cuda
-def test_lstm_step_bf16():
-    B, n_in, H, n_out, L = LSTM_CASES[2]
+@pytest.mark.parametrize("case", [LSTM_CASES[0], LSTM_CASES[1], LSTM_CASES[2]])
+def test_lstm_step_bf16(case):
+    B, n_in, H, n_out, L = case
     w64, x64, s64 = make_lstm(n_in, H, n_out, L), _r(torch.Generator().manual_seed(2), B, n_in), make_state(B, H, L, 3)
     args = [cast(t, torch.bfloat16) for t in (x64, s64, w64)]
     ref_args = [cast(t, torch.float64) for t in (x64, s64, w64)]

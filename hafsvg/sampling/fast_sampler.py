@@ -28,8 +28,8 @@ same noise layout; the reference stays the reference) with these levers:
   most :data:`GRAPH_CACHE_SIZE` are kept (least recently used dropped), and
   :meth:`FastSampler.reset_graphs` drops them all;
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast. With bfloat16 the
-  recurrent steps run in bfloat16 too (``recurrent_dtype``: weights cast once per call, states and
-  z in bfloat16; the fused step in bf16 models ~11x faster than in fp32 on an H100, 31 against
+  recurrent steps run in bfloat16 too (``recurrent_dtype``: weights cast at the start of each call,
+  states and z in bfloat16; the fused step in bf16 models ~11x faster than in fp32 on an H100, 31 against
   354 µs at batch 1600, ``python -m hafsvg_kernels.sm90_report``); with float16 they stay in the
   model's dtype (an LSTM's cell state can leave float16's range).
 
@@ -43,7 +43,8 @@ fixed per clip); "latest" is refused at construction (it would recompute them fo
 every step). BatchNorm uses its running statistics (``batchnorm="batch"`` is refused).
 
 The split decoder weights (BatchNorm folded in) are a snapshot taken at construction; encoder and
-recurrent weights are read at each call (a cached graph reads what it captured: the cuda backend's
+recurrent weights are read at each call (with ``recurrent_dtype`` bfloat16, cast into the sampler's
+bf16 copies at the start of each call; a cached graph reads what it captured: the cuda backend's
 packed weights and replaced parameters are not seen again). Build a new sampler after changing the
 model's weights.
 """
@@ -143,7 +144,8 @@ class FastSampler:
         recurrent_dtype: dtype of the recurrent steps (posterior, prior, predictor: their weights,
             states and z): None (bfloat16 with ``dtype=torch.bfloat16``, else the model's dtype),
             the model's dtype, or torch.bfloat16 (also without autocast, e.g. on a CPU). The weights
-            are cast once per call, and again only after a parameter changed.
+            are cast at the start of each call into the same bf16 tensors (which captured graphs
+            read): about one read of the recurrent parameters per call.
 
     Attributes:
         graph_captures: CUDA graphs captured so far (a cached graph is reused without capture).
@@ -191,7 +193,7 @@ class FastSampler:
         self._graph_cache = {}  # signature -> _GraphSteps, least recently used first
         self._graph_chunks = {}  # clips -> samples per chunk, kept for the cached graphs (no memory_budget)
         self.graph_captures = 0
-        self._recurrent_weights = None  # recurrent_dtype != the model's: (parameter versions, cast weights)
+        self._recurrent_weights = None  # recurrent_dtype != the model's: the weights cast to it
 
     # ---- public --------------------------------------------------------------------------------
 
@@ -494,35 +496,34 @@ class FastSampler:
             return {"eps": eps[:, i]}
         return {"seed": KERNEL_SEED, "offset": self._take_offset(rows)}
 
-    def _module_weights(self):
-        """The recurrent modules' weights (posterior, prior, predictor), as the steps take them."""
+    def _module_weights(self, which):
+        """The weights of recurrent module ``which`` (0 posterior, 1 prior, 2 predictor), as the
+        steps take them."""
         m = self.model
-        gaussian = lambda mod: tuple(g.weights() for g in mod.groups)  # noqa: E731
-        return gaussian(m.posterior), gaussian(m.prior), m.frame_predictor.weights()
+        if which == 2:
+            return m.frame_predictor.weights()
+        return tuple(g.weights() for g in (m.posterior, m.prior)[which].groups)
 
     def _refresh_recurrent_weights(self):
-        """With ``recurrent_dtype`` other than the model's: the weights cast to it, once per call,
-        and again only when a parameter changed (its version or storage); copied into the same
-        tensors, which captured CUDA graphs read."""
+        """With ``recurrent_dtype`` other than the model's: the weights cast into the sampler's
+        copies, at the start of every call and in place (captured CUDA graphs read those tensors).
+        Every call, not only when a parameter's version changed: fused optimizers and edits through
+        ``.data`` change parameters without a new version."""
         if self.recurrent_dtype == self.model_dtype:
             return
-        params = [p for mod in (self.model.posterior, self.model.prior, self.model.frame_predictor)
-                  for p in mod.parameters()]  # fmt: skip
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if self._recurrent_weights is not None and self._recurrent_weights[0] == key:
-            return
-        cast = _map(lambda t: t.to(self.recurrent_dtype), self._module_weights())
+        weights = tuple(self._module_weights(i) for i in range(3))
         if self._recurrent_weights is None:
-            self._recurrent_weights = (key, cast)
+            self._recurrent_weights = _map(lambda t: t.to(self.recurrent_dtype), weights)
         else:
-            _copy_(self._recurrent_weights[1], cast)
-            self._recurrent_weights = (key, self._recurrent_weights[1])
+            _copy_(self._recurrent_weights, weights)
 
     def _weights(self, which):
-        """0 posterior, 1 prior, 2 predictor: weights in ``recurrent_dtype``."""
+        """Weights of recurrent module ``which`` in ``recurrent_dtype``."""
+        if self.recurrent_dtype == self.model_dtype:
+            return self._module_weights(which)
         if self._recurrent_weights is None:
-            return self._module_weights()[which]
-        return self._recurrent_weights[1][which]
+            self._refresh_recurrent_weights()
+        return self._recurrent_weights[which]
 
     def _gaussian(self, module, x, states, cond=None, **noise):
         which = 0 if module is self.model.posterior else 1

@@ -201,9 +201,8 @@ def _split_heads_kernel(
     B,
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    NOISE_Z: tl.constexpr,  # DRAW_EPS: noise columns drawn per tile; BLOCK_Z here: at 8 rows x 16
-    # columns, 128 threads draw one number each, and drawing fewer took more (3302 against 2550
-    # instructions per warp at Zg = 4, bf16, sm_90a)
+    NOISE_Z: tl.constexpr,  # DRAW_EPS: noise columns drawn per tile; BLOCK_Z here: the tile is as
+    # wide as the group (heads_tile_z), so it draws no padding
 ):
     """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B)."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
