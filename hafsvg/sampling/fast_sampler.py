@@ -29,9 +29,9 @@ same noise layout; the reference stays the reference) with these levers:
   :meth:`FastSampler.reset_graphs` drops them all;
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast. With bfloat16 the
   recurrent steps run in bfloat16 too (``recurrent_dtype``: weights cast at the start of each call,
-  states and z in bfloat16; the fused step in bf16 models ~11x faster than in fp32 on an H100, 31 against
-  354 µs at batch 1600, ``python -m hafsvg_kernels.sm90_report``); with float16 they stay in the
-  model's dtype (an LSTM's cell state can leave float16's range).
+  states and z in bfloat16; the fused step in bf16 models ~11x faster than in fp32 on an H100,
+  31 against 354 µs at batch 1600, ``python -m hafsvg_kernels.sm90_report``); with float16 they
+  stay in the model's dtype (an LSTM's cell state can leave float16's range).
 
 :meth:`FastSampler.best_of_n` streams: each predicted frame is scored (SSIM, PSNR, MSE, under a
 metric protocol) against the target on the device as soon as it is decoded and a running best and

@@ -31,9 +31,9 @@ replays the step from a graph where it can (``FastSampler(graphs=True)``).
 The embedding's input parts (x, and the earlier groups' z; the predictor's input as whole chunks of
 :func:`embed_chunk` columns and the rest) are read in unrolled chunks, a one-chunk part once before
 the loop over H, so that this loop holds no inner loop and is software-pipelined (with the K loops
-nested inside it was not: its weight tiles came in through synchronous 16-bit loads). W_embed's row stride is a
-constexpr: at n_in + j Zg = 132..140 columns (moving-mnist, Zg = 4) the compiler could not know the
-rows' alignment from a runtime value and loaded those tiles 16 bits at a time. The heads draw noise
+nested inside it was not: its weight tiles came in through synchronous 16-bit loads). W_embed's
+row stride is a constexpr: at n_in + j Zg = 132..140 columns (moving-mnist, Zg = 4) the compiler
+could not know the rows' alignment from a runtime value and loaded those tiles 16 bits at a time. The heads draw noise
 for the group's columns only, not the tile's 16 (:func:`.triton_blocks.noise_width`). Static counts
 (``python -m hafsvg_kernels.sm90_report``, bf16, batch 1600, sm_90a; instructions per warp and
 program, before -> after these and the activations of :mod:`.triton_blocks`): the predictor's
@@ -154,7 +154,7 @@ def _split_cell_kernel(
             z_op = z_prev.to(dtype)  # the dot operand, converted once
         # an input part of one chunk is read once, before the loop (a load inside it, invariant, is
         # not pipelined: 16-bit loads in the MMA operand layout, 64 per thread at 128 columns)
-        a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A)
+        a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A)  # unused (removed) if A_CHUNKS > 1
         a2 = a1
         if A2_CHUNKS == 1:
             a2 = _part_tile(a2_ptr, stride_a2, K_a2, 0, rows, row_mask, BLOCK_A2)
@@ -374,10 +374,11 @@ def _cell_launch(B, H, a, stride_a, K_a, a2, stride_a2, K_a2, embed, e, head, he
                  precision):  # fmt: skip
     """One cell launch. embed: None or (embed_w, embed_b, z_reg: bool); head: None or (hh, mu_w, mu_b,
     lv_w, lv_b, col0, Zg); heads: HeadIO; state: (h, c); cell: CellWeights; new: (h_new, c_new)."""
-    cfg = split_config(B, H, new[0].dtype == torch.float32, precision != "ieee")
+    fp32 = new[0].dtype == torch.float32
+    cfg = split_config(B, H, fp32, precision != "ieee")
     hh, mu_w, mu_b, lv_w, lv_b, col0, Zg = head if head is not None else (e, e, e, e, e, 0, 1)
     ew, eb, z_reg = embed if embed is not None else (e, e, False)
-    widest = embed_chunk(cfg, new[0].dtype == torch.float32)
+    widest = embed_chunk(cfg, fp32)
     (a_chunks, block_a), (a2_chunks, block_a2) = _part_tiles(K_a, widest), _part_tiles(K_a2, widest)
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](
         a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
