@@ -106,7 +106,7 @@ print('cuda extension:', _ext.build_state('cuda'))" >"$build_log" 2>&1 &
     xdist=()
     "$py" -c "import xdist" 2>/dev/null && xdist=(-n 14)
     step tests 150 20 "$py" -m pytest -q -rs -p no:cacheprovider --durations=10 "${xdist[@]}" \
-        tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_fast_sampling.py \
+        tests/test_attention_triton.py tests/test_recurrent_triton.py tests/test_recurrent_fold.py tests/test_fast_sampling.py \
         tests/test_silent_wrong.py tests/test_dispatch.py
     if [ $gpu = 1 ]; then
         wait "$build_pid" 2>/dev/null

@@ -19,6 +19,9 @@ weight for fixed random output gradients), with the implementations
   L + 1 for the predictor), noise passed in;
 * ``fused-row``: the same in the row design (``HAFSVG_RECURRENT_SPLIT=0``: one launch per step);
 * ``fused-philox`` (prior only): the same with the noise drawn in-kernel from a seed;
+* ``fused-folded`` (``fwd``): ``fused`` on the weights with each embedding folded into the first
+  cell (``hafsvg_kernels.fold_embedding``, done once outside the timed call, as ``FastSampler``
+  does once per call): the same op and floor, less work;
 * ``cuda``: the same calls with ``backend="cuda"`` (the C++/CUDA extension), noise passed in, to
   measure the CUDA ``auto`` order;
 * ``eager``: the PyTorch reference (``reference.py``) as is;
@@ -44,7 +47,7 @@ from _common import default_device, run_benchmark
 
 from hafsvg_kernels._ext import cuda_backend_unavailable
 from hafsvg_kernels._triton import triton_unavailable
-from hafsvg_kernels.recurrent import gaussian_lstm_step, lstm_step
+from hafsvg_kernels.recurrent import fold_embedding, gaussian_lstm_step, lstm_step
 from hafsvg_kernels.recurrent.reference import (
     CellWeights,
     GaussianLSTMWeights,
@@ -69,7 +72,7 @@ SIZES = {"g_dim": 128, "z_dim": 16, "groups": 4, "hidden": 256, "pred_layers": 2
 if not GPU:  # smoke test of the harness
     SIZES = {"g_dim": 32, "z_dim": 8, "groups": 4, "hidden": 64, "pred_layers": 2, "gauss_layers": 1}
 PASSES = ["fwd", "fwd+bwd"]
-IMPLS = ["fused", "fused-row", "fused-philox", "cuda", "eager", "compile"]
+IMPLS = ["fused", "fused-row", "fused-philox", "fused-folded", "cuda", "eager", "compile"]
 
 
 def _batch(batch):
@@ -161,7 +164,7 @@ _compiled = {}
 
 def _impl_fn(kind, impl):
     """The step function of an implementation: (x, states, weights, eps, cond) -> outputs."""
-    if impl in ("fused", "fused-row", "fused-philox"):
+    if impl in ("fused", "fused-row", "fused-philox", "fused-folded"):
         if not GPU:
             pytest.skip("Triton kernels need a CUDA device; the interpreter is for correctness only")
         why = triton_unavailable()
@@ -196,12 +199,16 @@ def test_bench_recurrent_step(benchmark, monkeypatch, workload, passes, impl):
         monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "0")
     if impl == "fused-philox" and kind == "lstm":
         pytest.skip("the predictor draws no noise")
+    if impl == "fused-folded" and passes != "fwd":
+        pytest.skip("folded embeddings are forward-only on Triton")
     if impl == "compile" and not GPU and (workload, passes) != ("prior-sample", "fwd"):
         pytest.skip("torch.compile is timed on GPU; on a CPU (~30 s of compilation per case) one case smoke-tests it")
     B = _batch(batch)
     step = _impl_fn(kind, impl)
     grad = passes == "fwd+bwd"
     args = _lstm_inputs(B) if kind == "lstm" else _gaussian_inputs(B, cond)
+    if impl == "fused-folded":
+        args = (*args[:2], fold_embedding(args[2]), *args[3:])
     x, weights = args[0], args[2]
     wrt = [x, *_leaves(weights)]
     for t in wrt:

@@ -5,7 +5,8 @@ Ops (each dispatches to a backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"cpp
 
 * :func:`aligned_attention` — HAF-SVG's feature-aligner attention with keys/values shared per clip;
 * :func:`lstm_step`, :func:`gaussian_lstm_step` — the recurrent step of the frame predictor and
-  of the (hierarchical) Gaussian LSTMs.
+  of the (hierarchical) Gaussian LSTMs; :func:`fold_embedding` folds their embedding into the first
+  cell for steps with fixed weights (sampling).
 
 Modules with SVG's parameter names: :class:`FusedLSTM`, :class:`FusedGaussianLSTM`,
 :class:`FusedHierarchicalGaussianLSTM` (``backend="auto"``), their bases :class:`LSTM`,
@@ -22,6 +23,7 @@ from .recurrent import (
     FusedLSTM,
     GaussianLSTM,
     HierarchicalGaussianLSTM,
+    fold_embedding,
     fuse,
     gaussian_lstm_step,
     lstm_step,
@@ -38,6 +40,7 @@ __all__ = [
     "HierarchicalGaussianLSTM",
     "aligned_attention",
     "aligned_attention_ref",
+    "fold_embedding",
     "fuse",
     "gaussian_lstm_step",
     "lstm_step",

@@ -19,7 +19,14 @@ import torch
 from hafsvg.config import HAFSVGConfig
 from hafsvg.models.hafsvg import HAFSVG
 from hafsvg.sampling.fast_sampler import FastSampler
-from hafsvg_kernels import LSTM, HierarchicalGaussianLSTM, aligned_attention, gaussian_lstm_step
+from hafsvg_kernels import (
+    LSTM,
+    HierarchicalGaussianLSTM,
+    aligned_attention,
+    fold_embedding,
+    gaussian_lstm_step,
+    lstm_step,
+)
 from hafsvg_kernels._triton import device_refusal, triton_unavailable
 from tests._ext_backends import needs_cpp
 
@@ -106,6 +113,31 @@ def test_compile_lstm_step(backend):
     assert_close(grads(got, inputs, w), grads(want, inputs, w))
 
 
+@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton), "auto"])
+def test_compile_folded_steps(backend):
+    """Folded embeddings under torch.compile: the custom ops carry two tensors fewer per stack. The
+    torch backend with gradients through the folded weights; Triton (forward-only) without."""
+    torch.manual_seed(4)
+    m, h = LSTM(9, 6, 16, 2), HierarchicalGaussianLSTM(9, 4, 16, 1, 2)
+    x, eps = torch.randn(3, 9, requires_grad=True), torch.randn(3, 4)
+    state, states = m.init_state(3), h.init_state(3)
+    grad = backend == "torch"
+
+    def f(x):
+        fw, gw = fold_embedding(m.weights()), fold_embedding(tuple(g.weights() for g in h.groups))
+        out, new = lstm_step(x, state, fw, backend=backend)
+        z, mu, logvar, news = gaussian_lstm_step(x, states, gw, eps, backend=backend)
+        return [out, *flat(new), z, mu, logvar, *(t for s in news for t in flat(s))]
+
+    with torch.set_grad_enabled(grad):
+        got, want = compiled(f)(x), f(x)
+    assert_close(got, want)
+    if grad:
+        inputs = [x, *m.parameters(), *h.parameters()]
+        w = [torch.randn_like(t) for t in want]
+        assert_close(grads(got, inputs, w), grads(want, inputs, w))
+
+
 @pytest.mark.parametrize("backend", OP_BACKENDS)
 @pytest.mark.parametrize("noise", ["eps", "cond", "seed"])
 def test_compile_gaussian_step(backend, noise):
@@ -143,13 +175,19 @@ def test_opcheck(backend):
     x = torch.randn(3, 9, requires_grad=True)
     m = LSTM(9, 6, 16, 2)
     state = [t.requires_grad_() for t in _flat_states((m.init_state(3),))]
-    torch.library.opcheck(torch.ops.hafsvg.lstm_step.default, (backend, x, state, _flat_lstm(m.weights()), 2))
+    torch.library.opcheck(torch.ops.hafsvg.lstm_step.default, (backend, x, state, _flat_lstm(m.weights()), 2, False))
     h = HierarchicalGaussianLSTM(9, 4, 16, 1, 2)
     w, states = _flat_gaussian([g.weights() for g in h.groups]), _flat_states(h.init_state(3))
     eps = torch.randn(3, 4, requires_grad=True)
     op = torch.ops.hafsvg.gaussian_lstm_step.default
-    torch.library.opcheck(op, (backend, x, states, w, eps, None, [1, 1], None, 0, None))
-    torch.library.opcheck(op, (backend, x, states, w, None, eps, [1, 1], 5, 2, None))
+    torch.library.opcheck(op, (backend, x, states, w, eps, None, [1, 1], False, None, 0, None))
+    torch.library.opcheck(op, (backend, x, states, w, None, eps, [1, 1], False, 5, 2, None))
+    if backend == "torch":  # folded embeddings (the extension refuses them): two tensors fewer per stack
+        leaf = lambda ts: [t.detach().requires_grad_() for t in ts]  # noqa: E731
+        fw = leaf(_flat_lstm(fold_embedding(m.weights())))
+        torch.library.opcheck(torch.ops.hafsvg.lstm_step.default, (backend, x, state, fw, 2, True))
+        fw = leaf(_flat_gaussian(fold_embedding([g.weights() for g in h.groups])))
+        torch.library.opcheck(op, (backend, x, states, fw, eps, None, [1, 1], True, None, 0, None))
 
 
 # ---- torch.compile: the model ------------------------------------------------------------------

@@ -9,6 +9,7 @@ from hafsvg.fast_sampling import FastSampler
 from hafsvg.metrics import evaluate_samples
 from hafsvg.models import DCGANDecoder, DCGANEncoder, VGGDecoder, VGGEncoder
 from hafsvg.sampling.split_conv import SplitConvDecoder
+from hafsvg_kernels._triton import triton_unavailable
 
 CUDA = torch.cuda.is_available()
 
@@ -302,6 +303,26 @@ def test_recurrent_bf16_weights_follow_parameter_updates():
     assert torch.equal(torch.cat(g), torch.cat(g_fresh)) and not torch.equal(torch.cat(g), before)
     with pytest.raises(ValueError, match="recurrent_dtype"):
         FastSampler(model, recurrent_dtype=torch.float16)
+
+
+def test_folded_embeddings():
+    """fold=True: the steps take folded weights (no embedding GEMM): the frames within the fp32
+    tolerance of the unfolded sampler's but not bitwise equal (other roundings: the fold ran); the
+    folded weights follow an in-place edit through ``.data`` at the next call. The default folds
+    where the backend picks Triton for folded steps (the CPU's auto picks torch: no fold)."""
+    model = _model()
+    context, noise = _inputs(model, clips=2, samples=2, n_future=3)
+    folded = FastSampler(model, backend="torch", fold=True)
+    assert folded.fold and folded._weights(2).embed_w is None
+    ref = FastSampler(model, backend="torch").sample(context, 3, 2, noise=noise)
+    out = folded.sample(context, 3, 2, noise=noise)
+    assert 0 < rel(out, ref) <= 1e-4
+    model.frame_predictor.embed.weight.data.mul_(0.5)
+    again = folded.sample(context, 3, 2, noise=noise)
+    fresh = FastSampler(model, backend="torch", fold=True).sample(context, 3, 2, noise=noise)
+    assert torch.equal(again, fresh) and not torch.equal(again, out)
+    assert not FastSampler(model, backend="torch").fold and not FastSampler(model).fold
+    assert FastSampler(model, backend="triton").fold == (triton_unavailable() is None)
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")

@@ -87,8 +87,9 @@ def test_report_covers_every_row_and_the_recurrent_step(report):
             for d in ("fwd", "bwd"):
                 assert (f"{row} {d} {dt}", "launcher") in names
         assert {(r["row"], r["dtype"]) for r in report["rows"]} >= {(r, dt) for r in ROW_NAMES}
-        assert (f"prior step moving-mnist {dt}", "launcher") in names
-        assert (f"predictor step moving-mnist {dt}", "launcher") in names
+        for config in ("launcher", "launcher, folded"):
+            assert (f"prior step moving-mnist {dt}", config) in names
+            assert (f"predictor step moving-mnist {dt}", config) in names
     for o in report["ops"]:
         assert o["modeled_s"] > 0 and o["floor_s"] > 0 and 0 < o["ratio_to_floor"]
         # The model counts what the kernel executes, the floor what the op needs: a ratio above 1
@@ -101,7 +102,9 @@ def test_report_covers_every_row_and_the_recurrent_step(report):
             assert k["regs"] > 0 and k["spill_stores"] >= 0 and k["stack"] >= 0
             assert k["mma_kind"] in ("wgmma", "mma.sync", "fma")
     assert [t["target"] for t in report["targets"]], "the targets section is computed"
-    assert len(report["recurrent_steps"]) == 2
+    assert len(report["recurrent_steps"]) == 4  # per dtype: the embedding in the kernels, and folded
+    for st in report["recurrent_steps"]:  # the folded step does less work than SVG's: a lower floor
+        assert (st["floor_s"] < st["svg_floor_s"]) == (st["config"] == "launcher, folded"), st
 
 
 # ----------------------------------------------------------------------------------------------

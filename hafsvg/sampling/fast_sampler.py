@@ -29,9 +29,14 @@ same noise layout; the reference stays the reference) with these levers:
   :meth:`FastSampler.reset_graphs` drops them all;
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast. With bfloat16 the
   recurrent steps run in bfloat16 too (``recurrent_dtype``: weights cast at the start of each call,
-  states and z in bfloat16; the fused step in bf16 models ~11x faster than in fp32 on an H100,
-  31 against 354 µs at batch 1600, ``python -m hafsvg_kernels.sm90_report``); with float16 they
-  stay in the model's dtype (an LSTM's cell state can leave float16's range).
+  states and z in bfloat16; the fused step in bf16 models ~12x faster than in fp32 on an H100,
+  19.9 against 231 µs at batch 1600 folded, ``python -m hafsvg_kernels.sm90_report``); with float16 they
+  stay in the model's dtype (an LSTM's cell state can leave float16's range);
+* ``fold=True`` (the default where the recurrent steps run on Triton): each recurrent module's
+  embedding is folded into its first LSTM cell (``hafsvg_kernels.fold_embedding``, at the start of
+  each call, into the same tensors): no embedding GEMM, and in the split Triton step no program
+  recomputes it (the moving-mnist sampling step models 29.7 -> 19.9 µs in bf16; same function,
+  other roundings).
 
 :meth:`FastSampler.best_of_n` streams: each predicted frame is scored (SSIM, PSNR, MSE, under a
 metric protocol) against the target on the device as soon as it is decoded and a running best and
@@ -43,8 +48,8 @@ fixed per clip); "latest" is refused at construction (it would recompute them fo
 every step). BatchNorm uses its running statistics (``batchnorm="batch"`` is refused).
 
 The split decoder weights (BatchNorm folded in) are a snapshot taken at construction; encoder and
-recurrent weights are read at each call (with ``recurrent_dtype`` bfloat16, cast into the sampler's
-bf16 copies at the start of each call; a cached graph reads what it captured: the cuda backend's
+recurrent weights are read at each call (with ``recurrent_dtype`` bfloat16 or ``fold``, cast or folded
+into the sampler's copies at the start of each call; a cached graph reads what it captured: the cuda backend's
 packed weights and replaced parameters are not seen again). Build a new sampler after changing the
 model's weights.
 """
@@ -56,7 +61,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from tqdm import tqdm
 
-from hafsvg_kernels import BackendUnavailable, gaussian_lstm_step, lstm_step
+from hafsvg_kernels import BackendUnavailable, fold_embedding, gaussian_lstm_step, lstm_step
 from hafsvg_kernels.recurrent.interface import GAUSSIAN_LSTM_STEP
 
 from ..metrics import HIGHER_IS_BETTER, PROTOCOLS, BestOfN, _extreme_index, check_unit_range, mse, psnr, ssim
@@ -146,13 +151,17 @@ class FastSampler:
             the model's dtype, or torch.bfloat16 (also without autocast, e.g. on a CPU). The weights
             are cast at the start of each call into the same bf16 tensors (which captured graphs
             read): about one read of the recurrent parameters per call.
+        fold: fold each recurrent module's embedding into its first LSTM cell at the start of each
+            call (``hafsvg_kernels.fold_embedding``; the steps then skip the embedding GEMM). None:
+            where the backend picks Triton for the folded steps (which accepts them forward-only;
+            the cpp and cuda backends refuse them, the torch backend takes them).
 
     Attributes:
         graph_captures: CUDA graphs captured so far (a cached graph is reused without capture).
     """
 
     def __init__(self, model: HAFSVG, *, backend="auto", dtype=None, graphs=False, memory_budget=None,
-                 noise="torch", recurrent_dtype=None):  # fmt: skip
+                 noise="torch", recurrent_dtype=None, fold=None):  # fmt: skip
         p = next(model.parameters())
         self.model, self.backend, self.device, self.model_dtype = model, backend, p.device, p.dtype
         self.dtype = p.dtype if dtype is None else dtype
@@ -193,7 +202,8 @@ class FastSampler:
         self._graph_cache = {}  # signature -> _GraphSteps, least recently used first
         self._graph_chunks = {}  # clips -> samples per chunk, kept for the cached graphs (no memory_budget)
         self.graph_captures = 0
-        self._recurrent_weights = None  # recurrent_dtype != the model's: the weights cast to it
+        self.fold = fold_picks_triton(model, backend) if fold is None else bool(fold)
+        self._recurrent_weights = None  # cast to recurrent_dtype and/or folded (_own_weights)
 
     # ---- public --------------------------------------------------------------------------------
 
@@ -504,22 +514,30 @@ class FastSampler:
             return m.frame_predictor.weights()
         return tuple(g.weights() for g in (m.posterior, m.prior)[which].groups)
 
+    def _own_weights(self) -> bool:
+        """Whether the steps read the sampler's copies of the weights (cast or folded)."""
+        return self.fold or self.recurrent_dtype != self.model_dtype
+
     def _refresh_recurrent_weights(self):
-        """With ``recurrent_dtype`` other than the model's: the weights cast into the sampler's
-        copies, at the start of every call and in place (captured CUDA graphs read those tensors).
-        Every call, not only when a parameter's version changed: fused optimizers and edits through
+        """The sampler's copies of the weights (cast to ``recurrent_dtype``, folded with ``fold``),
+        at the start of every call and in place (captured CUDA graphs read those tensors). Every
+        call, not only when a parameter's version changed: fused optimizers and edits through
         ``.data`` change parameters without a new version."""
-        if self.recurrent_dtype == self.model_dtype:
+        if not self._own_weights():
             return
         weights = tuple(self._module_weights(i) for i in range(3))
+        if self.fold:  # computed in float32 from the model's weights, rounded once to recurrent_dtype
+            weights = tuple(fold_embedding(w, self.recurrent_dtype) for w in weights)
+        else:
+            weights = _map(lambda t: t.to(self.recurrent_dtype), weights)
         if self._recurrent_weights is None:
-            self._recurrent_weights = _map(lambda t: t.to(self.recurrent_dtype), weights)
+            self._recurrent_weights = weights
         else:
             _copy_(self._recurrent_weights, weights)
 
     def _weights(self, which):
-        """Weights of recurrent module ``which`` in ``recurrent_dtype``."""
-        if self.recurrent_dtype == self.model_dtype:
+        """Weights of recurrent module ``which`` as the steps take them."""
+        if not self._own_weights():
             return self._module_weights(which)
         if self._recurrent_weights is None:
             self._refresh_recurrent_weights()
@@ -588,6 +606,21 @@ def prior_noise_backend(model: HAFSVG, backend: str) -> str:
     except BackendUnavailable as err:
         return f"none ({err})"
     return chosen.name
+
+
+def fold_picks_triton(model: HAFSVG, backend: str) -> bool:
+    """Whether ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks Triton for the prior's
+    step with a folded embedding on the model's device: ``FastSampler``'s default ``fold``."""
+    prior = model.prior
+    p = next(prior.parameters())
+    x = torch.zeros(1, prior.input_size, device=p.device, dtype=p.dtype)
+    try:
+        with torch.no_grad():  # as sampling runs
+            weights = fold_embedding(tuple(g.weights() for g in prior.groups))
+            chosen = GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, prior.init_state(1), weights, seed=0)
+    except BackendUnavailable:
+        return False
+    return chosen.name == "triton"
 
 
 def _first_counter(generator, count):

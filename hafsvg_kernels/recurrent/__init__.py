@@ -1,3 +1,4 @@
+from .fold import fold_embedding
 from .fuse import fuse
 from .fused import FusedGaussianLSTM, FusedHierarchicalGaussianLSTM, FusedLSTM
 from .interface import GAUSSIAN_LSTM_STEP, LSTM_STEP, gaussian_lstm_step, lstm_step
@@ -16,6 +17,7 @@ __all__ = [
     "GaussianLSTMWeights",
     "HierarchicalGaussianLSTM",
     "LSTMWeights",
+    "fold_embedding",
     "fuse",
     "gaussian_lstm_step",
     "lstm_step",

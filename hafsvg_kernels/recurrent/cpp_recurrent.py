@@ -170,8 +170,10 @@ def lstm_step_cuda(x, state, weights):
     return _lstm(load_cuda, x, state, weights)
 
 
-def _refusal(device_type: str, x, layer_counts) -> list[str]:
+def _refusal(device_type: str, x, layer_counts, folded: bool) -> list[str]:
     why = []
+    if folded:
+        why.append("a folded embedding (embed_w None): the extension's kernels compute the embedding itself")
     if x.device.type != device_type:
         name = "cpp" if device_type == "cpu" else "cuda"
         why.append(f"the {name} backend runs on {device_type.upper()} tensors, these are on {x.device}")
@@ -188,12 +190,12 @@ def _refusal(device_type: str, x, layer_counts) -> list[str]:
 
 
 def _lstm_refuses(device_type):
-    return lambda x, state, weights: _refusal(device_type, x, [len(weights.cells)])
+    return lambda x, state, weights: _refusal(device_type, x, [len(weights.cells)], weights.embed_w is None)
 
 
 def _gaussian_refuses(device_type):
     def refuses(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
-        return _refusal(device_type, x, [len(w.cells) for w in weights])
+        return _refusal(device_type, x, [len(w.cells) for w in weights], weights[0].embed_w is None)
 
     return refuses
 

@@ -39,6 +39,9 @@ GAUSSIAN_LSTM_STEP = Op("gaussian_lstm_step", _ORDER)
 
 #: G x n_layers above which the Triton kernel (unrolled over groups and layers) is refused.
 MAX_FUSED_CELLS = 32
+#: Widest group a folded Gaussian step takes on Triton (the split design's z tile:
+#: ``triton_split.MAX_GROUP_WIDTH``, not imported here: that imports Triton).
+MAX_FOLDED_GROUP_WIDTH = 64
 
 
 def _gaussian_torch(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
@@ -73,6 +76,17 @@ def _triton_refusal(x, n_cells: int) -> list[str]:
     return why
 
 
+def _folded_refusal(x, states, weights) -> list[str]:
+    """A folded embedding: forward only (the backward of the Triton step reads the embedding)."""
+    if weights[0].embed_w is not None or not torch.is_grad_enabled():
+        return []
+    tensors = [x, *(t for s in states for pair in s for t in pair)]
+    tensors += [t for w in weights for t in (*w[:2], *(u for c in w.cells for u in c), *w[3:]) if t is not None]
+    if any(t.requires_grad for t in tensors):
+        return ["a folded embedding (embed_w None) with gradients: the Triton step is forward-only there"]
+    return []
+
+
 def _lstm_triton(x, state, weights):
     from .triton_lstm import lstm_step_triton  # imports Triton: only once the backend is chosen
 
@@ -83,7 +97,7 @@ def _lstm_triton_refuses(x, state, weights) -> list[str]:
     why = _triton_refusal(x, len(weights.cells))
     if not weights.cells:
         why.append("no LSTM cells (n_layers = 0)")
-    return why
+    return why + _folded_refusal(x, (state,), (weights,))
 
 
 def _gaussian_triton(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
@@ -99,7 +113,10 @@ def _gaussian_triton_refuses(x, states, weights, eps=None, cond=None, *, seed=No
         why.append(f"groups with different numbers of LSTM cells ({sorted(L)}); the kernel stacks them")
     if 0 in L:
         why.append("no LSTM cells (n_layers = 0)")
-    return why
+    zg = weights[0].mu_w.shape[0]
+    if weights[0].embed_w is None and zg > MAX_FOLDED_GROUP_WIDTH:
+        why.append(f"a folded embedding with {zg} latent units per group > {MAX_FOLDED_GROUP_WIDTH}")
+    return why + _folded_refusal(x, states, weights)
 
 
 LSTM_STEP.register(Backend("triton", _lstm_triton, unavailable=triton_unavailable, refuses=_lstm_triton_refuses))
@@ -123,27 +140,49 @@ def _check_weight(op, name, t, shape, like):
     _check_tensor(op, name, t, shape, like)
 
 
-def _in_features(op, embed_w, prefix=""):
-    """in_features of a stack: embed_w's second dim, once embed_w is known to be 2-D."""
-    if not isinstance(embed_w, torch.Tensor) or embed_w.dim() != 2:
+def _in_features(op, w, prefix=""):
+    """in_features of a stack: embed_w's second dim, or with a folded embedding (embed_w None) the
+    first cell's w_ih's, once that tensor is known to be 2-D."""
+    if w.embed_w is None:
+        w_ih = w.cells[0].w_ih if w.cells else None
+        if not isinstance(w_ih, torch.Tensor) or w_ih.dim() != 2:
+            raise ValueError(f"{op}: {prefix}embed_w is None (folded): cells[0].w_ih must be a 2-D tensor (4H, in)")
+        return w_ih.shape[1]
+    if not isinstance(w.embed_w, torch.Tensor) or w.embed_w.dim() != 2:
         raise ValueError(f"{op}: {prefix}embed_w must be a 2-D tensor (H, in_features)")
-    return embed_w.shape[1]
+    return w.embed_w.shape[1]
 
 
-def _check_stack(op, x, state, embed_w, embed_b, cells, prefix=""):
-    """The state and the embed + cell weights of one stack; H is embed_w's output size."""
+def _hidden(op, w, prefix=""):
+    """H of a stack: embed_w's first dim, or with a folded embedding the first cell's w_hh's second."""
+    if w.embed_w is not None:
+        return w.embed_w.shape[0]
+    w_hh = w.cells[0].w_hh
+    if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2:
+        raise ValueError(f"{op}: {prefix}cells[0].w_hh must be a 2-D tensor (4H, H)")
+    return w_hh.shape[1]
+
+
+def _check_stack(op, x, state, w, prefix=""):
+    """The state and the embed + cell weights of one stack (embed_w None: folded into the first
+    cell, whose w_ih is then (4H, in_features)); returns H."""
     B = x.shape[0]
-    _in_features(op, embed_w, prefix)
-    H = embed_w.shape[0]
-    _check_weight(op, f"{prefix}embed_w", embed_w, (H, embed_w.shape[1]), x)
-    _check_weight(op, f"{prefix}embed_b", embed_b, (H,), x)
-    if len(state) != len(cells):
-        raise ValueError(f"{op}: {prefix}state has {len(state)} layers, the weights {len(cells)}")
-    for i, ((h, c), w) in enumerate(zip(state, cells)):
+    n_in = _in_features(op, w, prefix)
+    H = _hidden(op, w, prefix)
+    if w.embed_w is None:
+        if w.embed_b is not None:
+            raise ValueError(f"{op}: {prefix}embed_w is None (a folded embedding) but embed_b is not")
+    else:
+        _check_weight(op, f"{prefix}embed_w", w.embed_w, (H, n_in), x)
+        _check_weight(op, f"{prefix}embed_b", w.embed_b, (H,), x)
+    if len(state) != len(w.cells):
+        raise ValueError(f"{op}: {prefix}state has {len(state)} layers, the weights {len(w.cells)}")
+    for i, ((h, c), cw) in enumerate(zip(state, w.cells)):
         _check_tensor(op, f"{prefix}state[{i}].h", h, (B, H), x)
         _check_tensor(op, f"{prefix}state[{i}].c", c, (B, H), x)
-        for name, shape in (("w_ih", (4 * H, H)), ("w_hh", (4 * H, H)), ("b_ih", (4 * H,)), ("b_hh", (4 * H,))):
-            _check_weight(op, f"{prefix}cells[{i}].{name}", getattr(w, name), shape, x)
+        k_in = n_in if i == 0 and w.embed_w is None else H
+        for name, shape in (("w_ih", (4 * H, k_in)), ("w_hh", (4 * H, H)), ("b_ih", (4 * H,)), ("b_hh", (4 * H,))):
+            _check_weight(op, f"{prefix}cells[{i}].{name}", getattr(cw, name), shape, x)
     return H
 
 
@@ -169,8 +208,8 @@ def lstm_step(x, state, weights, *, backend: str = "auto"):
     op = "lstm_step"
     if isinstance(x, torch.Tensor) and _amp(x):
         x, (state,), weights = _to_float32(x, (state,), weights)
-    _check_x(op, x, _in_features(op, weights.embed_w))
-    H = _check_stack(op, x, state, weights.embed_w, weights.embed_b, weights.cells)
+    _check_x(op, x, _in_features(op, weights))
+    H = _check_stack(op, x, state, weights)
     n_out = weights.out_w.shape[0] if weights.out_w.dim() == 2 else -1
     _check_weight(op, "out_w", weights.out_w, (n_out, H), x)
     _check_weight(op, "out_b", weights.out_b, (n_out,), x)
@@ -289,7 +328,9 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
         raise ValueError(f"{op}: weights must hold at least one group")
     if isinstance(x, torch.Tensor) and _amp(x):
         x, states, weights, eps, cond = _to_float32(x, states, weights, eps, cond)
-    _check_x(op, x, _in_features(op, weights[0].embed_w, "group 0's "))
+    _check_x(op, x, _in_features(op, weights[0], "group 0's "))
+    if len({w.embed_w is None for w in weights}) > 1:
+        raise ValueError(f"{op}: fold every group's embedding or none (embed_w None in some groups only)")
     if len(states) != len(weights):
         raise ValueError(f"{op}: {len(states)} states for {len(weights)} groups")
     _check_noise_args(op, eps, seed, offset, x)
@@ -299,14 +340,17 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
         _check_tensor(op, "eps", eps, (B, G * zg), x)
     if cond is not None:
         _check_tensor(op, "cond", cond, (B, G * zg), x)
-    H = weights[0].embed_w.shape[0]
+    H = _hidden(op, weights[0], "group 0 ")
     for j, (state, w) in enumerate(zip(states, weights)):
-        if w.embed_w.dim() != 2 or w.embed_w.shape != (H, x.shape[1] + j * zg):
+        name, rows = ("embed_w", H) if w.embed_w is not None else ("cells[0].w_ih (folded)", 4 * H)
+        n_in = _in_features(op, w, f"group {j} ")
+        if n_in != x.shape[1] + j * zg or _hidden(op, w, f"group {j} ") != H:
+            t = w.embed_w if w.embed_w is not None else w.cells[0].w_ih
             raise ValueError(
-                f"{op}: group {j}'s embed_w has shape {tuple(w.embed_w.shape)}, expected "
-                f"({H}, {x.shape[1] + j * zg}) (x's {x.shape[1]} inputs + {j} groups of {zg})"
+                f"{op}: group {j}'s {name} has shape {tuple(t.shape)}, expected "
+                f"({rows}, {x.shape[1] + j * zg}) (x's {x.shape[1]} inputs + {j} groups of {zg})"
             )
-        _check_stack(op, x, state, w.embed_w, w.embed_b, w.cells, prefix=f"group {j} ")
+        _check_stack(op, x, state, w, prefix=f"group {j} ")
         for name, shape in (("mu_w", (zg, H)), ("mu_b", (zg,)), ("logvar_w", (zg, H)), ("logvar_b", (zg,))):
             _check_weight(op, f"group {j} {name}", getattr(w, name), shape, x)
     states, weights = tuple(tuple(s) for s in states), tuple(weights)

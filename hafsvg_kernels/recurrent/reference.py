@@ -22,20 +22,23 @@ class CellWeights(NamedTuple):
 
 
 class LSTMWeights(NamedTuple):
-    """SVG's ``lstm`` (the frame predictor): embed -> cells -> Linear -> tanh."""
+    """SVG's ``lstm`` (the frame predictor): embed -> cells -> Linear -> tanh. ``embed_w`` and
+    ``embed_b`` None: the embedding folded into the first cell (its w_ih (4H, I), see
+    :func:`~hafsvg_kernels.recurrent.fold.fold_embedding`)."""
 
-    embed_w: torch.Tensor  # (H, I)
-    embed_b: torch.Tensor  # (H,)
+    embed_w: torch.Tensor | None  # (H, I)
+    embed_b: torch.Tensor | None  # (H,)
     cells: tuple[CellWeights, ...]
     out_w: torch.Tensor  # (O, H)
     out_b: torch.Tensor  # (O,)
 
 
 class GaussianLSTMWeights(NamedTuple):
-    """SVG's ``gaussian_lstm``: embed -> cells -> (mu, logvar) heads."""
+    """SVG's ``gaussian_lstm``: embed -> cells -> (mu, logvar) heads (embed None: folded, as
+    :class:`LSTMWeights`)."""
 
-    embed_w: torch.Tensor  # (H, I)
-    embed_b: torch.Tensor  # (H,)
+    embed_w: torch.Tensor | None  # (H, I)
+    embed_b: torch.Tensor | None  # (H,)
     cells: tuple[CellWeights, ...]
     mu_w: torch.Tensor  # (Z, H)
     mu_b: torch.Tensor  # (Z,)
@@ -55,7 +58,7 @@ def lstm_cell_ref(x, h, c, w: CellWeights):
 
 
 def _stack_ref(x, state: State, embed_w, embed_b, cells):
-    h_in = F.linear(x, embed_w, embed_b)
+    h_in = x if embed_w is None else F.linear(x, embed_w, embed_b)
     new = []
     for (h, c), w in zip(state, cells):
         h_in, c = lstm_cell_ref(h_in, h, c, w)

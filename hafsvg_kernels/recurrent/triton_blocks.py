@@ -34,7 +34,8 @@ def _recip_approx(num, den):
 # each MUFU.EX2), tanh as 2 sigmoid(2x) - 1 (no |x|, no select), and the LSTM cell's biases pre-scaled
 # per column so that bias and scale are one FFMA. Static counts of the predictor's second cell
 # (bf16, batch 1600, sm_90a, ``python -m hafsvg_kernels.sm90_report``): 3115 instructions per warp
-# with tl.exp and IEEE division, 2489 with exp2 and the approximate division, 2358 with this form.
+# with tl.exp and IEEE division, 2489 with exp2 and the approximate division, 2358 with this form,
+# 2219 with bf16 outputs' tanh.approx (:func:`_act`; fp32 outputs keep this form).
 
 
 @triton.jit
@@ -49,6 +50,47 @@ def _tanh_of(x, b):
     -1 and 1 at the ends (exp2 overflows to inf, the quotient to 0); absolute error ~1e-7 near 0
     (2-3e-7 with a GPU's ex2.approx and approximate division), as the (1 - e) / (1 + e) form had."""
     return _recip_approx(2.0, 1.0 + tl.exp2(x * (-2.0 * _LOG2E) + b)) - 1.0
+
+
+@triton.jit
+def _tanh_approx(x):
+    """tanh.approx.f32 (one MUFU.TANH, sm_75 and later): relative error below 2^-10.9, under a
+    bf16 output's rounding (2^-9). For bf16 outputs only: bf16 runs on GPUs only, so the
+    interpreter (which has no inline assembly) never reaches it."""
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _act(x, b, dtype, SIGMOID: tl.constexpr):
+    """sigmoid (SIGMOID) or tanh of x + b, for outputs of ``dtype``; ``b`` pre-scaled by
+    :func:`_act_scale`. bf16: tanh.approx, sigmoid(y) = tanh(y / 2) / 2 + 1 / 2 (FFMA, MUFU.TANH,
+    FFMA, against FFMA, MUFU.EX2, FADD, MUFU.RCP and a multiply); else exp2 and the approximate
+    division (fp32 accuracy)."""
+    if dtype == tl.bfloat16:
+        if SIGMOID:
+            return _tanh_approx(x * 0.5 + b) * 0.5 + 0.5
+        else:
+            return _tanh_approx(x + b)
+    else:
+        if SIGMOID:
+            return _sigmoid_of(x, b)
+        else:
+            return _tanh_of(x, b)
+
+
+@triton.jit
+def _act_scale(dtype, SIGMOID: tl.constexpr):
+    """What :func:`_act` wants its bias multiplied by."""
+    if dtype == tl.bfloat16:
+        if SIGMOID:
+            return 0.5
+        else:
+            return 1.0
+    else:
+        if SIGMOID:
+            return -_LOG2E
+        else:
+            return -2.0 * _LOG2E
 
 
 @triton.jit
@@ -112,19 +154,19 @@ def _linear_rows(
 def _gates_acc(
     acc_i, acc_f, acc_g, acc_o,  # (BLOCK_B, BLOCK_N) fp32, one per gate
     a_ptr, stride_a, K,  # A (rows, K)
-    w_ptr,  # W (4H, K) row-major: gate q of hidden unit n is row q * H + n
+    w_ptr, ld_w,  # W (4H, >= K) with row stride ld_w: gate q of hidden unit n is row q * H + n
     rows, row_mask, n, n_mask, H,
     BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """acc_q += A[rows] @ W[q*H + n]^T for the four gates; one A tile feeds four dots."""
+    """acc_q += A[rows] @ W[q*H + n, :K]^T for the four gates; one A tile feeds four dots."""
     kk = tl.arange(0, BLOCK_K)
-    gate = H * K  # elements between gate blocks of W
+    gate = H * ld_w  # elements between gate blocks of W
     for k0 in range(0, K, BLOCK_K):
         k = k0 + kk
         k_mask = k < K
         a = tl.load(a_ptr + rows[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, a, w_ptr, K, gate, n, n_mask, k, k_mask,
-                                                PRECISION)  # fmt: skip
+        acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, a, w_ptr, ld_w, gate, n, n_mask, k,
+                                                k_mask, PRECISION)  # fmt: skip
     return acc_i, acc_f, acc_g, acc_o
 
 
@@ -132,12 +174,12 @@ def _gates_acc(
 def _gates_dot(
     acc_i, acc_f, acc_g, acc_o,  # (BLOCK_B, BLOCK_N) fp32, one per gate
     a,  # (BLOCK_B, BLOCK_K) input tile, columns k
-    w_ptr, K, gate,  # W (4H, K) row-major; gate = H * K, the elements between gate blocks
+    w_ptr, ld_w, gate,  # W (4H, >= K) with row stride ld_w; gate = H * ld_w, the elements between gate blocks
     n, n_mask, k, k_mask,
     PRECISION: tl.constexpr,
 ):
     """acc_q += a @ W[q*H + n, k]^T for the four gates: one K step."""
-    w = w_ptr + n[None, :] * K + k[:, None]
+    w = w_ptr + n[None, :] * ld_w + k[:, None]
     w_mask = n_mask[None, :] & k_mask[:, None]
     acc_i = tl.dot(a, tl.load(w, mask=w_mask, other=0.0), acc_i, input_precision=PRECISION)
     acc_f = tl.dot(a, tl.load(w + gate, mask=w_mask, other=0.0), acc_f, input_precision=PRECISION)
@@ -166,11 +208,11 @@ def _cell_rows(
         acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
         acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
         acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, inp_ptr, stride_inp, K_in, w_ih_ptr, rows, row_mask, n, n_mask, H,
+            acc_i, acc_f, acc_g, acc_o, inp_ptr, stride_inp, K_in, w_ih_ptr, K_in, rows, row_mask, n, n_mask, H,
             BLOCK_K, PRECISION,
         )  # fmt: skip
         acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh_ptr, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
+            acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh_ptr, H, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
         )
         _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih_ptr, b_hh_ptr, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
                      rows, row_mask, n, n_mask, H, SAVE_GATES)
@@ -194,16 +236,17 @@ def _cell_update(
     SAVE_GATES: tl.constexpr,
 ):
     """The pointwise part of an LSTMCell for rows x hidden units n: biases, activations, c', h'."""
-    i = _sigmoid_of(acc_i, _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, -_LOG2E)[None, :])
-    f = _sigmoid_of(acc_f, _bias_scaled(b_ih_ptr + H, b_hh_ptr + H, n, n_mask, -_LOG2E)[None, :])
-    g = _tanh_of(acc_g, _bias_scaled(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, n, n_mask, -2.0 * _LOG2E)[None, :])
-    o = _sigmoid_of(acc_o, _bias_scaled(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, n, n_mask, -_LOG2E)[None, :])
+    dtype = h_new_ptr.dtype.element_ty
+    s_sig, s_tanh = _act_scale(dtype, True), _act_scale(dtype, False)
+    i = _act(acc_i, _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, s_sig)[None, :], dtype, True)
+    f = _act(acc_f, _bias_scaled(b_ih_ptr + H, b_hh_ptr + H, n, n_mask, s_sig)[None, :], dtype, True)
+    g = _act(acc_g, _bias_scaled(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, n, n_mask, s_tanh)[None, :], dtype, False)
+    o = _act(acc_o, _bias_scaled(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, n, n_mask, s_sig)[None, :], dtype, True)
     mask = row_mask[:, None] & n_mask[None, :]
     off = rows[:, None] * H + n[None, :]
     c = tl.load(c_ptr + off, mask=mask, other=0.0).to(tl.float32)
     c = f * c + i * g
-    h = o * _tanh(c)
-    dtype = h_new_ptr.dtype.element_ty
+    h = o * _act(c, 0.0, dtype, False)
     tl.store(c_new_ptr + off, c.to(dtype), mask=mask)
     tl.store(h_new_ptr + off, h.to(dtype), mask=mask)
     if SAVE_GATES:

@@ -47,7 +47,7 @@ from .._triton import fp32_dot_precision
 from . import triton_split
 from .reference import CellWeights, GaussianLSTMWeights
 from .triton_blocks import _cell_rows, _head_tile, _linear_rows, noise_width
-from .triton_lstm import _c, autotune_configs, cells_backward, launch
+from .triton_lstm import _c, autotune_configs, cells_backward, contiguous_cells, launch
 
 
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
@@ -178,17 +178,18 @@ class GaussianSaved(NamedTuple):
 
 
 def contiguous_gaussian_weights(w: GaussianLSTMWeights) -> GaussianLSTMWeights:
-    cells = tuple(CellWeights(*(_c(t) for t in cw)) for cw in w.cells)
+    cells = contiguous_cells(w.cells, w.embed_w is None)
     return GaussianLSTMWeights(_c(w.embed_w), _c(w.embed_b), cells, *(_c(t) for t in w[3:]))
 
 
 def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=False):
     """One step of G hierarchical Gaussian LSTMs: one launch (the row design), or G * L + 1
-    (:mod:`.triton_split`, on a GPU).
+    (:mod:`.triton_split`, on a GPU, and always with folded embeddings).
 
     Args:
         x: (B, n_in); states: G states of L pairs (h, c), each (B, H); weights: G
-        :class:`GaussianLSTMWeights` (group j's embed (H, n_in + j * Zg), heads (Zg, H));
+        :class:`GaussianLSTMWeights` (group j's embed (H, n_in + j * Zg), heads (Zg, H); or every
+        group's embedding folded: embed None, the first w_ih (4H, n_in + j * Zg), forward only);
         eps: (B, G * Zg) noise, or None to draw it in-kernel from ``seed`` and ``offset`` (an
         int, or a one-element int64 tensor on x's device read by the kernel: see the module
         docstring); cond: None or (B, G * Zg); save: also write what :func:`backward` needs
@@ -200,8 +201,11 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     """
     G, L = len(weights), len(weights[0].cells)
     B, n_in = x.shape
-    H, Zg = weights[0].embed_w.shape[0], weights[0].mu_w.shape[0]
+    H, Zg = weights[0].cells[0].w_hh.shape[1], weights[0].mu_w.shape[0]
     Zt = G * Zg
+    folded = weights[0].embed_w is None
+    if folded and save:
+        raise ValueError("a folded embedding is forward-only: nothing to save for backward")
     if x.stride(-1) != 1:
         x = x.contiguous()
     kw = {"device": x.device, "dtype": x.dtype}
@@ -222,7 +226,7 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     weights = [contiguous_gaussian_weights(w) for w in weights]
     seed = 0 if seed is None else int(seed)
     precision = fp32_dot_precision(x.dtype)
-    if triton_split.split_enabled(B, Zg):
+    if (folded and Zg <= triton_split.MAX_GROUP_WIDTH) or triton_split.split_enabled(B, Zg):
         heads = triton_split.HeadIO(eps_buf, eps_buf.stride(0), z, mu, lv, seed, 0 if from_ptr else int(offset),
                                     offset if from_ptr else z, draw, from_ptr, draw and save)  # fmt: skip
         triton_split.gaussian_forward(x, states, weights, zsrc, cond is None, heads, e, h_out, c_out, gates, save,
@@ -431,7 +435,7 @@ def gaussian_lstm_step_triton(x, states, weights, eps=None, cond=None, *, seed=N
     offset (see the module docstring). Returns z, mu, logvar (B, G * Zg) and the G new states."""
     G, L = len(weights), len(weights[0].cells)
     flat = _flatten(states, weights)
-    tensors = [t for t in (x, eps, cond) if t is not None] + flat
+    tensors = [t for t in (x, eps, cond, *flat) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         z, mu, lv, h_out, c_out = GaussianStepFunction.apply((G, L, seed, offset), x, eps, cond, *flat)
     else:

@@ -228,28 +228,43 @@ class LSTMSaved(NamedTuple):
     out: torch.Tensor
 
 
-def _c(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() else t.contiguous()
+def _c(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t if t is None or t.is_contiguous() else t.contiguous()
+
+
+def contiguous_cells(cells, folded: bool) -> tuple:
+    """The cells' tensors contiguous; a folded first w_ih keeps its row stride (``fold_embedding``
+    pads it to aligned rows), with its columns made unit-stride."""
+    out = [CellWeights(*(_c(t) for t in cw)) for cw in cells]
+    if folded:
+        w_ih = cells[0].w_ih
+        out[0] = out[0]._replace(w_ih=w_ih if w_ih.stride(-1) == 1 else w_ih.contiguous())
+    return tuple(out)
 
 
 def contiguous_lstm_weights(w: LSTMWeights) -> LSTMWeights:
-    cells = tuple(CellWeights(*(_c(t) for t in cw)) for cw in w.cells)
+    cells = contiguous_cells(w.cells, w.embed_w is None)
     return LSTMWeights(_c(w.embed_w), _c(w.embed_b), cells, _c(w.out_w), _c(w.out_b))
 
 
 def forward(x, state, weights: LSTMWeights, save: bool = False):
-    """One predictor step: one launch (the row design), or L + 1 (:mod:`.triton_split`, on a GPU).
+    """One predictor step: one launch (the row design), or L + 1 (:mod:`.triton_split`, on a GPU,
+    and always with a folded embedding).
 
     Args:
         x: (B, n_in); state: L pairs (h, c), each (B, H); weights: :class:`LSTMWeights` (embed
-        (H, n_in), L cells with w_ih (4H, H), w_hh (4H, H), biases (4H,), out (n_out, H)).
-        save: also write the activated gates, for :func:`backward`.
+        (H, n_in), L cells with w_ih (4H, H), w_hh (4H, H), biases (4H,), out (n_out, H); or the
+        embedding folded: embed None, the first w_ih (4H, n_in)).
+        save: also write the activated gates, for :func:`backward` (not with a folded embedding).
 
     Returns:
         out (B, n_out); h_out, c_out (L, B, H) (the new state, stacked); :class:`LSTMSaved`.
     """
     B, n_in = x.shape
-    H, n_out, L = weights.embed_w.shape[0], weights.out_w.shape[0], len(weights.cells)
+    H, n_out, L = weights.cells[0].w_hh.shape[1], weights.out_w.shape[0], len(weights.cells)
+    folded = weights.embed_w is None
+    if folded and save:
+        raise ValueError("a folded embedding is forward-only: nothing to save for backward")
     if x.stride(-1) != 1:
         x = x.contiguous()
     kw = {"device": x.device, "dtype": x.dtype}
@@ -261,7 +276,7 @@ def forward(x, state, weights: LSTMWeights, save: bool = False):
     state = tuple((_c(h), _c(c)) for h, c in state)
     weights = contiguous_lstm_weights(weights)
     precision = fp32_dot_precision(x.dtype)
-    if triton_split.split_enabled(B):
+    if folded or triton_split.split_enabled(B):
         triton_split.lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision)
     else:
         cells = weights.cells
@@ -439,7 +454,7 @@ def lstm_step_triton(x, state, weights: LSTMWeights):
     autograd through :class:`LSTMStepFunction` when anything requires grad."""
     L = len(weights.cells)
     flat = _flatten_lstm(state, weights)
-    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in flat)):
+    if torch.is_grad_enabled() and (x.requires_grad or any(t is not None and t.requires_grad for t in flat)):
         out, h_out, c_out = LSTMStepFunction.apply(L, x, *flat)
     else:
         out, h_out, c_out, _ = forward(x, state, weights)

@@ -388,18 +388,26 @@ def _step_sizes(preset: str, dtype: str):
     return z, DTYPES[dtype], Ptr(dtype), RNN, GROUPS, z // GROUPS
 
 
-def _predictor_floor(n_in, n_out, L, H):
+def _first_input(K, H, folded):
+    """(weights, biases, activations per row) of a stack's input side: the embedding (H x K) and
+    the first cell's W_ih (4H x H), or folded, one (4H x K) product and no embedding output."""
+    return (4 * H * K, 0, 0) if folded else (H * K + 4 * H * H, H, H)
+
+
+def _predictor_floor(n_in, n_out, L, H, folded=False):
     """(weights, biases, activations) elements of the predictor step: floor bytes and MACs."""
-    w = H * n_in + L * (8 * H * H) + n_out * H
-    bias = H + L * 8 * H + n_out
-    act = B * (n_in + L * 2 * H + L * 2 * H + H + n_out)  # x, h/c in, h/c out, e, out
+    w_in, b_in, e = _first_input(n_in, H, folded)
+    w = w_in + 4 * H * H + (L - 1) * 8 * H * H + n_out * H
+    bias = b_in + L * 8 * H + n_out
+    act = B * (n_in + L * 2 * H + L * 2 * H + e + n_out)  # x, h/c in, h/c out, e, out
     return w, bias, act
 
 
-def _prior_floor(n_in, H, Zg, G, L):
-    w = sum(H * (n_in + j * Zg) + L * 8 * H * H + 2 * Zg * H for j in range(G))
-    bias = G * (H + L * 8 * H + 2 * Zg)
-    act = B * (n_in + G * (L * 4 * H + H) + 3 * G * Zg)
+def _prior_floor(n_in, H, Zg, G, L, folded=False):
+    firsts = [_first_input(n_in + j * Zg, H, folded) for j in range(G)]
+    w = sum(f[0] + 4 * H * H + (L - 1) * 8 * H * H + 2 * Zg * H for f in firsts)
+    bias = sum(f[1] + L * 8 * H + 2 * Zg for f in firsts)
+    act = B * (n_in + sum(L * 4 * H + f[2] for f in firsts) + 3 * G * Zg)
     return w, bias, act
 
 
@@ -453,58 +461,70 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
     return ops
 
 
-def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides) -> Launch:
+def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides,
+                       folded=False) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
-    offset): first = the embedding computed in it (input parts of n_in and K2 columns [+ Zg], with
-    row strides ``strides``); head = the previous group's heads recomputed first."""
+    offset): first = the cell reads the step's input (parts of n_in and K2 columns [+ Zg], with
+    row strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
+    padded to ``fold.ROW_ALIGN``); head = the previous group's heads recomputed first."""
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
+    from ..recurrent.fold import ROW_ALIGN
     from ..recurrent.triton_blocks import noise_width
 
     cfg = ts.split_config(B, H, io.dtype == "fp32")
     bz = ts._head_block_z(Zg)
     widest = ts.embed_chunk(cfg, io.dtype == "fp32")
-    (a_chunks, block_a), (a2_chunks, block_a2) = ts._part_tiles(n_in if first else H, widest), ts._part_tiles(
-        K2, widest
+    embed = first and not folded
+    K_in = n_in + K2 + (Zg if z_reg else 0)  # the input's width
+    (a_chunks, block_a), (a2_chunks, block_a2) = (
+        ts._part_tiles(n_in if embed else 0, widest),
+        ts._part_tiles(K2 if first else 0, widest),
     )
+    ld_in = (K_in if embed else -(-K_in // ROW_ALIGN) * ROW_ALIGN) if first else H
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
-        "stride_a2": stride_a2, "K_a2": K2, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io, "mu_w": io,
-        "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt, "z_ptr": io, "mu_ptr": io,
+        "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io,
+        "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt, "z_ptr": io, "mu_ptr": io,
         "lv_ptr": io, "col0": 0, "Zg": Zg, "Z_total": Zt, "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"),
         "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io,
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
-        "EMBED": first, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": True, "OFFSET_FROM_PTR": True,
+        "EMBED": embed, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": True, "OFFSET_FROM_PTR": True,
         "STORE_EPS": False, "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
         "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "NOISE_Z": noise_width(Zg, bz), "A_CHUNKS": a_chunks,
-        "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2,
-        "LD_E": n_in + K2 + (Zg if z_reg else 0) if first else 0, "PRECISION": "ieee",
+        "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(H, bk))] if head else []
-    loops.append(Trip(cdiv(H, bk), main=True))
+    loops.append(Trip(cdiv(n_in if first and folded else H, bk), main=True))  # the embedding's, or part 1's
     loops.append(Trip(cdiv(H, bk)))
-    w = 8 * H * H + 8 * H + ((n_in + K2 + (Zg if z_reg else 0)) * H + H if first else 0) + extra_w
+    if embed:
+        w = 8 * H * H + 8 * H + K_in * H + H
+    else:
+        w = 4 * H * (K_in if first else H) + 4 * H * H + 8 * H
+    w += extra_w
     act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act  # input, h/c in, h/c out
     grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
                   (w + act) * e, label)  # fmt: skip
 
 
-def _split_recurrent_ops(dtype, preset) -> list[Op]:
-    """The split design (the launcher on a GPU): one launch per cell over rows x hidden units."""
+def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
+    """The split design (the launcher on a GPU): one launch per cell over rows x hidden units;
+    ``folded``: with the embeddings folded into the first cells (the sampler's steps)."""
     from ..recurrent import triton_split as ts
 
     z, e, io, H, G, Zg = _step_sizes(preset, dtype)
     Zt = G * Zg
-    # predictor: L cell launches (the first computes the embedding), then tanh(Linear) over rows x outputs
+    config = "launcher, folded" if folded else "launcher"
+    # predictor: L cell launches (the first reads the step's input), then tanh(Linear) over rows x outputs
     L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
     fp32 = dtype == "fp32"
     n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
     launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e,
-                                   (n_in, n_in)) for i in range(L)]  # fmt: skip
+                                   (n_in, n_in), folded) for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
     consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
@@ -513,10 +533,10 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
                (cdiv(B, cfg.block_b), cdiv(n_out, cfg.block_n)), [Trip(cdiv(H, cfg.block_k), main=True)], 0,
                (n_out * H + n_out + B * (H + n_out)) * e, "output")
     )  # fmt: skip
-    w, bias, act = _predictor_floor(n_in, n_out, L, H)
+    w, bias, act = _predictor_floor(n_in, n_out, L, H, folded)
     ops = [
         Op(f"predictor step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
-           B * (L * 5 * H + n_out), (w + bias + act) * e, config="launcher",
+           B * (L * 5 * H + n_out), (w + bias + act) * e, config=config,
            meta={"preset": preset, "kernel": "predictor"})
     ]  # fmt: skip
     # prior: G launches of one cell (group j > 0 first recomputes group j - 1's heads, z into its
@@ -525,7 +545,7 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
     heads_w, heads_act = 2 * Zg * H + 2 * Zg, B * (H + 3 * Zg)
     launches = [
         _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
-                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt))
+                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt), folded)
         for j in range(G)
     ]  # fmt: skip
     bz = ts.heads_tile_z(Zg)
@@ -540,18 +560,19 @@ def _split_recurrent_ops(dtype, preset) -> list[Op]:
         Launch("_split_heads_kernel", "split", args, consts, 4, 3, (cdiv(B, ts.HEAD_ROWS),),
                [Trip(cdiv(Zg, bz), [Trip(cdiv(H, 32), main=True)])], 0, (heads_w + heads_act) * e, "heads")
     )  # fmt: skip
-    w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS)
+    w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS, folded)
     ops.append(
         Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
-           B * G * (PRIOR_LAYERS * 5 * H + Zg), (w + bias + act) * e, config="launcher",
+           B * G * (PRIOR_LAYERS * 5 * H + Zg), (w + bias + act) * e, config=config,
            meta={"preset": preset, "kernel": "prior"})
     )  # fmt: skip
     return ops
 
 
 def recurrent_ops(dtype: str, preset: str = "moving-mnist", all_configs: bool = False) -> list[Op]:
-    """The launcher's split design; with ``all_configs`` also the row design and its autotune candidates."""
-    ops = _split_recurrent_ops(dtype, preset)
+    """The launcher's split design, with the embeddings in the kernels and folded (the sampler's);
+    with ``all_configs`` also the row design and its autotune candidates."""
+    ops = _split_recurrent_ops(dtype, preset) + _split_recurrent_ops(dtype, preset, folded=True)
     if all_configs:
         for cname, cfg in _row_configs():
             ops += _row_recurrent_ops(dtype, preset, cname, cfg)
