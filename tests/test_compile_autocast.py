@@ -21,6 +21,7 @@ from hafsvg.models.hafsvg import HAFSVG
 from hafsvg.sampling.fast_sampler import FastSampler
 from hafsvg_kernels import (
     LSTM,
+    BackendUnavailable,
     HierarchicalGaussianLSTM,
     aligned_attention,
     fold_embedding,
@@ -114,14 +115,16 @@ def test_compile_lstm_step(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton), "auto"])
-def test_compile_folded_steps(backend):
-    """Folded embeddings under torch.compile: the custom ops carry two tensors fewer per stack. The
-    torch backend with gradients through the folded weights; Triton (forward-only) without."""
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_compile_folded_steps(backend, grad):
+    """Folded embeddings under torch.compile: the custom ops carry two tensors fewer per stack, and
+    whether gradients will be asked for (their implementations run with grad mode off): Triton,
+    forward-only there, refuses them with gradients as in eager mode, and ``auto`` then runs the
+    forward and the backward's recomputation on the same backend."""
     torch.manual_seed(4)
     m, h = LSTM(9, 6, 16, 2), HierarchicalGaussianLSTM(9, 4, 16, 1, 2)
     x, eps = torch.randn(3, 9, requires_grad=True), torch.randn(3, 4)
     state, states = m.init_state(3), h.init_state(3)
-    grad = backend == "torch"
 
     def f(x):
         fw, gw = fold_embedding(m.weights()), fold_embedding(tuple(g.weights() for g in h.groups))
@@ -130,6 +133,10 @@ def test_compile_folded_steps(backend):
         return [out, *flat(new), z, mu, logvar, *(t for s in news for t in flat(s))]
 
     with torch.set_grad_enabled(grad):
+        if grad and backend == "triton":
+            with pytest.raises(BackendUnavailable, match="forward-only"):
+                compiled(f)(x)
+            return
         got, want = compiled(f)(x), f(x)
     assert_close(got, want)
     if grad:
@@ -175,19 +182,21 @@ def test_opcheck(backend):
     x = torch.randn(3, 9, requires_grad=True)
     m = LSTM(9, 6, 16, 2)
     state = [t.requires_grad_() for t in _flat_states((m.init_state(3),))]
-    torch.library.opcheck(torch.ops.hafsvg.lstm_step.default, (backend, x, state, _flat_lstm(m.weights()), 2, False))
+    torch.library.opcheck(
+        torch.ops.hafsvg.lstm_step.default, (backend, x, state, _flat_lstm(m.weights()), 2, False, True)
+    )
     h = HierarchicalGaussianLSTM(9, 4, 16, 1, 2)
     w, states = _flat_gaussian([g.weights() for g in h.groups]), _flat_states(h.init_state(3))
     eps = torch.randn(3, 4, requires_grad=True)
     op = torch.ops.hafsvg.gaussian_lstm_step.default
-    torch.library.opcheck(op, (backend, x, states, w, eps, None, [1, 1], False, None, 0, None))
-    torch.library.opcheck(op, (backend, x, states, w, None, eps, [1, 1], False, 5, 2, None))
+    torch.library.opcheck(op, (backend, x, states, w, eps, None, [1, 1], False, True, None, 0, None))
+    torch.library.opcheck(op, (backend, x, states, w, None, eps, [1, 1], False, True, 5, 2, None))
     if backend == "torch":  # folded embeddings (the extension refuses them): two tensors fewer per stack
         leaf = lambda ts: [t.detach().requires_grad_() for t in ts]  # noqa: E731
         fw = leaf(_flat_lstm(fold_embedding(m.weights())))
-        torch.library.opcheck(torch.ops.hafsvg.lstm_step.default, (backend, x, state, fw, 2, True))
+        torch.library.opcheck(torch.ops.hafsvg.lstm_step.default, (backend, x, state, fw, 2, True, True))
         fw = leaf(_flat_gaussian(fold_embedding([g.weights() for g in h.groups])))
-        torch.library.opcheck(op, (backend, x, states, fw, eps, None, [1, 1], True, None, 0, None))
+        torch.library.opcheck(op, (backend, x, states, fw, eps, None, [1, 1], True, True, None, 0, None))
 
 
 # ---- torch.compile: the model ------------------------------------------------------------------

@@ -76,10 +76,17 @@ def test_folded_step_input_checks():
 
 
 def test_extension_backends_refuse_folded_weights():
+    """cpp and cuda (the extension, built or not: the refusal comes first) refuse folded weights."""
+    from hafsvg_kernels.recurrent.cpp_recurrent import GAUSSIAN_CPP, GAUSSIAN_CUDA, LSTM_CPP, LSTM_CUDA
+
     w = fold_embedding(make_lstm(10, 16, 4, 1))
-    x, state = torch.randn(3, 10), cast(make_state(3, 16, 1, 0), torch.float32, "cpu", grad=False)
-    with pytest.raises(BackendUnavailable, match="folded embedding"):
-        lstm_step(x, state, cast(w, torch.float32, "cpu", grad=False), backend="cpp")
+    ws = fold_embedding(make_gaussian(10, 16, 2, 2, 1))
+    x, state, states = torch.randn(3, 10), make_state(3, 16, 1, 0), _states(3, 16, 1, 2, 5)
+    for backend in (LSTM_CPP, LSTM_CUDA):
+        assert any("folded embedding" in r for r in backend.refuses(x, state, w)), backend.name
+    for backend in (GAUSSIAN_CPP, GAUSSIAN_CUDA):
+        assert any("folded embedding" in r for r in backend.refuses(x, states, ws, None, None)), backend.name
+    assert not any("folded" in r for r in LSTM_CPP.refuses(x, state, make_lstm(10, 16, 4, 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,8 +150,9 @@ def test_folded_gaussian_step_triton(case, dtype):
 
 @needs_triton
 def test_triton_refuses_folded_weights_with_gradients():
-    """Forward only: with gradients the Triton step refuses (auto then runs torch, whose autograd
-    goes through the folded weights)."""
+    """Forward only: with gradients (of the weights, or of the noise or cond alone) the Triton step
+    refuses, ``auto`` runs torch, whose autograd goes through the folded weights; too wide groups
+    are refused too."""
     w = cast(fold_embedding(make_lstm(10, 16, 4, 1)), torch.float32)  # leaves that require grad
     x, state = torch.randn(3, 10, device=DEV), cast(make_state(3, 16, 1, 0), torch.float32, grad=False)
     with pytest.raises(BackendUnavailable, match="folded embedding.*with gradients"):
@@ -154,3 +162,14 @@ def test_triton_refuses_folded_weights_with_gradients():
     assert w.cells[0].w_ih.grad is not None and w.cells[0].w_ih.grad.abs().sum() > 0
     with torch.no_grad():
         lstm_step(x, state, w, backend="triton")
+    ws = cast(fold_embedding(make_gaussian(10, 16, 2, 2, 1)), torch.float32, grad=False)
+    states = cast(_states(3, 16, 1, 2, 5), torch.float32, grad=False)
+    eps, cond = torch.randn(3, 4, device=DEV), torch.randn(3, 4, device=DEV, requires_grad=True)
+    with pytest.raises(BackendUnavailable, match="folded embedding.*with gradients"):
+        gaussian_lstm_step(x, states, ws, eps, cond, backend="triton")
+    z = gaussian_lstm_step(x, states, ws, eps, cond, backend="auto")[0]
+    z.sum().backward()
+    assert cond.grad is not None and cond.grad.abs().sum() > 0
+    wide = cast(fold_embedding(make_gaussian(10, 16, 65, 1, 1)), torch.float32, grad=False)
+    with torch.no_grad(), pytest.raises(BackendUnavailable, match="65 latent units per group > 64"):
+        gaussian_lstm_step(x, states[:1], wide, seed=1, backend="triton")

@@ -30,12 +30,12 @@ same noise layout; the reference stays the reference) with these levers:
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast. With bfloat16 the
   recurrent steps run in bfloat16 too (``recurrent_dtype``: weights cast at the start of each call,
   states and z in bfloat16; the fused step in bf16 models ~12x faster than in fp32 on an H100,
-  19.9 against 231 µs at batch 1600 folded, ``python -m hafsvg_kernels.sm90_report``); with float16 they
+  20.2 against 231 µs at batch 1600 folded, ``python -m hafsvg_kernels.sm90_report``); with float16 they
   stay in the model's dtype (an LSTM's cell state can leave float16's range);
 * ``fold=True`` (the default where the recurrent steps run on Triton): each recurrent module's
   embedding is folded into its first LSTM cell (``hafsvg_kernels.fold_embedding``, at the start of
   each call, into the same tensors): no embedding GEMM, and in the split Triton step no program
-  recomputes it (the moving-mnist sampling step models 29.7 -> 19.9 µs in bf16; same function,
+  recomputes it (the moving-mnist sampling step models 30.0 -> 20.2 µs in bf16; same function,
   other roundings).
 
 :meth:`FastSampler.best_of_n` streams: each predicted frame is scored (SSIM, PSNR, MSE, under a
@@ -114,9 +114,10 @@ def _signature(tree):
 
 
 def _copy_(dst, src):
-    """Copy a tree of tensors into a tree of the same signature, in place."""
+    """Copy a tree of tensors into a tree of the same signature, in place (a tensor onto itself: skipped)."""
     for d, s in zip(_tensors(dst), _tensors(src), strict=True):
-        d.copy_(s)
+        if d is not s:
+            d.copy_(s)
 
 
 def _available_cuda_memory(device) -> int:
@@ -202,7 +203,12 @@ class FastSampler:
         self._graph_cache = {}  # signature -> _GraphSteps, least recently used first
         self._graph_chunks = {}  # clips -> samples per chunk, kept for the cached graphs (no memory_budget)
         self.graph_captures = 0
-        self.fold = fold_picks_triton(model, backend) if fold is None else bool(fold)
+        self.fold = fold_picks_triton(model, backend, recurrent_dtype) if fold is None else bool(fold)
+        if fold and (chosen := folded_step_backend(model, backend, recurrent_dtype)) not in ("torch", "triton"):
+            raise ValueError(
+                f"fold=True needs a backend that takes folded embeddings (torch, triton); backend {backend!r} "
+                f"runs the folded step on {chosen!r}"
+            )
         self._recurrent_weights = None  # cast to recurrent_dtype and/or folded (_own_weights)
 
     # ---- public --------------------------------------------------------------------------------
@@ -515,7 +521,8 @@ class FastSampler:
         return tuple(g.weights() for g in (m.posterior, m.prior)[which].groups)
 
     def _own_weights(self) -> bool:
-        """Whether the steps read the sampler's copies of the weights (cast or folded)."""
+        """Whether the steps read the sampler's weights (cast or folded; where neither changes a
+        tensor, e.g. the heads with ``fold`` in the model's dtype, that tensor is the model's own)."""
         return self.fold or self.recurrent_dtype != self.model_dtype
 
     def _refresh_recurrent_weights(self):
@@ -608,19 +615,25 @@ def prior_noise_backend(model: HAFSVG, backend: str) -> str:
     return chosen.name
 
 
-def fold_picks_triton(model: HAFSVG, backend: str) -> bool:
-    """Whether ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks Triton for the prior's
-    step with a folded embedding on the model's device: ``FastSampler``'s default ``fold``."""
+def folded_step_backend(model: HAFSVG, backend: str, dtype) -> str:
+    """The backend that ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks for the prior's
+    step with folded embeddings in ``dtype`` on the model's device, under no_grad as sampling runs
+    it, or why none accepts it."""
     prior = model.prior
     p = next(prior.parameters())
-    x = torch.zeros(1, prior.input_size, device=p.device, dtype=p.dtype)
+    x = torch.zeros(1, prior.input_size, device=p.device, dtype=dtype)
+    states = _map(lambda t: t.to(dtype), prior.init_state(1))
     try:
-        with torch.no_grad():  # as sampling runs
-            weights = fold_embedding(tuple(g.weights() for g in prior.groups))
-            chosen = GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, prior.init_state(1), weights, seed=0)
-    except BackendUnavailable:
-        return False
-    return chosen.name == "triton"
+        with torch.no_grad():
+            weights = fold_embedding(tuple(g.weights() for g in prior.groups), dtype)
+            return GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, states, weights, seed=0).name
+    except BackendUnavailable as err:
+        return f"none ({err})"
+
+
+def fold_picks_triton(model: HAFSVG, backend: str, dtype) -> bool:
+    """``FastSampler``'s default ``fold``: whether Triton runs the folded steps."""
+    return folded_step_backend(model, backend, dtype) == "triton"
 
 
 def _first_counter(generator, count):

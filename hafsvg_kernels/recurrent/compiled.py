@@ -9,7 +9,10 @@ backward ops recompute the step with autograd through the eager dispatch (one ex
 of the step) and return the gradients of every tensor input. Tensors travel as flat lists:
 the state's (h, c) pairs group by group, and per group the weights in the order of
 :func:`_flat_lstm` / :func:`_flat_gaussian`; ``layers`` gives each group's number of cells,
-``folded`` whether the embedding is folded into the first cell (its two tensors then absent).
+``folded`` whether the embedding is folded into the first cell (its two tensors then absent);
+``grad`` whether the step's gradients will be asked for (known at trace time; the dispatch inside
+the op, which runs with grad mode off, needs it: the Triton step refuses folded weights with
+gradients, so that forward and backward run on the same backend).
 
 No ``from __future__ import annotations`` here: ``custom_op`` infers the schema from the
 annotations.
@@ -77,19 +80,20 @@ def _states(flat, layers) -> tuple:
     return tuple(out)
 
 
-def _lstm_run(backend, x, state, weights, layers, folded):
+def _lstm_run(backend, x, state, weights, layers, folded, grad):
     from .interface import run_lstm_step  # the interface imports this module
 
-    out, new = run_lstm_step(backend, x, _states(state, [layers])[0], _lstm_weights(weights, layers, folded))
+    state, weights = _states(state, [layers])[0], _lstm_weights(weights, layers, folded)
+    out, new = run_lstm_step(backend, x, state, weights, grad=grad)
     return [out, *_flat_states((new,))]
 
 
-def _gaussian_run(backend, x, states, weights, eps, cond, layers, folded, seed, offset, offset_t):
+def _gaussian_run(backend, x, states, weights, eps, cond, layers, folded, grad, seed, offset, offset_t):
     from .interface import run_gaussian_lstm_step
 
     z, mu, logvar, new = run_gaussian_lstm_step(
         backend, x, _states(states, layers), _gaussian_weights(weights, layers, folded), eps, cond,
-        seed=seed, offset=offset if offset_t is None else offset_t,
+        seed=seed, offset=offset if offset_t is None else offset_t, grad=grad,
     )  # fmt: skip
     return [z, mu, logvar, *_flat_states(new)]
 
@@ -128,12 +132,14 @@ def _leaves(ts):
 if HAS_CUSTOM_OP:
 
     @torch.library.custom_op("hafsvg::lstm_step", mutates_args=())
-    def _lstm_op(backend: str, x: torch.Tensor, state: Tensors, weights: Tensors, layers: int, folded: bool) -> Tensors:
+    def _lstm_op(
+        backend: str, x: torch.Tensor, state: Tensors, weights: Tensors, layers: int, folded: bool, grad: bool
+    ) -> Tensors:
         """[out, h_0, c_0, ...]: one frame-predictor step by ``backend`` (resolved at run time)."""
-        return _fresh(_lstm_run(backend, x, state, weights, layers, folded), [x, *state, *weights])
+        return _fresh(_lstm_run(backend, x, state, weights, layers, folded, grad), [x, *state, *weights])
 
     @_lstm_op.register_fake
-    def _lstm_fake(backend, x, state, weights, layers, folded):
+    def _lstm_fake(backend, x, state, weights, layers, folded, grad):
         n_out = weights[(0 if folded else 2) + 4 * layers].shape[0]
         return [x.new_empty(x.shape[0], n_out), *(torch.empty_like(t) for t in state)]
 
@@ -144,7 +150,7 @@ if HAS_CUSTOM_OP:
         """[dx, dstate..., dweights...]: the step recomputed with autograd by the same backend."""
         with recording():
             ins = _leaves([x, *state, *weights])
-            outs = _lstm_run(backend, ins[0], ins[1 : 1 + len(state)], ins[1 + len(state) :], layers, folded)
+            outs = _lstm_run(backend, ins[0], ins[1 : 1 + len(state)], ins[1 + len(state) :], layers, folded, True)
             res = _grads(outs, ins, grads)
         return _fresh(res, [*grads, *ins])
 
@@ -153,7 +159,7 @@ if HAS_CUSTOM_OP:
         return [torch.empty_like(t) for t in (x, *state, *weights)]
 
     def _lstm_setup(ctx, inputs, output):
-        backend, x, state, weights, layers, folded = inputs
+        backend, x, state, weights, layers, folded, _ = inputs
         ctx.backend, ctx.layers, ctx.folded, ctx.n_state = backend, layers, folded, len(state)
         ctx.save_for_backward(x, *state, *weights)
         ctx.out_shape = output[0].shape
@@ -165,22 +171,22 @@ if HAS_CUSTOM_OP:
         res = torch.ops.hafsvg.lstm_step_backward(
             ctx.backend, grads, x, list(state), list(weights), ctx.layers, ctx.folded
         )
-        return None, res[0], res[1 : 1 + ctx.n_state], res[1 + ctx.n_state :], None, None
+        return None, res[0], res[1 : 1 + ctx.n_state], res[1 + ctx.n_state :], None, None, None
 
     torch.library.register_autograd("hafsvg::lstm_step", _lstm_backward, setup_context=_lstm_setup)
 
     @torch.library.custom_op("hafsvg::gaussian_lstm_step", mutates_args=())
     def _gaussian_op(
         backend: str, x: torch.Tensor, states: Tensors, weights: Tensors, eps: Optional[torch.Tensor],
-        cond: Optional[torch.Tensor], layers: list[int], folded: bool, seed: Optional[int], offset: int,
+        cond: Optional[torch.Tensor], layers: list[int], folded: bool, grad: bool, seed: Optional[int], offset: int,
         offset_t: Optional[torch.Tensor],
     ) -> Tensors:  # fmt: skip
         """[z, mu, logvar, new states...]: one step of G Gaussian LSTMs by ``backend``."""
-        outs = _gaussian_run(backend, x, states, weights, eps, cond, layers, folded, seed, offset, offset_t)
+        outs = _gaussian_run(backend, x, states, weights, eps, cond, layers, folded, grad, seed, offset, offset_t)
         return _fresh(outs, [x, *states, *weights, eps, cond, offset_t])
 
     @_gaussian_op.register_fake
-    def _gaussian_fake(backend, x, states, weights, eps, cond, layers, folded, seed, offset, offset_t):
+    def _gaussian_fake(backend, x, states, weights, eps, cond, layers, folded, grad, seed, offset, offset_t):
         zdim = weights[(0 if folded else 2) + 4 * layers[0]].shape[0] * len(layers)
         return [*(x.new_empty(x.shape[0], zdim) for _ in range(3)), *(torch.empty_like(t) for t in states)]
 
@@ -200,8 +206,8 @@ if HAS_CUSTOM_OP:
             e = next(it) if eps is not None else None
             c = next(it) if cond is not None else None
             outs = _gaussian_run(
-                backend, ins[0], ins[1 : 1 + ns], ins[1 + ns : 1 + ns + nw], e, c, layers, folded, seed, offset,
-                offset_t,
+                backend, ins[0], ins[1 : 1 + ns], ins[1 + ns : 1 + ns + nw], e, c, layers, folded, True, seed,
+                offset, offset_t,
             )  # fmt: skip
             res = _grads(outs, ins, grads)
         return _fresh(res, [*grads, *ins])
@@ -211,7 +217,7 @@ if HAS_CUSTOM_OP:
         return [torch.empty_like(t) for t in (x, *states, *weights, eps, cond) if t is not None]
 
     def _gaussian_setup(ctx, inputs, output):
-        backend, x, states, weights, eps, cond, layers, folded, seed, offset, offset_t = inputs
+        backend, x, states, weights, eps, cond, layers, folded, _, seed, offset, offset_t = inputs
         ctx.args = (backend, layers, folded, seed, offset)
         ctx.n = (len(states), len(weights), eps is not None, cond is not None, offset_t is not None)
         ctx.save_for_backward(x, *states, *weights, *(t for t in (eps, cond, offset_t) if t is not None))
@@ -232,25 +238,27 @@ if HAS_CUSTOM_OP:
         it = iter(res[1 + ns + nw :])
         deps = next(it) if has_eps else None
         dcond = next(it) if has_cond else None
-        return None, res[0], res[1 : 1 + ns], res[1 + ns : 1 + ns + nw], deps, dcond, None, None, None, None, None
+        return None, res[0], res[1 : 1 + ns], res[1 + ns : 1 + ns + nw], deps, dcond, *([None] * 6)
 
     torch.library.register_autograd("hafsvg::gaussian_lstm_step", _gaussian_backward, setup_context=_gaussian_setup)
 
 
-def lstm_step_compiled(backend, x, state, weights):
-    """What :func:`~hafsvg_kernels.lstm_step` runs while Dynamo traces (inputs checked)."""
+def lstm_step_compiled(backend, x, state, weights, grad):
+    """What :func:`~hafsvg_kernels.lstm_step` runs while Dynamo traces (inputs checked; ``grad``:
+    gradients will be asked for)."""
     layers = len(weights.cells)
     folded = weights.embed_w is None
-    res = torch.ops.hafsvg.lstm_step(backend, x, _flat_states((state,)), _flat_lstm(weights), layers, folded)
+    res = torch.ops.hafsvg.lstm_step(backend, x, _flat_states((state,)), _flat_lstm(weights), layers, folded, grad)
     return res[0], _states(res[1:], [layers])[0]
 
 
-def gaussian_lstm_step_compiled(backend, x, states, weights, eps, cond, seed, offset):
-    """What :func:`~hafsvg_kernels.gaussian_lstm_step` runs while Dynamo traces (inputs checked)."""
+def gaussian_lstm_step_compiled(backend, x, states, weights, eps, cond, seed, offset, grad):
+    """What :func:`~hafsvg_kernels.gaussian_lstm_step` runs while Dynamo traces (inputs checked;
+    ``grad``: gradients will be asked for)."""
     layers = [len(w.cells) for w in weights]
     offset_t = offset if isinstance(offset, torch.Tensor) else None
     res = torch.ops.hafsvg.gaussian_lstm_step(
-        backend, x, _flat_states(states), _flat_gaussian(weights), eps, cond, layers, weights[0].embed_w is None, seed,
-        0 if offset_t is not None else offset, offset_t,
+        backend, x, _flat_states(states), _flat_gaussian(weights), eps, cond, layers, weights[0].embed_w is None, grad,
+        seed, 0 if offset_t is not None else offset, offset_t,
     )  # fmt: skip
     return res[0], res[1], res[2], _states(res[3:], layers)

@@ -15,6 +15,7 @@ states and the noise stay float32 over the steps).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 
 import torch
 
@@ -76,13 +77,32 @@ def _triton_refusal(x, n_cells: int) -> list[str]:
     return why
 
 
-def _folded_refusal(x, states, weights) -> list[str]:
+#: Whether the step's gradients are needed, where the tensors cannot tell: set by the compiled
+#: route's custom ops (their implementations run with grad mode off and detached inputs), None
+#: elsewhere.
+_NEEDS_GRAD: contextvars.ContextVar = contextvars.ContextVar("hafsvg_recurrent_needs_grad", default=None)
+
+
+def needs_grad(*tensors) -> bool:
+    """Grad mode is on and a tensor of ``tensors`` (None skipped) requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def step_tensors(x, states, weights, *more) -> list:
+    """Every tensor of a step's inputs (None entries kept out)."""
+    out = [x, *more, *(t for s in states for pair in s for t in pair)]
+    out += [t for w in weights for t in (*w[:2], *(u for c in w.cells for u in c), *w[3:])]
+    return [t for t in out if t is not None]
+
+
+def _folded_refusal(x, states, weights, *more) -> list[str]:
     """A folded embedding: forward only (the backward of the Triton step reads the embedding)."""
-    if weights[0].embed_w is not None or not torch.is_grad_enabled():
+    if weights[0].embed_w is not None:
         return []
-    tensors = [x, *(t for s in states for pair in s for t in pair)]
-    tensors += [t for w in weights for t in (*w[:2], *(u for c in w.cells for u in c), *w[3:]) if t is not None]
-    if any(t.requires_grad for t in tensors):
+    grad = _NEEDS_GRAD.get()
+    if grad is None:
+        grad = needs_grad(*step_tensors(x, states, weights, *more))
+    if grad:
         return ["a folded embedding (embed_w None) with gradients: the Triton step is forward-only there"]
     return []
 
@@ -116,7 +136,7 @@ def _gaussian_triton_refuses(x, states, weights, eps=None, cond=None, *, seed=No
     zg = weights[0].mu_w.shape[0]
     if weights[0].embed_w is None and zg > MAX_FOLDED_GROUP_WIDTH:
         why.append(f"a folded embedding with {zg} latent units per group > {MAX_FOLDED_GROUP_WIDTH}")
-    return why + _folded_refusal(x, states, weights)
+    return why + _folded_refusal(x, states, weights, eps, cond)
 
 
 LSTM_STEP.register(Backend("triton", _lstm_triton, unavailable=triton_unavailable, refuses=_lstm_triton_refuses))
@@ -214,7 +234,7 @@ def lstm_step(x, state, weights, *, backend: str = "auto"):
     _check_weight(op, "out_w", weights.out_w, (n_out, H), x)
     _check_weight(op, "out_b", weights.out_b, (n_out,), x)
     if compiling() and HAS_CUSTOM_OP:
-        return lstm_step_compiled(backend, x, tuple(state), weights)
+        return lstm_step_compiled(backend, x, tuple(state), weights, needs_grad(*step_tensors(x, (state,), (weights,))))
     with _no_autocast(x):
         return run_lstm_step(backend, x, tuple(state), weights)
 
@@ -226,14 +246,27 @@ def _no_autocast(x):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def run_lstm_step(backend: str, x, state, weights):
-    """The dispatch of a checked step (eager, and the compiled route's custom op at run time)."""
-    return LSTM_STEP(backend, x.device.type, x, state, weights)
+@contextlib.contextmanager
+def _grad_intent(grad):
+    token = _NEEDS_GRAD.set(grad)
+    try:
+        yield
+    finally:
+        _NEEDS_GRAD.reset(token)
 
 
-def run_gaussian_lstm_step(backend: str, x, states, weights, eps, cond, *, seed, offset):
-    """The dispatch of a checked step (eager, and the compiled route's custom op at run time)."""
-    return GAUSSIAN_LSTM_STEP(backend, x.device.type, x, states, weights, eps, cond, seed=seed, offset=offset)
+def run_lstm_step(backend: str, x, state, weights, grad=None):
+    """The dispatch of a checked step (eager, and the compiled route's custom op at run time, which
+    says in ``grad`` whether gradients will be asked for)."""
+    with _grad_intent(grad):
+        return LSTM_STEP(backend, x.device.type, x, state, weights)
+
+
+def run_gaussian_lstm_step(backend: str, x, states, weights, eps, cond, *, seed, offset, grad=None):
+    """The dispatch of a checked step (eager, and the compiled route's custom op at run time, which
+    says in ``grad`` whether gradients will be asked for)."""
+    with _grad_intent(grad):
+        return GAUSSIAN_LSTM_STEP(backend, x.device.type, x, states, weights, eps, cond, seed=seed, offset=offset)
 
 
 def _amp(x) -> bool:
@@ -355,6 +388,7 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
             _check_weight(op, f"group {j} {name}", getattr(w, name), shape, x)
     states, weights = tuple(tuple(s) for s in states), tuple(weights)
     if compiling() and HAS_CUSTOM_OP:
-        return gaussian_lstm_step_compiled(backend, x, states, weights, eps, cond, seed, offset)
+        grad = needs_grad(*step_tensors(x, states, weights, eps, cond))
+        return gaussian_lstm_step_compiled(backend, x, states, weights, eps, cond, seed, offset, grad)
     with _no_autocast(x):
         return run_gaussian_lstm_step(backend, x, states, weights, eps, cond, seed=seed, offset=offset)

@@ -204,8 +204,11 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     H, Zg = weights[0].cells[0].w_hh.shape[1], weights[0].mu_w.shape[0]
     Zt = G * Zg
     folded = weights[0].embed_w is None
-    if folded and save:
-        raise ValueError("a folded embedding is forward-only: nothing to save for backward")
+    if folded and (save or Zg > triton_split.MAX_GROUP_WIDTH):
+        raise ValueError(
+            f"a folded embedding runs forward-only (save={save}) and split, for groups of at most "
+            f"{triton_split.MAX_GROUP_WIDTH} (here {Zg})"
+        )
     if x.stride(-1) != 1:
         x = x.contiguous()
     kw = {"device": x.device, "dtype": x.dtype}
@@ -226,7 +229,7 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     weights = [contiguous_gaussian_weights(w) for w in weights]
     seed = 0 if seed is None else int(seed)
     precision = fp32_dot_precision(x.dtype)
-    if (folded and Zg <= triton_split.MAX_GROUP_WIDTH) or triton_split.split_enabled(B, Zg):
+    if folded or triton_split.split_enabled(B, Zg):
         heads = triton_split.HeadIO(eps_buf, eps_buf.stride(0), z, mu, lv, seed, 0 if from_ptr else int(offset),
                                     offset if from_ptr else z, draw, from_ptr, draw and save)  # fmt: skip
         triton_split.gaussian_forward(x, states, weights, zsrc, cond is None, heads, e, h_out, c_out, gates, save,

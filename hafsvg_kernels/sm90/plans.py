@@ -462,21 +462,24 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
 
 
 def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides,
-                       folded=False) -> Launch:  # fmt: skip
+                       folded=False, col0=0, noise=True) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
     offset): first = the cell reads the step's input (parts of n_in and K2 columns [+ Zg], with
     row strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
-    padded to ``fold.ROW_ALIGN``); head = the previous group's heads recomputed first."""
+    padded to ``fold.ROW_ALIGN``); head = the previous group's heads (its first column ``col0``)
+    recomputed first. The head arguments as the launcher passes them: without a head Zg = 1 (a
+    constant to Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes."""
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
     from ..recurrent.triton_blocks import noise_width
 
     cfg = ts.split_config(B, H, io.dtype == "fp32")
-    bz = ts._head_block_z(Zg)
+    K_in = n_in + K2 + (Zg if z_reg else 0)  # the input's width
+    zg_arg = Zg if head else 1
+    bz = ts._head_block_z(zg_arg)
     widest = ts.embed_chunk(cfg, io.dtype == "fp32")
     embed = first and not folded
-    K_in = n_in + K2 + (Zg if z_reg else 0)  # the input's width
     (a_chunks, block_a), (a2_chunks, block_a2) = (
         ts._part_tiles(n_in if embed else 0, widest),
         ts._part_tiles(K2 if first else 0, widest),
@@ -485,15 +488,16 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
         "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io,
-        "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt, "z_ptr": io, "mu_ptr": io,
-        "lv_ptr": io, "col0": 0, "Zg": Zg, "Z_total": Zt, "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"),
+        "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt if noise else 0, "z_ptr": io,
+        "mu_ptr": io, "lv_ptr": io, "col0": col0, "Zg": zg_arg, "Z_total": Zt if noise else H,
+        "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
         "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io,
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
-        "EMBED": embed, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": True, "OFFSET_FROM_PTR": True,
+        "EMBED": embed, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": noise, "OFFSET_FROM_PTR": noise,
         "STORE_EPS": False, "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "NOISE_Z": noise_width(Zg, bz), "A_CHUNKS": a_chunks,
+        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "NOISE_Z": noise_width(zg_arg, bz), "A_CHUNKS": a_chunks,
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
     }  # fmt: skip
     bk = cfg.block_k
@@ -524,7 +528,7 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     fp32 = dtype == "fp32"
     n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
     launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e,
-                                   (n_in, n_in), folded) for i in range(L)]  # fmt: skip
+                                   (n_in, n_in), folded, noise=False) for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
     consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
@@ -545,7 +549,7 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     heads_w, heads_act = 2 * Zg * H + 2 * Zg, B * (H + 3 * Zg)
     launches = [
         _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
-                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt), folded)
+                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt), folded, max(0, j - 1) * Zg)
         for j in range(G)
     ]  # fmt: skip
     bz = ts.heads_tile_z(Zg)
