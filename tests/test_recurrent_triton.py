@@ -828,31 +828,36 @@ COMPILE_CHECK = textwrap.dedent(
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(H, n_in + 2 * Zg), e(H), e(B, H),
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, SAVE=True, BLOCK_Z=16,
+        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
+        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16,
         NOISE_Z=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, grid=(1,), **sm)
     wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_IN=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False, SAVE=False, BLOCK_Z=16,
+        HEAD_IN=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16,
         NOISE_Z=16, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, grid=(1,), **sm)
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8
     ld = -(-(n_in + 2 * Zg) // 8) * 8
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False, SAVE=False, BLOCK_Z=16,
-        NOISE_Z=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,), **sm)
-    # bf16 (the activations' tanh.approx, inline assembly): the folded cell and the output layer
+        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False, DRAW_ALL=True, ALL_Z=2,
+        SAVE=False, BLOCK_Z=16, NOISE_Z=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
+        **sm)
+    # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
+    # from the fp32 buffer the first group's launch drew) and the output layer
     cb = sp.split_config(B, H)
     smb = dict(BLOCK_B=cb.block_b, BLOCK_N=cb.block_n, BLOCK_K=cb.block_k, num_warps=cb.num_warps,
                num_stages=cb.num_stages, PRECISION="ieee")
     b = lambda *s: torch.empty(*s, dtype=torch.bfloat16)
     bt = lambda n, *s: tuple(b(*s) for _ in range(n))
     sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, Zg, b(B, H), b(B, H), b(B, H),
-        b(B, H), b(Zg, H), b(Zg), b(Zg, H), b(Zg), b(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
+        b(B, H), b(Zg, H), b(Zg), b(Zg, H), b(Zg), e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), *bt(2, 4 * H), *bt(2, B, H), b(B, 4 * H), B, H, EMBED=False,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False, SAVE=False, BLOCK_Z=16,
+        HEAD_IN=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16,
         NOISE_Z=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
     sp._split_heads_kernel.warmup(e(B, H), H, e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt),

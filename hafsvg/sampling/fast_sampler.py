@@ -30,12 +30,12 @@ same noise layout; the reference stays the reference) with these levers:
 * ``dtype=torch.bfloat16`` (or float16): the model runs under CUDA autocast. With bfloat16 the
   recurrent steps run in bfloat16 too (``recurrent_dtype``: weights cast at the start of each call,
   states and z in bfloat16; the fused step in bf16 models ~12x faster than in fp32 on an H100,
-  20.2 against 231 µs at batch 1600 folded, ``python -m hafsvg_kernels.sm90_report``); with float16 they
+  19.5 against 231 µs at batch 1600 folded, ``python -m hafsvg_kernels.sm90_report``); with float16 they
   stay in the model's dtype (an LSTM's cell state can leave float16's range);
 * ``fold=True`` (the default where the recurrent steps run on Triton): each recurrent module's
   embedding is folded into its first LSTM cell (``hafsvg_kernels.fold_embedding``, at the start of
   each call, into the same tensors): no embedding GEMM, and in the split Triton step no program
-  recomputes it (the moving-mnist sampling step models 30.0 -> 20.2 µs in bf16; same function,
+  recomputes it (the moving-mnist sampling step models 30.0 -> 19.5 µs in bf16; same function,
   other roundings).
 
 :meth:`FastSampler.best_of_n` streams: each predicted frame is scored (SSIM, PSNR, MSE, under a

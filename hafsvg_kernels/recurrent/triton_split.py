@@ -8,6 +8,11 @@ and every launch ends where the next one needs a whole hidden vector:
 
     Gaussian step, G groups of L = 1 cell (G + 1 launches):
       launch j = 0..G-1, program (rows r, hidden units n):
+        if j = 0, folded and the noise drawn (not saved): eps[r, c] for all G groups' columns c, ALL_Z of
+                  them per hidden block, into an fp32 buffer that the later launches' heads read
+                  (each of their programs drew its rows' noise itself before: 8 times the Philox and
+                  Box-Muller work; moving-mnist bf16 folded, instructions per warp and program:
+                  group 1 1897 -> 2090, groups 2-4 3205 / 3478 / 3478 -> 2857 / 3290 / 3290)
         if j > 0: z_{j-1}[r] = heads of group j - 1 from its h'[r, :]   (recomputed by every program:
                   a (rows x H) x (H x 2 Zg) GEMM; the programs of hidden block 0 write z, mu, logvar)
         e_j[r, :] = [x, z^{1:j-1}][r] @ W_embed_j^T + b                 (computed chunk by chunk of H and
@@ -54,7 +59,7 @@ tiles: nothing is computed by two programs but the previous group's heads. Stati
 batch 1600, sm_90a, instructions per warp and program, embedded -> folded, both with the
 activations of :func:`.triton_blocks._act`): the predictor's first cell 3546 -> 1965, the prior's
 first group 3223 -> 1897, the later ones 5155 / 5235 / 5439 -> 3205 / 3478 / 3478; the
-moving-mnist step models 30.0 -> 20.2 µs.
+moving-mnist step models 30.0 -> 20.2 µs (19.5 with the noise drawn once, above).
 """
 
 from __future__ import annotations
@@ -67,7 +72,17 @@ import triton
 import triton.language as tl
 
 from .._triton import interpreting
-from .triton_blocks import _act, _act_scale, _cell_update, _gates_acc, _gates_dot, _head_tile, _mm_acc, noise_width
+from .triton_blocks import (
+    _act,
+    _act_scale,
+    _cell_update,
+    _gates_acc,
+    _gates_dot,
+    _head_tile,
+    _mm_acc,
+    _randn,
+    noise_width,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Kernels
@@ -113,7 +128,7 @@ def _split_cell_kernel(
     # HEAD_IN: the previous group's heads from its top h, recomputed by every program
     hh_ptr,  # (B, H) the previous group's top h'
     mu_w, mu_b, lv_w, lv_b,  # (Zg, H), (Zg,), (Zg, H), (Zg,)
-    eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS)
+    eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS, DRAW_ALL)
     z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs (written by the programs of hidden block 0)
     col0, Zg, Z_total,  # the previous group's first column, the group width, all groups' width
     seed, offset,  # Philox key and first counter of the step (unless OFFSET_FROM_PTR)
@@ -130,6 +145,9 @@ def _split_cell_kernel(
     HEAD_IN: tl.constexpr,  # recompute the previous group's heads (z, mu, logvar) first
     Z_REG: tl.constexpr,  # the input's last Zg columns are that z, from registers
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
+    DRAW_ALL: tl.constexpr,  # draw every group's noise for these rows into eps_ptr (fp32), ALL_Z
+    # columns per hidden block, for the later launches to read (the first group's launch)
+    ALL_Z: tl.constexpr,
     SAVE: tl.constexpr,  # write the embedding and the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Z: tl.constexpr,  # >= Zg: the previous group's z is one tile
@@ -150,6 +168,13 @@ def _split_cell_kernel(
     n_mask = n < H
     # rows whose shared outputs (e, the previous group's z) this program writes: hidden block 0's
     writer = row_mask & ((rows * 0 + tl.program_id(1)) == 0)
+    if DRAW_ALL:
+        if OFFSET_FROM_PTR:
+            offset = tl.load(offset_ptr)
+        cq = tl.program_id(1) * ALL_Z + tl.arange(0, ALL_Z)
+        eps_q = _randn(seed, offset + rows[:, None] * Z_total + cq[None, :])
+        tl.store(eps_ptr + rows[:, None] * stride_eps + cq[None, :], eps_q,
+                 mask=row_mask[:, None] & (cq < Z_total)[None, :])  # fmt: skip
     if HEAD_IN:
         if OFFSET_FROM_PTR:
             offset = tl.load(offset_ptr)
@@ -375,6 +400,12 @@ def heads_tile_z(Zg: int) -> int:
     return min(64, max(2, triton.next_power_of_2(Zg)))
 
 
+def all_noise_width(Z_total: int, programs: int) -> int:
+    """Noise columns each of ``programs`` hidden blocks draws when the first launch draws the whole
+    step's noise (a power of two: ``tl.arange``)."""
+    return triton.next_power_of_2(triton.cdiv(Z_total, programs))
+
+
 def _head_block_z(Zg: int) -> int:
     return max(16, triton.next_power_of_2(Zg))
 
@@ -401,12 +432,13 @@ class HeadIO(NamedTuple):
     store_eps: bool
 
 
-def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, gates, save, precision):
+def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, gates, save, precision, draw_all=False):
     """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts; embed: None
     (the parts meet ``cell.w_ih``: the previous cell's h', or a folded embedding's input) or
     (embed_w, embed_b); z_reg: the input's last Zg columns are the previous group's z, recomputed
     from head: None or (hh, mu_w, mu_b, lv_w, lv_b, col0, Zg); heads: HeadIO; state: (h, c); cell:
-    CellWeights; new: (h_new, c_new)."""
+    CellWeights; new: (h_new, c_new); draw_all: draw every group's noise into ``heads.eps``
+    (fp32)."""
     a, stride_a, K_a, a2, stride_a2, K_a2 = parts
     fp32 = new[0].dtype == torch.float32
     cfg = split_config(B, H, fp32, precision != "ieee")
@@ -415,13 +447,15 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
     widest = embed_chunk(cfg, fp32)
     a_tiles = _part_tiles(K_a, widest) if embed is not None else _part_tiles(0, widest)
     (a_chunks, block_a), (a2_chunks, block_a2) = a_tiles, _part_tiles(K_a2, widest)
-    _split_cell_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](
+    grid_n = triton.cdiv(H, cfg.block_n)
+    _split_cell_kernel[(triton.cdiv(B, cfg.block_b), grid_n)](
         a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
         hh, mu_w, mu_b, lv_w, lv_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
         heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
         state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih, cell.b_hh, new[0], new[1], gates, B, H,
         EMBED=embed is not None, HEAD_IN=head is not None, Z_REG=z_reg, DRAW_EPS=heads.draw,
-        OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, SAVE=save,
+        OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, DRAW_ALL=draw_all,
+        ALL_Z=all_noise_width(heads.z.shape[1], grid_n) if draw_all else 1, SAVE=save,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z=_head_block_z(Zg),
         NOISE_Z=noise_width(Zg, _head_block_z(Zg)),
         A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
@@ -479,6 +513,13 @@ def gaussian_forward(x, states, weights, zsrc, own_z, heads: HeadIO, e, h_out, c
     G, L = len(weights), len(weights[0].cells)
     B, n_in = x.shape
     H, Zg = h_out.shape[3], weights[0].mu_w.shape[0]
+    first_heads = heads
+    # folded (the sampler's): the first launch draws every group's noise, the rest read it (with the
+    # embedding in the kernels, kth's later groups spilled 56-88 B holding the loaded noise: they draw it)
+    if weights[0].embed_w is None and heads.draw and not heads.store_eps:
+        noise = torch.empty(B, G * Zg, device=x.device, dtype=torch.float32)
+        first_heads = heads._replace(eps=noise, stride_eps=G * Zg)
+        heads = heads._replace(eps=noise, stride_eps=G * Zg, draw=False, from_ptr=False)
     for j, w in enumerate(weights):
         head = None
         if j:
@@ -491,7 +532,9 @@ def gaussian_forward(x, states, weights, zsrc, own_z, heads: HeadIO, e, h_out, c
             a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[j, layer - 1], H, H)
             parts = (a, stride_a, K_a, zsrc, zsrc.stride(0), K_z if first else 0)
             embed = (w.embed_w, w.embed_b) if first and w.embed_w is not None else None
-            _cell_launch(B, H, parts, embed, z_reg and first, e[j], head if first else None, heads,
-                         states[j][layer], w.cells[layer], (h_out[j, layer], c_out[j, layer]),
-                         gates[j, layer] if save else e, save, precision)  # fmt: skip
+            pre = j == 0 and first and first_heads is not heads
+            _cell_launch(B, H, parts, embed, z_reg and first, e[j], head if first else None,
+                         first_heads if pre else heads, states[j][layer], w.cells[layer],
+                         (h_out[j, layer], c_out[j, layer]), gates[j, layer] if save else e, save, precision,
+                         draw_all=pre)  # fmt: skip
     _heads_launch(B, H, h_out[G - 1, L - 1], weights[G - 1], (G - 1) * Zg, Zg, heads, precision)

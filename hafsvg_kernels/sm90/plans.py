@@ -462,13 +462,16 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
 
 
 def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides,
-                       folded=False, col0=0, noise=True) -> Launch:  # fmt: skip
+                       folded=False, col0=0, noise=True, draw_all=False) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
     offset): first = the cell reads the step's input (parts of n_in and K2 columns [+ Zg], with
     row strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
     padded to ``fold.ROW_ALIGN``); head = the previous group's heads (its first column ``col0``)
     recomputed first. The head arguments as the launcher passes them: without a head Zg = 1 (a
-    constant to Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes."""
+    constant to Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes; else
+    ``folded`` launches: ``draw_all``, this launch draws the step's noise into an fp32 buffer (the
+    first group's), or reads it from there (the others); with the embedding, each draws its own."""
+    pre = noise and folded  # the noise drawn once, by the first group's launch
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
@@ -485,18 +488,23 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         ts._part_tiles(K2 if first else 0, widest),
     )
     ld_in = (K_in if embed else -(-K_in // ROW_ALIGN) * ROW_ALIGN) if first else H
+    grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
+    draws = noise and (draw_all or not pre)  # the kernel draws noise (its own heads', or the step's)
+    all_z = ts.all_noise_width(Zt, grid[1]) if pre and draw_all else 1
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
         "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io,
-        "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt if noise else 0, "z_ptr": io,
+        "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": Ptr("fp32") if pre else io,
+        "stride_eps": Zt if noise else 0, "z_ptr": io,
         "mu_ptr": io, "lv_ptr": io, "col0": col0, "Zg": zg_arg, "Z_total": Zt if noise else H,
         "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
         "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io,
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
-        "EMBED": embed, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": noise, "OFFSET_FROM_PTR": noise,
-        "STORE_EPS": False, "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
+        "EMBED": embed, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": draws, "OFFSET_FROM_PTR": draws,
+        "STORE_EPS": False, "DRAW_ALL": pre and draw_all, "ALL_Z": all_z,
+        "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
         "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "NOISE_Z": noise_width(zg_arg, bz), "A_CHUNKS": a_chunks,
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
     }  # fmt: skip
@@ -509,8 +517,8 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     else:
         w = 4 * H * (K_in if first else H) + 4 * H * H + 8 * H
     w += extra_w
-    act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act  # input, h/c in, h/c out
-    grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
+    # input, h/c in, h/c out; the fp32 noise written (draw_all) or read (the later groups' heads)
+    act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act + (B * Zt * 4 // e if pre and draw_all else 0)
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
                   (w + act) * e, label)  # fmt: skip
 
@@ -549,16 +557,18 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     heads_w, heads_act = 2 * Zg * H + 2 * Zg, B * (H + 3 * Zg)
     launches = [
         _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
-                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt), folded, max(0, j - 1) * Zg)
+                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt), folded, max(0, j - 1) * Zg,
+                           draw_all=j == 0)
         for j in range(G)
     ]  # fmt: skip
     bz = ts.heads_tile_z(Zg)
     args = {
-        "hh_ptr": io, "H": H, "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": io, "stride_eps": Zt,
+        "hh_ptr": io, "H": H, "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": Ptr("fp32") if folded else io,
+        "stride_eps": Zt,
         "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": (G - 1) * Zg, "Zg": Zg, "Z_total": Zt,
         "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "B": B,
     }  # fmt: skip
-    consts = {"DRAW_EPS": True, "OFFSET_FROM_PTR": True, "STORE_EPS": False, "BLOCK_B": ts.HEAD_ROWS,
+    consts = {"DRAW_EPS": not folded, "OFFSET_FROM_PTR": not folded, "STORE_EPS": False, "BLOCK_B": ts.HEAD_ROWS,
               "BLOCK_Z": bz, "BLOCK_K": 32, "PRECISION": "ieee", "NOISE_Z": bz}  # fmt: skip
     launches.append(
         Launch("_split_heads_kernel", "split", args, consts, 4, 3, (cdiv(B, ts.HEAD_ROWS),),
