@@ -96,8 +96,9 @@ def test_extension_backends_refuse_folded_weights():
 #: (B, n_in, H, n_out, L): hidden 200 and 72 (masked hidden blocks), inputs of 144 and 150 (a
 #: second part of 16 and 22 columns: the last chunk masked), 2 layers and 1.
 LSTM_CASES = [(70, 144, 200, 24, 2), (9, 150, 72, 20, 1)]
-#: (B, n_in, H, Zg, G, L): groups of 5 and 4 (z tiles of 16 masked), 1 and 2 cells per group.
-GAUSSIAN_CASES = [(37, 40, 72, 5, 4, 1), (9, 128, 64, 4, 3, 2)]
+#: (B, n_in, H, Zg, G, L): groups of 5, 4 and 2 (z tiles of 16 masked), 1 and 2 cells per group;
+#: the last with fewer noise columns (2) than hidden blocks (4): one column drawn per block, or none.
+GAUSSIAN_CASES = [(37, 40, 72, 5, 4, 1), (9, 128, 64, 4, 3, 2), (5, 16, 200, 2, 1, 1)]
 
 
 def _dtypes():

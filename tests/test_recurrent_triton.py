@@ -843,7 +843,7 @@ COMPILE_CHECK = textwrap.dedent(
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
         e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False, DRAW_ALL=True, ALL_Z=2,
+        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False, DRAW_ALL=True, ALL_Z=1,
         SAVE=False, BLOCK_Z=16, NOISE_Z=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
         **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
