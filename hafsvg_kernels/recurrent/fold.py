@@ -9,11 +9,11 @@ multiply-adds per row (2.57M against 3.36M), and its split kernels execute 2.8M 
 (with the recomputed heads and the z tiles padded to 16 columns).
 
 A folded step computes the same function with other roundings: e is no longer rounded to the
-step's dtype before it meets W_ih (in bf16 the folded step is closer to the float64 result, not
-further). It is meant for weights that stay fixed over many steps (sampling: ``FastSampler``
-folds at the start of each call); the fold costs one (4H x H) x (H x I) product per cell: for all
-nine first cells of the moving-mnist model (posterior, prior, predictor) 0.32G multiply-adds, the
-step's work on about 95 rows.
+step's dtype before it meets W_ih, and W_ih W_e is rounded once instead. It is meant for
+weights that stay fixed over many steps (sampling: ``FastSampler`` folds at the start of each
+call); the fold costs one (4H x H) x (H x I) product per cell: for all nine first cells of the
+moving-mnist model (posterior, prior, predictor) 0.32G multiply-adds, the step's work on about
+95 rows.
 """
 
 from __future__ import annotations
@@ -27,11 +27,6 @@ from .reference import CellWeights, GaussianLSTMWeights, LSTMWeights
 ROW_ALIGN = 8
 
 
-def is_folded(w) -> bool:
-    """Whether LSTMWeights / GaussianLSTMWeights ``w`` carry a folded embedding (``embed_w`` None)."""
-    return w.embed_w is None
-
-
 def _padded(rows: int, cols: int, like: torch.Tensor, dtype) -> torch.Tensor:
     """An empty (rows, cols) view of a (rows, cols rounded up to ROW_ALIGN) buffer."""
     ld = -(-cols // ROW_ALIGN) * ROW_ALIGN
@@ -39,7 +34,7 @@ def _padded(rows: int, cols: int, like: torch.Tensor, dtype) -> torch.Tensor:
 
 
 def _fold_one(w, dtype):
-    if is_folded(w):
+    if w.embed_w is None:
         raise ValueError("fold_embedding: these weights are folded already (embed_w is None)")
     if not w.cells:
         raise ValueError("fold_embedding: no LSTM cells to fold the embedding into")
