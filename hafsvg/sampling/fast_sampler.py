@@ -598,37 +598,34 @@ def _check_batchnorm(batchnorm):
         )
 
 
-def prior_noise_backend(model: HAFSVG, backend: str) -> str:
+def _prior_step_backend(model: HAFSVG, backend: str, dtype, fold: bool, **noise) -> str:
     """The backend that ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks for the prior's
-    Gaussian step with in-kernel noise and a device offset, on the model's device (what a graph
-    with ``noise="kernel"`` captures), or why none accepts it."""
-    prior = model.prior
-    p = next(prior.parameters())
-    x = torch.zeros(1, prior.input_size, device=p.device, dtype=p.dtype)
-    weights = tuple(g.weights() for g in prior.groups)
-    offset = torch.zeros((), dtype=torch.int64, device=p.device)
-    states = prior.init_state(1)
-    try:
-        chosen = GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, states, weights, seed=0, offset=offset)
-    except BackendUnavailable as err:
-        return f"none ({err})"
-    return chosen.name
-
-
-def folded_step_backend(model: HAFSVG, backend: str, dtype) -> str:
-    """The backend that ``backend`` ("auto" included, and ``HAFSVG_BACKEND``) picks for the prior's
-    step with folded embeddings in ``dtype`` on the model's device, under no_grad as sampling runs
-    it, or why none accepts it."""
+    step on the model's device, in ``dtype``, with folded embeddings or not, under no_grad as
+    sampling runs it, or why none accepts it."""
     prior = model.prior
     p = next(prior.parameters())
     x = torch.zeros(1, prior.input_size, device=p.device, dtype=dtype)
     states = _map(lambda t: t.to(dtype), prior.init_state(1))
     try:
         with torch.no_grad():
-            weights = fold_embedding(tuple(g.weights() for g in prior.groups), dtype)
-            return GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, states, weights, seed=0).name
+            weights = tuple(g.weights() for g in prior.groups)
+            weights = fold_embedding(weights, dtype) if fold else _map(lambda t: t.to(dtype), weights)
+            return GAUSSIAN_LSTM_STEP.select(backend, p.device.type, x, states, weights, seed=0, **noise).name
     except BackendUnavailable as err:
         return f"none ({err})"
+
+
+def prior_noise_backend(model: HAFSVG, backend: str) -> str:
+    """The backend picked for the prior's Gaussian step with in-kernel noise and a device offset,
+    in the model's dtype (what a graph with ``noise="kernel"`` captures), or why none accepts it."""
+    p = next(model.parameters())
+    offset = torch.zeros((), dtype=torch.int64, device=p.device)
+    return _prior_step_backend(model, backend, p.dtype, False, offset=offset)
+
+
+def folded_step_backend(model: HAFSVG, backend: str, dtype) -> str:
+    """The backend picked for the prior's step with folded embeddings in ``dtype``."""
+    return _prior_step_backend(model, backend, dtype, True)
 
 
 def fold_picks_triton(model: HAFSVG, backend: str, dtype) -> bool:

@@ -220,7 +220,9 @@ def lstm_step(x, state, weights, *, backend: str = "auto"):
 
     Args:
         x: (B, I); state: tuple of n_layers (h, c) pairs, each (B, H);
-        weights: :class:`~hafsvg_kernels.recurrent.reference.LSTMWeights`.
+        weights: :class:`~hafsvg_kernels.recurrent.reference.LSTMWeights`, or the same with the
+        embedding folded into the first cell (:func:`~hafsvg_kernels.fold_embedding`: backends
+        "torch", and "triton" without gradients; "cpp" and "cuda" refuse it).
 
     Returns:
         (out (B, O) = tanh(Linear(h_last)), new state).
@@ -335,7 +337,8 @@ def gaussian_lstm_step(x, states, weights, eps=None, cond=None, *, seed=None, of
     Args:
         x: (B, I); states: G states (tuples of (h, c) pairs, each (B, H));
         weights: G :class:`~hafsvg_kernels.recurrent.reference.GaussianLSTMWeights`, group j's
-        embed taking I + j * Zg inputs; eps: (B, G * Zg) standard normal noise, or None to let
+        embed taking I + j * Zg inputs (or every group's embedding folded into its first cell, as
+        for :func:`lstm_step`); eps: (B, G * Zg) standard normal noise, or None to let
         the backend draw it from ``seed``;
         cond: None, or (B, G * Zg) samples that replace the step's own z^{1:j-1} as group j's
         extra input (the posterior's, when the prior is trained).
