@@ -109,8 +109,12 @@ def _dtypes():
 @pytest.mark.parametrize("dtype", _dtypes())
 @pytest.mark.parametrize("case", LSTM_CASES)
 def test_folded_lstm_step_triton(case, dtype):
+    from hafsvg_kernels.recurrent.triton_lstm import contiguous_lstm_weights
+
     B, n_in, H, n_out, L = case
     w = make_lstm(n_in, H, n_out, L, seed=B)
+    f = fold_embedding(w)  # its padded w_ih is taken as it is, not copied at every step
+    assert contiguous_lstm_weights(f).cells[0].w_ih is f.cells[0].w_ih
     x, state = torch.randn(B, n_in, dtype=torch.float64), make_state(B, H, L, B + 1)
     ref = lstm_step_ref(x, state, w)
     out = lstm_step(

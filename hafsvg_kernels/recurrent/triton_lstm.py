@@ -235,10 +235,10 @@ def _c(t: torch.Tensor | None) -> torch.Tensor | None:
 def contiguous_cells(cells, folded: bool) -> tuple:
     """The cells' tensors contiguous; a folded first w_ih keeps its row stride (``fold_embedding``
     pads it to aligned rows), with its columns made unit-stride."""
-    out = [CellWeights(*(_c(t) for t in cw)) for cw in cells]
-    if folded:
-        w_ih = cells[0].w_ih
-        out[0] = out[0]._replace(w_ih=w_ih if w_ih.stride(-1) == 1 else w_ih.contiguous())
+    out = []
+    for i, cw in enumerate(cells):
+        keep = folded and i == 0 and cw.w_ih.stride(-1) == 1  # not copied at every step
+        out.append(CellWeights(cw.w_ih if keep else _c(cw.w_ih), *(_c(t) for t in cw[1:])))
     return tuple(out)
 
 
