@@ -825,26 +825,29 @@ COMPILE_CHECK = textwrap.dedent(
     sm = dict(BLOCK_B=c.block_b, BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.num_warps,
               num_stages=c.num_stages, PRECISION="tf32x3")
     offset = torch.empty((), dtype=torch.int64)
+    # the previous group's heads' partial sums and biases, this group's heads and its partial sums
+    parts = (e(8, B, Zg, 2), e(Zg), e(Zg), e(Zg, H), e(Zg, H), e(8, B, Zg, 2))
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(H, n_in + 2 * Zg), e(H), e(B, H),
-        e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+        *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
-        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16,
-        NOISE_Z=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, grid=(1,), **sm)
+        HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
+        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n,
+        BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, grid=(1,), **sm)
     wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
-        e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+        *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_IN=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16,
-        NOISE_Z=16, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, grid=(1,), **sm)
+        HEAD_IN=False, HEAD_OUT=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=1,
+        BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, grid=(1,), **sm)
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8
     ld = -(-(n_in + 2 * Zg) // 8) * 8
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
-        e(B, H), e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+        *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False, DRAW_ALL=True, ALL_Z=1,
-        SAVE=False, BLOCK_Z=16, NOISE_Z=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
+        HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False,
+        DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, BLOCK_ZH=4, A_CHUNKS=0,
+        BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
         **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
     # from the fp32 buffer the first group's launch drew) and the output layer
@@ -853,16 +856,17 @@ COMPILE_CHECK = textwrap.dedent(
                num_stages=cb.num_stages, PRECISION="ieee")
     b = lambda *s: torch.empty(*s, dtype=torch.bfloat16)
     bt = lambda n, *s: tuple(b(*s) for _ in range(n))
+    bparts = (e(8, B, Zg, 2), b(Zg), b(Zg), b(Zg, H), b(Zg, H), e(8, B, Zg, 2))
     sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, Zg, b(B, H), b(B, H), b(B, H),
-        b(B, H), b(Zg, H), b(Zg), b(Zg, H), b(Zg), e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
+        *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), *bt(2, 4 * H), *bt(2, B, H), b(B, 4 * H), B, H, EMBED=False,
-        HEAD_IN=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16,
-        NOISE_Z=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, grid=(1,), **smb)
+        HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // cb.block_n,
+        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
-    sp._split_heads_kernel.warmup(e(B, H), H, e(Zg, H), e(Zg), e(Zg, H), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt),
-        e(B, Zt), Zg, Zg, Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
-        BLOCK_B=sp.HEAD_ROWS, BLOCK_Z=16, BLOCK_K=32, PRECISION="tf32x3", NOISE_Z=16, grid=(1,))
+    sp._split_heads_kernel.warmup(e(8, B, Zg, 2), e(Zg), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), Zg, Zg,
+        Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, BLOCK_B=sp.HEAD_ROWS,
+        BLOCK_Z=16, N_PARTS=8, grid=(1,))
     sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)
     print("COMPILED")
     """

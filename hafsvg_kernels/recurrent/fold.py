@@ -6,7 +6,8 @@ SVG's recurrent modules feed ``embed(x)`` straight into the first cell, whose in
 (:mod:`.triton_split`), its recomputation by each of the programs that share a block of rows:
 the sampling step of the moving-mnist sizes (prior of 4 groups and predictor) needs 23 % fewer
 multiply-adds per row (2.57M against 3.36M), and its split kernels execute 2.8M instead of 4.9M
-(with the recomputed heads and the z tiles padded to 16 columns).
+(counted when the later groups still recomputed the previous group's heads, with the z tiles
+padded to 16 columns).
 
 A folded step computes the same function with other roundings: e is no longer rounded to the
 step's dtype before it meets W_ih, and W_ih W_e is rounded once instead. It is meant for

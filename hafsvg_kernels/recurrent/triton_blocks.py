@@ -239,7 +239,8 @@ def _cell_update(
     rows, row_mask, n, n_mask, H,
     SAVE_GATES: tl.constexpr,
 ):
-    """The pointwise part of an LSTMCell for rows x hidden units n: biases, activations, c', h'."""
+    """The pointwise part of an LSTMCell for rows x hidden units n: biases, activations, c', h'.
+    Returns h' (BLOCK_B, BLOCK_N) in the output dtype, as stored."""
     dtype = h_new_ptr.dtype.element_ty
     s_sig, s_tanh = _act_scale(dtype, True), _act_scale(dtype, False)
     i = _act(acc_i, _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, s_sig)[None, :], dtype, True)
@@ -252,13 +253,15 @@ def _cell_update(
     c = f * c + i * g
     h = o * _act(c, 0.0, dtype, False)
     tl.store(c_new_ptr + off, c.to(dtype), mask=mask)
-    tl.store(h_new_ptr + off, h.to(dtype), mask=mask)
+    h = h.to(dtype)
+    tl.store(h_new_ptr + off, h, mask=mask)
     if SAVE_GATES:
         goff = rows[:, None] * (4 * H) + n[None, :]
         tl.store(gates_ptr + goff, i.to(dtype), mask=mask)
         tl.store(gates_ptr + goff + H, f.to(dtype), mask=mask)
         tl.store(gates_ptr + goff + 2 * H, g.to(dtype), mask=mask)
         tl.store(gates_ptr + goff + 3 * H, o.to(dtype), mask=mask)
+    return h
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +353,22 @@ def _head_tile(
     if BLOCK_B < 16:
         acc_mu = tl.sum(acc3_mu, axis=1)
         acc_lv = tl.sum(acc3_lv, axis=1)
+    return _head_finish(acc_mu, acc_lv, mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
+                        Z_total, seed, offset, rows, row_mask, store_rows, DRAW_EPS, STORE_EPS, BLOCK_Z,
+                        NOISE_Z)  # fmt: skip
+
+
+@triton.jit
+def _head_finish(
+    acc_mu, acc_lv,  # (BLOCK_B, BLOCK_Z) fp32: h' @ W^T of the tile's columns, biases not yet added
+    mu_b_ptr, lv_b_ptr,  # (Zg,), (Zg,)
+    eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg, Z_total, seed, offset, rows, row_mask, store_rows,
+    DRAW_EPS: tl.constexpr, STORE_EPS: tl.constexpr, BLOCK_Z: tl.constexpr, NOISE_Z: tl.constexpr,
+):  # fmt: skip
+    """The rest of :func:`_head_tile` (same arguments) once the products are summed: biases, the
+    noise, z = mu + exp(logvar / 2) eps; stores z, mu, logvar for ``store_rows`` and returns z."""
+    cz = z0 + tl.arange(0, BLOCK_Z)
+    c_mask = cz < Zg
     mu = acc_mu + tl.load(mu_b_ptr + cz, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     lv = acc_lv + tl.load(lv_b_ptr + cz, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     col = col0 + cz
@@ -360,9 +379,7 @@ def _head_tile(
             # draw only the first NOISE_Z columns, then place them in the tile with a 0/1 selection
             # (exact): a Philox draw and a Box-Muller transform cost ~94 instructions per number
             cn = tl.arange(0, NOISE_Z)
-            eps_n = _randn(seed, offset + rows[:, None] * Z_total + (col0 + z0 + cn)[None, :])
-            sel = (cn[:, None] == tl.arange(0, BLOCK_Z)[None, :]).to(tl.float32)
-            eps = tl.sum(eps_n[:, :, None] * sel[None, :, :], axis=1)
+            eps = _widen(_randn(seed, offset + rows[:, None] * Z_total + (col0 + z0 + cn)[None, :]), BLOCK_Z)
         else:
             eps = _randn(seed, offset + rows[:, None] * Z_total + col[None, :])
         if STORE_EPS:
@@ -377,3 +394,71 @@ def _head_tile(
     tl.store(mu_ptr + off, mu.to(dtype), mask=out_mask)
     tl.store(lv_ptr + off, lv.to(dtype), mask=out_mask)
     return tl.where(mask, z.to(tl.float32), 0.0)
+
+
+@triton.jit
+def _widen(x, WIDTH: tl.constexpr):
+    """(R, C) -> (R, WIDTH >= C): x in the first C columns, zeros after, by a 0/1 selection (exact)."""
+    sel = (tl.arange(0, x.shape[1])[:, None] == tl.arange(0, WIDTH)[None, :]).to(tl.float32)
+    return tl.sum(x[:, :, None] * sel[None, :, :], axis=1)
+
+
+@triton.jit
+def _spread(x, F: tl.constexpr):
+    """(R, C) -> (R, C * F) for F a power of two: column c of x at column F * c, zeros between, in
+    registers (each join pairs a column with a zero; no shared memory, no products)."""
+    if F > 1:
+        x = tl.join(x, tl.zeros_like(x)).reshape(x.shape[0], 2 * x.shape[1])
+        x = _spread(x, F // 2)
+    return x
+
+
+# The split step (:mod:`.triton_split`) does not recompute a group's heads from its whole h' in every
+# program of the next launch: each program of the group's top cell multiplies the h' tile it has just
+# computed (its rows x its BLOCK_N hidden units, rounded to the output dtype as stored) with those
+# units' columns of the heads' weights, and stores the (rows x 2 Zg) fp32 partial sums, mu's and
+# logvar's columns interleaved; the next launch adds its rows' partials of the H / BLOCK_N hidden
+# blocks, loaded as (rows, columns, 2) tiles of the group's width (not the 16 columns tl.dot pads
+# it to) and split. The sums' order differs from one GEMM over H (fp32 rounding only).
+
+
+@triton.jit
+def _head_parts_store(
+    h,  # (BLOCK_B, BLOCK_N) this program's h' tile, in the operands' dtype (as stored)
+    mu_w_ptr, lv_w_ptr,  # (Zg, H), (Zg, H): the group's heads
+    part_ptr,  # (H / BLOCK_N, B, Zg, 2) fp32 out: (mu, logvar) partial sums per hidden block
+    B, H, Zg, rows, row_mask, n, n_mask,
+    BLOCK_Z2: tl.constexpr,  # >= 2 Zg (and >= 16, tl.dot's least): mu's and logvar's columns in one tile
+    PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Stores h @ W[:, n]^T, the hidden block's share of the heads' products, W's rows mu_w[0],
+    lv_w[0], mu_w[1], ... (interleaved)."""
+    cz = tl.arange(0, BLOCK_Z2)
+    w_ptrs = tl.where((cz % 2 == 0)[None, :], mu_w_ptr, lv_w_ptr) + (cz // 2)[None, :] * H + n[:, None]
+    w = tl.load(w_ptrs, mask=n_mask[:, None] & (cz < 2 * Zg)[None, :], other=0.0)  # (BLOCK_N, BLOCK_Z2)
+    part = tl.dot(h, w, input_precision=PRECISION)  # (BLOCK_B, BLOCK_Z2) fp32
+    q = tl.program_id(1).to(tl.int64)
+    tl.store(part_ptr + (q * B + rows[:, None]) * (2 * Zg) + cz[None, :], part,
+             mask=row_mask[:, None] & (cz < 2 * Zg)[None, :])  # fmt: skip
+
+
+@triton.jit
+def _head_from_parts(
+    part_ptr,  # (N_PARTS, B, Zg, 2) fp32: the group's partial sums (see _head_parts_store)
+    mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg, Z_total, seed, offset, B,
+    rows, row_mask, store_rows,
+    DRAW_EPS: tl.constexpr, STORE_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr,
+    NOISE_Z: tl.constexpr,
+    N_PARTS: tl.constexpr,  # hidden blocks, unrolled: their loads are independent, in flight together
+):  # fmt: skip
+    """:func:`_head_tile` from the partial sums: the same outputs and return value."""
+    j = 2 * z0 + tl.arange(0, 2 * BLOCK_Z)  # mu and logvar columns, interleaved
+    off = rows[:, None] * (2 * Zg) + j[None, :]  # (a constant Zg: the rows' alignment known, vector loads)
+    mask = row_mask[:, None] & (j < 2 * Zg)[None, :]
+    acc = tl.zeros((BLOCK_B, 2 * BLOCK_Z), dtype=tl.float32)
+    for q in tl.static_range(N_PARTS):
+        acc += tl.load(part_ptr + q * B * (2 * Zg) + off, mask=mask, other=0.0)
+    acc_mu, acc_lv = tl.split(acc.reshape(BLOCK_B, BLOCK_Z, 2))
+    return _head_finish(acc_mu, acc_lv, mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
+                        Z_total, seed, offset, rows, row_mask, store_rows, DRAW_EPS, STORE_EPS, BLOCK_Z,
+                        NOISE_Z)  # fmt: skip

@@ -13,19 +13,20 @@ and every launch ends where the next one needs a whole hidden vector:
                   (each of their programs drew its rows' noise itself before: 8 times the Philox and
                   Box-Muller work; moving-mnist bf16 folded, instructions per warp and program:
                   group 1 1897 -> 2090, groups 2-4 3205 / 3478 / 3478 -> 2857 / 3290 / 3290)
-        if j > 0: z_{j-1}[r] = heads of group j - 1 from its h'[r, :]   (recomputed by every program:
-                  a (rows x H) x (H x 2 Zg) GEMM; the programs of hidden block 0 write z, mu, logvar)
+        if j > 0: z_{j-1}[r] = heads of group j - 1: the sum of the partial sums P_{j-1}[q, r] of
+                  its H / BLOCK_N hidden blocks q, biases, noise (every program; the programs of
+                  hidden block 0 write z, mu, logvar)
         e_j[r, :] = [x, z^{1:j-1}][r] @ W_embed_j^T + b                 (computed chunk by chunk of H and
                   fed straight into the gate GEMM, never read back; hidden block 0 writes it when saving)
         gates[r, n] = [e_j, h_j][r] @ [W_ih; W_hh][n]^T -> c'[r, n], h'[r, n]
-      launch G: the heads of group G - 1 (mu, logvar, z)
+        P_j[q, r] = h'[r, n] @ [W_mu; W_logvar][:, n]^T   (fp32, q the program's hidden block)
+      launch G: the heads of group G - 1 (mu, logvar, z) from P_{G-1}
     predictor, L cells (L + 1 launches): cell 1 with the embedding computed as above, cells 2..L
       reading the previous cell's h', then out = tanh(h'_L @ W_out^T + b) tiled over rows x outputs.
 
 Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
-+50 % of the MACs of a group's cell) and the previous group's heads once per hidden block (+12 %,
-the head tile padded to 16 columns);
-both are tensor-core work on data already in L2. What it buys: 200 programs instead of 100.
++50 % of the MACs of a group's cell), tensor-core work on data already in L2, and the heads'
+partial sums (written and read once, 8 x 2 Zg fp32 numbers per row). What it buys: 200 programs instead of 100.
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
@@ -44,18 +45,38 @@ for the group's columns only, not the tile's 16 (:func:`.triton_blocks.noise_wid
 program, before -> after these and the activations of :mod:`.triton_blocks`): the predictor's
 first cell 5492 -> 3695, second 3115 -> 2358; the prior's first group 5068 -> 3376, the later
 groups 9686 / 10830 / 10830 -> 5304 / 5262 / 5470 (spills 84 / 4 / 4 B -> 0, with the noise of
-:func:`.triton_blocks._randn`): the step modeled 55 -> 31 us. The later groups still recompute the
-previous group's heads and draw its noise.
+:func:`.triton_blocks._randn`): the step modeled 55 -> 31 us.
+
+The heads from partial sums (:func:`.triton_blocks._head_parts_store`, ``_head_from_parts``):
+before, every program of launch j recomputed group j - 1's heads from its whole h' (a (64 x 256)
+x (256 x 16) GEMM over 32 KB of h' per program, 8 times per row block), and the heads launch did
+the same on the CUDA cores. Now each program of a group's top cell multiplies the h' tile it has
+just computed with its hidden units' columns of the heads' weights (one (64 x 32) x (32 x 16)
+dot) and stores the fp32 partial sums; the next launch adds its rows' 8 partial sums, in tiles as
+wide as the group (its z then spread into the dot's 16 columns in registers,
+:func:`.triton_blocks._spread`). Zg is a constant to the kernels, so the partial sums' rows, 2 Zg
+apart, load as vectors (with Zg a runtime value bair's later folded groups ran 3081-3171
+instructions, more than the recompute's 2827-2930). Static counts (bf16, batch 1600, sm_90a,
+instructions per warp and program, recompute -> partial sums): moving-mnist folded group 1 2090
+-> 2195 (the partial sums' dot and store), groups 2-4 2857 / 3290 / 3290 -> 2277 / 2606 / 2606,
+heads 860 -> 130; bair folded groups 2-4 2827 / 2930 / 2922 -> 2724 / 2813 / 2794; the unfolded
+later groups 5155 / 5235 / 5439 -> 4254 / 4562 / 4752 (moving-mnist). Modeled step, bf16 folded:
+19.5 -> 16.5 µs (moving-mnist), 20.3 -> 18.0 (kth), 19.5 -> 18.3 (bair); unfolded 30.0 -> 26.7
+(moving-mnist). Spills: kth's unfolded groups 2 and 4 now spill 88 / 56 B at 255 registers
+(244 before; without any heads at all group 4 spills 64 B: that kernel sits at the register
+limit), the fp32 folded later groups 12-36 B (16-28 before). The heads' sums are added in another
+order than one GEMM over H: fp32 rounding only.
 
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
-dtype before they feed the next GEMM), and the saved tensors are the same, so the backward of
-:mod:`.triton_lstm` / :mod:`.triton_gaussian` is shared.
+dtype before they feed the next GEMM; the sums in another order), and the saved tensors are the
+same, so the backward of :mod:`.triton_lstm` / :mod:`.triton_gaussian` is shared.
 
 Folded embeddings (:func:`.fold.fold_embedding`, what ``FastSampler`` steps with; forward only):
 the first cell's input parts meet the folded W_ih (4H x (n_in + j Zg), rows padded to 8 elements)
 directly, part 1 in the same pipelined K loop as W_hh's, the narrow parts (the rest of the
 predictor's input, the earlier groups' z, the previous group's z from registers) in unrolled
-tiles: nothing is computed by two programs but the previous group's heads. Static counts (bf16,
+tiles: nothing is computed by two programs but the previous group's heads' last step (the sum of
+the partial sums, the noise, z). Static counts (bf16,
 batch 1600, sm_90a, instructions per warp and program, embedded -> folded, both with the
 activations of :func:`.triton_blocks._act`): the predictor's first cell 3546 -> 1965, the prior's
 first group 3223 -> 1897, the later ones 5155 / 5235 / 5439 -> 3205 / 3478 / 3478; the
@@ -78,10 +99,11 @@ from .triton_blocks import (
     _cell_update,
     _gates_acc,
     _gates_dot,
-    _head_tile,
+    _head_from_parts,
+    _head_parts_store,
     _mm_acc,
     _randn,
-    noise_width,
+    _spread,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -125,12 +147,18 @@ def _split_cell_kernel(
     a2_ptr, stride_a2, K_a2,  # part 2 (B, K_a2), K_a2 may be 0
     embed_w, embed_b,  # EMBED: (H, K_a + K_a2 [+ Zg when Z_REG]), (H,)
     e_ptr,  # EMBED and SAVE: (B, H) out, the embedding (written by the programs of hidden block 0)
-    # HEAD_IN: the previous group's heads from its top h, recomputed by every program
-    hh_ptr,  # (B, H) the previous group's top h'
-    mu_w, mu_b, lv_w, lv_b,  # (Zg, H), (Zg,), (Zg, H), (Zg,)
+    # HEAD_IN: the previous group's heads, from the partial sums its launch stored (every program)
+    part_in_ptr,  # (N_PARTS, B, Zg, 2) fp32: (mu, logvar) products of each hidden block's units
+    mu_b, lv_b,  # (Zg,), (Zg,) the previous group's biases
+    # HEAD_OUT: this cell's h' tile times this group's heads, stored for the next launch
+    mu_w, lv_w,  # (Zg, H), (Zg, H) this group's heads
+    part_out_ptr,  # (cdiv(H, BLOCK_N), B, Zg, 2) fp32 out
     eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS, DRAW_ALL)
     z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs (written by the programs of hidden block 0)
-    col0, Zg, Z_total,  # the previous group's first column, the group width, all groups' width
+    col0,  # the previous group's first column
+    Zg: tl.constexpr,  # the group width (a constant: the heads' masks fold away, their partial sums'
+    # rows, 2 Zg apart, are read as vectors); 1 without heads
+    Z_total,  # all groups' width
     seed, offset,  # Philox key and first counter of the step (unless OFFSET_FROM_PTR)
     offset_ptr,  # one int64, the first counter, read when OFFSET_FROM_PTR
     # the cell
@@ -142,7 +170,8 @@ def _split_cell_kernel(
     B, H,
     # meta-parameters
     EMBED: tl.constexpr,  # the input is the embedding, computed here
-    HEAD_IN: tl.constexpr,  # recompute the previous group's heads (z, mu, logvar) first
+    HEAD_IN: tl.constexpr,  # the previous group's heads (z, mu, logvar) first, from its partial sums
+    HEAD_OUT: tl.constexpr,  # store this group's heads' partial sums (the group's top cell)
     Z_REG: tl.constexpr,  # the input's last Zg columns are that z, from registers
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
     DRAW_ALL: tl.constexpr,  # draw every group's noise for these rows into eps_ptr (fp32), ALL_Z
@@ -151,7 +180,10 @@ def _split_cell_kernel(
     SAVE: tl.constexpr,  # write the embedding and the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Z: tl.constexpr,  # >= Zg: the previous group's z is one tile
-    NOISE_Z: tl.constexpr,  # HEAD_IN and DRAW_EPS: noise columns drawn (triton_blocks.noise_width)
+    BLOCK_Z2: tl.constexpr,  # HEAD_OUT: >= 2 Zg and >= 16, mu's and logvar's columns in one dot
+    N_PARTS: tl.constexpr,  # HEAD_IN: the previous launch's hidden blocks, cdiv(H, BLOCK_N)
+    BLOCK_ZH: tl.constexpr,  # HEAD_IN: the heads' tile, the group's width (heads_tile_z), spread to
+    # BLOCK_Z columns for the dot
     A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # EMBED: part 1 in A_CHUNKS x BLOCK_A >= K_a columns
     # (else part 1 runs through a K loop of BLOCK_K)
     A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # part 2 likewise (0 chunks: none)
@@ -178,9 +210,18 @@ def _split_cell_kernel(
     if HEAD_IN:
         if OFFSET_FROM_PTR:
             offset = tl.load(offset_ptr)
-        z_prev = _head_tile(hh_ptr, H, mu_w, mu_b, lv_w, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr,
-                            0, col0, Zg, Z_total, seed, offset, rows, row_mask, writer, DRAW_EPS, STORE_EPS,
-                            BLOCK_B, BLOCK_Z, BLOCK_K, PRECISION, NOISE_Z)  # fmt: skip
+        z_prev = _head_from_parts(part_in_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg,
+                                  Z_total, seed, offset, B, rows, row_mask, writer, DRAW_EPS, STORE_EPS, BLOCK_B,
+                                  BLOCK_ZH, BLOCK_ZH, N_PARTS)  # fmt: skip
+        if Z_REG:
+            z_prev = _spread(z_prev, BLOCK_Z // BLOCK_ZH)
+    # the previous group's z as the dot's operand: its column c at column F * c of the tile, F =
+    # BLOCK_Z // BLOCK_ZH, zeros between; the weights' column of tile column cz is then cz // F where
+    # cz % F == 0 (a 0/1 selection product to put z in the first columns holds 64 products per
+    # thread at BLOCK_ZH 8, and ran 19-60 more instructions in moving-mnist's later folded groups)
+    cz = tl.arange(0, BLOCK_Z)
+    kz = cz // (BLOCK_Z // BLOCK_ZH)
+    kz_mask = (cz % (BLOCK_Z // BLOCK_ZH) == 0) & (kz < Zg)
     acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
     acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
@@ -208,9 +249,8 @@ def _split_cell_kernel(
             e = _embed_part(e, a2, a2_ptr, stride_a2, K_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask,
                             A2_CHUNKS, BLOCK_A2, PRECISION)  # fmt: skip
             if Z_REG:
-                cz = tl.arange(0, BLOCK_Z)
-                wz = tl.load(embed_w + k[None, :] * ld_e + (K_a + K_a2) + cz[:, None],
-                             mask=k_mask[None, :] & (cz < Zg)[:, None], other=0.0)  # fmt: skip
+                wz = tl.load(embed_w + k[None, :] * ld_e + (K_a + K_a2) + kz[:, None],
+                             mask=k_mask[None, :] & kz_mask[:, None], other=0.0)  # fmt: skip
                 e = tl.dot(z_op, wz, e, input_precision=PRECISION)
             e += tl.load(embed_b + k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
             e = e.to(dtype)
@@ -225,9 +265,8 @@ def _split_cell_kernel(
         # part 1 in a (pipelined) K loop
         ld_w = LD_IN
         if Z_REG:
-            cz = tl.arange(0, BLOCK_Z)
             acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, z_prev.to(h_new_ptr.dtype.element_ty),
-                                                    w_ih + K_a + K_a2, ld_w, H * ld_w, n, n_mask, cz, cz < Zg,
+                                                    w_ih + K_a + K_a2, ld_w, H * ld_w, n, n_mask, kz, kz_mask,
                                                     PRECISION)  # fmt: skip
         for c in tl.static_range(A2_CHUNKS):
             ka = c * BLOCK_A2 + tl.arange(0, BLOCK_A2)
@@ -241,33 +280,42 @@ def _split_cell_kernel(
     acc_i, acc_f, acc_g, acc_o = _gates_acc(
         acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh, H, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
     )
-    _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
-                 rows, row_mask, n, n_mask, H, SAVE)  # fmt: skip
+    h = _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
+                     rows, row_mask, n, n_mask, H, SAVE)  # fmt: skip
+    if HEAD_OUT:
+        if EMBED:
+            # h' read back (this program's own stores, made visible by the barrier) instead of
+            # converted from the accumulators' layout: with the conversion bair's later groups ran
+            # at 255 registers, spilled 4-8 B and executed 5427-5653 instructions; read back, 212
+            # registers, no spills, 5124-5347 (bf16, sm90_report)
+            tl.debug_barrier()
+            h = tl.load(h_new_ptr + rows[:, None] * H + n[None, :], mask=row_mask[:, None] & n_mask[None, :], other=0.0)
+        _head_parts_store(h, mu_w, lv_w, part_out_ptr, B, H, Zg, rows, row_mask, n, n_mask, BLOCK_Z2, PRECISION)
 
 
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
 def _split_heads_kernel(
-    hh_ptr, H,  # (B, H) the group's top h'
-    mu_w, mu_b, lv_w, lv_b,  # (Zg, H), (Zg,), (Zg, H), (Zg,)
+    part_ptr,  # (N_PARTS, B, Zg, 2) fp32: the group's heads' partial sums, stored by its top cell's launch
+    mu_b, lv_b,  # (Zg,), (Zg,)
     eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS)
     z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs
-    col0, Zg, Z_total,  # the group's first column, its width, all groups' width
+    col0, Zg: tl.constexpr, Z_total,  # the group's first column, its width, all groups' width
     seed, offset, offset_ptr,  # Philox key, first counter (or *offset_ptr when OFFSET_FROM_PTR)
     B,
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-    NOISE_Z: tl.constexpr,  # DRAW_EPS: noise columns drawn per tile; BLOCK_Z here: the tile is as
-    # wide as the group (heads_tile_z), so it draws no padding
+    BLOCK_B: tl.constexpr,
+    BLOCK_Z: tl.constexpr,  # the group's width (heads_tile_z): no padding is loaded or drawn
+    N_PARTS: tl.constexpr,
 ):
-    """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B)."""
+    """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B), in
+    one tile (Zg <= MAX_GROUP_WIDTH <= BLOCK_Z)."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     row_mask = rows < B
     if OFFSET_FROM_PTR:
         offset = tl.load(offset_ptr)
-    for z0 in range(0, Zg, BLOCK_Z):
-        _head_tile(hh_ptr, H, mu_w, mu_b, lv_w, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
-                   Z_total, seed, offset, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, BLOCK_K,
-                   PRECISION, NOISE_Z)  # fmt: skip
+    _head_from_parts(part_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg, Z_total,
+                     seed, offset, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, BLOCK_Z,
+                     N_PARTS)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -297,8 +345,8 @@ def _split_linear_tanh_kernel(
 
 #: Programs wanted per launch: the SMs of an H100 SXM.
 TARGET_PROGRAMS = 132
-#: The heads launch's rows per program: 8, on the CUDA cores (tl.dot needs 16), for 200 programs at
-#: batch 1600 on a GEMM of (8 x 256) x (256 x 2 Zg).
+#: The heads launch's rows per program: 8, for 200 programs at batch 1600, each adding its rows'
+#: partial sums.
 HEAD_ROWS = 8
 #: Largest group width whose z fits one register tile (the previous group's z feeds the embedding).
 MAX_GROUP_WIDTH = 64
@@ -370,8 +418,8 @@ def split_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> Spli
 def embed_chunk(cfg: SplitConfig, fp32: bool) -> int:
     """The widest chunk of an embedding input part: 128 columns on the tensor cores (x of width
     g_dim 128 in one chunk, read once before the loop); for fp32 operands (FFMA dots in registers,
-    or TF32) and under the interpreter the K step, ``cfg.block_k`` (at 128, the FFMA groups that
-    recompute the heads spilled 840 B per thread)."""
+    or TF32) and under the interpreter the K step, ``cfg.block_k`` (at 128, the FFMA groups spilled
+    840 B per thread when they still recomputed the previous group's heads)."""
     return cfg.block_k if fp32 or interpreting() else 128
 
 
@@ -393,10 +441,9 @@ def embed_split(n_in: int, widest: int) -> int:
 
 
 def heads_tile_z(Zg: int) -> int:
-    """Columns per tile of the heads launch: its sums run on the CUDA cores (``HEAD_ROWS`` < 16), so
-    the tile need not be padded to ``tl.dot``'s 16: at Zg = 4, 2550 -> 2377 instructions per warp
-    (bf16, sm_90a, ``python -m hafsvg_kernels.sm90_report``; 1129 with the sums of
-    :func:`.triton_blocks._head_tile` reduced once)."""
+    """Columns per tile of the heads summed from partial sums (the heads launch, and the first step
+    of the cell launches that read the previous group's z): the group's width, not ``tl.dot``'s 16,
+    so that only the group's numbers are loaded, added, drawn and stored."""
     return min(64, max(2, triton.next_power_of_2(Zg)))
 
 
@@ -432,17 +479,21 @@ class HeadIO(NamedTuple):
     store_eps: bool
 
 
-def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, gates, save, precision, draw_all=False):
+def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, gates, save, precision, draw_all=False,
+                 head_out=None):  # fmt: skip
     """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts; embed: None
     (the parts meet ``cell.w_ih``: the previous cell's h', or a folded embedding's input) or
-    (embed_w, embed_b); z_reg: the input's last Zg columns are the previous group's z, recomputed
-    from head: None or (hh, mu_w, mu_b, lv_w, lv_b, col0, Zg); heads: HeadIO; state: (h, c); cell:
-    CellWeights; new: (h_new, c_new); draw_all: draw every group's noise into ``heads.eps``
-    (fp32)."""
+    (embed_w, embed_b); z_reg: the input's last Zg columns are the previous group's z, computed
+    from head: None or (partial sums, mu_b, lv_b, col0, Zg) of the previous group; heads: HeadIO;
+    state: (h, c); cell: CellWeights; new: (h_new, c_new); draw_all: draw every group's noise into
+    ``heads.eps`` (fp32); head_out: None or (mu_w, lv_w, partial sums out, Zg), this group's heads
+    (the group's top cell)."""
     a, stride_a, K_a, a2, stride_a2, K_a2 = parts
     fp32 = new[0].dtype == torch.float32
     cfg = split_config(B, H, fp32, precision != "ieee")
-    hh, mu_w, mu_b, lv_w, lv_b, col0, Zg = head if head is not None else (e, e, e, e, e, 0, 1)
+    part_in, mu_b, lv_b, col0, Zg = head if head is not None else (e, e, e, 0, 1)
+    mu_w, lv_w, part_out, Zg_out = head_out if head_out is not None else (e, e, e, Zg)
+    Zg = max(Zg, Zg_out)  # the groups' common width, or 1 (a constant to Triton) without heads
     ew, eb = embed if embed is not None else (e, e)
     widest = embed_chunk(cfg, fp32)
     a_tiles = _part_tiles(K_a, widest) if embed is not None else _part_tiles(0, widest)
@@ -450,29 +501,30 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
     grid_n = triton.cdiv(H, cfg.block_n)
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), grid_n)](
         a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
-        hh, mu_w, mu_b, lv_w, lv_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
-        heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
+        part_in, mu_b, lv_b, mu_w, lv_w, part_out, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0,
+        Zg, heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
         state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih, cell.b_hh, new[0], new[1], gates, B, H,
-        EMBED=embed is not None, HEAD_IN=head is not None, Z_REG=z_reg, DRAW_EPS=heads.draw,
+        EMBED=embed is not None, HEAD_IN=head is not None, HEAD_OUT=head_out is not None, Z_REG=z_reg,
+        DRAW_EPS=heads.draw,
         OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, DRAW_ALL=draw_all,
         ALL_Z=all_noise_width(heads.z.shape[1], grid_n) if draw_all else 1, SAVE=save,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z=_head_block_z(Zg),
-        NOISE_Z=noise_width(Zg, _head_block_z(Zg)),
+        BLOCK_Z2=_head_block_z(2 * Zg), N_PARTS=grid_n,
+        BLOCK_ZH=heads_tile_z(Zg),
         A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
         LD_IN=(ew if embed is not None else cell.w_ih).stride(0),
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
 
-def _heads_launch(B, H, hh, w, col0, Zg, heads: HeadIO, precision):
-    """The last group's heads: ``HEAD_ROWS`` rows per program."""
-    bk = 64 if interpreting() else 32
+def _heads_launch(B, parts, w, col0, Zg, heads: HeadIO):
+    """The last group's heads from its partial sums ``parts`` (n, B, Zg, 2): ``HEAD_ROWS`` rows per program."""
     bz = heads_tile_z(Zg)
     _split_heads_kernel[(triton.cdiv(B, HEAD_ROWS),)](
-        hh, H, w.mu_w, w.mu_b, w.logvar_w, w.logvar_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv,
+        parts, w.mu_b, w.logvar_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv,
         col0, Zg, heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr, B,
         DRAW_EPS=heads.draw, OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps,
-        BLOCK_B=HEAD_ROWS, BLOCK_Z=bz, BLOCK_K=bk, PRECISION=precision, NOISE_Z=bz, num_warps=4,
+        BLOCK_B=HEAD_ROWS, BLOCK_Z=bz, N_PARTS=parts.shape[0], num_warps=4,
     )  # fmt: skip
 
 
@@ -520,21 +572,27 @@ def gaussian_forward(x, states, weights, zsrc, own_z, heads: HeadIO, e, h_out, c
         noise = torch.empty(B, G * Zg, device=x.device, dtype=torch.float32)
         first_heads = heads._replace(eps=noise, stride_eps=G * Zg)
         heads = heads._replace(eps=noise, stride_eps=G * Zg, draw=False, from_ptr=False)
+    # the heads' partial sums of each group's top cell, per hidden block; launch j writes parts[j % 2]
+    # while launch j + 1 reads it and writes the other
+    fp32, tf32 = x.dtype == torch.float32, precision != "ieee"
+    n_parts = triton.cdiv(H, split_config(B, H, fp32, tf32).block_n)
+    parts = torch.empty(2, n_parts, B, Zg, 2, device=x.device, dtype=torch.float32)
     for j, w in enumerate(weights):
         head = None
         if j:
             p = weights[j - 1]
-            head = (h_out[j - 1, L - 1], p.mu_w, p.mu_b, p.logvar_w, p.logvar_b, (j - 1) * Zg, Zg)
+            head = (parts[(j - 1) % 2], p.mu_b, p.logvar_b, (j - 1) * Zg, Zg)
         z_reg = own_z and j > 0
         K_z = (j - 1) * Zg if z_reg else j * Zg
         for layer in range(L):
             first = layer == 0
             a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[j, layer - 1], H, H)
-            parts = (a, stride_a, K_a, zsrc, zsrc.stride(0), K_z if first else 0)
+            inputs = (a, stride_a, K_a, zsrc, zsrc.stride(0), K_z if first else 0)
             embed = (w.embed_w, w.embed_b) if first and w.embed_w is not None else None
             pre = j == 0 and first and first_heads is not heads
-            _cell_launch(B, H, parts, embed, z_reg and first, e[j], head if first else None,
+            head_out = (w.mu_w, w.logvar_w, parts[j % 2], Zg) if layer == L - 1 else None
+            _cell_launch(B, H, inputs, embed, z_reg and first, e[j], head if first else None,
                          first_heads if pre else heads, states[j][layer], w.cells[layer],
                          (h_out[j, layer], c_out[j, layer]), gates[j, layer] if save else e, save, precision,
-                         draw_all=pre)  # fmt: skip
-    _heads_launch(B, H, h_out[G - 1, L - 1], weights[G - 1], (G - 1) * Zg, Zg, heads, precision)
+                         draw_all=pre, head_out=head_out)  # fmt: skip
+    _heads_launch(B, parts[(G - 1) % 2], weights[G - 1], (G - 1) * Zg, Zg, heads)

@@ -462,12 +462,13 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
 
 
 def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides,
-                       folded=False, col0=0, noise=True, draw_all=False) -> Launch:  # fmt: skip
+                       folded=False, col0=0, noise=True, draw_all=False, head_out=False) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
     offset): first = the cell reads the step's input (parts of n_in and K2 columns [+ Zg], with
     row strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
     padded to ``fold.ROW_ALIGN``); head = the previous group's heads (its first column ``col0``)
-    recomputed first. The head arguments as the launcher passes them: without a head Zg = 1 (a
+    summed first from the partial sums of its launch; head_out = this launch stores its group's.
+    The head arguments as the launcher passes them: without heads Zg = 1 (a
     constant to Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes; else
     ``folded`` launches: ``draw_all``, this launch draws the step's noise into an fp32 buffer (the
     first group's), or reads it from there (the others); with the embedding, each draws its own."""
@@ -475,11 +476,10 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
-    from ..recurrent.triton_blocks import noise_width
 
     cfg = ts.split_config(B, H, io.dtype == "fp32")
     K_in = n_in + K2 + (Zg if z_reg else 0)  # the input's width
-    zg_arg = Zg if head else 1
+    zg_arg = Zg if head or head_out else 1
     bz = ts._head_block_z(zg_arg)
     widest = ts.embed_chunk(cfg, io.dtype == "fp32")
     embed = first and not folded
@@ -493,24 +493,26 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     all_z = ts.all_noise_width(Zt, grid[1]) if pre and draw_all else 1
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
-        "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io, "hh_ptr": io,
-        "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": Ptr("fp32") if pre else io,
+        "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io,
+        "part_in_ptr": Ptr("fp32") if head else io, "mu_b": io, "lv_b": io, "mu_w": io, "lv_w": io,
+        "part_out_ptr": Ptr("fp32") if head_out else io, "eps_ptr": Ptr("fp32") if pre else io,
         "stride_eps": Zt if noise else 0, "z_ptr": io,
-        "mu_ptr": io, "lv_ptr": io, "col0": col0, "Zg": zg_arg, "Z_total": Zt if noise else H,
+        "mu_ptr": io, "lv_ptr": io, "col0": col0, "Z_total": Zt if noise else H,
         "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
         "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io,
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
-        "EMBED": embed, "HEAD_IN": head, "Z_REG": z_reg, "DRAW_EPS": draws, "OFFSET_FROM_PTR": draws,
-        "STORE_EPS": False, "DRAW_ALL": pre and draw_all, "ALL_Z": all_z,
+        "EMBED": embed, "HEAD_IN": head, "HEAD_OUT": head_out, "Z_REG": z_reg, "DRAW_EPS": draws,
+        "OFFSET_FROM_PTR": draws, "STORE_EPS": False, "DRAW_ALL": pre and draw_all, "ALL_Z": all_z,
         "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "NOISE_Z": noise_width(zg_arg, bz), "A_CHUNKS": a_chunks,
+        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "BLOCK_Z2": ts._head_block_z(2 * zg_arg), "N_PARTS": grid[1],
+        "Zg": zg_arg,
+        "BLOCK_ZH": ts.heads_tile_z(zg_arg), "A_CHUNKS": a_chunks,
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
     }  # fmt: skip
     bk = cfg.block_k
-    loops = [Trip(cdiv(H, bk))] if head else []
-    loops.append(Trip(cdiv(n_in if first and folded else H, bk), main=True))  # the embedding's, or part 1's
+    loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
     loops.append(Trip(cdiv(H, bk)))
     if embed:
         w = 8 * H * H + 8 * H + K_in * H + H
@@ -551,28 +553,30 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
            B * (L * 5 * H + n_out), (w + bias + act) * e, config=config,
            meta={"preset": preset, "kernel": "predictor"})
     ]  # fmt: skip
-    # prior: G launches of one cell (group j > 0 first recomputes group j - 1's heads, z into its
-    # embedding from registers), then the last group's heads; the groups read their own z
+    # prior: G launches of one cell (group j > 0 first sums group j - 1's heads from the partial sums
+    # that launch stored, z into its embedding from registers; each stores its own group's), then
+    # the last group's heads; the groups read their own z
     n_in = G_DIM
-    heads_w, heads_act = 2 * Zg * H + 2 * Zg, B * (H + 3 * Zg)
+    n_parts = cdiv(H, ts.split_config(B, H, fp32).block_n)
+    parts = B * n_parts * 2 * Zg * 4 // e  # one group's fp32 partial sums, in elements of the step's dtype
+    heads_in_w, heads_in_act = 2 * Zg, parts + B * 3 * Zg  # biases; partial sums in, z / mu / logvar out
     launches = [
         _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
-                           heads_w if j else 0, heads_act if j else 0, e, (n_in, Zt), folded, max(0, j - 1) * Zg,
-                           draw_all=j == 0)
+                           2 * Zg * H + (heads_in_w if j else 0), parts + (heads_in_act if j else 0), e, (n_in, Zt),
+                           folded, max(0, j - 1) * Zg, draw_all=j == 0, head_out=True)
         for j in range(G)
     ]  # fmt: skip
     bz = ts.heads_tile_z(Zg)
     args = {
-        "hh_ptr": io, "H": H, "mu_w": io, "mu_b": io, "lv_w": io, "lv_b": io, "eps_ptr": Ptr("fp32") if folded else io,
-        "stride_eps": Zt,
-        "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": (G - 1) * Zg, "Zg": Zg, "Z_total": Zt,
+        "part_ptr": Ptr("fp32"), "mu_b": io, "lv_b": io, "eps_ptr": Ptr("fp32") if folded else io, "stride_eps": Zt,
+        "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": (G - 1) * Zg, "Z_total": Zt,
         "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "B": B,
     }  # fmt: skip
     consts = {"DRAW_EPS": not folded, "OFFSET_FROM_PTR": not folded, "STORE_EPS": False, "BLOCK_B": ts.HEAD_ROWS,
-              "BLOCK_Z": bz, "BLOCK_K": 32, "PRECISION": "ieee", "NOISE_Z": bz}  # fmt: skip
+              "BLOCK_Z": bz, "N_PARTS": n_parts, "Zg": Zg}  # fmt: skip
     launches.append(
         Launch("_split_heads_kernel", "split", args, consts, 4, 3, (cdiv(B, ts.HEAD_ROWS),),
-               [Trip(cdiv(Zg, bz), [Trip(cdiv(H, 32), main=True)])], 0, (heads_w + heads_act) * e, "heads")
+               [], 0, (heads_in_w + heads_in_act) * e, "heads")
     )  # fmt: skip
     w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS, folded)
     ops.append(
