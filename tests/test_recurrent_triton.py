@@ -251,6 +251,36 @@ def test_gaussian_step_eps_passed_in_equals_reference_exactly_enough():
     torch.testing.assert_close(z - mu, torch.exp(0.5 * lv) * eps, rtol=1e-5, atol=1e-5)
 
 
+# (B, n_in, H, Zg, G, L, with_cond): group widths whose z is spread 8 (Zg 1) and 8 (Zg 2) times into
+# the dot's 16 columns, over 16 columns (33: a 64-wide heads tile), 64 with 64-row blocks (the
+# partial sums summed in a loop, not unrolled), 3 layers (a middle cell without heads)
+SPLIT_HEAD_CASES = [
+    (7, 24, 200, 1, 3, 1, False),
+    (7, 24, 200, 2, 2, 3, True),
+    (7, 16, 200, 33, 2, 1, False),
+    (130, 16, 256, 64, 2, 1, False),
+]
+
+
+@pytest.mark.parametrize("B,n_in,H,Zg,G,L,with_cond", SPLIT_HEAD_CASES)
+def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_cond):
+    """The split design's heads, summed from the partial sums of the previous launch, against the
+    float64 reference (forward) at group widths and depths the other cases do not reach."""
+    import triton
+
+    from hafsvg_kernels.recurrent import triton_split
+
+    monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1")
+    cfg = triton_split.split_config(B, H, True)
+    unrolled = triton_split.parts_unrolled(cfg, Zg, triton.cdiv(H, cfg.block_n))
+    assert CUDA or unrolled == (Zg < 64)  # both ways of summing them are exercised (interpreter tiles)
+    inputs64 = gaussian_inputs(B, n_in, H, Zg, G, L, with_cond, seed=Zg)
+    x, s, w, eps, cond = (cast(t, torch.float32, grad=False) for t in inputs64)
+    xr, sr, wr, epsr, condr = (cast(t, torch.float64, "cpu") for t in inputs64)
+    out = gaussian_lstm_step(x, s, w, eps, cond, backend="triton")
+    check_close(out, gaussian_lstm_step_ref(xr, sr, wr, epsr, condr), FP32_TOL, "forward (z, mu, logvar, states)")
+
+
 @pytest.mark.parametrize("with_cond", [False, True])
 def test_split_design_equals_row_design(monkeypatch, with_cond):
     """The split design computes what the one-launch design does, bit for bit up to the order of
@@ -831,14 +861,14 @@ COMPILE_CHECK = textwrap.dedent(
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
-        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n,
+        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=False,
         BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, grid=(1,), **sm)
     wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
         HEAD_IN=False, HEAD_OUT=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=1,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=1, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, grid=(1,), **sm)
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8
     ld = -(-(n_in + 2 * Zg) // 8) * 8
@@ -846,8 +876,8 @@ COMPILE_CHECK = textwrap.dedent(
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False,
-        DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, BLOCK_ZH=4, A_CHUNKS=0,
-        BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
+        DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
+        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
         **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
     # from the fp32 buffer the first group's launch drew) and the output layer
@@ -861,7 +891,7 @@ COMPILE_CHECK = textwrap.dedent(
         *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), *bt(2, 4 * H), *bt(2, B, H), b(B, 4 * H), B, H, EMBED=False,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // cb.block_n,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
     sp._split_heads_kernel.warmup(e(8, B, Zg, 2), e(Zg), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), Zg, Zg,

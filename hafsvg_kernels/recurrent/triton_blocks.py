@@ -449,15 +449,22 @@ def _head_from_parts(
     rows, row_mask, store_rows,
     DRAW_EPS: tl.constexpr, STORE_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr,
     NOISE_Z: tl.constexpr,
-    N_PARTS: tl.constexpr,  # hidden blocks, unrolled: their loads are independent, in flight together
+    N_PARTS: tl.constexpr,  # hidden blocks
+    PARTS_UNROLLED: tl.constexpr,  # their loads unrolled, in flight together (parts_unrolled), or a loop
 ):  # fmt: skip
     """:func:`_head_tile` from the partial sums: the same outputs and return value."""
     j = 2 * z0 + tl.arange(0, 2 * BLOCK_Z)  # mu and logvar columns, interleaved
     off = rows[:, None] * (2 * Zg) + j[None, :]  # (a constant Zg: the rows' alignment known, vector loads)
     mask = row_mask[:, None] & (j < 2 * Zg)[None, :]
     acc = tl.zeros((BLOCK_B, 2 * BLOCK_Z), dtype=tl.float32)
-    for q in tl.static_range(N_PARTS):
-        acc += tl.load(part_ptr + q * B * (2 * Zg) + off, mask=mask, other=0.0)
+    part_ptr += off
+    stride_q = B.to(tl.int64) * (2 * Zg)
+    if PARTS_UNROLLED:
+        for q in tl.static_range(N_PARTS):
+            acc += tl.load(part_ptr + q * stride_q, mask=mask, other=0.0)
+    else:
+        for q in range(N_PARTS):
+            acc += tl.load(part_ptr + q * stride_q, mask=mask, other=0.0)
     acc_mu, acc_lv = tl.split(acc.reshape(BLOCK_B, BLOCK_Z, 2))
     return _head_finish(acc_mu, acc_lv, mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
                         Z_total, seed, offset, rows, row_mask, store_rows, DRAW_EPS, STORE_EPS, BLOCK_Z,

@@ -26,7 +26,8 @@ and every launch ends where the next one needs a whole hidden vector:
 
 Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
 +50 % of the MACs of a group's cell), tensor-core work on data already in L2, and the heads'
-partial sums (written and read once, 8 x 2 Zg fp32 numbers per row). What it buys: 200 programs instead of 100.
+partial sums (8 x 2 Zg fp32 numbers per row in bf16, written once, read from L2 by each program
+of the next launch). What it buys: 200 programs instead of 100.
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
@@ -51,9 +52,11 @@ The heads from partial sums (:func:`.triton_blocks._head_parts_store`, ``_head_f
 before, every program of launch j recomputed group j - 1's heads from its whole h' (a (64 x 256)
 x (256 x 16) GEMM over 32 KB of h' per program, 8 times per row block), and the heads launch did
 the same on the CUDA cores. Now each program of a group's top cell multiplies the h' tile it has
-just computed with its hidden units' columns of the heads' weights (one (64 x 32) x (32 x 16)
-dot) and stores the fp32 partial sums; the next launch adds its rows' 8 partial sums, in tiles as
-wide as the group (its z then spread into the dot's 16 columns in registers,
+just computed with its hidden units' columns of the heads' weights (in bf16 one (64 x 32) x
+(32 x 16) dot; fp32 tiles are 32 x 64, 4 hidden blocks) and stores the fp32 partial sums; the
+next launch adds its rows' 8 partial sums (unrolled, or in a loop where they would take over 64
+registers per thread: :func:`parts_unrolled`), in tiles as wide as the group (its z then spread
+into the dot's 16 columns in registers,
 :func:`.triton_blocks._spread`). Zg is a constant to the kernels, so the partial sums' rows, 2 Zg
 apart, load as vectors (with Zg a runtime value bair's later folded groups ran 3081-3171
 instructions, more than the recompute's 2827-2930). Static counts (bf16, batch 1600, sm_90a,
@@ -64,7 +67,7 @@ later groups 5155 / 5235 / 5439 -> 4254 / 4562 / 4752 (moving-mnist). Modeled st
 19.5 -> 16.5 µs (moving-mnist), 20.3 -> 18.0 (kth), 19.5 -> 18.3 (bair); unfolded 30.0 -> 26.7
 (moving-mnist). Spills: kth's unfolded groups 2 and 4 now spill 88 / 56 B at 255 registers
 (244 before; without any heads at all group 4 spills 64 B: that kernel sits at the register
-limit), the fp32 folded later groups 12-36 B (16-28 before). The heads' sums are added in another
+limit), the fp32 folded later groups 8-36 B (16-28 before). The heads' sums are added in another
 order than one GEMM over H: fp32 rounding only.
 
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
@@ -182,6 +185,7 @@ def _split_cell_kernel(
     BLOCK_Z: tl.constexpr,  # >= Zg: the previous group's z is one tile
     BLOCK_Z2: tl.constexpr,  # HEAD_OUT: >= 2 Zg and >= 16, mu's and logvar's columns in one dot
     N_PARTS: tl.constexpr,  # HEAD_IN: the previous launch's hidden blocks, cdiv(H, BLOCK_N)
+    PARTS_UNROLLED: tl.constexpr,  # HEAD_IN: their loads unrolled (parts_unrolled)
     BLOCK_ZH: tl.constexpr,  # HEAD_IN: the heads' tile, the group's width (heads_tile_z), spread to
     # BLOCK_Z columns for the dot
     A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # EMBED: part 1 in A_CHUNKS x BLOCK_A >= K_a columns
@@ -212,7 +216,7 @@ def _split_cell_kernel(
             offset = tl.load(offset_ptr)
         z_prev = _head_from_parts(part_in_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg,
                                   Z_total, seed, offset, B, rows, row_mask, writer, DRAW_EPS, STORE_EPS, BLOCK_B,
-                                  BLOCK_ZH, BLOCK_ZH, N_PARTS)  # fmt: skip
+                                  BLOCK_ZH, BLOCK_ZH, N_PARTS, PARTS_UNROLLED)  # fmt: skip
         if Z_REG:
             z_prev = _spread(z_prev, BLOCK_Z // BLOCK_ZH)
     # the previous group's z as the dot's operand: its column c at column F * c of the tile, F =
@@ -261,7 +265,7 @@ def _split_cell_kernel(
     else:
         # the parts meet W_ih directly: the previous group's z and the narrow part 2 first, in
         # unrolled tiles each loaded once (z then dies before the loops: in fp32, kept live across
-        # them, it spilled 44-76 B; 16-32 B, a few scalars, remain in the later groups), then
+        # them, it spilled 44-76 B; 8-36 B, a few scalars, remain in the later groups), then
         # part 1 in a (pipelined) K loop
         ld_w = LD_IN
         if Z_REG:
@@ -308,14 +312,14 @@ def _split_heads_kernel(
     N_PARTS: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B), in
-    one tile (Zg <= MAX_GROUP_WIDTH <= BLOCK_Z)."""
+    one tile (Zg <= BLOCK_Z, as Zg <= MAX_GROUP_WIDTH)."""
     rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
     row_mask = rows < B
     if OFFSET_FROM_PTR:
         offset = tl.load(offset_ptr)
     _head_from_parts(part_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg, Z_total,
                      seed, offset, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, BLOCK_Z,
-                     N_PARTS)  # fmt: skip
+                     N_PARTS, True)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -453,6 +457,14 @@ def all_noise_width(Z_total: int, programs: int) -> int:
     return triton.next_power_of_2(triton.cdiv(Z_total, programs))
 
 
+def parts_unrolled(cfg: SplitConfig, Zg: int, n_parts: int) -> bool:
+    """Whether a cell program loads the previous group's partial sums all at once (unrolled), or
+    one hidden block after the other (a loop: more latency, fewer registers): unrolled while they
+    take at most 64 registers per thread. At Zg = 64 (bf16, 8 blocks of (64 x 128) fp32) unrolled
+    spilled 1796 B per thread (sm_90a)."""
+    return n_parts * cfg.block_b * heads_tile_z(Zg) * 2 <= 64 * 32 * cfg.num_warps
+
+
 def _head_block_z(Zg: int) -> int:
     return max(16, triton.next_power_of_2(Zg))
 
@@ -510,7 +522,7 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
         ALL_Z=all_noise_width(heads.z.shape[1], grid_n) if draw_all else 1, SAVE=save,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z=_head_block_z(Zg),
         BLOCK_Z2=_head_block_z(2 * Zg), N_PARTS=grid_n,
-        BLOCK_ZH=heads_tile_z(Zg),
+        PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
         A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
         LD_IN=(ew if embed is not None else cell.w_ih).stride(0),
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -574,7 +586,7 @@ def gaussian_forward(x, states, weights, zsrc, own_z, heads: HeadIO, e, h_out, c
         heads = heads._replace(eps=noise, stride_eps=G * Zg, draw=False, from_ptr=False)
     # the heads' partial sums of each group's top cell, per hidden block; launch j writes parts[j % 2]
     # while launch j + 1 reads it and writes the other
-    fp32, tf32 = x.dtype == torch.float32, precision != "ieee"
+    fp32, tf32 = h_out.dtype == torch.float32, precision != "ieee"  # as _cell_launch: the grid's blocks
     n_parts = triton.cdiv(H, split_config(B, H, fp32, tf32).block_n)
     parts = torch.empty(2, n_parts, B, Zg, 2, device=x.device, dtype=torch.float32)
     for j, w in enumerate(weights):

@@ -507,6 +507,7 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "OFFSET_FROM_PTR": draws, "STORE_EPS": False, "DRAW_ALL": pre and draw_all, "ALL_Z": all_z,
         "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
         "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "BLOCK_Z2": ts._head_block_z(2 * zg_arg), "N_PARTS": grid[1],
+        "PARTS_UNROLLED": ts.parts_unrolled(cfg, zg_arg, grid[1]),
         "Zg": zg_arg,
         "BLOCK_ZH": ts.heads_tile_z(zg_arg), "A_CHUNKS": a_chunks,
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
