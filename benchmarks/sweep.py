@@ -115,6 +115,8 @@ def _patched(kind, variant):
                     return c
 
                 patch(ta, "_fwd_config" if kind == "fwd" else "_bwd_config", cfg)
+                if kind == "bwd":  # the candidate's tiles in every launch, the dV-alone one included
+                    patch(ta, "_dv_config", lambda cfg, *a, **k: cfg)
             if one_pass is not None:
                 orig = ta.single_pass
 

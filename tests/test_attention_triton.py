@@ -53,6 +53,7 @@ CASES = [
     (7, 1, 1, 100, 17, 16, 200, 0.5),  # rk = rv = 7, two d_v tiles: separate dK and dV launches
     (2, 2, 2, 257, 257, 64, 3, 0.125),  # several query and key blocks with ragged tails
     (3, 1, 1, 17, 257, 64, 512, 0.2),  # d_v = 512: four d_v tiles
+    (3, 1, 1, 33, 100, 32, 200, 0.3),  # dV alone on 128-channel tiles (more keys than a block), the second ragged
     (7, 7, 1, 100, 1, 8, 64, 1.0),  # K per sample, V per clip (rv = 7); a single key
     (6, 2, 3, 17, 17, 16, 64, -0.7),  # Bk = 2, Bv = 3: neither divides the other; negative scale
     (3, 1, 1, 100, 100, 1, 64, 2.0),  # d_qk = 1 (padded to 16), rk = rv = 3: fused dK/dV launch

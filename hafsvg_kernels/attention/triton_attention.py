@@ -813,7 +813,8 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). BLOCK_DV = 64 when d_v >
     128: with 128-channel chunks the dq and dK-alone kernels at d_v = 256 on 4 warps used 984 and
     1056 bytes of stack (spilling inside the key loop), with 64-channel chunks none (sm90_report,
-    DCGAN 8^2 row). DV_TILES = cdiv(d_v, BLOCK_DV).
+    DCGAN 8^2 row); the dV-alone launch takes 128 at more keys than one block (:func:`_dv_config`).
+    DV_TILES = cdiv(d_v, BLOCK_DV).
 
     ``fma`` (fp32 with IEEE dots on a GPU: FFMA dots, see ``_fwd_config``): 32 x 32 score tiles
     (on 2 warps, 2 stages; not yet swept on a GPU). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8
@@ -841,6 +842,19 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "num_warps": 4 if fma_one_block and block_k >= 64 else _warps(min(block_q, block_k)),
         "num_stages": 3 if min(block_q, block_k) >= 64 and not fma else 2,
     }
+
+
+def _dv_config(cfg: dict, M: int, d_v: int, fma: bool) -> dict:
+    """The tiles of the dV-alone launch (d_v over one tile: dK and dV in two launches). Each value
+    tile recomputes the scores, so on the tensor cores with more keys than one block (the VGG 16^2
+    row: 256 keys, d_v 256) it takes 128-channel tiles, 2 stages: 2 exponentials per score instead
+    of 4, modeled 118 -> 79 µs for the launch, 0.46 -> 0.50 of the floor for the row, fwd + bwd
+    (sm90_report, bf16; SFU-bound before, tensor-bound after; with 3 stages 28 B of spills, 255
+    registers; not yet timed on a GPU). At 64 keys or fewer (one key block) the wider tile modeled
+    slower (see the module docstring), and the FFMA tiles of fp32 keep theirs."""
+    if fma or d_v <= 128 or M <= cfg["BLOCK_K"]:
+        return cfg
+    return {**cfg, "BLOCK_DV": 128, "DV_TILES": triton.cdiv(d_v, 128), "num_stages": 2}
 
 
 def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
@@ -954,7 +968,8 @@ def backward(
     n_vtiles = triton.cdiv(d_v, cfg["BLOCK_DV"])
 
     def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
-        tiles = 1 if compute_dk else n_vtiles  # dK programs loop over the value chunks
+        kcfg = cfg if compute_dk else _dv_config(cfg, M, d_v, fma)
+        tiles = 1 if compute_dk else kcfg["DV_TILES"]  # dK programs loop over the value chunks
         s = split if split is not None else _split(R, groups * n_kblocks * tiles, q.device)
         s = max(1, min(int(s), R))
         split_len = triton.cdiv(R, s)
@@ -982,7 +997,7 @@ def backward(
             SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
-            **{**cfg, "num_warps": warps},
+            **{**kcfg, "num_warps": warps},
         )  # fmt: skip
 
         def reduce(t):
