@@ -848,7 +848,7 @@ def _dv_config(cfg: dict, M: int, d_v: int, fma: bool) -> dict:
     """The tiles of the dV-alone launch (d_v over one tile: dK and dV in two launches). Each value
     tile recomputes the scores, so on the tensor cores with more keys than one block (the VGG 16^2
     row: 256 keys, d_v 256) it takes 128-channel tiles, 2 stages: 2 exponentials per score instead
-    of 4, modeled 118 -> 79 µs for the launch, 0.46 -> 0.50 of the floor for the row, fwd + bwd
+    of 4, modeled 118 -> 79 µs for the launch, 0.46 -> 0.51 of the floor for the row, fwd + bwd
     (sm90_report, bf16; SFU-bound before, tensor-bound after; with 3 stages 28 B of spills, 255
     registers; not yet timed on a GPU). At 64 keys or fewer (one key block) the wider tile modeled
     slower (see the module docstring), and the FFMA tiles of fp32 keep theirs."""

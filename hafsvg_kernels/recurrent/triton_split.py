@@ -64,7 +64,7 @@ instructions per warp and program, recompute -> partial sums): moving-mnist fold
 -> 2195 (the partial sums' dot and store), groups 2-4 2857 / 3290 / 3290 -> 2277 / 2606 / 2606,
 heads 860 -> 130; bair folded groups 2-4 2827 / 2930 / 2922 -> 2724 / 2813 / 2794; the unfolded
 later groups 5155 / 5235 / 5439 -> 4254 / 4562 / 4752 (moving-mnist). Modeled step, bf16 folded:
-19.5 -> 16.5 µs (moving-mnist), 20.3 -> 18.0 (kth), 19.5 -> 18.3 (bair); unfolded 30.0 -> 26.7
+19.5 -> 16.5 µs (moving-mnist), 20.3 -> 17.9 (kth), 19.5 -> 18.0 (bair); unfolded 30.0 -> 26.7
 (moving-mnist). Spills: kth's unfolded groups 2 and 4 now spill 88 / 56 B at 255 registers
 (244 before; without any heads at all group 4 spills 64 B: that kernel sits at the register
 limit), the fp32 folded later groups 8-36 B (16-28 before). The heads' sums are added in another
