@@ -448,7 +448,6 @@ def _head_from_parts(
     mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg, Z_total, seed, offset, B,
     rows, row_mask, store_rows,
     DRAW_EPS: tl.constexpr, STORE_EPS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_Z: tl.constexpr,
-    NOISE_Z: tl.constexpr,
     N_PARTS: tl.constexpr,  # hidden blocks
     PARTS_UNROLLED: tl.constexpr,  # their loads unrolled, in flight together (parts_unrolled), or a loop
 ):  # fmt: skip
@@ -468,4 +467,4 @@ def _head_from_parts(
     acc_mu, acc_lv = tl.split(acc.reshape(BLOCK_B, BLOCK_Z, 2))
     return _head_finish(acc_mu, acc_lv, mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
                         Z_total, seed, offset, rows, row_mask, store_rows, DRAW_EPS, STORE_EPS, BLOCK_Z,
-                        NOISE_Z)  # fmt: skip
+                        BLOCK_Z)  # fmt: skip

@@ -216,7 +216,7 @@ def _split_cell_kernel(
             offset = tl.load(offset_ptr)
         z_prev = _head_from_parts(part_in_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg,
                                   Z_total, seed, offset, B, rows, row_mask, writer, DRAW_EPS, STORE_EPS, BLOCK_B,
-                                  BLOCK_ZH, BLOCK_ZH, N_PARTS, PARTS_UNROLLED)  # fmt: skip
+                                  BLOCK_ZH, N_PARTS, PARTS_UNROLLED)  # fmt: skip
         if Z_REG:
             z_prev = _spread(z_prev, BLOCK_Z // BLOCK_ZH)
     # the previous group's z as the dot's operand: its column c at column F * c of the tile, F =
@@ -318,8 +318,8 @@ def _split_heads_kernel(
     if OFFSET_FROM_PTR:
         offset = tl.load(offset_ptr)
     _head_from_parts(part_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg, Z_total,
-                     seed, offset, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, BLOCK_Z,
-                     N_PARTS, True)  # fmt: skip
+                     seed, offset, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, N_PARTS,
+                     True)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B"])
