@@ -130,11 +130,21 @@ def check_close(out, ref, tol, what):
 LSTM_CASES = [(1, 144, 256, 128, 2), (7, 300, 200, 24, 1), (130, 64, 200, 32, 2)]
 
 
-@pytest.fixture(params=["row", "split"])
+def _merge_gates(monkeypatch, merged: bool):
+    """The split design's cells with their four gates in one dot per K step (what bf16 runs on a
+    GPU), or in four (fp32 "ieee"), whatever the dtype of the test."""
+    from hafsvg_kernels.recurrent import triton_split
+
+    monkeypatch.setattr(triton_split, "merged_gates", lambda fp32, precision: merged)
+
+
+@pytest.fixture(params=["row", "split", "split-merged"])
 def design(request, monkeypatch):
     """Both designs of the step: one launch over row blocks (the default under the interpreter),
-    and one launch per cell over row x hidden-unit blocks (:mod:`.triton_split`, the default on a GPU)."""
-    monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1" if request.param == "split" else "0")
+    and one launch per cell over row x hidden-unit blocks (:mod:`.triton_split`, the default on a
+    GPU), its gates in four dots per K step (fp32's) and in one (``split-merged``, bf16's)."""
+    monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "0" if request.param == "row" else "1")
+    _merge_gates(monkeypatch, request.param == "split-merged")
     return request.param
 
 
@@ -262,8 +272,9 @@ SPLIT_HEAD_CASES = [
 ]
 
 
+@pytest.mark.parametrize("merged", [False, True], ids=["four-dots", "merged"])
 @pytest.mark.parametrize("B,n_in,H,Zg,G,L,with_cond", SPLIT_HEAD_CASES)
-def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_cond):
+def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_cond, merged):
     """The split design's heads, summed from the partial sums of the previous launch, against the
     float64 reference (forward) at group widths and depths the other cases do not reach."""
     import triton
@@ -271,6 +282,7 @@ def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_c
     from hafsvg_kernels.recurrent import triton_split
 
     monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1")
+    _merge_gates(monkeypatch, merged)
     cfg = triton_split.split_config(B, H, True)
     unrolled = triton_split.parts_unrolled(cfg, Zg, triton.cdiv(H, cfg.block_n))
     assert CUDA or unrolled == (Zg < 64)  # both ways of summing them are exercised (interpreter tiles)
@@ -862,23 +874,26 @@ COMPILE_CHECK = textwrap.dedent(
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
         DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=False,
-        BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, grid=(1,), **sm)
+        BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, KA_EVEN=False,
+        H_EVEN=True, MERGED=True, grid=(1,), **sm)
     wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
         HEAD_IN=False, HEAD_OUT=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=1, PARTS_UNROLLED=True,
-        BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, grid=(1,), **sm)
-    # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8
+        BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, KA_EVEN=False, H_EVEN=False,
+        MERGED=True, grid=(1,), **sm)
+    # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
+    # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
     ld = -(-(n_in + 2 * Zg) // 8) * 8
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False,
         DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
-        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, grid=(1,),
-        **sm)
+        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
+        MERGED=False, grid=(1,), **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
     # from the fp32 buffer the first group's launch drew) and the output layer
     cb = sp.split_config(B, H)
@@ -892,7 +907,8 @@ COMPILE_CHECK = textwrap.dedent(
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), *bt(2, 4 * H), *bt(2, B, H), b(B, 4 * H), B, H, EMBED=False,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
-        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, grid=(1,), **smb)
+        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
+        MERGED=True, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
     sp._split_heads_kernel.warmup(e(8, B, Zg, 2), e(Zg), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), Zg, Zg,
         Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, BLOCK_B=sp.HEAD_ROWS,

@@ -257,6 +257,20 @@ def test_specialization_matches_triton_jit():
             assert mine[2] == (attr == "D")
 
 
+def test_recurrent_plans_are_what_the_launchers_launch():
+    """The recurrent launches that the analysis compiles (``plans``, written down by hand, unlike
+    the attention's, which are recorded from the launcher) are the launchers' own: the same kernels,
+    grids, warps, stages, argument values or pointer types and constexprs, for every preset, bf16
+    and fp32, embedded and folded (``tests/_recurrent_launches.py`` records the launchers' calls)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    script = ROOT / "tests" / "_recurrent_launches.py"
+    res = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["checked"] and not out["differences"], "\n".join(out["differences"][:20])
+
+
 # ----------------------------------------------------------------------------------------------
 # (d) facts about today's compiled code
 # ----------------------------------------------------------------------------------------------

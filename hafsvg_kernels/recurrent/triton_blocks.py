@@ -193,6 +193,85 @@ def _gates_dot(
 
 
 @triton.jit
+def _merged_gate_columns(n0, BLOCK_N: tl.constexpr):
+    """The hidden unit and the gate of each column of the merged gates' tile (4 BLOCK_N,): column
+    32 t + 8 q + r holds gate q of unit n0 + 8 t + r (BLOCK_N a multiple of 8).
+
+    Why this order: a 64-row wgmma accumulator gives each thread, in each 8-column block, the
+    same 2 adjacent columns. With 8-column blocks of one gate, a thread holds the same units of
+    all four gates, so :func:`_gates_split` only renames registers, and each gate comes out in
+    the layout of a (BLOCK_B, BLOCK_N) accumulator of its own. Column 4 u + q instead gave a
+    thread 2 of a unit's 4 gates: its split moved the tile through shared memory and computed
+    each activation twice (moving-mnist's first folded prior group: 2707 instructions per warp
+    against 2062, MUFU 161 against 97; bf16, sm_90a)."""
+    tl.static_assert(BLOCK_N % 8 == 0)
+    j = tl.arange(0, 4 * BLOCK_N)
+    return n0 + 8 * (j // 32) + j % 8, (j // 8) % 4
+
+
+@triton.jit
+def _gates_step(
+    acc, acc_f, acc_g, acc_o,  # MERGED: acc (BLOCK_B, 4 BLOCK_N), the others unused; else i, f, g, o
+    a,  # (BLOCK_B, BLOCK_K) input tile, columns k
+    w_ptr, ld_w, gate,  # W (4H, >= K) with row stride ld_w; gate = H * ld_w, the elements between gate blocks
+    n, n_mask,  # (BLOCK_N,) hidden units, < H (four accumulators)
+    u, u_mask, q,  # (4 BLOCK_N,) MERGED: each column's hidden unit, whether it is < H, its gate
+    k, k_mask,
+    MERGED: tl.constexpr,  # the four gates in one accumulator (_merged_gate_columns), one dot
+    PRECISION: tl.constexpr,
+):
+    """One K step of the gates: acc_q += a @ W[q * H + n, k]^T, as one dot (MERGED) or four."""
+    if MERGED:
+        w = tl.load(w_ptr + (q * gate + u * ld_w)[None, :] + k[:, None], mask=u_mask[None, :] & k_mask[:, None],
+                    other=0.0)  # fmt: skip
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    else:
+        acc, acc_f, acc_g, acc_o = _gates_dot(acc, acc_f, acc_g, acc_o, a, w_ptr, ld_w, gate, n, n_mask, k, k_mask,
+                                              PRECISION)  # fmt: skip
+    return acc, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def _gates_loop(
+    acc, acc_f, acc_g, acc_o,  # as _gates_step's
+    a_ptr, stride_a, K,  # A (rows, K)
+    w_ptr, ld_w,  # W (4H, >= K) with row stride ld_w: gate q of hidden unit n is row q * H + n
+    rows, row_mask, n, n_mask, u, u_mask, q, H,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,  # K is a multiple of BLOCK_K: no column masks in the loop
+    MERGED: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """acc_q += A[rows] @ W[q * H + n, :K]^T, a K loop of _gates_step.
+
+    On wgmma (bf16, 64 x 32 tiles), one (64, 128) dot per step instead of four (64, 32) issues 4
+    wgmma of 64 x 128 x 16 instead of 16 of 64 x 32 x 16, with a quarter of the operand
+    descriptors and fences: 160 instructions per step of 64 became 109 (sm_90a); without the
+    column masks (EVEN_K), 99. On FFMA (fp32 "ieee", 32 x 64 tiles) the merged dot spilled up to
+    1744 B per thread (kth's and bair's later folded groups): four dots there."""
+    kk = tl.arange(0, BLOCK_K)
+    gate = H * ld_w
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + kk
+        k_mask = (kk < BLOCK_K) if EVEN_K else (k < K)
+        a = tl.load(a_ptr + rows[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, a, w_ptr, ld_w, gate, n, n_mask, u, u_mask,
+                                               q, k, k_mask, MERGED, PRECISION)  # fmt: skip
+    return acc, acc_f, acc_g, acc_o
+
+
+@triton.jit
+def _gates_split(acc, acc_f, acc_g, acc_o, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, MERGED: tl.constexpr):
+    """(i, f, g, o), each (BLOCK_B, BLOCK_N) fp32: from the merged accumulator (columns in
+    _merged_gate_columns' order), or the four as they are."""
+    if MERGED:
+        x = tl.permute(tl.reshape(acc, (BLOCK_B, BLOCK_N // 8, 4, 8)), (0, 1, 3, 2))  # (rows, t, r, q)
+        even, odd = tl.split(tl.reshape(x, (BLOCK_B, BLOCK_N, 2, 2)))  # q = 2 q1 + q0: q0 = 0 (i, g), 1 (f, o)
+        acc, acc_g = tl.split(even)
+        acc_f, acc_o = tl.split(odd)
+    return acc, acc_f, acc_g, acc_o
+
+
+@triton.jit
 def _cell_rows(
     inp_ptr, stride_inp, K_in,  # cell input (B, K_in)
     h_ptr, c_ptr,  # previous state, each (B, H) contiguous

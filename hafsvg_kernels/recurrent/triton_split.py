@@ -70,6 +70,20 @@ later groups 5155 / 5235 / 5439 -> 4254 / 4562 / 4752 (moving-mnist). Modeled st
 limit), the fp32 folded later groups 8-36 B (16-28 before). The heads' sums are added in another
 order than one GEMM over H: fp32 rounding only.
 
+The gates in one dot (``MERGED``, on the tensor cores: :func:`.triton_blocks._gates_loop`): each
+K step multiplies the input tile with the four gates' weight rows of the program's hidden units as
+one (BLOCK_K, 4 BLOCK_N) tile, in an order that leaves each gate in registers of its own
+(:func:`.triton_blocks._merged_gate_columns`), instead of four dots of BLOCK_N columns; the K
+loops skip their column masks where K is a multiple of the step (``KA_EVEN``, ``H_EVEN``). Static
+counts (bf16, batch 1600, sm_90a, instructions per warp and program, four dots -> one): a K step
+of 64 160 -> 99; moving-mnist folded: the predictor's cells 1965 / 2219 -> 1619 / 1830, the
+prior's groups 2195 / 2277 / 2606 / 2606 -> 1994 / 1947 / 2184 / 2184. Modeled step, bf16
+folded: 16.5 -> 14.4 µs (moving-mnist), 17.9 -> 15.8 (kth), 18.0 -> 16.2 (bair); unfolded 26.7 /
+29.7 / 29.6 -> 22.5 / 24.8 / 25.4, kth's spills 88 / 56 -> 32 / 24 B. The predictor's second
+cell is now bound by the tensor cores of the SMs that run 2 of the 200 programs. fp32 "ieee"
+keeps four dots (merged, its FFMA tiles spilled up to 1744 B), with the unmasked loops: 220 / 222
+/ 228 µs folded.
+
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
 dtype before they feed the next GEMM; the sums in another order), and the saved tensors are the
 same, so the backward of :mod:`.triton_lstm` / :mod:`.triton_gaussian` is shared.
@@ -100,10 +114,12 @@ from .triton_blocks import (
     _act,
     _act_scale,
     _cell_update,
-    _gates_acc,
-    _gates_dot,
+    _gates_loop,
+    _gates_split,
+    _gates_step,
     _head_from_parts,
     _head_parts_store,
+    _merged_gate_columns,
     _mm_acc,
     _randn,
     _spread,
@@ -194,6 +210,9 @@ def _split_cell_kernel(
     LD_IN: tl.constexpr,  # row stride of the weights the parts meet: W_embed's (EMBED) or W_ih's, a
     # constant, so that the compiler knows the rows' alignment (as a runtime value, only when it is a
     # multiple of 16)
+    KA_EVEN: tl.constexpr,  # K_a is a multiple of BLOCK_K (part 1's K loop without column masks)
+    H_EVEN: tl.constexpr,  # H is a multiple of BLOCK_K (W_hh's K loop likewise)
+    MERGED: tl.constexpr,  # the four gates in one dot per K step (tensor cores; _gates_loop)
     PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): program (p, q) computes rows
@@ -226,10 +245,14 @@ def _split_cell_kernel(
     cz = tl.arange(0, BLOCK_Z)
     kz = cz // (BLOCK_Z // BLOCK_ZH)
     kz_mask = (cz % (BLOCK_Z // BLOCK_ZH) == 0) & (kz < Zg)
-    acc_i = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-    acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
+    # the gates' accumulators: MERGED, one, column c gate q4[c] of hidden unit u[c] (acc_f, acc_g,
+    # acc_o unused); else acc for i, and acc_f, acc_g, acc_o
+    u, q4 = _merged_gate_columns(tl.program_id(1) * BLOCK_N, BLOCK_N)
+    u_mask = u < H
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_N if MERGED else BLOCK_N), dtype=tl.float32)
+    acc_f = tl.zeros((BLOCK_B, BLOCK_N if not MERGED else 1), dtype=tl.float32)
+    acc_g = acc_f
+    acc_o = acc_f
     if EMBED:
         dtype = h_new_ptr.dtype.element_ty
         ld_e = LD_IN
@@ -244,7 +267,7 @@ def _split_cell_kernel(
             a2 = _part_tile(a2_ptr, stride_a2, K_a2, 0, rows, row_mask, BLOCK_A2)
         for k0 in range(0, H, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = k < H
+            k_mask = (k - k0 < BLOCK_K) if H_EVEN else (k < H)
             # embedding columns k for these rows: (BLOCK_B, BLOCK_K); the input parts in unrolled
             # chunks, so that this loop holds no inner loop and is software-pipelined
             e = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
@@ -260,8 +283,8 @@ def _split_cell_kernel(
             e = e.to(dtype)
             if SAVE:
                 tl.store(e_ptr + rows[:, None] * H + k[None, :], e, mask=writer[:, None] & k_mask[None, :])
-            acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, e, w_ih, H, gate, n, n_mask, k,
-                                                    k_mask, PRECISION)  # fmt: skip
+            acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, e, w_ih, H, gate, n, n_mask, u, u_mask,
+                                                   q4, k, k_mask, MERGED, PRECISION)  # fmt: skip
     else:
         # the parts meet W_ih directly: the previous group's z and the narrow part 2 first, in
         # unrolled tiles each loaded once (z then dies before the loops: in fp32, kept live across
@@ -269,21 +292,20 @@ def _split_cell_kernel(
         # part 1 in a (pipelined) K loop
         ld_w = LD_IN
         if Z_REG:
-            acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, z_prev.to(h_new_ptr.dtype.element_ty),
-                                                    w_ih + K_a + K_a2, ld_w, H * ld_w, n, n_mask, kz, kz_mask,
-                                                    PRECISION)  # fmt: skip
+            acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, z_prev.to(h_new_ptr.dtype.element_ty),
+                                                   w_ih + K_a + K_a2, ld_w, H * ld_w, n, n_mask, u, u_mask, q4, kz,
+                                                   kz_mask, MERGED, PRECISION)  # fmt: skip
         for c in tl.static_range(A2_CHUNKS):
             ka = c * BLOCK_A2 + tl.arange(0, BLOCK_A2)
             a2 = _part_tile(a2_ptr, stride_a2, K_a2, c * BLOCK_A2, rows, row_mask, BLOCK_A2)
-            acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, a2, w_ih + K_a, ld_w, H * ld_w, n,
-                                                    n_mask, ka, ka < K_a2, PRECISION)  # fmt: skip
-        acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, a_ptr, stride_a, K_a, w_ih, ld_w, rows, row_mask, n, n_mask, H, BLOCK_K,
-            PRECISION,
-        )  # fmt: skip
-    acc_i, acc_f, acc_g, acc_o = _gates_acc(
-        acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh, H, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
-    )
+            acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, a2, w_ih + K_a, ld_w, H * ld_w, n,
+                                                   n_mask, u, u_mask, q4, ka, ka < K_a2, MERGED, PRECISION)  # fmt: skip
+        acc, acc_f, acc_g, acc_o = _gates_loop(acc, acc_f, acc_g, acc_o, a_ptr, stride_a, K_a, w_ih, ld_w, rows,
+                                               row_mask, n, n_mask, u, u_mask, q4, H, BLOCK_K, KA_EVEN, MERGED,
+                                               PRECISION)  # fmt: skip
+    acc, acc_f, acc_g, acc_o = _gates_loop(acc, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh, H, rows, row_mask, n, n_mask,
+                                           u, u_mask, q4, H, BLOCK_K, H_EVEN, MERGED, PRECISION)  # fmt: skip
+    acc_i, acc_f, acc_g, acc_o = _gates_split(acc, acc_f, acc_g, acc_o, BLOCK_B, BLOCK_N, MERGED)
     h = _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
                      rows, row_mask, n, n_mask, H, SAVE)  # fmt: skip
     if HEAD_OUT:
@@ -419,6 +441,12 @@ def split_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> Spli
     return SplitConfig(bb, bn, bk, 4, 2)
 
 
+def merged_gates(fp32: bool, precision: str) -> bool:
+    """Whether the cell computes its four gates in one dot per K step: on the tensor cores (bf16, or
+    fp32 as TF32), not on FFMA (fp32 "ieee" dots), where it spilled (:func:`triton_blocks._gates_loop`)."""
+    return not fp32 or precision != "ieee"
+
+
 def embed_chunk(cfg: SplitConfig, fp32: bool) -> int:
     """The widest chunk of an embedding input part: 128 columns on the tensor cores (x of width
     g_dim 128 in one chunk, read once before the loop); for fp32 operands (FFMA dots in registers,
@@ -525,6 +553,7 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
         PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
         A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
         LD_IN=(ew if embed is not None else cell.w_ih).stride(0),
+        KA_EVEN=K_a % cfg.block_k == 0, H_EVEN=H % cfg.block_k == 0, MERGED=merged_gates(fp32, precision),
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 

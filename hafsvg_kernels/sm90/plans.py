@@ -511,6 +511,8 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "Zg": zg_arg,
         "BLOCK_ZH": ts.heads_tile_z(zg_arg), "A_CHUNKS": a_chunks,
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
+        "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
+        "MERGED": ts.merged_gates(io.dtype == "fp32", "ieee"),
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
@@ -539,7 +541,8 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     fp32 = dtype == "fp32"
     n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
     launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e,
-                                   (n_in, n_in), folded, noise=False) for i in range(L)]  # fmt: skip
+                                   (n_in, n_in) if i == 0 else (H, H), folded, noise=False)
+                for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
     consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
