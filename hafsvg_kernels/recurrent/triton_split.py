@@ -309,11 +309,15 @@ def _split_cell_kernel(
     h = _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
                      rows, row_mask, n, n_mask, H, SAVE)  # fmt: skip
     if HEAD_OUT:
-        if EMBED:
+        if EMBED or MERGED:
             # h' read back (this program's own stores, made visible by the barrier) instead of
             # converted from the accumulators' layout: with the conversion bair's later groups ran
             # at 255 registers, spilled 4-8 B and executed 5427-5653 instructions; read back, 212
-            # registers, no spills, 5124-5347 (bf16, sm90_report)
+            # registers, no spills, 5124-5347 (bf16, sm90_report). The merged gates come out of
+            # their split in a layout the compiler does not know to be the MMA's: it converted f, o
+            # and c' to the dot's operand layout through shared memory (moving-mnist bf16 folded,
+            # groups 1-4: 1994 / 1947 / 2184 / 2184 instructions per warp; read back 1876 / 1901 /
+            # 2127 / 2127)
             tl.debug_barrier()
             h = tl.load(h_new_ptr + rows[:, None] * H + n[None, :], mask=row_mask[:, None] & n_mask[None, :], other=0.0)
         _head_parts_store(h, mu_w, lv_w, part_out_ptr, B, H, Zg, rows, row_mask, n, n_mask, BLOCK_Z2, PRECISION)
