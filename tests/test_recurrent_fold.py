@@ -10,7 +10,17 @@ from hafsvg_kernels._dispatch import BackendUnavailable
 from hafsvg_kernels._triton import triton_unavailable
 from hafsvg_kernels.recurrent.fold import ROW_ALIGN
 from hafsvg_kernels.recurrent.reference import gaussian_lstm_step_ref, lstm_step_ref
-from tests.test_recurrent_triton import CUDA, DEV, TOL, cast, make_gaussian, make_lstm, make_state, rel_err
+from tests.test_recurrent_triton import (
+    CUDA,
+    DEV,
+    TOL,
+    _merge_gates,
+    cast,
+    make_gaussian,
+    make_lstm,
+    make_state,
+    rel_err,
+)
 
 needs_triton = pytest.mark.skipif(triton_unavailable() is not None, reason=str(triton_unavailable()))
 
@@ -106,11 +116,14 @@ def _dtypes():
 
 
 @needs_triton
+@pytest.mark.parametrize("merged", [False, True], ids=["four-dots", "merged"])
 @pytest.mark.parametrize("dtype", _dtypes())
 @pytest.mark.parametrize("case", LSTM_CASES)
-def test_folded_lstm_step_triton(case, dtype):
+def test_folded_lstm_step_triton(case, dtype, merged, monkeypatch):
+    """Both ways of computing the gates (one dot per K step, bf16's on a GPU; four, fp32's)."""
     from hafsvg_kernels.recurrent.triton_lstm import contiguous_lstm_weights
 
+    _merge_gates(monkeypatch, merged)
     B, n_in, H, n_out, L = case
     w = make_lstm(n_in, H, n_out, L, seed=B)
     f = fold_embedding(w)  # its padded w_ih is taken as it is, not copied at every step
@@ -129,11 +142,14 @@ def test_folded_lstm_step_triton(case, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("merged", [False, True], ids=["four-dots", "merged"])
 @pytest.mark.parametrize("dtype", _dtypes())
 @pytest.mark.parametrize("case", GAUSSIAN_CASES)
-def test_folded_gaussian_step_triton(case, dtype):
+def test_folded_gaussian_step_triton(case, dtype, merged, monkeypatch):
     """Own z (the previous group's from registers, the earlier ones from memory) and cond, eps given;
-    and in-kernel noise: the unfolded kernel's z for the same (seed, offset)."""
+    and in-kernel noise: the unfolded kernel's z for the same (seed, offset); the gates in one dot
+    per K step or four."""
+    _merge_gates(monkeypatch, merged)
     B, n_in, H, Zg, G, L = case
     ws = make_gaussian(n_in, H, Zg, G, L, seed=B)
     x, states = torch.randn(B, n_in, dtype=torch.float64), _states(B, H, L, G, 7)

@@ -138,6 +138,29 @@ def _merge_gates(monkeypatch, merged: bool):
     monkeypatch.setattr(triton_split, "merged_gates", lambda fp32, precision: merged)
 
 
+@pytest.mark.parametrize("BLOCK_N", [16, 32, 64])
+@pytest.mark.parametrize("H", [40, 200, 256])
+def test_merged_gate_columns_and_split(BLOCK_N, H):
+    """The merged gates' column order and its split are inverse: a tile whose column c holds
+    (row, unit u[c], gate q[c]) splits into i, f, g, o tiles over the block's units, at the tile
+    widths of every launcher (bf16 on a GPU: 32 at batch 1600, 16 at small batches; 64 under the
+    interpreter), masked hidden blocks included; every (unit, gate) of the block appears once."""
+    import triton
+
+    from tests._merged_gates_kernel import merged_gates_roundtrip
+
+    B, blocks = 4, triton.cdiv(H, BLOCK_N)
+    out = torch.full((B, 4 * H), -1.0, device=DEV)
+    uq = torch.empty(blocks * 4 * BLOCK_N, 2, dtype=torch.int32, device=DEV)
+    merged_gates_roundtrip[(blocks,)](out, uq, H, BLOCK_B=B, BLOCK_N=BLOCK_N)
+    uq = uq.cpu().view(blocks, 4 * BLOCK_N, 2)
+    for b in range(blocks):
+        want = {(b * BLOCK_N + n, q) for n in range(BLOCK_N) for q in range(4)}
+        assert {tuple(p) for p in uq[b].tolist()} == want
+    ref = torch.arange(B)[:, None] * 4096 + 4 * torch.arange(H)[None, :]
+    assert torch.equal(out.cpu(), torch.cat([ref + q for q in range(4)], dim=1).float())
+
+
 @pytest.fixture(params=["row", "split", "split-merged"])
 def design(request, monkeypatch):
     """Both designs of the step: one launch over row blocks (the default under the interpreter),

@@ -74,15 +74,17 @@ The gates in one dot (``MERGED``, on the tensor cores: :func:`.triton_blocks._ga
 K step multiplies the input tile with the four gates' weight rows of the program's hidden units as
 one (BLOCK_K, 4 BLOCK_N) tile, in an order that leaves each gate in registers of its own
 (:func:`.triton_blocks._merged_gate_columns`), instead of four dots of BLOCK_N columns; the K
-loops skip their column masks where K is a multiple of the step (``KA_EVEN``, ``H_EVEN``). Static
-counts (bf16, batch 1600, sm_90a, instructions per warp and program, four dots -> one): a K step
-of 64 160 -> 99; moving-mnist folded: the predictor's cells 1965 / 2219 -> 1619 / 1830, the
-prior's groups 2195 / 2277 / 2606 / 2606 -> 1994 / 1947 / 2184 / 2184. Modeled step, bf16
-folded: 16.5 -> 14.4 µs (moving-mnist), 17.9 -> 15.8 (kth), 18.0 -> 16.2 (bair); unfolded 26.7 /
-29.7 / 29.6 -> 22.5 / 24.8 / 25.4, kth's spills 88 / 56 -> 32 / 24 B. The predictor's second
-cell is now bound by the tensor cores of the SMs that run 2 of the 200 programs. fp32 "ieee"
-keeps four dots (merged, its FFMA tiles spilled up to 1744 B), with the unmasked loops: 220 / 222
-/ 228 µs folded.
+loops skip their column masks where K is a multiple of the step (``KA_EVEN``, ``H_EVEN``); the
+top cell reads h' back for the heads' partial sums, and those are loaded as (rows, columns,
+mu / logvar) tiles (the compiler converted layouts through shared memory otherwise). Static counts
+(bf16, batch 1600, sm_90a, instructions per warp and program, four dots -> one): a K step of 64
+160 -> 99; moving-mnist folded: the predictor's cells 1965 / 2219 -> 1619 / 1830, the prior's
+groups 2195 / 2268 / 2607 / 2607 -> 1876 / 1964 / 2027 / 2027. Modeled step, bf16 folded: 16.5
+-> 14.0 µs (moving-mnist), 17.9 -> 15.0 (kth), 18.0 -> 15.3 (bair); unfolded 26.7 / 29.7 / 29.6
+-> 22.4 / 24.8 / 24.5, kth's spills 88 / 56 -> 20 / 20 B. The predictor's second cell is now bound
+by the tensor cores of the SMs that run 2 of the 200 programs. fp32 "ieee" keeps four dots
+(merged, its FFMA tiles spilled up to 1744 B), with the unmasked loops: 220 / 222 / 228 µs
+folded, 341 / 344 / 350 with the embedding in the kernels.
 
 Every output is the same as the row design's (the same roundings: e and z rounded to the step's
 dtype before they feed the next GEMM; the sums in another order), and the saved tensors are the
@@ -211,7 +213,7 @@ def _split_cell_kernel(
     # constant, so that the compiler knows the rows' alignment (as a runtime value, only when it is a
     # multiple of 16)
     KA_EVEN: tl.constexpr,  # K_a is a multiple of BLOCK_K (part 1's K loop without column masks)
-    H_EVEN: tl.constexpr,  # H is a multiple of BLOCK_K (W_hh's K loop likewise)
+    H_EVEN: tl.constexpr,  # H is a multiple of BLOCK_K (W_hh's K loop, and EMBED's loop over H, unmasked)
     MERGED: tl.constexpr,  # the four gates in one dot per K step (tensor cores; _gates_loop)
     PRECISION: tl.constexpr,
 ):
