@@ -104,6 +104,7 @@ moving-mnist step models 30.0 -> 20.2 µs (19.5 with the noise drawn once, above
 
 from __future__ import annotations
 
+import math
 import os
 from typing import NamedTuple
 
@@ -133,11 +134,22 @@ from .triton_blocks import (
 
 
 @triton.jit
-def _part_tile(a_ptr, stride_a, K, c0, rows, row_mask, BLOCK: tl.constexpr):
-    """Columns [c0, c0 + BLOCK) of one embedding input part (B, K): (BLOCK_B, BLOCK), 0 past K."""
+def _cols_below(ka, K, VEC: tl.constexpr):
+    """ka < K, for K a multiple of VEC: written so that the compiler sees the mask constant over
+    VEC columns and loads them as one vector. With K a runtime value not divisible by 16 (kth's
+    24 columns of z) it loaded the narrow input part 2 bytes at a time: the folded predictor's
+    first cell executed 1906 instructions per warp against 1787 (bf16, sm_90a)."""
+    return (ka // VEC) < (K // VEC)
+
+
+@triton.jit
+def _part_tile(a_ptr, stride_a, K, c0, rows, row_mask, BLOCK: tl.constexpr, VEC: tl.constexpr):
+    """Columns [c0, c0 + BLOCK) of one embedding input part (B, K): (BLOCK_B, BLOCK), 0 past K;
+    K and the row stride multiples of VEC."""
     ka = c0 + tl.arange(0, BLOCK)
-    return tl.load(a_ptr + rows[:, None] * stride_a + ka[None, :], mask=row_mask[:, None] & (ka < K)[None, :],
-                   other=0.0)  # fmt: skip
+    stride_a = tl.multiple_of(stride_a, VEC)
+    return tl.load(a_ptr + rows[:, None] * stride_a + ka[None, :],
+                   mask=row_mask[:, None] & _cols_below(ka, K, VEC)[None, :], other=0.0)  # fmt: skip
 
 
 @triton.jit
@@ -147,14 +159,17 @@ def _embed_part(
     a_ptr, stride_a, K,  # the part (B, K), unit column stride, read here chunk by chunk (CHUNKS > 1)
     w_ptr, ld_w,  # its columns of W_embed: W[k, c] at w_ptr + k * ld_w + c
     rows, row_mask, k, k_mask,
-    CHUNKS: tl.constexpr, BLOCK: tl.constexpr, PRECISION: tl.constexpr,
+    CHUNKS: tl.constexpr, BLOCK: tl.constexpr,
+    VEC: tl.constexpr,  # K and the part's row stride are multiples of VEC (_cols_below)
+    PRECISION: tl.constexpr,
 ):
     """e += A[rows, :K] @ W[k, :K]^T over CHUNKS x BLOCK >= K columns, unrolled."""
     for c in tl.static_range(CHUNKS):
         ka = c * BLOCK + tl.arange(0, BLOCK)
         if CHUNKS > 1:
-            a = _part_tile(a_ptr, stride_a, K, c * BLOCK, rows, row_mask, BLOCK)
-        w = tl.load(w_ptr + k[None, :] * ld_w + ka[:, None], mask=k_mask[None, :] & (ka < K)[:, None], other=0.0)
+            a = _part_tile(a_ptr, stride_a, K, c * BLOCK, rows, row_mask, BLOCK, VEC)
+        w = tl.load(w_ptr + k[None, :] * ld_w + ka[:, None],
+                    mask=k_mask[None, :] & _cols_below(ka, K, VEC)[:, None], other=0.0)  # fmt: skip
         e = tl.dot(a, w, e, input_precision=PRECISION)
     return e
 
@@ -209,6 +224,7 @@ def _split_cell_kernel(
     A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # EMBED: part 1 in A_CHUNKS x BLOCK_A >= K_a columns
     # (else part 1 runs through a K loop of BLOCK_K)
     A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # part 2 likewise (0 chunks: none)
+    A2_VEC: tl.constexpr,  # a power of two <= 8 dividing K_a2 and stride_a2 (_cols_below)
     LD_IN: tl.constexpr,  # row stride of the weights the parts meet: W_embed's (EMBED) or W_ih's, a
     # constant, so that the compiler knows the rows' alignment (as a runtime value, only when it is a
     # multiple of 16)
@@ -263,10 +279,10 @@ def _split_cell_kernel(
             z_op = z_prev.to(dtype)  # the dot operand, converted once
         # an input part of one chunk is read once, before the loop (a load inside it, invariant, is
         # not pipelined: 16-bit loads in the MMA operand layout, 64 per thread at 128 columns)
-        a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A)  # unused (removed) if A_CHUNKS > 1
+        a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A, 1)  # unused (removed) if A_CHUNKS > 1
         a2 = a1
         if A2_CHUNKS == 1:
-            a2 = _part_tile(a2_ptr, stride_a2, K_a2, 0, rows, row_mask, BLOCK_A2)
+            a2 = _part_tile(a2_ptr, stride_a2, K_a2, 0, rows, row_mask, BLOCK_A2, A2_VEC)
         for k0 in range(0, H, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = (k - k0 < BLOCK_K) if H_EVEN else (k < H)
@@ -274,9 +290,9 @@ def _split_cell_kernel(
             # chunks, so that this loop holds no inner loop and is software-pipelined
             e = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
             e = _embed_part(e, a1, a_ptr, stride_a, K_a, embed_w, ld_e, rows, row_mask, k, k_mask, A_CHUNKS, BLOCK_A,
-                            PRECISION)  # fmt: skip
+                            1, PRECISION)  # fmt: skip
             e = _embed_part(e, a2, a2_ptr, stride_a2, K_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask,
-                            A2_CHUNKS, BLOCK_A2, PRECISION)  # fmt: skip
+                            A2_CHUNKS, BLOCK_A2, A2_VEC, PRECISION)  # fmt: skip
             if Z_REG:
                 wz = tl.load(embed_w + k[None, :] * ld_e + (K_a + K_a2) + kz[:, None],
                              mask=k_mask[None, :] & kz_mask[:, None], other=0.0)  # fmt: skip
@@ -299,9 +315,10 @@ def _split_cell_kernel(
                                                    kz_mask, MERGED, PRECISION)  # fmt: skip
         for c in tl.static_range(A2_CHUNKS):
             ka = c * BLOCK_A2 + tl.arange(0, BLOCK_A2)
-            a2 = _part_tile(a2_ptr, stride_a2, K_a2, c * BLOCK_A2, rows, row_mask, BLOCK_A2)
+            a2 = _part_tile(a2_ptr, stride_a2, K_a2, c * BLOCK_A2, rows, row_mask, BLOCK_A2, A2_VEC)
             acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, a2, w_ih + K_a, ld_w, H * ld_w, n,
-                                                   n_mask, u, u_mask, q4, ka, ka < K_a2, MERGED, PRECISION)  # fmt: skip
+                                                   n_mask, u, u_mask, q4, ka, _cols_below(ka, K_a2, A2_VEC), MERGED,
+                                                   PRECISION)  # fmt: skip
         acc, acc_f, acc_g, acc_o = _gates_loop(acc, acc_f, acc_g, acc_o, a_ptr, stride_a, K_a, w_ih, ld_w, rows,
                                                row_mask, n, n_mask, u, u_mask, q4, H, BLOCK_K, KA_EVEN, MERGED,
                                                PRECISION)  # fmt: skip
@@ -447,6 +464,16 @@ def split_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> Spli
     return SplitConfig(bb, bn, bk, 4, 2)
 
 
+def part_vec(K: int, stride: int, wide: bool) -> int:
+    """How many columns of the narrow input part (part 2) load as one vector (:func:`_cols_below`):
+    ``wide``, the widest power of two, at most 8, that divides its width and its row stride; else 1.
+    Wide in the folded cells on the tensor cores (the folded bf16 step modeled 14.0 -> 13.8 µs at
+    moving-mnist, 15.0 -> 14.8 at kth); not in the FFMA cells and those that embed, which sit at
+    the register limit: there the wider loads made kth's groups spill more (fp32 folded 28 -> 80 B,
+    bf16 embedded 20 -> 40 B; sm_90a)."""
+    return math.gcd(K, stride, 8) if wide else 1
+
+
 def merged_gates(fp32: bool, precision: str) -> bool:
     """Whether the cell computes its four gates in one dot per K step: on the tensor cores (bf16, or
     fp32 as TF32), not on FFMA (fp32 "ieee" dots), where it spilled (:func:`triton_blocks._gates_loop`)."""
@@ -545,6 +572,7 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
     a_tiles = _part_tiles(K_a, widest) if embed is not None else _part_tiles(0, widest)
     (a_chunks, block_a), (a2_chunks, block_a2) = a_tiles, _part_tiles(K_a2, widest)
     grid_n = triton.cdiv(H, cfg.block_n)
+    merged = merged_gates(fp32, precision)
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), grid_n)](
         a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
         part_in, mu_b, lv_b, mu_w, lv_w, part_out, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0,
@@ -559,7 +587,8 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
         PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
         A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
         LD_IN=(ew if embed is not None else cell.w_ih).stride(0),
-        KA_EVEN=K_a % cfg.block_k == 0, H_EVEN=H % cfg.block_k == 0, MERGED=merged_gates(fp32, precision),
+        A2_VEC=part_vec(K_a2, stride_a2, embed is None and merged), KA_EVEN=K_a % cfg.block_k == 0,
+        H_EVEN=H % cfg.block_k == 0, MERGED=merged,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 

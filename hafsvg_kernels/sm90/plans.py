@@ -513,6 +513,7 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
         "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
         "MERGED": ts.merged_gates(io.dtype == "fp32", "ieee"),
+        "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2, not embed and ts.merged_gates(io.dtype == "fp32", "ieee")),
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
