@@ -489,6 +489,7 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     )
     ld_in = (K_in if embed else -(-K_in // ROW_ALIGN) * ROW_ALIGN) if first else H
     grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
+    merged = ts.merged_gates(io.dtype == "fp32", "ieee")  # the sampler's dots: bf16, or fp32 IEEE
     draws = noise and (draw_all or not pre)  # the kernel draws noise (its own heads', or the step's)
     all_z = ts.all_noise_width(Zt, grid[1]) if pre and draw_all else 1
     args = {
@@ -512,8 +513,7 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "BLOCK_ZH": ts.heads_tile_z(zg_arg), "A_CHUNKS": a_chunks,
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
         "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
-        "MERGED": ts.merged_gates(io.dtype == "fp32", "ieee"),
-        "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2, not embed and ts.merged_gates(io.dtype == "fp32", "ieee")),
+        "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2, not embed and merged),
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
