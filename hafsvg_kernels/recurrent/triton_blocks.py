@@ -155,26 +155,6 @@ def _linear_rows(
 
 
 @triton.jit
-def _gates_acc(
-    acc_i, acc_f, acc_g, acc_o,  # (BLOCK_B, BLOCK_N) fp32, one per gate
-    a_ptr, stride_a, K,  # A (rows, K)
-    w_ptr, ld_w,  # W (4H, >= K) with row stride ld_w: gate q of hidden unit n is row q * H + n
-    rows, row_mask, n, n_mask, H,
-    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr,
-):
-    """acc_q += A[rows] @ W[q*H + n, :K]^T for the four gates; one A tile feeds four dots."""
-    kk = tl.arange(0, BLOCK_K)
-    gate = H * ld_w  # elements between gate blocks of W
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + kk
-        k_mask = k < K
-        a = tl.load(a_ptr + rows[:, None] * stride_a + k[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        acc_i, acc_f, acc_g, acc_o = _gates_dot(acc_i, acc_f, acc_g, acc_o, a, w_ptr, ld_w, gate, n, n_mask, k,
-                                                k_mask, PRECISION)  # fmt: skip
-    return acc_i, acc_f, acc_g, acc_o
-
-
-@triton.jit
 def _gates_dot(
     acc_i, acc_f, acc_g, acc_o,  # (BLOCK_B, BLOCK_N) fp32, one per gate
     a,  # (BLOCK_B, BLOCK_K) input tile, columns k
@@ -290,13 +270,13 @@ def _cell_rows(
         acc_f = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
         acc_g = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
         acc_o = tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32)
-        acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, inp_ptr, stride_inp, K_in, w_ih_ptr, K_in, rows, row_mask, n, n_mask, H,
-            BLOCK_K, PRECISION,
-        )  # fmt: skip
-        acc_i, acc_f, acc_g, acc_o = _gates_acc(
-            acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh_ptr, H, rows, row_mask, n, n_mask, H, BLOCK_K, PRECISION
-        )
+        # four dots per K step, masked (the merged columns, MERGED, are the split design's)
+        acc_i, acc_f, acc_g, acc_o = _gates_loop(acc_i, acc_f, acc_g, acc_o, inp_ptr, stride_inp, K_in, w_ih_ptr, K_in,
+                                                 rows, row_mask, n, n_mask, n, n_mask, n, H, BLOCK_K, False, False,
+                                                 PRECISION)  # fmt: skip
+        acc_i, acc_f, acc_g, acc_o = _gates_loop(acc_i, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh_ptr, H, rows, row_mask,
+                                                 n, n_mask, n, n_mask, n, H, BLOCK_K, False, False,
+                                                 PRECISION)  # fmt: skip
         _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih_ptr, b_hh_ptr, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
                      rows, row_mask, n, n_mask, H, SAVE_GATES)
 
