@@ -44,9 +44,10 @@ def reference(q, k, v, scale, do):
     return out.detach(), grads
 
 
-# (B, Bk, Bv, N, M, d_qk, d_v, scale): covers N, M in {1, 17, 100, 257}, d_qk in {1, 8, 16, 64},
-# d_v in {3, 64, 200, 512}, B // Bk in {1, 3, 7}, V per sample (Bv = B) and per clip, rk != rv,
-# Bk and Bv not dividing each other, one and several d_v tiles, without the cartesian product.
+# (B, Bk, Bv, N, M, d_qk, d_v, scale): covers N, M in {1, 17, 64, 100, 128, 257}, d_qk in
+# {1, 8, 16, 32, 64}, d_v in {3, 64, 200, 256, 512}, sizes that are multiples of every block and
+# sizes that are not, B // Bk in {1, 3, 7}, V per sample (Bv = B) and per clip, rk != rv, Bk and
+# Bv not dividing each other, one and several d_v tiles, without the cartesian product.
 CASES = [
     (2, 2, 2, 1, 1, 1, 3, 1.0),  # one query, one key: dq = dk = 0
     (3, 1, 3, 17, 100, 8, 64, 1.0),  # K per clip (rk = 3), V per sample (rv = 1)
@@ -57,6 +58,8 @@ CASES = [
     (7, 7, 1, 100, 1, 8, 64, 1.0),  # K per sample, V per clip (rv = 7); a single key
     (6, 2, 3, 17, 17, 16, 64, -0.7),  # Bk = 2, Bv = 3: neither divides the other; negative scale
     (3, 1, 1, 100, 100, 1, 64, 2.0),  # d_qk = 1 (padded to 16), rk = rv = 3: fused dK/dV launch
+    (2, 1, 1, 128, 128, 8, 64, 0.5),  # sizes multiples of every block: no query, key or channel masks
+    (2, 1, 1, 64, 128, 32, 256, 0.3),  # the same with dq and dK / dV launches over several d_v tiles
 ]
 
 
@@ -132,13 +135,15 @@ def test_single_pass_backward_float64(monkeypatch, split):
         (6, 2, 2, 17, 32, 40, 200, 3),
         (6, 2, 6, 5, 16, 16, 130, 2),
         (4, 1, 1, 3, 1, 8, 3, 1),
+        (4, 2, 2, 20, 64, 8, 16, 2),
     ],
-    ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key"],
+    ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key", "output-normalised"],
 )
 def test_one_key_block_float64(monkeypatch, case):
     """All M keys in one block (the N = 16, 64 levels): the forward computes each score once and
     loops over the value chunks in the program (grid's value axis 1); the backward has no dq
-    kernel, its dK programs compute delta and store dQ. Against the float64 reference."""
+    kernel, its dK programs compute delta and store dQ. Against the float64 reference, with 1 / l
+    applied to P and (d_v narrower than the keys: ``output-normalised``) to the output chunks."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     *shape, split = case
@@ -148,21 +153,29 @@ def test_one_key_block_float64(monkeypatch, case):
     grids = []
 
     class Recorded:
-        def __init__(self, fn):
-            self.fn = fn
+        def __init__(self, fn, norm_p):
+            self.fn, self.norm_p = fn, norm_p
 
         def __getitem__(self, grid):
             grids.append((self.fn.__name__, grid))
-            return self.fn[grid]
+            launch = self.fn[grid]
+
+            def run(*args, **kwargs):
+                self.norm_p.append(kwargs["NORM_P"])
+                return launch(*args, **kwargs)
+
+            return run
 
     class NoDq:
         def __getitem__(self, grid):
             raise AssertionError("a one-key-block backward launched the dq kernel")
 
-    monkeypatch.setattr(ta, "_fwd_kernel", Recorded(ta._fwd_kernel))
+    norm_p = []
+    monkeypatch.setattr(ta, "_fwd_kernel", Recorded(ta._fwd_kernel, norm_p))
     monkeypatch.setattr(ta, "_bwd_dq_kernel", NoDq())
     out, lse = ta.forward(q, k, v, -0.6)
     assert grids == [("_fwd_kernel", (B, 1, 1))]
+    assert norm_p == [d_v >= M]
     do = torch.randn_like(out)
     ref, ref_grads = reference(q, k, v, -0.6, do)
     kk = k.repeat_interleave(B // Bk, 0)
@@ -191,6 +204,34 @@ def test_split_partial_sums(case, split):
     for name, g, r in zip("qkv", grads, ref_grads):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
+
+
+def test_split_for_waves():
+    """The dK/dV split: the least work on the busiest SM (programs there x query batches each)
+    among the splits that put more than one program per SM and at most four waves of partial
+    sums, the smaller split on ties; against a brute force over every split of R."""
+    from hafsvg_kernels.attention.triton_attention import split_for_waves
+
+    assert split_for_waves(100, 64, 132) == 4  # DCGAN 16^2: 256 programs, 2 x 25 (split 5: 3 x 20)
+    assert split_for_waves(100, 16, 132) == 15  # one key block: 240 programs, 2 x 7
+    assert split_for_waves(100, 256, 132) == 1  # DCGAN 32^2: no partial sums
+    assert split_for_waves(3, 8, 132) == 3  # too few programs at every split: all of R
+
+    def work(R, P, s, sms):
+        return -(-P * s // sms) * -(-R // s)
+
+    for R in (1, 2, 7, 50, 100, 101):
+        for P in (1, 3, 16, 64, 100, 128, 200, 256, 1000):
+            s = split_for_waves(R, P, 132)
+            assert 1 <= s <= R and -(-R // -(-R // s)) == s  # no program without a query batch
+            ok = [t for t in range(1, R + 1) if 132 < P * t <= max(4 * 132, P)]
+            if ok:
+                assert P * s > 132
+                best = min(work(R, P, t, 132) for t in ok)
+                assert work(R, P, s, 132) == best
+                assert s == min(t for t in ok if work(R, P, t, 132) == best and -(-R // -(-R // t)) == t)
+            else:
+                assert P * s <= max(4 * 132, P)
 
 
 def _nchw_tokens(B, C, H, W, g, dtype=torch.float32):
@@ -337,26 +378,29 @@ def build(fn, ptrs, consts, cfg):
 for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
     io = PTR[dt]
     common = {"DOT_PRECISION": "tf32x3" if dt == "fp32" and not fma else "ieee", "ACC_DTYPE": tl.float32}
-    for N, d_qk, d_v in ((4096, 8, 64), (64, 32, 256))[: 1 if fma else 2]:
+    # the first shape with every mask dropped (sizes multiples of the blocks), the second with them
+    for (N, d_qk, d_v), even in (((4096, 8, 64), True), ((64, 32, 256), False))[: 1 if fma else 2]:
         cfg = ta._fwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
         for one, masked in ((N <= cfg["BLOCK_K"], False), (True, True)):
-            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked}
+            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_Q": even, "EVEN_DV": even, "NORM_P": even}
             build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
         cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
-        ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", DQ=io)
-        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common}, cfg)
+        ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32", DQ=io)
+        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, "EVEN_Q": even, "EVEN_DV": even}, cfg)
         for dk, dv, split, atomic, direct in ((True, True, 1, True, False), (True, True, 4, False, False),
                                               (True, False, 4, False, False), (False, True, 1, False, False),
                                               (True, True, 4, False, True), (True, False, 4, False, True)):  # fmt: skip
             out = io if split == 1 else "*fp32"
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out,
                         DQ=io if direct else "*fp32")  # fmt: skip
-            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct}
+            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
+                     "EVEN_K": even, "EVEN_DV": even, "LSE_LOG2": not direct}  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
-        build(ta._bwd_preprocess, dict(O=io, DO=io, Delta="*fp32"), pre, {"num_warps": 4, "num_stages": 2})
+        ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
+        build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})
 print("compiled")
 """
 

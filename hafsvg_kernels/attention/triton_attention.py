@@ -59,12 +59,12 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 
 * ``_bwd_dq_kernel``: one program per (b, query block), looping over key blocks;
   dS = P * (dO V^T - delta), dq = scale * dS K. It first computes delta[b, n] =
-  sum_c dO[b, n, c] * O[b, n, c] for its rows and stores it for the dK/dV kernel, which is
-  launched after it (no launch of its own for delta; recomputing it in the dK/dV kernel instead
-  would read O once per key block program, M / BLOCK_K times over). When d_v fits one tile
-  (DV_TILES == 1, d_v <= 128) the (BLOCK_Q x BLOCK_DV) dO tile is loaded once, before the key
-  loop, and the key loop holds no inner loop; otherwise d_v is looped in BLOCK_DV chunks for
-  dO V^T.
+  sum_c dO[b, n, c] * O[b, n, c] for its rows and stores it, with lse in base 2 (lse * log2 e),
+  for the dK/dV kernel, which is launched after it (no launch of its own for delta; recomputing
+  it in the dK/dV kernel instead would read O once per key block program, M / BLOCK_K times
+  over). When d_v fits one tile (DV_TILES == 1, d_v <= 128) the (BLOCK_Q x BLOCK_DV) dO tile is
+  loaded once, before the key loop, and the key loop holds no inner loop; otherwise d_v is
+  looped in BLOCK_DV chunks for dO V^T.
 * Keys in one block (M <= BLOCK_K, the N = 16 and 64 levels): no dq kernel. The dK programs see
   every key of their queries, so they compute delta from O and dO themselves and store
   dQ = scale * dS K directly (``DQ_DIRECT``); dV follows in its own launch where it is not fused.
@@ -88,7 +88,16 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   the query mask and the select that keeps NaN (padded query row against an infinite key) out.
   When rk == rv and d_v fits one tile, one launch computes dK and dV together (P is computed
   once). Otherwise (V per sample and K per clip, or d_v > one tile) dK programs are grouped by
-  key batch and dV programs by value batch, in two launches of the same kernel.
+  key batch and dV programs by value batch, in two launches of the same kernel. SPLIT is the one
+  whose busiest SM has the least work (:func:`split_for_waves`).
+* Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K`` and ``EVEN_DV``
+  (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0) make the query, key and channel masks constant,
+  so that the loads and stores compile without predicates; and the dK/dV kernel reads lse in
+  base 2 (the dq kernel's or the preprocess's), not multiplying the lse of every score column
+  by log2(e) in every step (``LSE_LOG2``). Warp-instructions per score in the main loops (bf16,
+  sm90_report), before -> after: dK/dV 0.327 -> 0.303 at DCGAN 32^2, dq 0.283 -> 0.269 at
+  DCGAN 16^2, dq 0.80 -> 0.64 and dK 0.82 -> 0.66 at VGG 16^2; the fused dK/dV kernel's spills
+  76 -> 0 B at DCGAN 16^2 and 136 -> 48 B at VGG 32^2.
 
 Precision: fp16/bf16 operands go to ``tl.dot`` as they are, with P and dS cast to the input
 dtype, and fp32 accumulation. fp32 operands use IEEE fp32 dots unless torch allows TF32 for
@@ -120,6 +129,18 @@ MAX_D_V = 512
 # ----------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _below(offs, n, EVEN: tl.constexpr):
+    """The mask offs < n, or a constant-true mask where EVEN says that every offset is below n
+    (n a multiple of the block), so that the loads and stores it guards compile without
+    predicates."""
+    if EVEN:
+        ok = tl.full(offs.shape, 1, tl.int1)
+    else:
+        ok = offs < n
+    return ok
 
 
 @triton.jit
@@ -173,6 +194,8 @@ def _fwd_one_key_block(
     MASK_KEYS: tl.constexpr,  # M < BLOCK_K: keys past M get -inf scores; M == BLOCK_K: no select
     BLOCK_K: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no channel masks in the chunk loop
+    NORM_P: tl.constexpr,  # normalise P (fewer elements than the output's); else each output chunk
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -182,9 +205,19 @@ def _fwd_one_key_block(
     BLOCK_DV chunk of the value channels, looped here, each chunk's output stored when done.
     The grid's value-tile axis is 1: with one program per value tile (the loop over key blocks)
     each tile computed the scores again, d_v / BLOCK_DV exponentials per score (2 at d_v = 256,
-    4 at 512: the sm90_report's DCGAN 8^2, 4^2 and VGG 8^2 rows)."""
+    4 at 512: the sm90_report's DCGAN 8^2, 4^2 and VGG 8^2 rows).
+
+    1 / l multiplies whichever is smaller: P (BLOCK_K columns) or the output (D_V columns, chunk
+    by chunk after its product; ``NORM_P`` false). At 256 keys and d_v = 128 (DCGAN 16^2) that is
+    64 multiplies per thread instead of 128; P's values are in [0, 1] either way. Not in the FFMA
+    tiles of fp32 (``fma``), where the output's scaling spilled 8312 B at DCGAN 16^2. With the
+    constant masks (``EVEN_DV``, ``EVEN_Q``), the DCGAN 16^2 forward went from 45.2 to 40.7 µs
+    modeled (issue-bound; 0.80 -> 0.89 of its floor, sm90_report, bf16)."""
     keys = tl.arange(0, BLOCK_K)
-    k_ok = keys < M
+    if MASK_KEYS:
+        k_ok = keys < M
+    else:  # M == BLOCK_K: every key is valid, and the loads' masks fold away
+        k_ok = tl.full([BLOCK_K], 1, tl.int1)
     kt = tl.load(
         k_base + keys[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None] & k_ok[None, :], other=0.0
     )  # (BLOCK_D, BLOCK_K)
@@ -197,14 +230,19 @@ def _fwd_one_key_block(
         m = tl.max(s, 1) * qk_scale
         p = tl.exp2(s * qk_scale - m[:, None])
     l_i = tl.sum(p, 1)
-    p = (p * (1.0 / l_i)[:, None]).to(kt.dtype)  # normalised once, not per output chunk
+    inv_l = 1.0 / l_i
+    if NORM_P:
+        p = p * inv_l[:, None]
+    p = p.to(kt.dtype)
     for c0 in range(0, D_V, BLOCK_DV):
         offs_v = c0 + tl.arange(0, BLOCK_DV)
-        v_ok = offs_v < D_V
+        v_ok = _below(offs_v, D_V, EVEN_DV)
         v = tl.load(
             v_base + keys[:, None] * svm + offs_v[None, :] * svd, mask=k_ok[:, None] & v_ok[None, :], other=0.0
         )  # (BLOCK_K, BLOCK_DV)
         o = tl.dot(p, v, input_precision=DOT_PRECISION)
+        if not NORM_P:
+            o = o * inv_l[:, None]
         tl.store(
             out_base + offs_q[:, None] * son + offs_v[None, :] * sod,
             o.to(out_base.dtype.element_ty),
@@ -245,6 +283,9 @@ def _fwd_kernel(
     ACC_DTYPE: tl.constexpr,  # tl.float32, or tl.float64 for fp64 inputs
     ONE_KEY_BLOCK: tl.constexpr,  # M <= BLOCK_K: _fwd_one_key_block (the grid's third axis is 1)
     MASK_KEYS: tl.constexpr,  # with ONE_KEY_BLOCK: M < BLOCK_K
+    EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
+    EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
+    NORM_P: tl.constexpr,  # with ONE_KEY_BLOCK: 1 / l multiplies P, else the output chunks
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     pid_q = tl.program_id(1)
@@ -253,9 +294,9 @@ def _fwd_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    q_ok = offs_q < N
+    q_ok = _below(offs_q, N, EVEN_Q)
     d_ok = offs_d < D_QK
-    v_ok = offs_v < D_V
+    v_ok = _below(offs_v, D_V, EVEN_DV)
 
     q = tl.load(
         Q + b * sqb + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
@@ -270,7 +311,7 @@ def _fwd_kernel(
         _fwd_one_key_block(
             q, k_base, v_base, Out + b * sob, Lse + b * N + offs_q, offs_q, q_ok, offs_d, d_ok,
             M, D_V, skm, skd, svm, svd, son, sod, qk_scale,
-            MASK_KEYS, BLOCK_K, BLOCK_DV, DOT_PRECISION, ACC_DTYPE,
+            MASK_KEYS, BLOCK_K, BLOCK_DV, EVEN_DV, NORM_P, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
     else:
         m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max of the base-2 scores
@@ -319,6 +360,7 @@ def _bwd_dq_block(
     BLOCK_K: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV)
+    EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -337,14 +379,10 @@ def _bwd_dq_block(
         p = tl.where(k_ok[None, :], p, 0.0)
     if DV_TILES == 1:
         offs_v = tl.arange(0, BLOCK_DV)
-        if MASKED:
-            vt = tl.load(
-                v_base + keys[None, :] * svm + offs_v[:, None] * svd,
-                mask=(offs_v < D_V)[:, None] & k_ok[None, :],
-                other=0.0,
-            )  # (BLOCK_DV, BLOCK_K)
-        else:
-            vt = tl.load(v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=(offs_v < D_V)[:, None], other=0.0)
+        v_ok = _below(offs_v, D_V, EVEN_DV)
+        vt = tl.load(
+            v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
+        )  # (BLOCK_DV, BLOCK_K)
         dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
     else:
         dp = tl.zeros([BLOCK_Q, BLOCK_K], dtype=ACC_DTYPE)
@@ -352,7 +390,7 @@ def _bwd_dq_block(
         # with 128-channel chunks used 2856 bytes of stack, as a loop 984 (bf16, sm_90).
         for c0 in range(0, D_V, BLOCK_DV):
             offs_v = c0 + tl.arange(0, BLOCK_DV)
-            v_ok = offs_v < D_V
+            v_ok = _below(offs_v, D_V, EVEN_DV)
             do_c = tl.load(
                 do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
             )  # (BLOCK_Q, BLOCK_DV)
@@ -374,6 +412,7 @@ def _bwd_dq_kernel(
     DO,  # (B, N, D_V)
     Lse,  # (B, N) contiguous, natural log
     Delta,  # (B, N) contiguous, written here: rowsum(dO * O), read by the dK/dV kernel after
+    Lse2,  # (B, N) contiguous, written here: lse * log2(e), read by the dK/dV kernel after
     DQ,  # (B, N, D_QK) output
     # sizes
     N, M, D_QK, D_V, RK, RV,
@@ -393,6 +432,8 @@ def _bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr,  # value channels per chunk of dO V^T
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV); 1: the dO tile is loaded once, before the key loop
+    EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
+    EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -400,7 +441,7 @@ def _bwd_dq_kernel(
     offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
-    q_ok = offs_q < N
+    q_ok = _below(offs_q, N, EVEN_Q)
     d_ok = offs_d < D_QK
 
     q = tl.load(
@@ -408,6 +449,7 @@ def _bwd_dq_kernel(
     )  # (BLOCK_Q, BLOCK_D)
     # Rows past N get lse = +inf, hence P = 0.
     lse2 = tl.load(Lse + b * N + offs_q, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
+    tl.store(Lse2 + b * N + offs_q, lse2, mask=q_ok)
     k_base = K + (b // RK) * skb
     v_base = V + (b // RV) * svb
     do_base = DO + b * sdob
@@ -415,7 +457,7 @@ def _bwd_dq_kernel(
     # delta = rowsum(dO * O), here rather than in a launch of its own; stored for the dK/dV kernel.
     if DV_TILES == 1:
         offs_v = tl.arange(0, BLOCK_DV)
-        mask = q_ok[:, None] & (offs_v < D_V)[None, :]
+        mask = q_ok[:, None] & _below(offs_v, D_V, EVEN_DV)[None, :]
         # The (BLOCK_Q, BLOCK_DV) dO tile, kept in registers for the whole key loop.
         do = tl.load(do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
         o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
@@ -425,7 +467,7 @@ def _bwd_dq_kernel(
         delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
         for c0 in range(0, D_V, BLOCK_DV):
             offs_v = c0 + tl.arange(0, BLOCK_DV)
-            mask = q_ok[:, None] & (offs_v < D_V)[None, :]
+            mask = q_ok[:, None] & _below(offs_v, D_V, EVEN_DV)[None, :]
             do_c = tl.load(do_base + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
             o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
             delta += tl.sum(o.to(ACC_DTYPE) * do_c.to(ACC_DTYPE), 1)
@@ -437,13 +479,13 @@ def _bwd_dq_kernel(
         dq = _bwd_dq_block(
             q, do, lse2, delta, dq, k_base, v_base, do_base, m0 + offs_k, offs_q, q_ok, offs_d, d_ok,
             M, D_V, skm, skd, svm, svd, sdon, sdod, qk_scale,
-            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, DOT_PRECISION, ACC_DTYPE,
+            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
     if m_full < M:  # the tail block
         dq = _bwd_dq_block(
             q, do, lse2, delta, dq, k_base, v_base, do_base, m_full + offs_k, offs_q, q_ok, offs_d, d_ok,
             M, D_V, skm, skd, svm, svd, sdon, sdod, qk_scale,
-            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, DOT_PRECISION, ACC_DTYPE,
+            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
 
     dq = dq * scale
@@ -458,7 +500,9 @@ def _bwd_dq_kernel(
 def _bwd_preprocess(
     O,  # (B, N, D_V) forward output  # noqa: E741
     DO,  # (B, N, D_V)
+    Lse,  # (B, N) contiguous, natural log
     Delta,  # (B, N) contiguous, written: rowsum(dO * O)
+    Lse2,  # (B, N) contiguous, written: lse * log2(e)
     N, D_V,
     sob, son, sod,
     sdob, sdon, sdod,
@@ -466,11 +510,14 @@ def _bwd_preprocess(
     BLOCK_DV: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
-    """Grid (B, cdiv(N, BLOCK_Q)): delta for the single-pass backward, which has no dq kernel to
-    compute it in (a bandwidth-bound pass over O and dO, as the dq kernel's delta was)."""
+    """Grid (B, cdiv(N, BLOCK_Q)): delta (and lse in base 2) for the single-pass backward, which
+    has no dq kernel to compute them in (a bandwidth-bound pass over O and dO, as the dq kernel's
+    delta was)."""
     b = tl.program_id(0).to(tl.int64)
     offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_ok = offs_q < N
+    lse = tl.load(Lse + b * N + offs_q, mask=q_ok, other=0.0).to(ACC_DTYPE)
+    tl.store(Lse2 + b * N + offs_q, lse * 1.4426950408889634, mask=q_ok)
     delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
     for c0 in range(0, D_V, BLOCK_DV):
         offs_v = c0 + tl.arange(0, BLOCK_DV)
@@ -502,6 +549,8 @@ def _bwd_dkdv_block(
     COMPUTE_DV: tl.constexpr,
     DQ_ATOMIC: tl.constexpr,  # also add scale * dS K for these queries into dQ (single-pass backward)
     DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from O and dO here, dQ stored
+    EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no channel masks in the V dO^T chunk loop
+    LSE_LOG2: tl.constexpr,  # lse_base holds lse * log2(e), else the natural log
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -513,7 +562,9 @@ def _bwd_dkdv_block(
     q = tl.load(
         q_base + queries[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
     )  # (BLOCK_Q, BLOCK_D)
-    lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
+    lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE)
+    if not LSE_LOG2:  # the natural log (one key block: no dq kernel or preprocess wrote it in base 2)
+        lse2 = lse2 * 1.4426950408889634
     st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_K, BLOCK_Q)
     pt = tl.exp2(st * qk_scale - lse2[None, :])  # one FFMA per score
     if MASKED:
@@ -542,7 +593,7 @@ def _bwd_dkdv_block(
             delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
             for c0 in range(0, D_V, BLOCK_DV):  # a loop, not unrolled (see _bwd_dq_block)
                 offs_c = c0 + tl.arange(0, BLOCK_DV)
-                c_ok = offs_c < D_V
+                c_ok = _below(offs_c, D_V, EVEN_DV)
                 vc = tl.load(
                     v_base + offs_k[:, None] * svm + offs_c[None, :] * svd,
                     mask=k_ok[:, None] & c_ok[None, :],
@@ -613,7 +664,7 @@ def _bwd_dkdv_kernel(
     V,  # (Bv, M, D_V)
     DO,  # (B, N, D_V)
     O,  # (B, N, D_V) forward output, read when DQ_DIRECT (for delta)  # noqa: E741
-    Lse,  # (B, N) contiguous, natural log
+    Lse,  # (B, N) contiguous: lse * log2(e) when LSE_LOG2 (the dq kernel's or the preprocess's), else natural log
     Delta,  # (B, N) contiguous, rowsum(dO * O) (from the dq kernel or the preprocess); unused when DQ_DIRECT
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums when SPLIT > 1); unused without COMPUTE_DK
     DV,  # (SPLIT, Bv, M, D_V) output (partial sums when SPLIT > 1); unused without COMPUTE_DV
@@ -645,6 +696,9 @@ def _bwd_dkdv_kernel(
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
     DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK and COMPUTE_DV: the single-pass backward, dQ too
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
+    EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
+    EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
+    LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -655,9 +709,9 @@ def _bwd_dkdv_kernel(
     offs_q = tl.arange(0, BLOCK_Q)
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
-    k_ok = offs_k < M
+    k_ok = _below(offs_k, M, EVEN_K)
     d_ok = offs_d < D_QK
-    v_ok = offs_v < D_V
+    v_ok = _below(offs_v, D_V, EVEN_DV)
 
     dk = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC_DTYPE)
     dv = tl.zeros([BLOCK_K, BLOCK_DV], dtype=ACC_DTYPE)
@@ -680,8 +734,8 @@ def _bwd_dkdv_kernel(
                 k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, n0 + offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
-                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                DOT_PRECISION, ACC_DTYPE,
+                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
+                LSE_LOG2, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
     if n_full < N:
         for b in range(b_start, b_end):
@@ -694,8 +748,8 @@ def _bwd_dkdv_kernel(
                 n_full + offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
-                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                DOT_PRECISION, ACC_DTYPE,
+                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
+                LSE_LOG2, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
@@ -806,8 +860,9 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     442, DCGAN 8^2 203 -> 190, VGG 64^2 42914 -> 35720, VGG 32^2 3530 -> 3149 (one pass), VGG 16^2
     1579 -> 1241, VGG 8^2 360 -> 332; at DCGAN 4^2 (16 x 16 tiles) 2 stages stay (181 vs 188).
     128 x 64 or 64 x 128 tiles on 8 warps, 64 x 32 and 32 x 64 tiles were all slower (1.1-3x).
-    The third stage costs the fused dK/dV kernel spills in the sm_90 code (sm90_report: 100 B at
-    DCGAN 16^2, 148 B at VGG 32^2, 255 registers), which the measured times already include.
+    The third stage cost the fused dK/dV kernel spills in the sm_90 code (sm90_report: 100 B at
+    DCGAN 16^2, 148 B at VGG 32^2, 255 registers), which the measured times include; with the
+    constant masks and the base-2 lse (module docstring) none and 48 B.
     On the sm_90 code, 8 warps at d_v >= 128 laid each 64 x 64 score tile over both warpgroups,
     computing every score twice: 2.0 MUFU.EX2 per score instead of 1.0 (DCGAN 16^2 row, both
     kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). BLOCK_DV = 64 when d_v >
@@ -878,14 +933,32 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     return fused and (fma or interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
 
 
+def split_for_waves(R: int, programs: int, sms: int) -> int:
+    """Programs sharing one group's R query batches, given ``programs`` programs per split and
+    ``sms`` SMs: the split whose busiest SM has the least work, in query batches
+    (``cdiv(programs * s, sms)`` programs of ``cdiv(R, s)`` batches each), among those that put
+    more than one program per SM on average (two CTAs resident, for latency hiding) and at most
+    four waves of partial sums; ties go to the smaller split (fewer fp32 partial sums to reduce;
+    none at 1).
+
+    The previous rule (about two waves: ``cdiv(2 * sms, programs)``) left the busiest SM a third
+    program where two did the same work: at DCGAN 16^2 (64 programs per split, R = 100) split 5
+    gave 320 programs, 3 of 20 batches on the busiest SM (60) against split 4's 256 programs, 2
+    of 25 (50); at the one-key-block rows (16 programs) split 17: 3 x 6 = 18 against split 15's
+    2 x 7 = 14. Where one split already has more than one program per SM (DCGAN 32^2, VGG 32^2:
+    256 programs) it keeps 1 (2 x 100 = 200, as split 2's 4 x 50), which writes dK/dV directly."""
+    splits = sorted({-(-R // n) for n in range(1, R + 1)})  # each distinct cdiv(R, s) once
+    fits = [s for s in splits if programs * s <= max(4 * sms, programs)]
+    spread = [s for s in fits if programs * s > sms] or [fits[-1]]
+    return min(spread, key=lambda s: (-(-(programs * s) // sms) * -(-R // s), s))
+
+
 def _split(R: int, programs: int, device: torch.device) -> int:
-    """Programs sharing one group's R query batches in the dK/dV kernel: enough that the grid
-    has about 2 waves of programs on the GPU; 1 under the interpreter (it runs programs one by one)."""
+    """:func:`split_for_waves` with the GPU's SM count; 1 under the interpreter (it runs programs
+    one by one)."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = triton.cdiv(2 * sms, max(1, programs))
-    return max(1, min(R, want))
+    return split_for_waves(R, programs, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -917,6 +990,8 @@ def forward(
     fma = q.dtype == torch.float32 and fp32_dot_precision(q.dtype) == "ieee" and not interpreting()
     cfg = _fwd_config(N, M, d_qk, d_v, fma)
     one_block = M <= cfg["BLOCK_K"]  # the value channels are looped inside the program
+    # EVEN_Q not with FFMA dots: at DCGAN 16^2 (fp32, 16 x 256 tiles) ptxas then kept the kernel at
+    # 96 registers with 4 B of spills, against 102 and none with the query mask (sm90_report).
     grid = (B, triton.cdiv(N, cfg["BLOCK_Q"]), 1 if one_block else triton.cdiv(d_v, cfg["BLOCK_DV"]))
     _fwd_kernel[grid](
         q, k, v, out, lse,
@@ -925,6 +1000,8 @@ def forward(
         abs(float(scale)) * LOG2E, int(scale < 0),
         DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
         ONE_KEY_BLOCK=one_block, MASK_KEYS=M < cfg["BLOCK_K"],
+        EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
+        NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
         **cfg,
     )  # fmt: skip
     return out, lse
@@ -945,8 +1022,8 @@ def backward(
     Args:
         do: (B, N, d_v) gradient of the output, any strides.
         q, k, v, scale: as given to :func:`forward`; out (B, N, d_v), lse (B, N): what it returned.
-        split: programs sharing one K/V batch's query batches in the dK/dV kernel (default: enough
-            to fill the GPU; 1 under the interpreter). Tests force it to cover the partial sums.
+        split: programs sharing one K/V batch's query batches in the dK/dV kernel (default:
+            :func:`split_for_waves`; 1 under the interpreter). Tests force it to cover the partial sums.
 
     Returns:
         dq (B, N, d_qk), dk (Bk, M, d_qk), dv (Bv, M, d_v), contiguous, in q's dtype. dk and dv
@@ -989,13 +1066,14 @@ def backward(
         if fma and compute_dv and warps == 2 and cfg["BLOCK_DV"] <= 64 and (compute_dk or cfg["BLOCK_D"] >= 64):
             warps = 4
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
-            q, k, v, do, out, lse, delta, dk_arg, dv_arg, dk_arg if dq is None else dq,
+            q, k, v, do, out, lse2, delta, dk_arg, dv_arg, dk_arg if dq is None else dq,
             N, M, d_qk, d_v, rk, rv, R, split_len,
             *q.stride(), *k.stride(), *v.stride(), *do.stride(), *out.stride(),
             *dk_arg.stride(), *dv_arg.stride(),
             float(scale) * LOG2E, float(scale),
             SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
+            EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0, LSE_LOG2=lse2 is not lse,
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
             **{**kcfg, "num_warps": warps},
         )  # fmt: skip
@@ -1009,7 +1087,7 @@ def backward(
     if M <= cfg["BLOCK_K"]:
         # One key block (the N = 16, 64 levels): the dK programs see every key of their queries,
         # so they compute delta and store dQ themselves; no dq kernel, dO read once less.
-        delta = lse  # unused
+        delta = lse2 = lse  # delta unused: the dK programs compute it; lse as it is, natural log
         dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
         if fused:
             dk, dv = launch(Bk, rk, True, True, dq)
@@ -1019,25 +1097,27 @@ def backward(
         return dq, dk, dv
 
     delta = torch.empty(B, N, device=q.device, dtype=acc)
+    lse2 = torch.empty(B, N, device=q.device, dtype=acc)  # lse * log2(e): one multiply per row, not per score
     if single_pass(M, d_qk, d_v, rk, rv, cfg, fma):
         # delta first (its own bandwidth-bound launch), then one pass: dK, dV, and dQ added
         # atomically into a zeroed fp32 (fp64) accumulator, cast to q's dtype after.
         _bwd_preprocess[(B, n_qblocks)](
-            out, do, delta, N, d_v, *out.stride(), *do.stride(),
+            out, do, lse, delta, lse2, N, d_v, *out.stride(), *do.stride(),
             BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
         )  # fmt: skip
         dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
         dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True)
         return dq_acc.to(q.dtype), dk, dv
 
-    # The dq kernel computes delta = rowsum(dO * O) and stores it for the dK/dV kernel, which is
-    # launched after it on the same stream.
+    # The dq kernel computes delta = rowsum(dO * O) and lse in base 2 and stores them for the dK/dV
+    # kernel, which is launched after it on the same stream.
     dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
     _bwd_dq_kernel[(B, n_qblocks)](
-        q, k, v, out, do, lse, delta, dq,
+        q, k, v, out, do, lse, delta, lse2, dq,
         N, M, d_qk, d_v, rk, rv,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
         float(scale) * LOG2E, float(scale),
+        EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
     if fused:

@@ -263,11 +263,12 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
     name = launch.kernel
     if name == "_fwd_kernel":
         return "fwd", q_b + kv_b + o_b + lse_b, 0.0
-    if name == "_bwd_preprocess":
-        return "preprocess", 2 * o_b + lse_b, 0.0
+    if name == "_bwd_preprocess":  # reads O, dO and lse; writes delta and lse in base 2
+        return "preprocess", 2 * o_b + 3 * lse_b, 0.0
     if name == "_bwd_dq_kernel":
         reads_o = "O" in launch.args
-        return "dQ" + (" (+delta)" if reads_o else ""), 2 * q_b + o_b * (2 if reads_o else 1) + 2 * lse_b + kv_b, 0.0
+        # reads lse, writes delta and lse in base 2 for the dK/dV kernel
+        return "dQ" + (" (+delta)" if reads_o else ""), 2 * q_b + o_b * (2 if reads_o else 1) + 3 * lse_b + kv_b, 0.0
     if name == "_bwd_dkdv_kernel":
         s = c.get("SPLIT", 1)
         dk, dv = bool(c.get("COMPUTE_DK")), bool(c.get("COMPUTE_DV"))
