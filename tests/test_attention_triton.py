@@ -206,6 +206,35 @@ def test_split_partial_sums(case, split):
         assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
 
 
+@pytest.mark.parametrize(
+    "case",
+    [(3, 1, 1, 100, 100, 8, 64), (3, 1, 1, 40, 100, 32, 64), (2, 1, 1, 17, 33, 32, 64)],
+    ids=["single-pass", "two-pass", "one-key-block"],
+)
+def test_fused_dkdv_in_channel_chunks_float64(monkeypatch, case):
+    """The fused dK/dV kernel with V dO^T summed over channel chunks (``DP_CHUNK`` < BLOCK_DV, as
+    the FFMA dots of fp32 on a GPU run it), forced here at 16 channels, against the float64
+    reference: the single pass (atomic dQ), the two passes (dq kernel first) and one key block
+    (dQ stored, delta from O and dO chunks), with ragged query blocks."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    chunks = []
+
+    def dp_chunk(block_dv, fused, fma):
+        chunks.append((block_dv, fused))
+        return 16 if fused else block_dv
+
+    monkeypatch.setattr(ta, "_dp_chunk", dp_chunk)
+    q, k, v = (t.detach() for t in make_inputs(*case, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.4)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.4, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.4)
+    assert chunks == [(64, True)]  # one fused launch, in 16-channel chunks
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+
+
 def test_split_for_waves():
     """The dK/dV split: the least work on the busiest SM (programs there x query batches each)
     among the splits that put more than one program per SM and at most four waves of partial
@@ -395,8 +424,9 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             out = io if split == 1 else "*fp32"
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out,
                         DQ=io if direct else "*fp32")  # fmt: skip
+            chunk = ta._dp_chunk(cfg["BLOCK_DV"], dk and dv, fma) if even else min(16, cfg["BLOCK_DV"])
             flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
-                     "EVEN_K": even, "EVEN_DV": even, "LSE_LOG2": not direct}  # fmt: skip
+                     "EVEN_K": even, "EVEN_DV": even, "LSE_LOG2": not direct, "DP_CHUNK": chunk}  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")

@@ -551,6 +551,7 @@ def _bwd_dkdv_block(
     DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from O and dO here, dQ stored
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no channel masks in the V dO^T chunk loop
     LSE_LOG2: tl.constexpr,  # lse_base holds lse * log2(e), else the natural log
+    DP_CHUNK: tl.constexpr,  # channels per step of V dO^T; fused: BLOCK_DV (one dot) or fewer
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -577,7 +578,7 @@ def _bwd_dkdv_block(
         )  # (BLOCK_Q, BLOCK_DV)
         dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION).to(ACC_DTYPE)
     if COMPUTE_DK:
-        if COMPUTE_DV:
+        if COMPUTE_DV and DP_CHUNK == BLOCK_DV:
             dpt = tl.dot(v.to(do.dtype), tl.trans(do), input_precision=DOT_PRECISION).to(ACC_DTYPE)
             if DQ_DIRECT:  # the value tile is all of D_V (fused): delta from this dO tile
                 o = tl.load(
@@ -588,29 +589,29 @@ def _bwd_dkdv_block(
                 delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
             else:
                 delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
-        else:
+        else:  # dK alone over the value chunks, or fused with V dO^T in chunks (see _dp_chunk)
             dpt = tl.zeros([BLOCK_K, BLOCK_Q], dtype=ACC_DTYPE)
             delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
-            for c0 in range(0, D_V, BLOCK_DV):  # a loop, not unrolled (see _bwd_dq_block)
-                offs_c = c0 + tl.arange(0, BLOCK_DV)
+            for c0 in range(0, D_V, DP_CHUNK):  # a loop, not unrolled (see _bwd_dq_block)
+                offs_c = c0 + tl.arange(0, DP_CHUNK)
                 c_ok = _below(offs_c, D_V, EVEN_DV)
                 vc = tl.load(
                     v_base + offs_k[:, None] * svm + offs_c[None, :] * svd,
                     mask=k_ok[:, None] & c_ok[None, :],
                     other=0.0,
-                )  # (BLOCK_K, BLOCK_DV)
+                )  # (BLOCK_K, DP_CHUNK)
                 do_t = tl.load(
                     do_base + queries[None, :] * sdon + offs_c[:, None] * sdod,
                     mask=c_ok[:, None] & q_ok[None, :],
                     other=0.0,
-                )  # (BLOCK_DV, BLOCK_Q): dO^T
+                )  # (DP_CHUNK, BLOCK_Q): dO^T
                 dpt += tl.dot(vc.to(do_t.dtype), do_t, input_precision=DOT_PRECISION).to(ACC_DTYPE)
                 if DQ_DIRECT:  # delta from the same chunks of dO^T and O^T
                     o_t = tl.load(
                         o_base + queries[None, :] * son + offs_c[:, None] * sod,
                         mask=c_ok[:, None] & q_ok[None, :],
                         other=0.0,
-                    )  # (BLOCK_DV, BLOCK_Q)
+                    )  # (DP_CHUNK, BLOCK_Q)
                     delta += tl.sum(o_t.to(ACC_DTYPE) * do_t.to(ACC_DTYPE), 0)
             if not DQ_DIRECT:
                 delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
@@ -699,6 +700,7 @@ def _bwd_dkdv_kernel(
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
+    DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer for FFMA dots when fused
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -735,7 +737,7 @@ def _bwd_dkdv_kernel(
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
                 False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
-                LSE_LOG2, DOT_PRECISION, ACC_DTYPE,
+                LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
     if n_full < N:
         for b in range(b_start, b_end):
@@ -749,7 +751,7 @@ def _bwd_dkdv_kernel(
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
                 True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
-                LSE_LOG2, DOT_PRECISION, ACC_DTYPE,
+                LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
@@ -933,6 +935,19 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     return fused and (fma or interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
 
 
+def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
+    """Channels per step of the dK/dV kernel's V dO^T: the value tile (BLOCK_DV; with dK alone
+    the chunk loop's step) in one dot, except where dK and dV are fused on FFMA dots (fp32
+    "ieee") over 128 channels. There one dot held rows of V and columns of dO^T over all 128
+    channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
+    DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each loaded
+    again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
+    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32). At 64 channels (DCGAN
+    32^2, VGG 64^2) the chunks removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55),
+    so one dot stays there."""
+    return 32 if fused and fma and block_dv >= 128 else block_dv
+
+
 def split_for_waves(R: int, programs: int, sms: int) -> int:
     """Programs sharing one group's R query batches, given ``programs`` programs per split and
     ``sms`` SMs: the split whose busiest SM has the least work, in query batches
@@ -1074,6 +1089,7 @@ def backward(
             SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
             EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0, LSE_LOG2=lse2 is not lse,
+            DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
             **{**kcfg, "num_warps": warps},
         )  # fmt: skip

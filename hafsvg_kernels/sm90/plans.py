@@ -246,8 +246,12 @@ def _attention_loops(launch: Launch) -> list[list]:
     if name == "_bwd_dkdv_kernel":
         split_len = a.get("SPLIT_LEN", 1)
         dk_only = c.get("COMPUTE_DK") and not c.get("COMPUTE_DV")
-        inner = [Trip(t, optional=t == 1)] if dk_only else []
-        tail = [Trip(0 if N % bq == 0 else t, optional=True)] if dk_only else []
+        # fused with V dO^T in channel chunks (FFMA dots): a chunk loop as dK alone's
+        chunked = c.get("COMPUTE_DK") and c.get("COMPUTE_DV") and c.get("DP_CHUNK", bdv) < bdv
+        if chunked:
+            t = cdiv(D_V, c["DP_CHUNK"])
+        inner = [Trip(t, optional=t == 1)] if dk_only or chunked else []
+        tail = [Trip(0 if N % bq == 0 else t, optional=True)] if dk_only or chunked else []
         tail_batches = 0 if N % bq == 0 else split_len  # the masked last query block, after the main loop
         return [
             [Trip(split_len, [Trip(N // bq, inner, main=True)]), Trip(tail_batches, inner, optional=True)],
