@@ -60,6 +60,7 @@ CASES = [
     (3, 1, 1, 100, 100, 1, 64, 2.0),  # d_qk = 1 (padded to 16), rk = rv = 3: fused dK/dV launch
     (2, 1, 1, 128, 128, 8, 64, 0.5),  # sizes multiples of every block: no query, key or channel masks
     (2, 1, 1, 64, 128, 32, 256, 0.3),  # the same with dq and dK / dV launches over several d_v tiles
+    (2, 1, 1, 128, 128, 32, 64, 0.5),  # the same in two passes, dq on one d_v tile, dK/dV fused
 ]
 
 
@@ -135,9 +136,11 @@ def test_single_pass_backward_float64(monkeypatch, split):
         (6, 2, 2, 17, 32, 40, 200, 3),
         (6, 2, 6, 5, 16, 16, 130, 2),
         (4, 1, 1, 3, 1, 8, 3, 1),
-        (4, 2, 2, 20, 64, 8, 16, 2),
+        (4, 2, 2, 32, 64, 8, 16, 2),
+        (4, 2, 2, 20, 40, 8, 20, 2),
     ],
-    ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key", "output-normalised"],
+    ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key", "output-normalised",
+         "output-normalised-masked"],  # fmt: skip
 )
 def test_one_key_block_float64(monkeypatch, case):
     """All M keys in one block (the N = 16, 64 levels): the forward computes each score once and
@@ -175,7 +178,8 @@ def test_one_key_block_float64(monkeypatch, case):
     monkeypatch.setattr(ta, "_bwd_dq_kernel", NoDq())
     out, lse = ta.forward(q, k, v, -0.6)
     assert grids == [("_fwd_kernel", (B, 1, 1))]
-    assert norm_p == [d_v >= M]
+    cfg = ta._fwd_config(N, M, d_qk, d_v)
+    assert norm_p == [-(-d_v // cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"]]
     do = torch.randn_like(out)
     ref, ref_grads = reference(q, k, v, -0.6, do)
     kk = k.repeat_interleave(B // Bk, 0)
@@ -206,16 +210,18 @@ def test_split_partial_sums(case, split):
         assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
 
 
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
 @pytest.mark.parametrize(
     "case",
-    [(3, 1, 1, 100, 100, 8, 64), (3, 1, 1, 40, 100, 32, 64), (2, 1, 1, 17, 33, 32, 64)],
-    ids=["single-pass", "two-pass", "one-key-block"],
+    [(3, 1, 1, 100, 100, 8, 64), (3, 1, 1, 40, 100, 32, 40), (2, 1, 1, 17, 33, 32, 64)],
+    ids=["single-pass", "two-pass-ragged-chunk", "one-key-block"],
 )
 def test_fused_dkdv_in_channel_chunks_float64(monkeypatch, case):
     """The fused dK/dV kernel with V dO^T summed over channel chunks (``DP_CHUNK`` < BLOCK_DV, as
     the FFMA dots of fp32 on a GPU run it), forced here at 16 channels, against the float64
-    reference: the single pass (atomic dQ), the two passes (dq kernel first) and one key block
-    (dQ stored, delta from O and dO chunks), with ragged query blocks."""
+    reference: the single pass (atomic dQ), the two passes (dq kernel first; d_v 40, so the last
+    chunk is partial) and one key block (dQ stored, delta from O and dO chunks), with ragged
+    query blocks."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     chunks = []
@@ -230,7 +236,7 @@ def test_fused_dkdv_in_channel_chunks_float64(monkeypatch, case):
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 0.4, do)
     grads = ta.backward(do, q, k, v, out, lse, 0.4)
-    assert chunks == [(64, True)]  # one fused launch, in 16-channel chunks
+    assert chunks == [(64, True)]  # one fused launch (64-channel value tile), in 16-channel chunks
     for name, g, r in zip("qkv", grads, ref_grads):
         assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
 
@@ -428,6 +434,14 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "LSE_LOG2": not direct, "DP_CHUNK": chunk}  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
+        if fma:  # the fused dK/dV at a 128-channel value tile, V dO^T in chunks (_dp_chunk)
+            wide = ta._bwd_config(1024, 1024, 16, 128, fma)
+            blocks = {k: v for k, v in wide.items() if k.startswith(("BLOCK", "DV_TILES"))}
+            flags = {"SPLIT": 1, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True, "DQ_DIRECT": False,
+                     "EVEN_K": True, "EVEN_DV": True, "LSE_LOG2": True,
+                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma)}  # fmt: skip
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DQ="*fp32")
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, wide)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})

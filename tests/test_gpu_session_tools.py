@@ -113,5 +113,6 @@ def test_static_sweep_models_the_launcher_and_a_candidate():
     own, cand = json.loads(res.stdout.strip().splitlines()[-1])
     assert own["ratio"] == pytest.approx(launcher["ratio_to_floor"], rel=0.02)
     assert own["spill_stores"] == sum(k["spill_stores"] for k in launcher["kernels"])
-    assert cand["config"]["BLOCK_DV"] == 32 and cand["ratio"] != own["ratio"]  # other code, other model
+    # other code: other registers (both are bandwidth-bound at this row, so the ratios can match)
+    assert cand["config"]["BLOCK_DV"] == 32 and cand["kernels"][0][1] != own["kernels"][0][1]
     assert "| DCGAN 4x4 | launcher |" in __import__("static_sweep").markdown([own, cand])
