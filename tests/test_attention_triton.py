@@ -418,12 +418,14 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         cfg = ta._fwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
         for one, masked in ((N <= cfg["BLOCK_K"], False), (True, True)):
-            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_Q": even, "EVEN_DV": even, "NORM_P": even}
+            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_Q": even, "EVEN_DV": even, "NORM_P": even,
+                     "EVEN_D": d_qk == cfg["BLOCK_D"]}  # fmt: skip
             build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
         cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32", DQ=io)
-        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, "EVEN_Q": even, "EVEN_DV": even}, cfg)
+        evens = {"EVEN_Q": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"]}
+        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, **evens}, cfg)
         for dk, dv, split, atomic, direct in ((True, True, 1, True, False), (True, True, 4, False, False),
                                               (True, False, 4, False, False), (False, True, 1, False, False),
                                               (True, True, 4, False, True), (True, False, 4, False, True)):  # fmt: skip
@@ -432,13 +434,14 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                         DQ=io if direct else "*fp32")  # fmt: skip
             chunk = ta._dp_chunk(cfg["BLOCK_DV"], dk and dv, fma) if even else min(16, cfg["BLOCK_DV"])
             flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
-                     "EVEN_K": even, "EVEN_DV": even, "LSE_LOG2": not direct, "DP_CHUNK": chunk}  # fmt: skip
+                     "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
+                     "DP_CHUNK": chunk}  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
         if fma:  # the fused dK/dV at a 128-channel value tile, V dO^T in chunks (_dp_chunk)
             wide = ta._bwd_config(1024, 1024, 16, 128, fma)
             blocks = {k: v for k, v in wide.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 1, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True, "DQ_DIRECT": False,
-                     "EVEN_K": True, "EVEN_DV": True, "LSE_LOG2": True,
+                     "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
                      "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma)}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DQ="*fp32")
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, wide)

@@ -90,14 +90,15 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   once). Otherwise (V per sample and K per clip, or d_v > one tile) dK programs are grouped by
   key batch and dV programs by value batch, in two launches of the same kernel. SPLIT is the one
   whose busiest SM has the least work (:func:`split_for_waves`).
-* Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K`` and ``EVEN_DV``
-  (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0) make the query, key and channel masks constant,
+* Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K``, ``EVEN_DV`` and
+  ``EVEN_D`` (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0, d_qk == BLOCK_D) make the query,
+  key and channel masks constant,
   so that the loads and stores compile without predicates; and the dK/dV kernel reads lse in
   base 2 (the dq kernel's or the preprocess's), not multiplying the lse of every score column
   by log2(e) in every step (``LSE_LOG2``). Warp-instructions per score in the main loops (bf16,
   sm90_report), before -> after: dK/dV 0.327 -> 0.303 at DCGAN 32^2, dq 0.283 -> 0.269 at
   DCGAN 16^2, dq 0.80 -> 0.64 and dK 0.82 -> 0.66 at VGG 16^2; the fused dK/dV kernel's spills
-  76 -> 0 B at DCGAN 16^2 and 136 -> 48 B at VGG 32^2.
+  76 -> 0 B at DCGAN 16^2 and 136 -> 32 B at VGG 32^2 (48 without ``EVEN_D``).
 
 Precision: fp16/bf16 operands go to ``tl.dot`` as they are, with P and dS cast to the input
 dtype, and fp32 accumulation. fp32 operands use IEEE fp32 dots unless torch allows TF32 for
@@ -284,6 +285,7 @@ def _fwd_kernel(
     ONE_KEY_BLOCK: tl.constexpr,  # M <= BLOCK_K: _fwd_one_key_block (the grid's third axis is 1)
     MASK_KEYS: tl.constexpr,  # with ONE_KEY_BLOCK: M < BLOCK_K
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
+    EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     NORM_P: tl.constexpr,  # with ONE_KEY_BLOCK: 1 / l multiplies P, else the output chunks
 ):  # fmt: skip
@@ -295,7 +297,7 @@ def _fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = pid_v * BLOCK_DV + tl.arange(0, BLOCK_DV)
     q_ok = _below(offs_q, N, EVEN_Q)
-    d_ok = offs_d < D_QK
+    d_ok = _below(offs_d, D_QK, EVEN_D)
     v_ok = _below(offs_v, D_V, EVEN_DV)
 
     q = tl.load(
@@ -433,6 +435,7 @@ def _bwd_dq_kernel(
     BLOCK_DV: tl.constexpr,  # value channels per chunk of dO V^T
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV); 1: the dO tile is loaded once, before the key loop
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
+    EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -442,7 +445,7 @@ def _bwd_dq_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, BLOCK_D)
     q_ok = _below(offs_q, N, EVEN_Q)
-    d_ok = offs_d < D_QK
+    d_ok = _below(offs_d, D_QK, EVEN_D)
 
     q = tl.load(
         Q + b * sqb + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
@@ -698,6 +701,7 @@ def _bwd_dkdv_kernel(
     DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK and COMPUTE_DV: the single-pass backward, dQ too
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
+    EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
     DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer for FFMA dots when fused
@@ -712,7 +716,7 @@ def _bwd_dkdv_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     offs_v = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
     k_ok = _below(offs_k, M, EVEN_K)
-    d_ok = offs_d < D_QK
+    d_ok = _below(offs_d, D_QK, EVEN_D)
     v_ok = _below(offs_v, D_V, EVEN_DV)
 
     dk = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC_DTYPE)
@@ -864,7 +868,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     128 x 64 or 64 x 128 tiles on 8 warps, 64 x 32 and 32 x 64 tiles were all slower (1.1-3x).
     The third stage cost the fused dK/dV kernel spills in the sm_90 code (sm90_report: 100 B at
     DCGAN 16^2, 148 B at VGG 32^2, 255 registers), which the measured times include; with the
-    constant masks and the base-2 lse (module docstring) none and 48 B.
+    constant masks and the base-2 lse (module docstring) none and 32 B.
     On the sm_90 code, 8 warps at d_v >= 128 laid each 64 x 64 score tile over both warpgroups,
     computing every score twice: 2.0 MUFU.EX2 per score instead of 1.0 (DCGAN 16^2 row, both
     kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). BLOCK_DV = 64 when d_v >
@@ -1015,7 +1019,7 @@ def forward(
         abs(float(scale)) * LOG2E, int(scale < 0),
         DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
         ONE_KEY_BLOCK=one_block, MASK_KEYS=M < cfg["BLOCK_K"],
-        EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
+        EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"], EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
         **cfg,
     )  # fmt: skip
@@ -1088,7 +1092,8 @@ def backward(
             float(scale) * LOG2E, float(scale),
             SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
-            EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0, LSE_LOG2=lse2 is not lse,
+            EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_D=d_qk == kcfg["BLOCK_D"], EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
+            LSE_LOG2=lse2 is not lse,
             DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
             **{**kcfg, "num_warps": warps},
@@ -1133,7 +1138,7 @@ def backward(
         N, M, d_qk, d_v, rk, rv,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
         float(scale) * LOG2E, float(scale),
-        EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
+        EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"], EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
     if fused:
