@@ -946,7 +946,7 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
     DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each loaded
     again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
-    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32). At 64 channels (DCGAN
+    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``. At 64 channels (DCGAN
     32^2, VGG 64^2) the chunks removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55),
     so one dot stays there."""
     return 32 if fused and fma and block_dv >= 128 else block_dv
@@ -1009,8 +1009,8 @@ def forward(
     fma = q.dtype == torch.float32 and fp32_dot_precision(q.dtype) == "ieee" and not interpreting()
     cfg = _fwd_config(N, M, d_qk, d_v, fma)
     one_block = M <= cfg["BLOCK_K"]  # the value channels are looped inside the program
-    # EVEN_Q not with FFMA dots: at DCGAN 16^2 (fp32, 16 x 256 tiles) ptxas then kept the kernel at
-    # 96 registers with 4 B of spills, against 102 and none with the query mask (sm90_report).
+    # EVEN_Q and EVEN_D not with FFMA dots: at DCGAN 16^2 (fp32, 16 x 256 tiles) ptxas then kept the
+    # kernel at 96 registers with 4 B of spills, against 102 and none with the masks (sm90_report).
     grid = (B, triton.cdiv(N, cfg["BLOCK_Q"]), 1 if one_block else triton.cdiv(d_v, cfg["BLOCK_DV"]))
     _fwd_kernel[grid](
         q, k, v, out, lse,
@@ -1019,7 +1019,8 @@ def forward(
         abs(float(scale)) * LOG2E, int(scale < 0),
         DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
         ONE_KEY_BLOCK=one_block, MASK_KEYS=M < cfg["BLOCK_K"],
-        EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"], EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
+        EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"] and not fma,
+        EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
         **cfg,
     )  # fmt: skip
@@ -1092,7 +1093,11 @@ def backward(
             float(scale) * LOG2E, float(scale),
             SPLIT=s, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
-            EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_D=d_qk == kcfg["BLOCK_D"], EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
+            # EVEN_D only where dK and dV are fused: there it took VGG 32^2's spills 48 -> 32 B (bf16)
+            # and the FFMA fused kernel's 68 -> 44 B; in the dK-alone or dV-alone launches ptxas
+            # then spilled where it had not (VGG 16^2 fp32 dK 12 B, DCGAN 4^2 bf16 dV 8 B).
+            EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_D=d_qk == kcfg["BLOCK_D"] and compute_dk and compute_dv,
+            EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
             LSE_LOG2=lse2 is not lse,
             DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
