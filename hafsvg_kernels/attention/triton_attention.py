@@ -92,13 +92,13 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   whose busiest SM has the least work (:func:`split_for_waves`).
 * Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K``, ``EVEN_DV`` and
   ``EVEN_D`` (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0, d_qk == BLOCK_D) make the query,
-  key and channel masks constant,
-  so that the loads and stores compile without predicates; and the dK/dV kernel reads lse in
-  base 2 (the dq kernel's or the preprocess's), not multiplying the lse of every score column
-  by log2(e) in every step (``LSE_LOG2``). Warp-instructions per score in the main loops (bf16,
-  sm90_report), before -> after: dK/dV 0.327 -> 0.303 at DCGAN 32^2, dq 0.283 -> 0.269 at
-  DCGAN 16^2, dq 0.80 -> 0.64 and dK 0.82 -> 0.66 at VGG 16^2; the fused dK/dV kernel's spills
-  76 -> 0 B at DCGAN 16^2 and 136 -> 32 B at VGG 32^2 (48 without ``EVEN_D``).
+  key and channel masks constant, so that the loads and stores compile without predicates; and
+  the dK/dV kernel reads lse in base 2 (the dq kernel's or the preprocess's), not multiplying
+  the lse of every score column by log2(e) in every step (``LSE_LOG2``). Warp-instructions per
+  score in the main loops (bf16, sm90_report), before -> after: dK/dV 0.327 -> 0.303 at DCGAN
+  32^2, dq 0.283 -> 0.263 at DCGAN 16^2, dq 0.80 -> 0.63 and dK 0.82 -> 0.66 at VGG 16^2; the
+  fused dK/dV kernel's spills 76 -> 0 B at DCGAN 16^2 and 136 -> 32 B at VGG 32^2 (48 without
+  ``EVEN_D``, which the launchers pass only where it added no spills).
 
 Precision: fp16/bf16 operands go to ``tl.dot`` as they are, with P and dS cast to the input
 dtype, and fp32 accumulation. fp32 operands use IEEE fp32 dots unless torch allows TF32 for
@@ -212,8 +212,8 @@ def _fwd_one_key_block(
     by chunk after its product; ``NORM_P`` false). At 256 keys and d_v = 128 (DCGAN 16^2) that is
     64 multiplies per thread instead of 128; P's values are in [0, 1] either way. Not in the FFMA
     tiles of fp32 (``fma``), where the output's scaling spilled 8312 B at DCGAN 16^2. With the
-    constant masks (``EVEN_DV``, ``EVEN_Q``), the DCGAN 16^2 forward went from 45.2 to 40.7 µs
-    modeled (issue-bound; 0.80 -> 0.89 of its floor, sm90_report, bf16)."""
+    constant masks (``EVEN_DV``, ``EVEN_Q``, ``EVEN_D``), the DCGAN 16^2 forward went from 45.2
+    to 40.4 µs modeled (issue-bound; 0.80 -> 0.89 of its floor, sm90_report, bf16)."""
     keys = tl.arange(0, BLOCK_K)
     if MASK_KEYS:
         k_ok = keys < M
@@ -946,9 +946,9 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
     DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each loaded
     again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
-    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``. At 64 channels (DCGAN
-    32^2, VGG 64^2) the chunks removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55),
-    so one dot stays there."""
+    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``. At 64
+    channels (DCGAN 32^2, VGG 64^2) the chunks removed 400 B of spills but modeled 7 % slower
+    (0.59 -> 0.55), so one dot stays there."""
     return 32 if fused and fma and block_dv >= 128 else block_dv
 
 
