@@ -210,6 +210,43 @@ def test_split_partial_sums(case, split):
         assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
 
 
+@pytest.mark.skipif(CUDA, reason="forces the FFMA configuration under the interpreter")
+@pytest.mark.parametrize("ffma", [False, True], ids=["summed-in-kernel", "ffma-torch-sum"])
+def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
+    """With a split, the last program of each tile sums the partial sums (``SUM_PARTIALS``, one
+    counter per tile); the FFMA kernels (fp32 "ieee" on a GPU, forced here) leave them to a torch
+    sum after the launch. Both against the float64 reference, dK and dV in separate launches."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    if ffma:
+        monkeypatch.setattr(ta, "interpreting", lambda: False)
+    flags = []
+
+    class Recorded:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            launch = self.fn[grid]
+
+            def run(*args, **kwargs):
+                flags.append((kwargs["SPLIT"], kwargs["SUM_PARTIALS"], kwargs["COMPUTE_DK"], kwargs["COMPUTE_DV"]))
+                return launch(*args, **kwargs)
+
+            return run
+
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Recorded(ta._bwd_dkdv_kernel))
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 40, 70, 8, 200))
+    out, lse = ta.forward(q, k, v, 0.5)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.5, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.5, split=3)
+    assert flags == [(3, not ffma, True, False), (3, not ffma, False, True)]
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
+
+
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
 @pytest.mark.parametrize(
     "case",
@@ -430,20 +467,23 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                                               (True, False, 4, False, False), (False, True, 1, False, False),
                                               (True, True, 4, False, True), (True, False, 4, False, True)):  # fmt: skip
             out = io if split == 1 else "*fp32"
-            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out,
-                        DQ=io if direct else "*fp32")  # fmt: skip
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=out, DV=out, DKO=io, DVO=io,
+                        Count="*i32" if split > 1 and not fma else out, DQ=io if direct else "*fp32")  # fmt: skip
             chunk = ta._dp_chunk(cfg["BLOCK_DV"], dk and dv, fma) if even else min(16, cfg["BLOCK_DV"])
-            flags = {"SPLIT": split, "COMPUTE_DK": dk, "COMPUTE_DV": dv, "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
+            flags = {"SPLIT": split, "SUM_PARTIALS": split > 1 and not fma, "COMPUTE_DK": dk, "COMPUTE_DV": dv,
+                     "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
                      "DP_CHUNK": chunk}  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
         if fma:  # the fused dK/dV at a 128-channel value tile, V dO^T in chunks (_dp_chunk)
             wide = ta._bwd_config(1024, 1024, 16, 128, fma)
             blocks = {k: v for k, v in wide.items() if k.startswith(("BLOCK", "DV_TILES"))}
-            flags = {"SPLIT": 1, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True, "DQ_DIRECT": False,
+            flags = {"SPLIT": 1, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True,
+                     "DQ_DIRECT": False,
                      "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
                      "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma)}  # fmt: skip
-            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DQ="*fp32")
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
+                        Count=io, DQ="*fp32")  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, wide)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")

@@ -253,9 +253,14 @@ def _attention_loops(launch: Launch) -> list[list]:
         inner = [Trip(t, optional=t == 1)] if dk_only or chunked else []
         tail = [Trip(0 if N % bq == 0 else t, optional=True)] if dk_only or chunked else []
         tail_batches = 0 if N % bq == 0 else split_len  # the masked last query block, after the main loop
+        # with a split, the sum of the partial sums (dK's, dV's): counted for every program,
+        # though only the last of a tile's SPLIT programs runs it
+        s = c.get("SPLIT", 1)
+        sums = [Trip(s, optional=True) for _ in range(bool(c.get("COMPUTE_DK")) + bool(c.get("COMPUTE_DV")))]
+        sums = sums if c.get("SUM_PARTIALS") else []
         return [
-            [Trip(split_len, [Trip(N // bq, inner, main=True)]), Trip(tail_batches, inner, optional=True)],
-            [Trip(split_len, [Trip(N // bq, inner, main=True), *tail])],
+            [Trip(split_len, [Trip(N // bq, inner, main=True)]), Trip(tail_batches, inner, optional=True), *sums],
+            [Trip(split_len, [Trip(N // bq, inner, main=True), *tail]), *sums],
         ]
     return [[]]
 
@@ -276,11 +281,13 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
     if name == "_bwd_dkdv_kernel":
         s = c.get("SPLIT", 1)
         dk, dv = bool(c.get("COMPUTE_DK")), bool(c.get("COMPUTE_DV"))
-        be = e if s == 1 else 4
-        out_b = s * CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0)) * be
+        grad = CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0))
+        out_b = grad * e if s == 1 else s * grad * 4  # the result, or fp32 partial sums
         red = 0.0
-        if s > 1:  # t.sum(0).to(dtype): read the fp32 partials, write the result
-            red = out_b + CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + (sizes["dv"] if dv else 0)) * e
+        if c.get("SUM_PARTIALS"):  # the last program of each tile stores the sum; it reads the
+            out_b += grad * e  # partials back within the wave that wrote them (L2), not counted
+        elif s > 1:  # t.sum(0).to(dtype): read the fp32 partials, write the result
+            red = out_b + grad * e
         what = "dK+dV" if dk and dv else ("dK" if dk else "dV")
         moved = q_b + o_b + lse_b * (2 if dk else 1) + kv_b + out_b
         if c.get("DQ_DIRECT"):  # reads O for delta (not delta), writes dQ
