@@ -941,7 +941,7 @@ def _set_group(weights, j, **fields):
 def _two_then_one_layers(x, states, weights, eps, cond, device):
     """Group 0 with two LSTM cells, group 1 with one (as built; group 0 gains a cell)."""
     s0, w0 = states[0], weights[0]
-    extra = CellWeights(*(t * 0.9 for t in w0.cells[0]))
+    extra = CellWeights(*(t * 0.9 for t in w0.cells[0][:4]))
     states = ((s0[0], (s0[0][0] * 0.5, s0[0][1] * 0.5)), states[1])
     weights = (w0._replace(cells=(w0.cells[0], extra)), weights[1])
     return x, states, weights, eps, cond

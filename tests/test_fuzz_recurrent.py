@@ -350,6 +350,8 @@ def _weights_from(m, kind, ref_params):
     swap = {id(p): r for p, r in zip(m.parameters(), ref_params)}
 
     def sub(obj):
+        if obj is None:  # CellWeights.bias, unset
+            return None
         if isinstance(obj, torch.Tensor):
             return swap[id(obj)]
         items = [sub(o) for o in obj]

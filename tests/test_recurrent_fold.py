@@ -50,6 +50,12 @@ def test_fold_is_the_same_function_in_float64():
             assert rel_err(a, b) < 1e-13
     f32 = fold_embedding(ws, torch.float32)
     assert {t.dtype for g in f32 for t in (g.cells[0].w_ih, g.mu_w, g.cells[0].w_hh)} == {torch.float32}
+    # every cell carries b_ih + b_hh, summed once from the biases as the step reads them
+    for c in [c for g in fold_embedding(ws) for c in g.cells] + list(f.cells):
+        assert c.bias.dtype == torch.float64 and torch.equal(c.bias, c.b_ih + c.b_hh)
+    bf = fold_embedding(make_lstm(37, 24, 9, 2), torch.bfloat16)
+    for c in bf.cells:
+        assert c.bias.dtype == torch.float32 and torch.equal(c.bias, c.b_ih.float() + c.b_hh.float())
 
 
 def test_fold_rejects_what_it_cannot_fold():
@@ -75,6 +81,14 @@ def test_folded_step_input_checks():
         lstm_step(x, state, bad, backend="torch")
     with pytest.raises(ValueError, match="embed_b is not"):
         lstm_step(x, state, w._replace(embed_b=torch.zeros(16, dtype=torch.float64)), backend="torch")
+    for bias, err, msg in (
+        (w.cells[0].bias.float(), TypeError, r"cells\[0\].bias \(b_ih \+ b_hh, summed once\) has dtype torch.float32, "
+         r"expected torch.float64"),
+        (w.cells[0].bias[:60], ValueError, r"cells\[0\].bias has shape \(60,\), expected \(64,\)"),
+        ("b", TypeError, r"cells\[0\].bias must be a torch.Tensor or None, got str"),
+    ):  # fmt: skip
+        with pytest.raises(err, match=msg):
+            lstm_step(x, state, w._replace(cells=(w.cells[0]._replace(bias=bias),)), backend="torch")
     ws = make_gaussian(10, 16, 2, 2, 1)
     fs = fold_embedding(ws)
     states, eps = _states(3, 16, 1, 2, 5), torch.randn(3, 4, dtype=torch.float64)

@@ -898,7 +898,7 @@ COMPILE_CHECK = textwrap.dedent(
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
         DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=False,
         BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, KA_EVEN=False,
-        H_EVEN=True, MERGED=True, A2_VEC=4, grid=(1,), **sm)
+        H_EVEN=True, MERGED=True, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
     wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
@@ -906,9 +906,9 @@ COMPILE_CHECK = textwrap.dedent(
         HEAD_IN=False, HEAD_OUT=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=1, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, KA_EVEN=False, H_EVEN=False,
-        MERGED=True, A2_VEC=8, grid=(1,), **sm)
+        MERGED=True, A2_VEC=8, ONE_BIAS=False, grid=(1,), **sm)
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
-    # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
+    # the gates in four dots (fp32 "ieee"'s way) with a masked K loop; b_ih + b_hh summed once (ONE_BIAS)
     ld = -(-(n_in + 2 * Zg) // 8) * 8
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
@@ -916,7 +916,7 @@ COMPILE_CHECK = textwrap.dedent(
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False,
         DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
-        MERGED=False, A2_VEC=4, grid=(1,), **sm)
+        MERGED=False, A2_VEC=4, ONE_BIAS=True, grid=(1,), **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
     # from the fp32 buffer the first group's launch drew) and the output layer
     cb = sp.split_config(B, H)
@@ -927,11 +927,12 @@ COMPILE_CHECK = textwrap.dedent(
     bparts = (e(8, B, Zg, 2), b(Zg), b(Zg), b(Zg, H), b(Zg, H), e(8, B, Zg, 2))
     sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, Zg, b(B, H), b(B, H), b(B, H),
         *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), *bt(2, 4 * H), *bt(2, B, H), b(B, 4 * H), B, H, EMBED=False,
+        offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), e(4 * H), b(4 * H), *bt(2, B, H), b(B, 4 * H), B, H,
+        EMBED=False,
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
-        MERGED=True, A2_VEC=8, grid=(1,), **smb)
+        MERGED=True, A2_VEC=8, ONE_BIAS=True, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
     sp._split_heads_kernel.warmup(e(8, B, Zg, 2), e(Zg), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), Zg, Zg,
         Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, BLOCK_B=sp.HEAD_ROWS,

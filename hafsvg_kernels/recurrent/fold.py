@@ -47,9 +47,13 @@ def _fold_one(w, dtype):
     folded_b = (first.b_ih.to(wide) + w_ih @ w.embed_b.to(wide)).to(dtype or first.b_ih.dtype)
     cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
     cells = (
-        CellWeights(folded_w, cast(first.w_hh), folded_b, cast(first.b_hh)),
-        *(CellWeights(*(cast(t) for t in c)) for c in w.cells[1:]),
+        (folded_w, cast(first.w_hh), folded_b, cast(first.b_hh)),
+        *((cast(c.w_ih), cast(c.w_hh), cast(c.b_ih), cast(c.b_hh)) for c in w.cells[1:]),
     )
+    # b_ih + b_hh summed once, in float32 (float64 for float64 results), from the biases as the
+    # step reads them
+    acc = torch.float64 if (dtype or w.embed_w.dtype) == torch.float64 else torch.float32
+    cells = tuple(CellWeights(*c, bias=c[2].to(acc) + c[3].to(acc)) for c in cells)
     rest = {k: cast(v) for k, v in w._asdict().items() if k not in ("embed_w", "embed_b", "cells")}
     return type(w)(embed_w=None, embed_b=None, cells=cells, **rest)
 
@@ -66,7 +70,8 @@ def fold_embedding(weights, dtype: torch.dtype | None = None):
     Returns:
         The same structure with ``embed_w = embed_b = None``, the first cell's ``w_ih`` (4H, I) =
         W_ih W_embed (a view with rows ``ROW_ALIGN``-aligned, unit column stride) and ``b_ih`` =
-        b_ih + W_ih b_embed. :func:`~hafsvg_kernels.lstm_step` and
+        b_ih + W_ih b_embed; every cell's ``bias`` = b_ih + b_hh in float32 (float64 for float64
+        weights), summed once. :func:`~hafsvg_kernels.lstm_step` and
         :func:`~hafsvg_kernels.gaussian_lstm_step` take them (backends "torch" and "triton"; the
         Triton kernels forward only: with gradients they refuse, and the torch backend runs).
     """

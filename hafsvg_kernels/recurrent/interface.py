@@ -203,7 +203,22 @@ def _check_stack(op, x, state, w, prefix=""):
         k_in = n_in if i == 0 and w.embed_w is None else H
         for name, shape in (("w_ih", (4 * H, k_in)), ("w_hh", (4 * H, H)), ("b_ih", (4 * H,)), ("b_hh", (4 * H,))):
             _check_weight(op, f"{prefix}cells[{i}].{name}", getattr(cw, name), shape, x)
+        if getattr(cw, "bias", None) is not None:
+            _check_bias(op, f"{prefix}cells[{i}].bias", cw.bias, 4 * H, x)
     return H
+
+
+def _check_bias(op, name, t, n, x):
+    """A cell's optional summed bias b_ih + b_hh: (n,), float32 (float64 for float64 x), x's device."""
+    want = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor or None, got {type(t).__name__}")
+    if tuple(t.shape) != (n,):
+        raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}, expected ({n},)")
+    if t.dtype != want:
+        raise TypeError(f"{op}: {name} (b_ih + b_hh, summed once) has dtype {t.dtype}, expected {want}")
+    if t.device != x.device:
+        raise ValueError(f"{op}: {name} is on {t.device}, expected {x.device} (that of x)")
 
 
 def _check_x(op, x, in_features):

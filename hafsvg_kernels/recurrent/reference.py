@@ -19,6 +19,10 @@ class CellWeights(NamedTuple):
     w_hh: torch.Tensor  # (4H, H)
     b_ih: torch.Tensor  # (4H,)
     b_hh: torch.Tensor  # (4H,)
+    #: optional, (4H,) b_ih + b_hh in float32 (float64 for float64 weights), summed once for steps
+    #: that reuse the weights (``fold_embedding`` sets it): the split Triton cells load it instead
+    #: of the two biases. The other backends use b_ih and b_hh.
+    bias: torch.Tensor | None = None
 
 
 class LSTMWeights(NamedTuple):

@@ -282,10 +282,13 @@ def _cell_rows(
 
 
 @triton.jit
-def _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, scale):
-    """(b_ih[n] + b_hh[n]) * scale in fp32: (BLOCK_N,)."""
+def _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, scale, ONE_BIAS: tl.constexpr):
+    """(b_ih[n] + b_hh[n]) * scale in fp32: (BLOCK_N,); ``ONE_BIAS``: b_ih_ptr holds that sum in
+    fp32 already (``CellWeights.bias``), b_hh_ptr is not read."""
     b = tl.load(b_ih_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
-    return (b + tl.load(b_hh_ptr + n, mask=n_mask, other=0.0).to(tl.float32)) * scale
+    if not ONE_BIAS:
+        b += tl.load(b_hh_ptr + n, mask=n_mask, other=0.0).to(tl.float32)
+    return b * scale
 
 
 @triton.jit
@@ -297,15 +300,17 @@ def _cell_update(
     gates_ptr,  # (B, 4H) activated gates i, f, g, o (written when SAVE_GATES)
     rows, row_mask, n, n_mask, H,
     SAVE_GATES: tl.constexpr,
+    ONE_BIAS: tl.constexpr = False,  # b_ih_ptr: b_ih + b_hh in fp32 (4H,), b_hh_ptr unused (_bias_scaled)
 ):
     """The pointwise part of an LSTMCell for rows x hidden units n: biases, activations, c', h'.
     Returns h' (BLOCK_B, BLOCK_N) in the output dtype, as stored."""
     dtype = h_new_ptr.dtype.element_ty
     s_sig, s_tanh = _act_scale(dtype, True), _act_scale(dtype, False)
-    i = _act(acc_i, _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, s_sig)[None, :], dtype, True)
-    f = _act(acc_f, _bias_scaled(b_ih_ptr + H, b_hh_ptr + H, n, n_mask, s_sig)[None, :], dtype, True)
-    g = _act(acc_g, _bias_scaled(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, n, n_mask, s_tanh)[None, :], dtype, False)
-    o = _act(acc_o, _bias_scaled(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, n, n_mask, s_sig)[None, :], dtype, True)
+    i = _act(acc_i, _bias_scaled(b_ih_ptr, b_hh_ptr, n, n_mask, s_sig, ONE_BIAS)[None, :], dtype, True)
+    f = _act(acc_f, _bias_scaled(b_ih_ptr + H, b_hh_ptr + H, n, n_mask, s_sig, ONE_BIAS)[None, :], dtype, True)
+    g = _act(acc_g, _bias_scaled(b_ih_ptr + 2 * H, b_hh_ptr + 2 * H, n, n_mask, s_tanh, ONE_BIAS)[None, :], dtype,
+             False)  # fmt: skip
+    o = _act(acc_o, _bias_scaled(b_ih_ptr + 3 * H, b_hh_ptr + 3 * H, n, n_mask, s_sig, ONE_BIAS)[None, :], dtype, True)
     mask = row_mask[:, None] & n_mask[None, :]
     off = rows[:, None] * H + n[None, :]
     c = tl.load(c_ptr + off, mask=mask, other=0.0).to(tl.float32)

@@ -369,7 +369,7 @@ def _flatten(states, weights):
     for s, w in zip(states, weights):
         flat += [h for h, _ in s] + [c for _, c in s] + [w.embed_w, w.embed_b]
         for cw in w.cells:
-            flat += list(cw)
+            flat += list(cw[:4])  # not the optional summed bias (forward-only, folded weights)
         flat += [w.mu_w, w.mu_b, w.logvar_w, w.logvar_b]
     return flat
 

@@ -438,7 +438,7 @@ class LSTMStepFunction(torch.autograd.Function):
 def _flatten_lstm(state, w: LSTMWeights):
     flat = [h for h, _ in state] + [c for _, c in state] + [w.embed_w, w.embed_b]
     for cw in w.cells:
-        flat += list(cw)
+        flat += list(cw[:4])  # not the optional summed bias (forward-only, folded weights)
     return flat + [w.out_w, w.out_b]
 
 

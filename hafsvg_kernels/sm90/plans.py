@@ -512,7 +512,8 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "stride_eps": Zt if noise else 0, "z_ptr": io,
         "mu_ptr": io, "lv_ptr": io, "col0": col0, "Z_total": Zt if noise else H,
         "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
-        "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": io, "b_hh": io, "h_new_ptr": io, "c_new_ptr": io,
+        "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": Ptr("fp32") if folded and merged else io, "b_hh": io,
+        "h_new_ptr": io, "c_new_ptr": io,
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
@@ -526,14 +527,15 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
         "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
         "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2, not embed and merged),
+        "ONE_BIAS": folded and merged,  # fold_embedding's cells carry b_ih + b_hh (fp32): tensor-core cells
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
     loops.append(Trip(cdiv(H, bk)))
     if embed:
         w = 8 * H * H + 8 * H + K_in * H + H
-    else:
-        w = 4 * H * (K_in if first else H) + 4 * H * H + 8 * H
+    else:  # the two biases, or their fp32 sum (folded), in elements of the step's dtype
+        w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if folded and merged else 8 * H)
     w += extra_w
     # input, h/c in, h/c out; the fp32 noise written (draw_all) or read (the later groups' heads)
     act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act + (B * Zt * 4 // e if pre and draw_all else 0)
