@@ -910,10 +910,13 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     constant masks and the base-2 lse (module docstring) none and 32 B.
     On the sm_90 code, 8 warps at d_v >= 128 laid each 64 x 64 score tile over both warpgroups,
     computing every score twice: 2.0 MUFU.EX2 per score instead of 1.0 (DCGAN 16^2 row, both
-    kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). BLOCK_DV = 64 when d_v >
-    128: with 128-channel chunks the dq and dK-alone kernels at d_v = 256 on 4 warps used 984 and
-    1056 bytes of stack (spilling inside the key loop), with 64-channel chunks none (sm90_report,
-    DCGAN 8^2 row); the dV-alone launch takes 128 at more keys than one block (:func:`_dv_config`).
+    kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). When d_v > 128, BLOCK_DV
+    = 64 with all keys in one block (M <= 64) or on FFMA dots, else 128. In one key block the dK
+    programs that also store dQ spilled at 128-channel chunks: 40-272 B at DCGAN 8^2, DCGAN 4^2
+    and VGG 8^2 (sm90_report, bf16; 984-1056 B of stack before the constant masks), none at 64.
+    With more keys (VGG 16^2: 256 keys, d_v 256) 128-channel chunks spill nothing and halve the
+    chunk loops: dK 81.6 -> 78.8 µs modeled, dq 0.63 -> 0.58 warp-instructions per score (still
+    bound by its bytes); the dV-alone launch takes 128 there too (:func:`_dv_config`).
     DV_TILES = cdiv(d_v, BLOCK_DV).
 
     ``fma`` (fp32 with IEEE dots on a GPU: FFMA dots, see ``_fwd_config``): 32 x 32 score tiles
@@ -932,7 +935,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     fma_one_block = fma and M <= 64 and not interpreting()  # 16 x M tiles, all keys in one block
     block_q = _pow2(N, hi=16 if fma_one_block else fma_tile if fma else 64)
     block_k = _pow2(M, hi=64 if fma_one_block else fma_tile if fma else 64)
-    block_dv = _pow2(d_v, hi=128) if d_v <= 128 else 64
+    block_dv = _pow2(d_v, hi=128) if d_v <= 128 or (M > 64 and not fma) else 64
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
