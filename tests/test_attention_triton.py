@@ -214,8 +214,9 @@ def test_split_partial_sums(case, split):
 @pytest.mark.parametrize("ffma", [False, True], ids=["summed-in-kernel", "ffma-torch-sum"])
 def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
     """With a split, the last program of each tile sums the partial sums (``SUM_PARTIALS``, one
-    counter per tile); the FFMA kernels (fp32 "ieee" on a GPU, forced here) leave them to a torch
-    sum after the launch. Both against the float64 reference, dK and dV in separate launches."""
+    counter per tile, each counted up to SPLIT by the launch); the FFMA kernels (fp32 "ieee" on a
+    GPU, forced here) leave them to a torch sum after the launch. Both against the float64
+    reference, dK and dV in separate launches (two value tiles, ragged keys)."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     if ffma:
@@ -231,7 +232,11 @@ def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
 
             def run(*args, **kwargs):
                 flags.append((kwargs["SPLIT"], kwargs["SUM_PARTIALS"], kwargs["COMPUTE_DK"], kwargs["COMPUTE_DV"]))
-                return launch(*args, **kwargs)
+                launch(*args, **kwargs)
+                count = args[11]  # the tiles' counters: every program of every tile counted once
+                if kwargs["SUM_PARTIALS"]:
+                    assert count.dtype == torch.int32 and count.numel() == grid[1] * grid[2] * grid[0] // 3
+                    assert (count == kwargs["SPLIT"]).all(), count
 
             return run
 
@@ -655,7 +660,11 @@ def test_cuda_auto_prefers_triton_and_refuses_float64():
 
 
 @needs_cuda
-@pytest.mark.parametrize("case", [(64, 16, 256, 128, 16), (64, 16, 64, 256, 32)], ids=["fused", "dk-and-dv-apart"])
+@pytest.mark.parametrize(
+    "case",
+    [(64, 16, 256, 128, 16), (64, 16, 64, 256, 32), (32, 8, 100, 200, 32), (16, 4, 600, 128, 16)],
+    ids=["fused", "dk-and-dv-apart", "ragged-dv-tiles-of-128", "single-pass"],
+)
 def test_gpu_split_sum_is_deterministic(case):
     """The dK/dV split summed in the kernel (the last program of each tile adds the partial sums in
     split order) on real concurrency: against the float64 reference, and bit for bit the same

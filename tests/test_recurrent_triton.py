@@ -908,7 +908,7 @@ COMPILE_CHECK = textwrap.dedent(
         BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, KA_EVEN=False, H_EVEN=False,
         MERGED=True, A2_VEC=8, ONE_BIAS=False, grid=(1,), **sm)
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
-    # the gates in four dots (fp32 "ieee"'s way) with a masked K loop; b_ih + b_hh summed once (ONE_BIAS)
+    # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
     ld = -(-(n_in + 2 * Zg) // 8) * 8
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
@@ -916,9 +916,10 @@ COMPILE_CHECK = textwrap.dedent(
         HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False,
         DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
-        MERGED=False, A2_VEC=4, ONE_BIAS=True, grid=(1,), **sm)
+        MERGED=False, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
-    # from the fp32 buffer the first group's launch drew) and the output layer
+    # from the fp32 buffer the first group's launch drew; b_ih + b_hh summed once, ONE_BIAS) and the
+    # output layer
     cb = sp.split_config(B, H)
     smb = dict(BLOCK_B=cb.block_b, BLOCK_N=cb.block_n, BLOCK_K=cb.block_k, num_warps=cb.num_warps,
                num_stages=cb.num_stages, PRECISION="ieee")

@@ -87,7 +87,9 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   order (still deterministic) and stores dK/dV in q's dtype. Before, a torch ``sum`` and cast
   after the launch re-read the partial sums from HBM: 3.1 µs of the DCGAN 16^2 backward (142.0
   -> 138.9 µs modeled, bf16; the row 0.590 -> 0.601 of the floor), 2.0 at DCGAN 8^2, 3.8 at VGG
-  16^2, and 2-4 launches fewer per backward. Full query blocks run unmasked; the
+  16^2, and one to three launches fewer per backward (one zero-fill of the counters per split
+  launch, where a sum and, below fp32, a cast ran per gradient). The FFMA kernels (fp32 "ieee")
+  keep the torch sum (``backward``). Full query blocks run unmasked; the
   tail query blocks (when BLOCK_Q does not divide N) run in a loop of their own afterwards, with
   the query mask and the select that keeps NaN (padded query row against an infinite key) out.
   When rk == rv and d_v fits one tile, one launch computes dK and dV together (P is computed
@@ -807,8 +809,10 @@ def _sum_partials(
     at = rows[:, None] * sr + cols[None, :] * sc
     ok = rows_ok[:, None] & cols_ok[None, :]
     acc = tl.zeros([BLOCK_R, BLOCK_C], dtype=ACC_DTYPE)
-    for j in range(SPLIT):
-        acc += tl.load(P + j * ss + at, mask=ok, other=0.0, cache_modifier=".cg")
+    p = P + at
+    for _ in range(SPLIT):  # the pointers step by ss: no 32-bit j * ss product to overflow
+        acc += tl.load(p, mask=ok, other=0.0, cache_modifier=".cg")
+        p += ss
     tl.store(Out + at, acc.to(Out.dtype.element_ty), mask=ok)
 
 

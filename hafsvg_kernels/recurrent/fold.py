@@ -70,8 +70,8 @@ def fold_embedding(weights, dtype: torch.dtype | None = None):
     Returns:
         The same structure with ``embed_w = embed_b = None``, the first cell's ``w_ih`` (4H, I) =
         W_ih W_embed (a view with rows ``ROW_ALIGN``-aligned, unit column stride) and ``b_ih`` =
-        b_ih + W_ih b_embed; every cell's ``bias`` = b_ih + b_hh in float32 (float64 for float64
-        weights), summed once. :func:`~hafsvg_kernels.lstm_step` and
+        b_ih + W_ih b_embed; every cell's ``bias`` = b_ih + b_hh in float32 (float64 for a float64
+        result), summed once (fold again after changing a bias). :func:`~hafsvg_kernels.lstm_step` and
         :func:`~hafsvg_kernels.gaussian_lstm_step` take them (backends "torch" and "triton"; the
         Triton kernels forward only: with gradients they refuse, and the torch backend runs).
     """

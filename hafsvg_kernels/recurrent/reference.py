@@ -20,8 +20,10 @@ class CellWeights(NamedTuple):
     b_ih: torch.Tensor  # (4H,)
     b_hh: torch.Tensor  # (4H,)
     #: optional, (4H,) b_ih + b_hh in float32 (float64 for float64 weights), summed once for steps
-    #: that reuse the weights (``fold_embedding`` sets it): the split Triton cells load it instead
-    #: of the two biases. The other backends use b_ih and b_hh.
+    #: that reuse the weights (``fold_embedding`` sets it): the split Triton cells on the tensor
+    #: cores load it instead of the two biases; the other backends (and the torch.compile route,
+    #: which passes four tensors per cell) use b_ih and b_hh. It must equal b_ih + b_hh: after
+    #: changing a bias, fold again or set it to None.
     bias: torch.Tensor | None = None
 
 
