@@ -15,8 +15,8 @@ for ``fwd`` (under ``no_grad``, as in sampling) and ``fwd+bwd`` (gradients of x 
 weight for fixed random output gradients), with the implementations
 
 * ``fused``: :func:`hafsvg_kernels.recurrent.gaussian_lstm_step` / ``lstm_step`` with
-  ``backend="triton"`` (on a GPU one launch per cell over rows x hidden units: G + 1 for the prior,
-  L + 1 for the predictor), noise passed in;
+  ``backend="triton"`` (on a GPU one launch per cell over rows x hidden units: G for the prior, and
+  a memset of its row blocks' counters, L + 1 for the predictor), noise passed in;
 * ``fused-row``: the same in the row design (``HAFSVG_RECURRENT_SPLIT=0``: one launch per step);
 * ``fused-philox`` (prior only): the same with the noise drawn in-kernel from a seed;
 * ``fused-folded`` (``fwd``): ``fused`` on the weights with each embedding folded into the first

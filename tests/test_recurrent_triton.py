@@ -284,9 +284,10 @@ def test_gaussian_step_eps_passed_in_equals_reference_exactly_enough():
     torch.testing.assert_close(z - mu, torch.exp(0.5 * lv) * eps, rtol=1e-5, atol=1e-5)
 
 
-# (B, n_in, H, Zg, G, L, with_cond): group widths whose z is spread 8 (Zg 1) and 8 (Zg 2) times into
-# the dot's 16 columns, over 16 columns (33: a 64-wide heads tile), 64 with 64-row blocks (the
-# partial sums summed in a loop, not unrolled), 3 layers (a middle cell without heads)
+# (B, n_in, H, Zg, G, L, with_cond): group widths of 1 and 2 (the earlier groups' z a narrow input
+# part of the next launch), over 16 columns (33: a 64-wide heads tile), 64 with 64-row blocks and
+# three row blocks, the last ragged (the partial sums summed in a loop, not unrolled), 3 layers (a
+# middle cell without heads)
 SPLIT_HEAD_CASES = [
     (7, 24, 200, 1, 3, 1, False),
     (7, 24, 200, 2, 2, 3, True),
@@ -298,8 +299,9 @@ SPLIT_HEAD_CASES = [
 @pytest.mark.parametrize("merged", [False, True], ids=["four-dots", "merged"])
 @pytest.mark.parametrize("B,n_in,H,Zg,G,L,with_cond", SPLIT_HEAD_CASES)
 def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_cond, merged):
-    """The split design's heads, summed from the partial sums of the previous launch, against the
-    float64 reference (forward) at group widths and depths the other cases do not reach."""
+    """The split design's heads, summed from the partial sums by the last program of each row block
+    of the group's launch, against the float64 reference (forward) at group widths and depths the
+    other cases do not reach."""
     import triton
 
     from hafsvg_kernels.recurrent import triton_split
@@ -316,11 +318,13 @@ def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_c
     check_close(out, gaussian_lstm_step_ref(xr, sr, wr, epsr, condr), FP32_TOL, "forward (z, mu, logvar, states)")
 
 
+@pytest.mark.parametrize("save", [True, False], ids=["saved", "sampling"])
 @pytest.mark.parametrize("with_cond", [False, True])
-def test_split_design_equals_row_design(monkeypatch, with_cond):
+def test_split_design_equals_row_design(monkeypatch, with_cond, save):
     """The split design computes what the one-launch design does, bit for bit up to the order of
-    the K sums: the same in-kernel noise (drawn by the heads of the next group's launch or of the
-    last launch), the same saved tensors for backward, from a device offset too."""
+    the K sums: the same in-kernel noise (saved: drawn by the last program of each row block with
+    its group's heads; sampling: every group's, by the first launch into an fp32 buffer), the same
+    saved tensors for backward, from a device offset too."""
     from hafsvg_kernels.recurrent import triton_gaussian, triton_lstm
 
     B, n_in, H, Zg, G, L = 130, 24, 200, 6, 3, 1
@@ -331,23 +335,28 @@ def test_split_design_equals_row_design(monkeypatch, with_cond):
     res = {}
     for mode in ("0", "1"):
         monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", mode)
-        g = triton_gaussian.forward(x, s, w, None, cond, seed=11, offset=torch.tensor(77, device=DEV), save=True)
-        p = triton_lstm.forward(xl, ls, lw, save=True)
-        res[mode] = (g[:5], g[5], p[:3], p[3])
+        g = triton_gaussian.forward(x, s, w, None, cond, seed=11, offset=torch.tensor(77, device=DEV), save=save)
+        p = triton_lstm.forward(xl, ls, lw, save=save)
+        res[mode] = (g[:5], g[5], p[:3], p[3]) if save else (g[:5], p[:3])
     for a, b in zip(leaves(res["0"]), leaves(res["1"]), strict=True):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+    # the heads' partial sums are added in a fixed order whichever program finishes last: the same
+    # bits on a second run (on a GPU the programs' order varies between runs)
+    again = triton_gaussian.forward(x, s, w, None, cond, seed=11, offset=torch.tensor(77, device=DEV), save=save)
+    for a, b in zip(leaves(res["1"][0]), leaves(again[:5]), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_split_design_launch_count_and_grid(monkeypatch):
-    """G * L + 1 launches for the Gaussian step (G + 1 at one cell per group), L + 1 for the
-    predictor, each over row blocks x hidden-unit (or output) blocks."""
+    """G * L launches for the Gaussian step (the last program of each row block sums the heads of
+    its group), L + 1 for the predictor, each over row blocks x hidden-unit (or output) blocks."""
     import triton
 
     from hafsvg_kernels.recurrent import triton_gaussian, triton_split
 
     monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1")
     grids = []
-    for name in ("_split_cell_kernel", "_split_heads_kernel", "_split_linear_tanh_kernel"):
+    for name in ("_split_cell_kernel", "_split_linear_tanh_kernel"):
         fn = getattr(triton_split, name)
 
         class Spy:
@@ -361,7 +370,7 @@ def test_split_design_launch_count_and_grid(monkeypatch):
     triton_gaussian.forward(x, s, w, eps)
     cfg = triton_split.split_config(B, H, fp32=True)  # the launcher's tiles for these fp32 inputs
     cell = ("_split_cell_kernel", (triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n)))
-    assert grids == [cell] * G + [("_split_heads_kernel", (triton.cdiv(B, triton_split.HEAD_ROWS),))]
+    assert grids == [cell] * G
     assert cell[1][1] > 1, "the hidden units are split across programs"
 
 
@@ -886,35 +895,37 @@ COMPILE_CHECK = textwrap.dedent(
     from hafsvg_kernels.recurrent import triton_split as sp
     c = sp.split_config(B, H, True, True)  # fp32 where torch allows TF32 ("tf32x3" dots)
     widest = sp.embed_chunk(c, True)
-    (ac, ba), (a2c, ba2) = sp._part_tiles(n_in, widest), sp._part_tiles(Zg, widest)
+    (ac, ba), (a2c, ba2) = sp._part_tiles(n_in, widest), sp._part_tiles(2 * Zg, widest)
     sm = dict(BLOCK_B=c.block_b, BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.num_warps,
               num_stages=c.num_stages, PRECISION="tf32x3")
     offset = torch.empty((), dtype=torch.int64)
-    # the previous group's heads' partial sums and biases, this group's heads and its partial sums
-    parts = (e(8, B, Zg, 2), e(Zg), e(Zg), e(Zg, H), e(Zg, H), e(8, B, Zg, 2))
-    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(H, n_in + 2 * Zg), e(H), e(B, H),
+    # the group's heads, their biases, partial sums and the row blocks' counters (a third group:
+    # the earlier two groups' z are the input's second part)
+    counts = torch.empty(4, dtype=torch.int32)
+    parts = (e(Zg, H), e(Zg, H), e(Zg), e(Zg), e(8, B, Zg, 2), counts)
+    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, e(H, n_in + 2 * Zg), e(H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
-        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=False,
+        HEAD_OUT=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
+        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=False,
         BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, KA_EVEN=False,
         H_EVEN=True, MERGED=True, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
     wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
     sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_IN=False, HEAD_OUT=False, Z_REG=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=1, PARTS_UNROLLED=True,
+        HEAD_OUT=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=1, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, KA_EVEN=False, H_EVEN=False,
         MERGED=True, A2_VEC=8, ONE_BIAS=False, grid=(1,), **sm)
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
     # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
     ld = -(-(n_in + 2 * Zg) // 8) * 8
-    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, Zg, e(B, H), e(B, H), e(B, H),
+    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, e(B, H), e(B, H), e(B, H),
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
-        HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=False,
-        DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
+        HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=True, STORE_EPS=False,
+        DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
         MERGED=False, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
@@ -925,19 +936,16 @@ COMPILE_CHECK = textwrap.dedent(
                num_stages=cb.num_stages, PRECISION="ieee")
     b = lambda *s: torch.empty(*s, dtype=torch.bfloat16)
     bt = lambda n, *s: tuple(b(*s) for _ in range(n))
-    bparts = (e(8, B, Zg, 2), b(Zg), b(Zg), b(Zg, H), b(Zg, H), e(8, B, Zg, 2))
-    sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, Zg, b(B, H), b(B, H), b(B, H),
+    bparts = (b(Zg, H), b(Zg, H), b(Zg), b(Zg), e(8, B, Zg, 2), counts)
+    sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, 2 * Zg, b(B, H), b(B, H), b(B, H),
         *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), e(4 * H), b(4 * H), *bt(2, B, H), b(B, 4 * H), B, H,
         EMBED=False,
-        HEAD_IN=True, HEAD_OUT=True, Z_REG=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z=16, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
+        HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
+        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
         MERGED=True, A2_VEC=8, ONE_BIAS=True, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
-    sp._split_heads_kernel.warmup(e(8, B, Zg, 2), e(Zg), e(Zg), e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), Zg, Zg,
-        Zt, 1234, 0, offset, B, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True, BLOCK_B=sp.HEAD_ROWS,
-        BLOCK_Z=16, N_PARTS=8, grid=(1,))
     sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)
     print("COMPILED")
     """

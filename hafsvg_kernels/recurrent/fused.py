@@ -87,7 +87,7 @@ class FusedGaussianLSTM(GaussianLSTM):
 
 class FusedHierarchicalGaussianLSTM(HierarchicalGaussianLSTM):
     """HAF-SVG's G-group Gaussian LSTM (group j: a ``gaussian_lstm`` reading [x, z^{1:j-1}]),
-    fused: G + 1 launches per step on CUDA (one cell per group); ``forward(x, eps=None, cond=None)``."""
+    fused: G launches per step on CUDA (one cell per group); ``forward(x, eps=None, cond=None)``."""
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, groups, batch_size=None, backend="auto"):
         super().__init__(input_size, output_size, hidden_size, n_layers, groups, batch_size, backend)

@@ -396,7 +396,8 @@ def _head_tile(
         acc_mu = tl.zeros((BLOCK_B, BLOCK_Z), dtype=tl.float32)
         acc_lv = tl.zeros((BLOCK_B, BLOCK_Z), dtype=tl.float32)
     else:  # per-lane partial sums, reduced across threads once after the loop, not every K step:
-        # the heads launch (8 rows, Zg = 4, bf16, sm_90a) 2377 -> 1129 instructions per warp
+        # measured in a heads launch of 8 rows since removed (Zg = 4, bf16, sm_90a): 2377 -> 1129
+        # instructions per warp
         acc3_mu = tl.zeros((BLOCK_B, BLOCK_K, BLOCK_Z), dtype=tl.float32)
         acc3_lv = tl.zeros((BLOCK_B, BLOCK_K, BLOCK_Z), dtype=tl.float32)
     for k0 in range(0, H, BLOCK_K):
@@ -467,23 +468,14 @@ def _widen(x, WIDTH: tl.constexpr):
     return tl.sum(x[:, :, None] * sel[None, :, :], axis=1)
 
 
-@triton.jit
-def _spread(x, F: tl.constexpr):
-    """(R, C) -> (R, C * F) for F a power of two: column c of x at column F * c, zeros between, in
-    registers (each join pairs a column with a zero; no shared memory, no products)."""
-    if F > 1:
-        x = tl.join(x, tl.zeros_like(x)).reshape(x.shape[0], 2 * x.shape[1])
-        x = _spread(x, F // 2)
-    return x
-
-
 # The split step (:mod:`.triton_split`) does not recompute a group's heads from its whole h' in every
 # program of the next launch: each program of the group's top cell multiplies the h' tile it has just
 # computed (its rows x its BLOCK_N hidden units, rounded to the output dtype as stored) with those
 # units' columns of the heads' weights, and stores the (rows x 2 Zg) fp32 partial sums, mu's and
-# logvar's columns interleaved; the next launch adds its rows' partials of the H / BLOCK_N hidden
-# blocks, loaded as (rows, columns, 2) tiles of the group's width (not the 16 columns tl.dot pads
-# it to) and split. The sums' order differs from one GEMM over H (fp32 rounding only).
+# logvar's columns interleaved; the last program of the row block to finish (a semaphore, in the
+# same launch) adds the partials of the H / BLOCK_N hidden blocks, loaded as (rows, 2 Zg) tiles of
+# the group's width (not the 16 columns tl.dot pads it to), and splits the sum into mu's and
+# logvar's. The sums' order differs from one GEMM over H (fp32 rounding only).
 
 
 @triton.jit
@@ -516,23 +508,27 @@ def _head_from_parts(
     PARTS_UNROLLED: tl.constexpr,  # their loads unrolled, in flight together (parts_unrolled), or a loop
 ):  # fmt: skip
     """:func:`_head_tile` from the partial sums: the same outputs and return value."""
-    # (rows, columns, mu / logvar) tiles, split without a reshape: loaded as (rows, 2 BLOCK_Z) and
-    # reshaped, each of the 8 loads went through shared memory to the split's layout in the later
-    # folded groups (moving-mnist bf16: groups 3-4 2127 -> 2027 instructions per warp, group 2 1901
-    # -> 1964, where the compiler still converts each load; sm_90a). A constant Zg: the rows'
-    # alignment is known, vector loads.
-    cz = z0 + tl.arange(0, BLOCK_Z)
-    off = rows[:, None, None] * (2 * Zg) + (2 * cz)[None, :, None] + tl.arange(0, 2)[None, None, :]
-    mask = row_mask[:, None, None] & (cz < Zg)[None, :, None]
-    acc = tl.zeros((BLOCK_B, BLOCK_Z, 2), dtype=tl.float32)
+    # Summed as (rows, 2 BLOCK_Z) tiles and split into mu's and logvar's columns once, after the
+    # sum: loaded as (rows, columns, mu / logvar) tiles the loads were 8 bytes wide, one layout
+    # conversion per tile when reshaped each. bair bf16 folded, group 2, instructions per warp and
+    # program with the last program's tail counted in full: (rows, columns, 2) tiles 2254, summed
+    # as (rows, 2 BLOCK_Z) 2093, rows past B clamped rather than masked (no registers zeroed per
+    # load) 2036 (sm_90a). A constant Zg: the rows' alignment is known, 16-byte loads.
+    c2 = 2 * z0 + tl.arange(0, 2 * BLOCK_Z)
+    # rows past B read row B - 1 (never stored): unmasked loads, no registers zeroed per load
+    off = tl.minimum(rows, B - 1)[:, None] * (2 * Zg) + c2[None, :]
+    mask = (c2 < 2 * Zg)[None, :]
+    acc2 = tl.zeros((BLOCK_B, 2 * BLOCK_Z), dtype=tl.float32)
     part_ptr += off
     stride_q = B.to(tl.int64) * (2 * Zg)
+    # read past L1 (".cg"): the other programs of the launch stored them (see _split_cell_kernel)
     if PARTS_UNROLLED:
         for q in tl.static_range(N_PARTS):
-            acc += tl.load(part_ptr + q * stride_q, mask=mask, other=0.0)
+            acc2 += tl.load(part_ptr + q * stride_q, mask=mask, other=0.0, cache_modifier=".cg")
     else:
         for q in range(N_PARTS):
-            acc += tl.load(part_ptr + q * stride_q, mask=mask, other=0.0)
+            acc2 += tl.load(part_ptr + q * stride_q, mask=mask, other=0.0, cache_modifier=".cg")
+    acc = tl.reshape(acc2, (BLOCK_B, BLOCK_Z, 2))
     acc_mu, acc_lv = tl.split(acc)
     return _head_finish(acc_mu, acc_lv, mu_b_ptr, lv_b_ptr, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, z0, col0, Zg,
                         Z_total, seed, offset, rows, row_mask, store_rows, DRAW_EPS, STORE_EPS, BLOCK_Z,

@@ -1,5 +1,5 @@
 """Fused Triton kernel of the (hierarchical) Gaussian LSTM step: all G groups in one launch (the
-row design; on a GPU the step runs split over rows x hidden units in G + 1 launches, see
+row design; on a GPU the step runs split over rows x hidden units in G launches, see
 :mod:`.triton_split`, with the same outputs, noise and backward).
 
 For a block of ``BLOCK_B`` batch rows per program, and for each group j = 1..G in order:
@@ -183,7 +183,7 @@ def contiguous_gaussian_weights(w: GaussianLSTMWeights) -> GaussianLSTMWeights:
 
 
 def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=False):
-    """One step of G hierarchical Gaussian LSTMs: one launch (the row design), or G * L + 1
+    """One step of G hierarchical Gaussian LSTMs: one launch (the row design), or G * L
     (:mod:`.triton_split`, on a GPU, and always with folded embeddings).
 
     Args:
@@ -232,7 +232,7 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     if folded or triton_split.split_enabled(B, Zg):
         heads = triton_split.HeadIO(eps_buf, eps_buf.stride(0), z, mu, lv, seed, 0 if from_ptr else int(offset),
                                     offset if from_ptr else z, draw, from_ptr, draw and save)  # fmt: skip
-        triton_split.gaussian_forward(x, states, weights, zsrc, cond is None, heads, e, h_out, c_out, gates, save,
+        triton_split.gaussian_forward(x, states, weights, zsrc, heads, e, h_out, c_out, gates, save,
                                       precision)  # fmt: skip
     else:
         cells = [cw for w in weights for cw in w.cells]
@@ -433,7 +433,7 @@ class GaussianStepFunction(torch.autograd.Function):
 
 def gaussian_lstm_step_triton(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
     """The ``"triton"`` backend of :func:`~hafsvg_kernels.recurrent.interface.gaussian_lstm_step`:
-    one launch forward (G * L + 1 on a GPU: :mod:`.triton_split`); autograd through
+    one launch forward (G * L on a GPU: :mod:`.triton_split`); autograd through
     :class:`GaussianStepFunction` when anything requires grad. ``offset``: an int or a device
     offset (see the module docstring). Returns z, mu, logvar (B, G * Zg) and the G new states."""
     G, L = len(weights), len(weights[0].cells)

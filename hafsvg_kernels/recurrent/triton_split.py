@@ -6,28 +6,27 @@ program): at the sampling batch (1600 rows, 16 per program) 100 programs on a 13
 streaming every weight of the step from L2. Here the grid is (row blocks) x (hidden-unit blocks)
 and every launch ends where the next one needs a whole hidden vector:
 
-    Gaussian step, G groups of L = 1 cell (G + 1 launches):
+    Gaussian step, G groups of L = 1 cell (G launches):
       launch j = 0..G-1, program (rows r, hidden units n):
-        if j = 0, folded and the noise drawn (not saved): eps[r, c] for all G groups' columns c, ALL_Z of
-                  them per hidden block, into an fp32 buffer that the later launches' heads read
-                  (each of their programs drew its rows' noise itself before: 8 times the Philox and
-                  Box-Muller work; moving-mnist bf16 folded, instructions per warp and program:
-                  group 1 1897 -> 2090, groups 2-4 3205 / 3478 / 3478 -> 2857 / 3290 / 3290)
-        if j > 0: z_{j-1}[r] = heads of group j - 1: the sum of the partial sums P_{j-1}[q, r] of
-                  its H / BLOCK_N hidden blocks q, biases, noise (every program; the programs of
-                  hidden block 0 write z, mu, logvar)
-        e_j[r, :] = [x, z^{1:j-1}][r] @ W_embed_j^T + b                 (computed chunk by chunk of H and
-                  fed straight into the gate GEMM, never read back; hidden block 0 writes it when saving)
+        if j = 0 and the noise drawn (not saved): eps[r, c] for all G groups' columns c, ALL_Z of
+                  them per hidden block, into an fp32 buffer that the heads read (each program
+                  drawing its rows' noise itself was 8 times the Philox and Box-Muller work;
+                  moving-mnist bf16 folded, instructions per warp and program: group 1 1897 ->
+                  2090, groups 2-4 3205 / 3478 / 3478 -> 2857 / 3290 / 3290)
+        e_j[r, :] = [x, z^{1:j-1}][r] @ W_embed_j^T + b   (z^{1:j-1} stored by the earlier launches;
+                  computed chunk by chunk of H and fed straight into the gate GEMM, never read
+                  back; hidden block 0 writes it when saving)
         gates[r, n] = [e_j, h_j][r] @ [W_ih; W_hh][n]^T -> c'[r, n], h'[r, n]
         P_j[q, r] = h'[r, n] @ [W_mu; W_logvar][:, n]^T   (fp32, q the program's hidden block)
-      launch G: the heads of group G - 1 (mu, logvar, z) from P_{G-1}
+        the last of row block r's H / BLOCK_N programs to finish: z_j[r], mu_j[r], logvar_j[r]
+                  from the sum of P_j[:, r] in hidden-block order, the biases and the noise
     predictor, L cells (L + 1 launches): cell 1 with the embedding computed as above, cells 2..L
       reading the previous cell's h', then out = tanh(h'_L @ W_out^T + b) tiled over rows x outputs.
 
 Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
 +50 % of the MACs of a group's cell), tensor-core work on data already in L2, and the heads'
-partial sums (8 x 2 Zg fp32 numbers per row in bf16, written once, read from L2 by each program
-of the next launch). What it buys: 200 programs instead of 100.
+partial sums (8 x 2 Zg fp32 numbers per row in bf16, written once, read back from L2 by one
+program per row block). What it buys: 200 programs instead of 100.
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
@@ -53,11 +52,9 @@ before, every program of launch j recomputed group j - 1's heads from its whole 
 x (256 x 16) GEMM over 32 KB of h' per program, 8 times per row block), and the heads launch did
 the same on the CUDA cores. Now each program of a group's top cell multiplies the h' tile it has
 just computed with its hidden units' columns of the heads' weights (in bf16 one (64 x 32) x
-(32 x 16) dot; fp32 tiles are 32 x 64, 4 hidden blocks) and stores the fp32 partial sums; the
-next launch adds its rows' 8 partial sums (unrolled, or in a loop where they would take over 64
-registers per thread: :func:`parts_unrolled`), in tiles as wide as the group (its z then spread
-into the dot's 16 columns in registers,
-:func:`.triton_blocks._spread`). Zg is a constant to the kernels, so the partial sums' rows, 2 Zg
+(32 x 16) dot; fp32 tiles are 32 x 64, 4 hidden blocks) and stores the fp32 partial sums; these
+were then added by every program of the next launch for its rows (8 times per row block), and
+the last group's by a heads launch. Zg is a constant to the kernels, so the partial sums' rows, 2 Zg
 apart, load as vectors (with Zg a runtime value bair's later folded groups ran 3081-3171
 instructions, more than the recompute's 2827-2930). Static counts (bf16, batch 1600, sm_90a,
 instructions per warp and program, recompute -> partial sums): moving-mnist folded group 1 2090
@@ -69,6 +66,28 @@ later groups 5155 / 5235 / 5439 -> 4254 / 4562 / 4752 (moving-mnist). Modeled st
 (244 before; without any heads at all group 4 spills 64 B: that kernel sits at the register
 limit), the fp32 folded later groups 8-36 B (16-28 before). The heads' sums are added in another
 order than one GEMM over H: fp32 rounding only.
+
+The heads summed in their own launch (``HEAD_OUT``): the programs of a group's top cell store their
+partial sums, then, as a split-K semaphore (a CTA barrier, one acq_rel atomic per program on its
+row block's counter, zeroed once per step for all groups), the last of the row block's programs
+to finish reads them back (``.cg``: from L2), sums them in hidden-block order (deterministic) in
+(rows, 2 Zg) tiles, 16-byte loads, rows past B clamped instead of masked, and stores z, mu and
+logvar. The next launch reads z as its input's second part with the earlier groups' z: no heads
+launch (G launches, not G + 1), no sum of the partial sums by each of the 8 programs of a row
+block, no z tile spread into the gate dot. The sampler's noise, drawn (not saved), is drawn by the
+first launch for every group (with the embedding in the kernels too: drawn in the last program's
+tail, the Philox code cost the FFMA cells spills, bair fp32 group 1 0 -> 56 B). Static counts
+(bf16, batch 1600, sm_90a; ``python -m hafsvg_kernels.sm90_report``, which divides the code past
+the semaphore by the programs sharing it), instructions per warp and program, groups 1-4 (+ heads
+launch) before -> after: moving-mnist folded 1726 / 1789 / 1811 / 1802 (+ 121) -> 1766 / 1604 /
+1595 / 1604; the bf16 step modeled 13.1 -> 12.5 µs (moving-mnist), 14.0 -> 12.8 (kth), 15.1 ->
+13.5 (bair, whose later groups' loop nests the report had not matched before: their W_hh loop and
+the sum of the partial sums counted once), with the embedding in the kernels 22.4 / 24.8 / 24.5
+-> 21.0 / 22.1 / 22.2; fp32 folded 220 / 222 / 228 -> 217 / 220 / 227 µs. Spills: moving-mnist
+none in either dtype (fp32 folded 12 / 36 / 36 B before); kth's embedded bf16 groups 2 and 4 20 /
+20 -> 40 / 52 B, values stored once before the loops and read once after them; fp32 folded kth
+group 4 20 B (28 / 28 / 28 before), bair group 1 20 B (group 3 8 B before), embedded bair group 2
+44 B (0 before; a few local loads per iteration of its first K loop).
 
 The gates in one dot (``MERGED``, on the tensor cores: :func:`.triton_blocks._gates_loop`): each
 K step multiplies the input tile with the four gates' weight rows of the program's hidden units as
@@ -93,9 +112,8 @@ same, so the backward of :mod:`.triton_lstm` / :mod:`.triton_gaussian` is shared
 Folded embeddings (:func:`.fold.fold_embedding`, what ``FastSampler`` steps with; forward only):
 the first cell's input parts meet the folded W_ih (4H x (n_in + j Zg), rows padded to 8 elements)
 directly, part 1 in the same pipelined K loop as W_hh's, the narrow parts (the rest of the
-predictor's input, the earlier groups' z, the previous group's z from registers) in unrolled
-tiles: nothing is computed by two programs but the previous group's heads' last step (the sum of
-the partial sums, the noise, z). Static counts (bf16,
+predictor's input, the earlier groups' z) in unrolled tiles: nothing is computed by two programs.
+Static counts (bf16,
 batch 1600, sm_90a, instructions per warp and program, embedded -> folded, both with the
 activations of :func:`.triton_blocks._act`): the predictor's first cell 3546 -> 1965, the prior's
 first group 3223 -> 1897, the later ones 5155 / 5235 / 5439 -> 3205 / 3478 / 3478; the
@@ -125,7 +143,6 @@ from .triton_blocks import (
     _merged_gate_columns,
     _mm_acc,
     _randn,
-    _spread,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -176,22 +193,22 @@ def _embed_part(
 
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
 def _split_cell_kernel(
-    # the cell's input parts [a, a2 (, the previous group's z when Z_REG)]: embedded here (EMBED:
-    # their product with W_embed^T, + b) or multiplied with W_ih directly (the previous cell's h',
-    # K_a = H, K_a2 = 0; or the parts of a folded embedding, W_ih then (4H, K_a + K_a2 [+ Zg]))
+    # the cell's input parts [a, a2]: embedded here (EMBED: their product with W_embed^T, + b) or
+    # multiplied with W_ih directly (the previous cell's h', K_a = H, K_a2 = 0; or the parts of a
+    # folded embedding, W_ih then (4H, K_a + K_a2)); a prior group's a2 holds the earlier groups' z
     a_ptr, stride_a, K_a,  # part 1 (B, K_a)
     a2_ptr, stride_a2, K_a2,  # part 2 (B, K_a2), K_a2 may be 0
-    embed_w, embed_b,  # EMBED: (H, K_a + K_a2 [+ Zg when Z_REG]), (H,)
+    embed_w, embed_b,  # EMBED: (H, K_a + K_a2), (H,)
     e_ptr,  # EMBED and SAVE: (B, H) out, the embedding (written by the programs of hidden block 0)
-    # HEAD_IN: the previous group's heads, from the partial sums its launch stored (every program)
-    part_in_ptr,  # (N_PARTS, B, Zg, 2) fp32: (mu, logvar) products of each hidden block's units
-    mu_b, lv_b,  # (Zg,), (Zg,) the previous group's biases
-    # HEAD_OUT: this cell's h' tile times this group's heads, stored for the next launch
-    mu_w, lv_w,  # (Zg, H), (Zg, H) this group's heads
-    part_out_ptr,  # (cdiv(H, BLOCK_N), B, Zg, 2) fp32 out
+    # HEAD_OUT: this group's heads (the group's top cell): each program stores its h' tile times
+    # the heads' columns of its hidden units; the last program of a row block to finish sums them
+    mu_w, lv_w,  # (Zg, H), (Zg, H) the group's heads
+    mu_b, lv_b,  # (Zg,), (Zg,) their biases
+    part_ptr,  # (N_PARTS, B, Zg, 2) fp32: the partial sums, written and summed in this launch
+    count_ptr,  # (cdiv(B, BLOCK_B),) int32, zeroed: finished programs per row block
     eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS, DRAW_ALL)
-    z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs (written by the programs of hidden block 0)
-    col0,  # the previous group's first column
+    z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs (the group's columns, stored by the last program)
+    col0,  # the group's first column
     Zg: tl.constexpr,  # the group width (a constant: the heads' masks fold away, their partial sums'
     # rows, 2 Zg apart, are read as vectors); 1 without heads
     Z_total,  # all groups' width
@@ -199,7 +216,7 @@ def _split_cell_kernel(
     offset_ptr,  # one int64, the first counter, read when OFFSET_FROM_PTR
     # the cell
     h_ptr, c_ptr,  # previous state, each (B, H) contiguous
-    w_ih, w_hh, b_ih, b_hh,  # (4H, H) or folded (4H, K_a + K_a2 [+ Zg]) with row stride LD_IN; (4H, H); (4H,); (4H,)
+    w_ih, w_hh, b_ih, b_hh,  # (4H, H) or folded (4H, K_a + K_a2) with row stride LD_IN; (4H, H); (4H,); (4H,)
     # (ONE_BIAS: b_ih is b_ih + b_hh in fp32, b_hh unused)
     h_new_ptr, c_new_ptr,  # new state, each (B, H) contiguous
     gates_ptr,  # (B, 4H) activated gates (written when SAVE)
@@ -207,21 +224,17 @@ def _split_cell_kernel(
     B, H,
     # meta-parameters
     EMBED: tl.constexpr,  # the input is the embedding, computed here
-    HEAD_IN: tl.constexpr,  # the previous group's heads (z, mu, logvar) first, from its partial sums
-    HEAD_OUT: tl.constexpr,  # store this group's heads' partial sums (the group's top cell)
-    Z_REG: tl.constexpr,  # the input's last Zg columns are that z, from registers
+    HEAD_OUT: tl.constexpr,  # this group's heads (z, mu, logvar) from the partial sums (the group's top cell)
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
     DRAW_ALL: tl.constexpr,  # draw every group's noise for these rows into eps_ptr (fp32), ALL_Z
     # columns per hidden block, for the later launches to read (the first group's launch)
     ALL_Z: tl.constexpr,
     SAVE: tl.constexpr,  # write the embedding and the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    BLOCK_Z: tl.constexpr,  # >= Zg: the previous group's z is one tile
     BLOCK_Z2: tl.constexpr,  # HEAD_OUT: >= 2 Zg and >= 16, mu's and logvar's columns in one dot
-    N_PARTS: tl.constexpr,  # HEAD_IN: the previous launch's hidden blocks, cdiv(H, BLOCK_N)
-    PARTS_UNROLLED: tl.constexpr,  # HEAD_IN: their loads unrolled (parts_unrolled)
-    BLOCK_ZH: tl.constexpr,  # HEAD_IN: the heads' tile, the group's width (heads_tile_z), spread to
-    # BLOCK_Z columns for the dot
+    N_PARTS: tl.constexpr,  # HEAD_OUT: the hidden blocks, cdiv(H, BLOCK_N)
+    PARTS_UNROLLED: tl.constexpr,  # HEAD_OUT: the partial sums' loads unrolled (parts_unrolled)
+    BLOCK_ZH: tl.constexpr,  # HEAD_OUT: the heads' tile, the group's width (heads_tile_z)
     A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # EMBED: part 1 in A_CHUNKS x BLOCK_A >= K_a columns
     # (else part 1 runs through a K loop of BLOCK_K)
     A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # part 2 likewise (0 chunks: none)
@@ -241,7 +254,7 @@ def _split_cell_kernel(
     row_mask = rows < B
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < H
-    # rows whose shared outputs (e, the previous group's z) this program writes: hidden block 0's
+    # rows whose shared output (e) this program writes: hidden block 0's
     writer = row_mask & ((rows * 0 + tl.program_id(1)) == 0)
     if DRAW_ALL:
         if OFFSET_FROM_PTR:
@@ -250,21 +263,6 @@ def _split_cell_kernel(
         eps_q = _randn(seed, offset + rows[:, None] * Z_total + cq[None, :])
         tl.store(eps_ptr + rows[:, None] * stride_eps + cq[None, :], eps_q,
                  mask=row_mask[:, None] & (cq < Z_total)[None, :])  # fmt: skip
-    if HEAD_IN:
-        if OFFSET_FROM_PTR:
-            offset = tl.load(offset_ptr)
-        z_prev = _head_from_parts(part_in_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg,
-                                  Z_total, seed, offset, B, rows, row_mask, writer, DRAW_EPS, STORE_EPS, BLOCK_B,
-                                  BLOCK_ZH, N_PARTS, PARTS_UNROLLED)  # fmt: skip
-        if Z_REG:
-            z_prev = _spread(z_prev, BLOCK_Z // BLOCK_ZH)
-    # the previous group's z as the dot's operand: its column c at column F * c of the tile, F =
-    # BLOCK_Z // BLOCK_ZH, zeros between; the weights' column of tile column cz is then cz // F where
-    # cz % F == 0 (a 0/1 selection product to put z in the first columns holds 64 products per
-    # thread at BLOCK_ZH 8, and ran 19-60 more instructions in moving-mnist's later folded groups)
-    cz = tl.arange(0, BLOCK_Z)
-    kz = cz // (BLOCK_Z // BLOCK_ZH)
-    kz_mask = (cz % (BLOCK_Z // BLOCK_ZH) == 0) & (kz < Zg)
     # the gates' accumulators: MERGED, one, column c gate q4[c] of hidden unit u[c] (acc_f, acc_g,
     # acc_o unused); else acc for i, and acc_f, acc_g, acc_o
     u, q4 = _merged_gate_columns(tl.program_id(1) * BLOCK_N, BLOCK_N)
@@ -277,8 +275,6 @@ def _split_cell_kernel(
         dtype = h_new_ptr.dtype.element_ty
         ld_e = LD_IN
         gate = H * H  # elements between gate blocks of W_ih
-        if Z_REG:
-            z_op = z_prev.to(dtype)  # the dot operand, converted once
         # an input part of one chunk is read once, before the loop (a load inside it, invariant, is
         # not pipelined: 16-bit loads in the MMA operand layout, 64 per thread at 128 columns)
         a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A, 1)  # unused (removed) if A_CHUNKS > 1
@@ -295,10 +291,6 @@ def _split_cell_kernel(
                             1, PRECISION)  # fmt: skip
             e = _embed_part(e, a2, a2_ptr, stride_a2, K_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask,
                             A2_CHUNKS, BLOCK_A2, A2_VEC, PRECISION)  # fmt: skip
-            if Z_REG:
-                wz = tl.load(embed_w + k[None, :] * ld_e + (K_a + K_a2) + kz[:, None],
-                             mask=k_mask[None, :] & kz_mask[:, None], other=0.0)  # fmt: skip
-                e = tl.dot(z_op, wz, e, input_precision=PRECISION)
             e += tl.load(embed_b + k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
             e = e.to(dtype)
             if SAVE:
@@ -306,15 +298,9 @@ def _split_cell_kernel(
             acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, e, w_ih, H, gate, n, n_mask, u, u_mask,
                                                    q4, k, k_mask, MERGED, PRECISION)  # fmt: skip
     else:
-        # the parts meet W_ih directly: the previous group's z and the narrow part 2 first, in
-        # unrolled tiles each loaded once (z then dies before the loops: in fp32, kept live across
-        # them, it spilled 44-76 B; 8-36 B, a few scalars, remain in the later groups), then
-        # part 1 in a (pipelined) K loop
+        # the parts meet W_ih directly: the narrow part 2 first, in unrolled tiles each loaded
+        # once, then part 1 in a (pipelined) K loop
         ld_w = LD_IN
-        if Z_REG:
-            acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, z_prev.to(h_new_ptr.dtype.element_ty),
-                                                   w_ih + K_a + K_a2, ld_w, H * ld_w, n, n_mask, u, u_mask, q4, kz,
-                                                   kz_mask, MERGED, PRECISION)  # fmt: skip
         for c in tl.static_range(A2_CHUNKS):
             ka = c * BLOCK_A2 + tl.arange(0, BLOCK_A2)
             a2 = _part_tile(a2_ptr, stride_a2, K_a2, c * BLOCK_A2, rows, row_mask, BLOCK_A2, A2_VEC)
@@ -341,32 +327,21 @@ def _split_cell_kernel(
             # 2127 / 2127)
             tl.debug_barrier()
             h = tl.load(h_new_ptr + rows[:, None] * H + n[None, :], mask=row_mask[:, None] & n_mask[None, :], other=0.0)
-        _head_parts_store(h, mu_w, lv_w, part_out_ptr, B, H, Zg, rows, row_mask, n, n_mask, BLOCK_Z2, PRECISION)
-
-
-@triton.jit(do_not_specialize=["B", "seed", "offset"])
-def _split_heads_kernel(
-    part_ptr,  # (N_PARTS, B, Zg, 2) fp32: the group's heads' partial sums, stored by its top cell's launch
-    mu_b, lv_b,  # (Zg,), (Zg,)
-    eps_ptr, stride_eps,  # (B, Z_total): the noise, or where drawn noise is stored (STORE_EPS)
-    z_ptr, mu_ptr, lv_ptr,  # (B, Z_total) contiguous outputs
-    col0, Zg: tl.constexpr, Z_total,  # the group's first column, its width, all groups' width
-    seed, offset, offset_ptr,  # Philox key, first counter (or *offset_ptr when OFFSET_FROM_PTR)
-    B,
-    DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_Z: tl.constexpr,  # the group's width (heads_tile_z): no padding is loaded or drawn
-    N_PARTS: tl.constexpr,
-):
-    """Grid (cdiv(B, BLOCK_B),): the last group's heads for rows [p * BLOCK_B, (p + 1) * BLOCK_B), in
-    one tile (Zg <= BLOCK_Z, as Zg <= MAX_GROUP_WIDTH)."""
-    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
-    row_mask = rows < B
-    if OFFSET_FROM_PTR:
-        offset = tl.load(offset_ptr)
-    _head_from_parts(part_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg, Z_total,
-                     seed, offset, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_Z, N_PARTS,
-                     True)  # fmt: skip
+        _head_parts_store(h, mu_w, lv_w, part_ptr, B, H, Zg, rows, row_mask, n, n_mask, BLOCK_Z2, PRECISION)
+        # The last of the row block's N_PARTS programs to finish sums the partial sums in hidden-
+        # block order (deterministic) and stores the group's z, mu, logvar for the next launch,
+        # which reads z as an input part. As a split-K semaphore: every thread's stores, a CTA
+        # barrier, then one acq_rel atomic (gpu scope) that the last program's atomic reads.
+        tl.debug_barrier()
+        if tl.atomic_add(count_ptr + tl.program_id(0), 1, sem="acq_rel") == N_PARTS - 1:
+            first_counter = offset
+            if OFFSET_FROM_PTR:
+                first_counter = tl.load(offset_ptr).to(tl.int64)
+            else:
+                first_counter = first_counter.to(tl.int64)
+            _head_from_parts(part_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg, Z_total,
+                             seed, first_counter, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_ZH,
+                             N_PARTS, PARTS_UNROLLED)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -396,10 +371,7 @@ def _split_linear_tanh_kernel(
 
 #: Programs wanted per launch: the SMs of an H100 SXM.
 TARGET_PROGRAMS = 132
-#: The heads launch's rows per program: 8, for 200 programs at batch 1600, each adding its rows'
-#: partial sums.
-HEAD_ROWS = 8
-#: Largest group width whose z fits one register tile (the previous group's z feeds the embedding).
+#: Largest group width whose heads fit one register tile.
 MAX_GROUP_WIDTH = 64
 
 
@@ -508,9 +480,9 @@ def embed_split(n_in: int, widest: int) -> int:
 
 
 def heads_tile_z(Zg: int) -> int:
-    """Columns per tile of the heads summed from partial sums (the heads launch, and the first step
-    of the cell launches that read the previous group's z): the group's width, not ``tl.dot``'s 16,
-    so that only the group's numbers are loaded, added, drawn and stored."""
+    """Columns per tile of the heads summed from partial sums (the last program of each row block
+    of a group's top cell): the group's width, not ``tl.dot``'s 16, so that only the group's
+    numbers are loaded, added, drawn and stored."""
     return min(64, max(2, triton.next_power_of_2(Zg)))
 
 
@@ -521,11 +493,13 @@ def all_noise_width(Z_total: int, programs: int) -> int:
 
 
 def parts_unrolled(cfg: SplitConfig, Zg: int, n_parts: int) -> bool:
-    """Whether a cell program loads the previous group's partial sums all at once (unrolled), or
-    one hidden block after the other (a loop: more latency, fewer registers): unrolled while they
-    take at most 64 registers per thread. At Zg = 64 (bf16, 8 blocks of (64 x 128) fp32) unrolled
-    spilled 1796 B per thread (sm_90a)."""
-    return n_parts * cfg.block_b * heads_tile_z(Zg) * 2 <= 64 * 32 * cfg.num_warps
+    """Whether the last program of a row block loads its group's partial sums all at once
+    (unrolled), or one hidden block after the other (a loop: more latency, fewer registers):
+    unrolled while they take at most 128 registers per thread (the tail of the kernel, the gates'
+    accumulators dead). At the start of the next launch, where they were summed before, 64 was the
+    limit: at Zg = 64 (bf16, 8 blocks of (64 x 128) fp32) unrolled spilled 1796 B per thread;
+    bair's (Zg = 16) in a loop of 8 steps ran 632 instructions per warp, unrolled 320 (sm_90a)."""
+    return n_parts * cfg.block_b * heads_tile_z(Zg) * 2 <= 128 * 32 * cfg.num_warps
 
 
 def _head_block_z(Zg: int) -> int:
@@ -554,21 +528,23 @@ class HeadIO(NamedTuple):
     store_eps: bool
 
 
-def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, gates, save, precision, draw_all=False,
+def _cell_launch(B, H, parts, embed, e, heads, state, cell, new, gates, save, precision, draw_all=False,
                  head_out=None):  # fmt: skip
     """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts; embed: None
     (the parts meet ``cell.w_ih``: the previous cell's h', or a folded embedding's input) or
-    (embed_w, embed_b); z_reg: the input's last Zg columns are the previous group's z, computed
-    from head: None or (partial sums, mu_b, lv_b, col0, Zg) of the previous group; heads: HeadIO;
-    state: (h, c); cell: CellWeights; new: (h_new, c_new); draw_all: draw every group's noise into
-    ``heads.eps`` (fp32); head_out: None or (mu_w, lv_w, partial sums out, Zg), this group's heads
-    (the group's top cell)."""
+    (embed_w, embed_b); heads: HeadIO; state: (h, c); cell: CellWeights; new: (h_new, c_new);
+    draw_all: draw every group's noise into ``heads.eps`` (fp32), and read this group's from there;
+    head_out: None or (GaussianWeights, partial sums (N_PARTS, B, Zg, 2) fp32, counters
+    (cdiv(B, BLOCK_B),) int32 zeroed, col0), this group's heads (the group's top cell)."""
     a, stride_a, K_a, a2, stride_a2, K_a2 = parts
     fp32 = new[0].dtype == torch.float32
     cfg = split_config(B, H, fp32, precision != "ieee")
-    part_in, mu_b, lv_b, col0, Zg = head if head is not None else (e, e, e, 0, 1)
-    mu_w, lv_w, part_out, Zg_out = head_out if head_out is not None else (e, e, e, Zg)
-    Zg = max(Zg, Zg_out)  # the groups' common width, or 1 (a constant to Triton) without heads
+    if head_out is not None:
+        gw, part, count, col0 = head_out
+        mu_w, lv_w, mu_b, lv_b, Zg = gw.mu_w, gw.logvar_w, gw.mu_b, gw.logvar_b, gw.mu_w.shape[0]
+    else:  # without heads Zg = 1 (a constant to Triton)
+        mu_w = lv_w = mu_b = lv_b = part = count = e
+        col0, Zg = 0, 1
     ew, eb = embed if embed is not None else (e, e)
     widest = embed_chunk(cfg, fp32)
     a_tiles = _part_tiles(K_a, widest) if embed is not None else _part_tiles(0, widest)
@@ -582,33 +558,21 @@ def _cell_launch(B, H, parts, embed, z_reg, e, head, heads, state, cell, new, ga
     one_bias = cell.bias if merged else None
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), grid_n)](
         a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
-        part_in, mu_b, lv_b, mu_w, lv_w, part_out, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0,
-        Zg, heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
+        mu_w, lv_w, mu_b, lv_b, part, count, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
+        heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
         state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih if one_bias is None else one_bias, cell.b_hh,
         new[0], new[1], gates, B, H,
-        EMBED=embed is not None, HEAD_IN=head is not None, HEAD_OUT=head_out is not None, Z_REG=z_reg,
-        DRAW_EPS=heads.draw,
+        EMBED=embed is not None, HEAD_OUT=head_out is not None,
+        DRAW_EPS=heads.draw and not draw_all,  # the first group's heads read the noise its launch drew
         OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, DRAW_ALL=draw_all,
         ALL_Z=all_noise_width(heads.z.shape[1], grid_n) if draw_all else 1, SAVE=save,
-        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z=_head_block_z(Zg),
-        BLOCK_Z2=_head_block_z(2 * Zg), N_PARTS=grid_n,
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z2=_head_block_z(2 * Zg), N_PARTS=grid_n,
         PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
         A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
         LD_IN=(ew if embed is not None else cell.w_ih).stride(0),
         A2_VEC=part_vec(K_a2, stride_a2, embed is None and merged), KA_EVEN=K_a % cfg.block_k == 0,
         H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )  # fmt: skip
-
-
-def _heads_launch(B, parts, w, col0, Zg, heads: HeadIO):
-    """The last group's heads from its partial sums ``parts`` (n, B, Zg, 2): ``HEAD_ROWS`` rows per program."""
-    bz = heads_tile_z(Zg)
-    _split_heads_kernel[(triton.cdiv(B, HEAD_ROWS),)](
-        parts, w.mu_b, w.logvar_b, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv,
-        col0, Zg, heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr, B,
-        DRAW_EPS=heads.draw, OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps,
-        BLOCK_B=HEAD_ROWS, BLOCK_Z=bz, N_PARTS=parts.shape[0], num_warps=4,
     )  # fmt: skip
 
 
@@ -628,7 +592,7 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
         a, stride_a, K_a = (x, x.stride(0), n1) if first else (h_out[layer - 1], H, H)
         a2, K_a2 = (x[:, n1:], n_in - n1) if first and n1 < n_in else (a, 0)
         embed = (weights.embed_w, weights.embed_b) if first and weights.embed_w is not None else None
-        _cell_launch(B, H, (a, stride_a, K_a, a2, stride_a, K_a2), embed, False, e, None, none, state[layer],
+        _cell_launch(B, H, (a, stride_a, K_a, a2, stride_a, K_a2), embed, e, none, state[layer],
                      weights.cells[layer], (h_out[layer], c_out[layer]), gates[layer] if save else e, save,
                      precision)  # fmt: skip
     cfg = split_config(B, n_out, fp32, tf32)
@@ -639,44 +603,38 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
     )  # fmt: skip
 
 
-def gaussian_forward(x, states, weights, zsrc, own_z, heads: HeadIO, e, h_out, c_out, gates, save, precision):
-    """The Gaussian step in G * L + 1 launches (G + 1 for one cell per group), into the callers'
-    buffers: x (B, n_in) with unit column stride; states G lists of L contiguous (h, c) (B, H);
-    weights G groups, with the embedding or all folded (first w_ih (4H, n_in + j Zg), unit column
-    stride); zsrc: the groups' z input (B, G * Zg): the z output itself (``own_z``) or cond; heads:
-    :class:`HeadIO`; e (G, B, H) (written when ``save``, not folded); h_out, c_out (G, L, B, H);
-    gates (G, L, B, 4H) (written when ``save``)."""
+def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, gates, save, precision):
+    """The Gaussian step in G * L launches, into the callers' buffers: x (B, n_in) with unit column
+    stride; states G lists of L contiguous (h, c) (B, H); weights G groups, with the embedding or
+    all folded (first w_ih (4H, n_in + j Zg), unit column stride); zsrc: the groups' z input
+    (B, G * Zg): the z output itself (each launch reads the earlier groups' z, stored by their
+    launches) or cond; heads: :class:`HeadIO`; e (G, B, H) (written when ``save``, not folded);
+    h_out, c_out (G, L, B, H); gates (G, L, B, 4H) (written when ``save``)."""
     G, L = len(weights), len(weights[0].cells)
     B, n_in = x.shape
     H, Zg = h_out.shape[3], weights[0].mu_w.shape[0]
     first_heads = heads
-    # folded (the sampler's): the first launch draws every group's noise, the rest read it (with the
-    # embedding in the kernels, kth's later groups spilled 56-88 B holding the loaded noise: they draw it)
-    if weights[0].embed_w is None and heads.draw and not heads.store_eps:
+    # noise drawn and not saved (the sampler's): the first launch draws every group's noise into an
+    # fp32 buffer, the heads read it (drawn in the heads, the Philox code of the last program's
+    # tail cost the FFMA cells spills in the main loops: bair fp32 embedded group 1 0 -> 56 B)
+    if heads.draw and not heads.store_eps:
         noise = torch.empty(B, G * Zg, device=x.device, dtype=torch.float32)
         first_heads = heads._replace(eps=noise, stride_eps=G * Zg)
         heads = heads._replace(eps=noise, stride_eps=G * Zg, draw=False, from_ptr=False)
-    # the heads' partial sums of each group's top cell, per hidden block; launch j writes parts[j % 2]
-    # while launch j + 1 reads it and writes the other
-    fp32, tf32 = h_out.dtype == torch.float32, precision != "ieee"  # as _cell_launch: the grid's blocks
-    n_parts = triton.cdiv(H, split_config(B, H, fp32, tf32).block_n)
-    parts = torch.empty(2, n_parts, B, Zg, 2, device=x.device, dtype=torch.float32)
+    # the heads' partial sums of a group's top cell per hidden block, summed in the same launch by
+    # the last program of each row block (counters zeroed once for all groups)
+    cfg = split_config(B, H, h_out.dtype == torch.float32, precision != "ieee")  # as _cell_launch
+    parts = torch.empty(triton.cdiv(H, cfg.block_n), B, Zg, 2, device=x.device, dtype=torch.float32)
+    counts = torch.zeros(G, triton.cdiv(B, cfg.block_b), device=x.device, dtype=torch.int32)
     for j, w in enumerate(weights):
-        head = None
-        if j:
-            p = weights[j - 1]
-            head = (parts[(j - 1) % 2], p.mu_b, p.logvar_b, (j - 1) * Zg, Zg)
-        z_reg = own_z and j > 0
-        K_z = (j - 1) * Zg if z_reg else j * Zg
         for layer in range(L):
             first = layer == 0
             a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[j, layer - 1], H, H)
-            inputs = (a, stride_a, K_a, zsrc, zsrc.stride(0), K_z if first else 0)
+            # the earlier groups' z: of this step (own_z, stored by their launches) or cond
+            inputs = (a, stride_a, K_a, zsrc, zsrc.stride(0), j * Zg if first else 0)
             embed = (w.embed_w, w.embed_b) if first and w.embed_w is not None else None
             pre = j == 0 and first and first_heads is not heads
-            head_out = (w.mu_w, w.logvar_w, parts[j % 2], Zg) if layer == L - 1 else None
-            _cell_launch(B, H, inputs, embed, z_reg and first, e[j], head if first else None,
-                         first_heads if pre else heads, states[j][layer], w.cells[layer],
+            head_out = (w, parts, counts[j], j * Zg) if layer == L - 1 else None
+            _cell_launch(B, H, inputs, embed, e[j], first_heads if pre else heads, states[j][layer], w.cells[layer],
                          (h_out[j, layer], c_out[j, layer]), gates[j, layer] if save else e, save, precision,
                          draw_all=pre, head_out=head_out)  # fmt: skip
-    _heads_launch(B, parts[(G - 1) % 2], weights[G - 1], (G - 1) * Zg, Zg, heads)

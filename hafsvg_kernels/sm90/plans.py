@@ -62,6 +62,7 @@ class Launch:
     scores_per_iter: int = 0  # scores of one main-loop iteration (0: no scores)
     bytes: float = 0.0  # HBM bytes it moves (shared K/V and weights counted once: L2 reuse)
     label: str = ""  # which launch of the op (e.g. "dK (split 17)")
+    guard: int = 1  # programs sharing a semaphore: the code past it runs in one of them (sass.executed)
 
     @property
     def programs(self) -> int:
@@ -253,8 +254,8 @@ def _attention_loops(launch: Launch) -> list[list]:
         inner = [Trip(t, optional=t == 1)] if dk_only or chunked else []
         tail = [Trip(0 if N % bq == 0 else t, optional=True)] if dk_only or chunked else []
         tail_batches = 0 if N % bq == 0 else split_len  # the masked last query block, after the main loop
-        # with a split, the sum of the partial sums (dK's, dV's): counted for every program,
-        # though only the last of a tile's SPLIT programs runs it
+        # with a split, the sum of the partial sums (dK's, dV's), which only the last of a tile's
+        # SPLIT programs runs (Launch.guard)
         s = c.get("SPLIT", 1)
         sums = [Trip(s, optional=True) for _ in range(bool(c.get("COMPUTE_DK")) + bool(c.get("COMPUTE_DV")))]
         sums = sums if c.get("SUM_PARTIALS") else []
@@ -320,6 +321,8 @@ def attention_ops(row, dtype: str) -> list[Op]:
         for lch in launches:
             lch.loops = _attention_loops(lch)
             lch.label, lch.bytes, red = _attention_label_bytes(lch, sizes)
+            if lch.constexprs.get("SUM_PARTIALS"):  # the last of a tile's SPLIT programs sums
+                lch.guard = lch.constexprs["SPLIT"]
             extra += red
             c = lch.constexprs
             if lch.kernel != "_bwd_preprocess" and not c.get("ONE_KEY_BLOCK"):
@@ -473,26 +476,24 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
     return ops
 
 
-def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra_w, extra_act, e, strides,
-                       folded=False, col0=0, noise=True, draw_all=False, head_out=False) -> Launch:  # fmt: skip
+def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act, e, strides, folded=False,
+                       col0=0, noise=True, draw_all=False, head_out=False) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
-    offset): first = the cell reads the step's input (parts of n_in and K2 columns [+ Zg], with
-    row strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
-    padded to ``fold.ROW_ALIGN``); head = the previous group's heads (its first column ``col0``)
-    summed first from the partial sums of its launch; head_out = this launch stores its group's.
-    The head arguments as the launcher passes them: without heads Zg = 1 (a
-    constant to Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes; else
-    ``folded`` launches: ``draw_all``, this launch draws the step's noise into an fp32 buffer (the
-    first group's), or reads it from there (the others); with the embedding, each draws its own."""
-    pre = noise and folded  # the noise drawn once, by the first group's launch
+    offset): first = the cell reads the step's input (parts of n_in and K2 columns, with row
+    strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
+    padded to ``fold.ROW_ALIGN``); head_out = this launch computes its group's heads (first column
+    ``col0``): partial sums per program, summed by the last program of each row block. The head
+    arguments as the launcher passes them: without heads Zg = 1 (a constant to Triton); ``noise``
+    False (the predictor): no noise, the placeholders' sizes; else ``draw_all``, this launch draws
+    the step's noise into an fp32 buffer (the first group's), the heads read theirs from there."""
+    pre = noise  # the noise drawn once, by the first group's launch (the sampler saves nothing)
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
 
     cfg = ts.split_config(B, H, io.dtype == "fp32")
-    K_in = n_in + K2 + (Zg if z_reg else 0)  # the input's width
-    zg_arg = Zg if head or head_out else 1
-    bz = ts._head_block_z(zg_arg)
+    K_in = n_in + K2  # the input's width
+    zg_arg = Zg if head_out else 1
     widest = ts.embed_chunk(cfg, io.dtype == "fp32")
     embed = first and not folded
     (a_chunks, block_a), (a2_chunks, block_a2) = (
@@ -502,13 +503,13 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     ld_in = (K_in if embed else -(-K_in // ROW_ALIGN) * ROW_ALIGN) if first else H
     grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
     merged = ts.merged_gates(io.dtype == "fp32", "ieee")  # the sampler's dots: bf16, or fp32 IEEE
-    draws = noise and (draw_all or not pre)  # the kernel draws noise (its own heads', or the step's)
+    draws = noise and not pre  # the heads draw their noise (with the embedding in the kernels)
     all_z = ts.all_noise_width(Zt, grid[1]) if pre and draw_all else 1
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
         "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io,
-        "part_in_ptr": Ptr("fp32") if head else io, "mu_b": io, "lv_b": io, "mu_w": io, "lv_w": io,
-        "part_out_ptr": Ptr("fp32") if head_out else io, "eps_ptr": Ptr("fp32") if pre else io,
+        "mu_w": io, "lv_w": io, "mu_b": io, "lv_b": io, "part_ptr": Ptr("fp32") if head_out else io,
+        "count_ptr": Ptr("i32") if head_out else io, "eps_ptr": Ptr("fp32") if pre else io,
         "stride_eps": Zt if noise else 0, "z_ptr": io,
         "mu_ptr": io, "lv_ptr": io, "col0": col0, "Z_total": Zt if noise else H,
         "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
@@ -517,10 +518,11 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
-        "EMBED": embed, "HEAD_IN": head, "HEAD_OUT": head_out, "Z_REG": z_reg, "DRAW_EPS": draws,
-        "OFFSET_FROM_PTR": draws, "STORE_EPS": False, "DRAW_ALL": pre and draw_all, "ALL_Z": all_z,
+        "EMBED": embed, "HEAD_OUT": head_out, "DRAW_EPS": draws,
+        "OFFSET_FROM_PTR": noise and (draw_all or not pre), "STORE_EPS": False, "DRAW_ALL": pre and draw_all,
+        "ALL_Z": all_z,
         "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
-        "BLOCK_K": cfg.block_k, "BLOCK_Z": bz, "BLOCK_Z2": ts._head_block_z(2 * zg_arg), "N_PARTS": grid[1],
+        "BLOCK_K": cfg.block_k, "BLOCK_Z2": ts._head_block_z(2 * zg_arg), "N_PARTS": grid[1],
         "PARTS_UNROLLED": ts.parts_unrolled(cfg, zg_arg, grid[1]),
         "Zg": zg_arg,
         "BLOCK_ZH": ts.heads_tile_z(zg_arg), "A_CHUNKS": a_chunks,
@@ -532,15 +534,17 @@ def _split_cell_launch(io, H, n_in, K2, first, head, z_reg, Zg, Zt, label, extra
     bk = cfg.block_k
     loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
     loops.append(Trip(cdiv(H, bk)))
+    if head_out and not consts["PARTS_UNROLLED"]:
+        loops.append(Trip(grid[1]))  # the last program's sum of the partial sums (Launch.guard)
     if embed:
         w = 8 * H * H + 8 * H + K_in * H + H
     else:  # the two biases, or their fp32 sum (folded), in elements of the step's dtype
         w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if folded and merged else 8 * H)
     w += extra_w
-    # input, h/c in, h/c out; the fp32 noise written (draw_all) or read (the later groups' heads)
+    # input, h/c in, h/c out; the fp32 noise written (draw_all)
     act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act + (B * Zt * 4 // e if pre and draw_all else 0)
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
-                  (w + act) * e, label)  # fmt: skip
+                  (w + act) * e, label, guard=grid[1] if head_out else 1)  # fmt: skip
 
 
 def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
@@ -555,7 +559,7 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
     fp32 = dtype == "fp32"
     n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
-    launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, False, False, Zg, Zt, f"cell {i + 1}", 0, 0, e,
+    launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, Zg, Zt, f"cell {i + 1}", 0, 0, e,
                                    (n_in, n_in) if i == 0 else (H, H), folded, noise=False)
                 for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
@@ -572,36 +576,22 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
            B * (L * 5 * H + n_out), (w + bias + act) * e, config=config,
            meta={"preset": preset, "kernel": "predictor"})
     ]  # fmt: skip
-    # prior: G launches of one cell (group j > 0 first sums group j - 1's heads from the partial sums
-    # that launch stored, z into its embedding from registers; each stores its own group's), then
-    # the last group's heads; the groups read their own z
+    # prior: G launches of one cell, each reading the earlier groups' z as its input's second part;
+    # its programs store their heads' partial sums, which the last program of each row block sums
+    # (read back in the same launch: from L2, not counted) into the group's z, mu, logvar
     n_in = G_DIM
-    n_parts = cdiv(H, ts.split_config(B, H, fp32).block_n)
-    parts = B * n_parts * 2 * Zg * 4 // e  # one group's fp32 partial sums, in elements of the step's dtype
-    heads_in_w, heads_in_act = 2 * Zg, parts + B * 3 * Zg  # biases; partial sums in, z / mu / logvar out
+    parts = B * cdiv(H, ts.split_config(B, H, fp32).block_n) * 2 * Zg * 4 // e  # fp32 partial sums, in elements
+    heads_act = parts + B * 3 * Zg + B * Zg * 4 // e  # sums, z / mu / logvar, fp32 noise read
     launches = [
-        _split_cell_launch(io, H, n_in, max(0, j - 1) * Zg, True, j > 0, j > 0, Zg, Zt, f"group {j + 1}",
-                           2 * Zg * H + (heads_in_w if j else 0), parts + (heads_in_act if j else 0), e, (n_in, Zt),
-                           folded, max(0, j - 1) * Zg, draw_all=j == 0, head_out=True)
+        _split_cell_launch(io, H, n_in, j * Zg, True, Zg, Zt, f"group {j + 1}", 2 * Zg * H + 2 * Zg, heads_act, e,
+                           (n_in, Zt), folded, j * Zg, draw_all=j == 0, head_out=True)
         for j in range(G)
     ]  # fmt: skip
-    bz = ts.heads_tile_z(Zg)
-    args = {
-        "part_ptr": Ptr("fp32"), "mu_b": io, "lv_b": io, "eps_ptr": Ptr("fp32") if folded else io, "stride_eps": Zt,
-        "z_ptr": io, "mu_ptr": io, "lv_ptr": io, "col0": (G - 1) * Zg, "Z_total": Zt,
-        "seed": KERNEL_SEED, "offset": 0, "offset_ptr": Ptr("i64"), "B": B,
-    }  # fmt: skip
-    consts = {"DRAW_EPS": not folded, "OFFSET_FROM_PTR": not folded, "STORE_EPS": False, "BLOCK_B": ts.HEAD_ROWS,
-              "BLOCK_Z": bz, "N_PARTS": n_parts, "Zg": Zg}  # fmt: skip
-    launches.append(
-        Launch("_split_heads_kernel", "split", args, consts, 4, 3, (cdiv(B, ts.HEAD_ROWS),),
-               [], 0, (heads_in_w + heads_in_act) * e, "heads")
-    )  # fmt: skip
     w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS, folded)
     ops.append(
         Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
            B * G * (PRIOR_LAYERS * 5 * H + Zg), (w + bias + act) * e, config=config,
-           meta={"preset": preset, "kernel": "prior"})
+           meta={"preset": preset, "kernel": "prior", "fills": 1})  # the heads' counters, zeroed
     )  # fmt: skip
     return ops
 

@@ -56,7 +56,7 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
         ins = sass.parse(comp.sass)
         cache[key] = (comp, ins, time.time() - t0)
     comp, ins, secs = cache[key]
-    ex = _executed(ins, launch.loops)
+    ex = _executed(ins, launch.loops, launch.guard)
     per_sm = model.ctas_per_sm(comp.regs, comp.num_warps, comp.shared)
     b = model.bounds(ex.total, comp.num_warps, launch.programs, launch.bytes, dtype)
     t, bound = model.modeled(b)
@@ -115,13 +115,13 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
     return rec, ex2_lanes
 
 
-def _executed(ins, loops) -> sass.Executed:
+def _executed(ins, loops, guard: int = 1) -> sass.Executed:
     """Executed counts with the expected loop tree, or the first of several candidate trees
-    that matches the SASS (else the first's fallback)."""
+    that matches the SASS (else the first's fallback); ``guard``: see :func:`sass.executed`."""
     candidates = loops if loops and isinstance(loops[0], list) else [loops]
     first = None
     for tree in candidates:
-        ex = sass.executed(ins, tree)
+        ex = sass.executed(ins, tree, guard)
         if ex.matched:
             return ex
         first = first or ex
@@ -313,6 +313,7 @@ def recurrent_steps(ops: list[dict], groups: int) -> list[dict]:
                 "config": cfg,
                 "launches": sum(p["launches"] for p in parts.values()),
                 "prior_launches": parts["prior"]["launches"],
+                "prior_fills": parts["prior"]["meta"].get("fills", 0),  # torch zero-fills before its kernels
                 "predictor_launches": parts["predictor"]["launches"],
                 "max_prior_launches": groups + 1,
                 "min_ctas": ctas,
@@ -396,16 +397,17 @@ def targets(report: dict) -> list[dict]:
             }
         )
         many = [
-            f"{s['preset']} {s['dtype']}: {s['prior_launches']}"
+            f"{s['preset']} {s['dtype']}: {s['prior_launches']} + {s['prior_fills']}"
             for s in steps
-            if s["prior_launches"] > s["max_prior_launches"]
+            if s["prior_launches"] + s["prior_fills"] > s["max_prior_launches"]
         ]
         out.append(
             {
                 "target": "recurrent (Gaussian, G groups) step in <= G + 1 launches",
                 "met": not many,
-                "detail": f"{steps[0]['prior_launches']} launches (the frame predictor's step: "
-                f"{steps[0]['predictor_launches']} more)" + ("; over: " + ", ".join(many) if many else ""),
+                "detail": f"{steps[0]['prior_launches']} launches and {steps[0]['prior_fills']} zero-fill (the "
+                f"frame predictor's step: {steps[0]['predictor_launches']} more)"
+                + ("; over: " + ", ".join(many) if many else ""),
             }
         )
     return out
@@ -476,11 +478,14 @@ ASSUMPTIONS = [
     "SASS counts are static per loop pass (skipped branches and false predicates count), times loop trip counts;"
     " straight-line code behind a branch not taken counts once (e.g. the masked tail block, skipped when N is a"
     " multiple of the block: at N = 16 and 64 this overstates the forward's issue time by up to ~2x)",
+    "code past a semaphore (the last of the programs sharing a counter sums their partial sums: the dK/dV"
+    " split, the recurrent heads) counts once per those programs, divided among them (the average program)",
     "exps per score (op) = MUFU.EX2 lanes of the main loops (all launches, value tiles recomputing scores"
     " included) / (B x N x M); prologue, epilogue and tail code are left out",
     "mma.sync (HMMA) runs at half the wgmma rate of its type (assumption); FFMA at 128 lanes x 2 FLOPs/clk/SM",
     "all MUFU ops (EX2, RCP, LG2) share the SFU at 16 lanes/clk/SM",
-    "HBM bytes: every tensor once; K/V shared by a clip's samples and the recurrent weights read once (L2 reuse)",
+    "HBM bytes: every tensor once; K/V shared by a clip's samples and the recurrent weights read once (L2 reuse);"
+    " partial sums read back by the launch that wrote them are not counted (L2), read by a later launch they are",
     "no latency, bank-conflict, L2-bandwidth or inter-kernel-overlap modeling",
     "fp32 floor uses the CUDA-core FMA rate (the launchers use IEEE fp32 dots: torch disallows TF32 by default)",
     "layouts as the model passes them: NCHW features as (batch, N, C) views, out a channel slice",
@@ -569,7 +574,8 @@ def markdown(report: dict) -> str:
     ]
     for s in report["recurrent_steps"]:
         L.append(
-            f"| {s['preset']} | {s['dtype']} | {s['config']} | {s['prior_launches']} + {s['predictor_launches']} "
+            f"| {s['preset']} | {s['dtype']} | {s['config']} | {s['prior_launches']}"
+            f"{f' (+{fills} fill)' if (fills := s['prior_fills']) else ''} + {s['predictor_launches']} "
             f"| {s['min_ctas']} "
             f"| {_fmt_t(s['modeled_s'])} | {_fmt_t(s['floor_s'])} | {s['ratio_to_floor']} "
             f"| {s['ratio_to_svg_floor']} | {'yes' if s['spills'] else 'no'} |"

@@ -8,6 +8,10 @@ bound on what issues). Executed counts multiply each instruction by the trip cou
 around it, given as an expected loop tree (:class:`Trip`) that must have the shape of the SASS
 loop nest (loops with ``optional=True`` may be absent from the SASS: the compiler removes loops
 whose trip count it knows to be 0).
+
+Code behind a semaphore (a program's atomic add on a counter that the last of ``guard`` programs
+to finish reads, then a predicated ``EXIT`` for the others: :func:`semaphore_exit`) runs in one
+program of ``guard``; its executed counts are divided by ``guard`` (the per-program average).
 """
 
 from __future__ import annotations
@@ -208,12 +212,26 @@ class Executed:
     main_total_iters: int = 0  # main-loop iterations per program (times the trips of the loops around it)
 
 
-def executed(instrs: list[Instr], expected: list[Trip]) -> Executed:
-    """Counters per program and warp, each instruction times the trips of the loops around it.
+def semaphore_exit(instrs: list[Instr]) -> int | None:
+    """Address of the predicated ``EXIT`` after the last ``ATOMG`` (an atomic whose old value is
+    read: the semaphore's), past which only the last program runs; None without one."""
+    atom = max((i.addr for i in instrs if i.opcode.startswith("ATOMG")), default=None)
+    if atom is None:
+        return None
+    return next((i.addr for i in instrs if i.addr > atom and i.predicated and i.opcode == "EXIT"), None)
+
+
+def executed(instrs: list[Instr], expected: list[Trip], guard: int = 1) -> Executed:
+    """Counters per program and warp, each instruction times the trips of the loops around it;
+    with ``guard`` > 1, the code past the semaphore's exit (:func:`semaphore_exit`) divided by it.
 
     When the SASS nest does not have the expected shape, the fallback counts the code outside
     loops once and the innermost loop holding the most MUFU.EX2 (else the most MMA) as the main
     loop at the expected main loop's trips, everything else once (noted)."""
+    cut = semaphore_exit(instrs) if guard > 1 else None
+    if guard > 1 and cut is None:
+        raise ValueError(f"guard {guard} given, but the SASS has no semaphore exit (ATOMG, then a predicated EXIT)")
+    share = (lambda addr: 1 / guard if addr > cut else 1) if cut is not None else (lambda addr: 1)
     tree = loops(instrs)
     pairs = match(tree, expected)
     pruned_note = ""
@@ -228,7 +246,7 @@ def executed(instrs: list[Instr], expected: list[Trip]) -> Executed:
         inner = [lp for lp in walk(tree) if not lp.children]
         note = f"SASS loop nest {shape(tree)} does not match the expected one; main loop guessed"
         if not inner:
-            return Executed(static_counts(instrs), None, 0, False, note)
+            return Executed(_shared_counts(instrs, share), None, 0, False, note)
 
         def weight(lp):
             c = static_counts(instrs, lp.start, lp.end)
@@ -237,9 +255,9 @@ def executed(instrs: list[Instr], expected: list[Trip]) -> Executed:
         best = max(inner, key=weight)
         trips = main_trip.trips if main_trip else 1
         per = static_counts(instrs, best.start, best.end)
-        total = static_counts(instrs)
+        total = _shared_counts(instrs, share)
         for k, v in per.items():
-            total[k] += v * (trips - 1)
+            total[k] += v * (trips - 1) * share(best.start)
         return Executed(total, per, trips, False, note, trips)
     mult = {id(lp): t.trips for lp, t in pairs}
     parent_of = {}
@@ -260,7 +278,7 @@ def executed(instrs: list[Instr], expected: list[Trip]) -> Executed:
         out = Counter()
         for ins in instrs:
             if lo <= ins.addr <= hi:
-                w = _innermost_mult(ins.addr, tree, cumulative)
+                w = _innermost_mult(ins.addr, tree, cumulative) * share(ins.addr)
                 for k, v in classify(ins).items():
                     out[k] += v * w / base
         return out
@@ -274,6 +292,15 @@ def executed(instrs: list[Instr], expected: list[Trip]) -> Executed:
             main_per = weighted(lp.start, lp.end, c) if c else static_counts(instrs, lp.start, lp.end)
             iters, total_iters = t.trips, c
     return Executed(total, main_per, iters, True, pruned_note, total_iters)
+
+
+def _shared_counts(instrs: list[Instr], share) -> Counter:
+    """Static counts, each instruction times ``share(addr)``."""
+    out = Counter()
+    for ins in instrs:
+        for k, v in classify(ins).items():
+            out[k] += v * share(ins.addr)
+    return out
 
 
 def prune(instrs: list[Instr], tree: list[Loop], max_instr: int = 32) -> list[Loop]:
