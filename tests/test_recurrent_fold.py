@@ -160,7 +160,7 @@ def test_folded_lstm_step_triton(case, dtype, merged, monkeypatch):
 @pytest.mark.parametrize("dtype", _dtypes())
 @pytest.mark.parametrize("case", GAUSSIAN_CASES)
 def test_folded_gaussian_step_triton(case, dtype, merged, monkeypatch):
-    """Own z (the previous group's from registers, the earlier ones from memory) and cond, eps given;
+    """Own z (the earlier groups' from memory, stored by their launches) and cond, eps given;
     and in-kernel noise: the unfolded kernel's z for the same (seed, offset); the gates in one dot
     per K step or four."""
     _merge_gates(monkeypatch, merged)

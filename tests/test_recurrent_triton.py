@@ -318,16 +318,20 @@ def test_split_heads_from_partial_sums(monkeypatch, B, n_in, H, Zg, G, L, with_c
     check_close(out, gaussian_lstm_step_ref(xr, sr, wr, epsr, condr), FP32_TOL, "forward (z, mu, logvar, states)")
 
 
-@pytest.mark.parametrize("save", [True, False], ids=["saved", "sampling"])
-@pytest.mark.parametrize("with_cond", [False, True])
-def test_split_design_equals_row_design(monkeypatch, with_cond, save):
+@pytest.mark.parametrize(
+    "with_cond,save,L",
+    [(False, True, 1), (True, True, 1), (False, False, 1), (True, False, 1), (False, False, 2)],
+    ids=["saved", "saved-cond", "sampling", "sampling-cond", "sampling-2-layers"],
+)
+def test_split_design_equals_row_design(monkeypatch, with_cond, save, L):
     """The split design computes what the one-launch design does, bit for bit up to the order of
     the K sums: the same in-kernel noise (saved: drawn by the last program of each row block with
     its group's heads; sampling: every group's, by the first launch into an fp32 buffer), the same
-    saved tensors for backward, from a device offset too."""
+    saved tensors for backward, from a device offset too; with 2 layers per group the noise drawn
+    by the first launch is read by a later one, the group's top cell."""
     from hafsvg_kernels.recurrent import triton_gaussian, triton_lstm
 
-    B, n_in, H, Zg, G, L = 130, 24, 200, 6, 3, 1
+    B, n_in, H, Zg, G = 130, 24, 200, 6, 3
     x, s, w, _, cond = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, L, with_cond))
     lw = cast(make_lstm(40, H, 24, 2), torch.float32, grad=False)
     ls = cast(make_state(B, H, 2, 3), torch.float32, grad=False)
@@ -828,8 +832,9 @@ def test_torch_backend_refuses_a_device_offset_under_graph_capture():
 @needs_cuda
 @pytest.mark.parametrize("split", ["0", "1"])
 def test_launches_per_step(monkeypatch, split):
-    """G = 4 groups of one cell: one launch for the whole step in the row design, G + 1 split
-    (the default on a GPU); the 2-cell predictor step: one launch, or 3 split."""
+    """G = 4 groups of one cell: one launch for the whole step in the row design, G split (the
+    default on a GPU) and the zero-fill of the heads' counters; the 2-cell predictor step: one
+    launch, or 3 split."""
     from torch.profiler import ProfilerActivity, profile
 
     monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", split)
@@ -841,14 +846,17 @@ def test_launches_per_step(monkeypatch, split):
         gaussian_lstm_step(x, s, w, seed=1, backend="triton")
         lstm_step(xl, ls, lw, backend="triton")
     torch.cuda.synchronize()
-    want = (5, 3) if split == "1" else (1, 1)
+    want = ({"_split_cell_kernel": 4, "fill": 1}, {"_split_cell_kernel": 2, "_split_linear_tanh_kernel": 1})
+    if split == "0":
+        want = ({"_gaussian_step_kernel": 1}, {"_lstm_step_kernel": 1})
     for fn, n in zip((lambda: gaussian_lstm_step(x, s, w, seed=1, backend="triton"),
                       lambda: lstm_step(xl, ls, lw, backend="triton")), want):  # fmt: skip
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        assert len(kernels) == n, [e.name for e in kernels]
+        names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        got = {k: sum(k.lower() in name.lower() for name in names) for k in n}  # FillFunctor: the zeros
+        assert got == n and len(names) == sum(n.values()), names
 
 
 COMPILE_CHECK = textwrap.dedent(

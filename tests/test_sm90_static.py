@@ -328,10 +328,14 @@ def test_facts_of_todays_kernels(report):
     # 2 cells in 3, every launch on >= 132 programs, the bf16 cell GEMMs on wgmma
     for s in report["recurrent_steps"]:
         assert (s["prior_launches"], s["predictor_launches"]) == (4, 3) and s["min_ctas"] >= model.SMS
+        assert s["prior_fills"] == 1  # the heads' counters, zeroed once per step
     for dt in ("bf16", "fp32"):
         for step in ("prior", "predictor"):
             kernels = _op(report, f"{step} step moving-mnist {dt}")["kernels"]
             assert all(k["programs"] >= model.SMS and k["loop_nest_matched"] for k in kernels)
+            # the prior's groups sum their heads past a semaphore shared by a row block's programs
+            want = [k["grid"][1] if step == "prior" else 1 for k in kernels]
+            assert [k["semaphore_programs"] for k in kernels] == want
             if dt == "bf16":
                 assert all(k["mma_kind"] == "wgmma" for k in kernels if k["kernel"] == "_split_cell_kernel")
     # the issue's targets are computed (met or not) in the report, not asserted here

@@ -625,12 +625,13 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
     # the last program of each row block (counters zeroed once for all groups)
     cfg = split_config(B, H, h_out.dtype == torch.float32, precision != "ieee")  # as _cell_launch
     parts = torch.empty(triton.cdiv(H, cfg.block_n), B, Zg, 2, device=x.device, dtype=torch.float32)
-    counts = torch.zeros(G, triton.cdiv(B, cfg.block_b), device=x.device, dtype=torch.int32)
+    # rows padded to 4 counters: every group's row 16-byte aligned (one specialization of count_ptr)
+    counts = torch.zeros(G, -(-triton.cdiv(B, cfg.block_b) // 4) * 4, device=x.device, dtype=torch.int32)
     for j, w in enumerate(weights):
         for layer in range(L):
             first = layer == 0
             a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[j, layer - 1], H, H)
-            # the earlier groups' z: of this step (own_z, stored by their launches) or cond
+            # the earlier groups' z: of this step (stored by their launches) or cond
             inputs = (a, stride_a, K_a, zsrc, zsrc.stride(0), j * Zg if first else 0)
             embed = (w.embed_w, w.embed_b) if first and w.embed_w is not None else None
             pre = j == 0 and first and first_heads is not heads

@@ -63,6 +63,7 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
     rec = {
         "kernel": launch.kernel,
         "launch": launch.label,
+        "semaphore_programs": launch.guard,  # > 1: the code past its semaphore counted once per that many programs
         "constexprs": {k: str(v) for k, v in launch.constexprs.items()},
         "num_warps": comp.num_warps,
         "num_stages": comp.num_stages,
@@ -403,7 +404,7 @@ def targets(report: dict) -> list[dict]:
         ]
         out.append(
             {
-                "target": "recurrent (Gaussian, G groups) step in <= G + 1 launches",
+                "target": "recurrent (Gaussian, G groups) step in <= G + 1 launches (zero-fills counted)",
                 "met": not many,
                 "detail": f"{steps[0]['prior_launches']} launches and {steps[0]['prior_fills']} zero-fill (the "
                 f"frame predictor's step: {steps[0]['predictor_launches']} more)"
