@@ -77,13 +77,14 @@ launch (G launches, not G + 1), no sum of the partial sums by each of the 8 prog
 block, no z tile spread into the gate dot. The sampler's noise, drawn (not saved), is drawn by the
 first launch for every group (with the embedding in the kernels too: drawn in the last program's
 tail, the Philox code cost the FFMA cells spills, bair fp32 group 1 0 -> 56 B). Static counts
-(bf16, batch 1600, sm_90a; ``python -m hafsvg_kernels.sm90_report``, which divides the code past
-the semaphore by the programs sharing it), instructions per warp and program, groups 1-4 (+ heads
-launch) before -> after: moving-mnist folded 1726 / 1789 / 1811 / 1802 (+ 121) -> 1766 / 1604 /
-1595 / 1604; the bf16 step modeled 13.1 -> 12.5 µs (moving-mnist), 14.0 -> 12.8 (kth), 15.1 ->
-13.5 (bair, whose later groups' loop nests the report had not matched before: their W_hh loop and
-the sum of the partial sums counted once), with the embedding in the kernels 22.4 / 24.8 / 24.5
--> 21.0 / 22.1 / 22.2; fp32 folded 220 / 222 / 228 -> 217 / 220 / 227 µs. Spills: moving-mnist
+(bf16, batch 1600, sm_90a; ``python -m hafsvg_kernels.sm90_report``, which counts the code past
+the semaphore once on the busiest SM, that is 1/2 per program with 2 of the 200 programs there),
+instructions per warp and program, groups 1-4 (+ heads launch) before -> after: moving-mnist
+folded 1726 / 1789 / 1811 / 1802 (+ 121) -> 1814 / 1681 / 1672 / 1681; the bf16 step modeled
+13.1 -> 12.6 µs (moving-mnist), 14.0 -> 13.5 (kth), 15.1 -> 14.1 (bair, whose later groups' loop
+nests the report had not matched before: their W_hh loop and the sum of the partial sums counted
+once), with the embedding in the kernels 22.4 / 24.8 / 24.5 -> 21.1 / 22.5 / 22.3; fp32 folded
+220 / 222 / 228 -> 217 / 220 / 227 µs. Spills: moving-mnist
 none in either dtype (fp32 folded 12 / 36 / 36 B before); kth's embedded bf16 groups 2 and 4 20 /
 20 -> 40 / 52 B, values stored once before the loops and read once after them; fp32 folded kth
 group 4 20 B (28 / 28 / 28 before), bair group 1 20 B (group 3 8 B before), embedded bair group 2

@@ -56,14 +56,19 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
         ins = sass.parse(comp.sass)
         cache[key] = (comp, ins, time.time() - t0)
     comp, ins, secs = cache[key]
-    ex = _executed(ins, launch.loops, launch.guard)
+    # the code past a semaphore runs in one of launch.guard programs, but the busiest SM runs at
+    # least one such tail after its programs' bodies: counted 1 / min(guard, programs on that SM)
+    # per program (busiest x body + one tail where the guard exceeds the programs per SM)
+    divisor = min(launch.guard, math.ceil(launch.programs / model.SMS))
+    ex = _executed(ins, launch.loops, divisor)
     per_sm = model.ctas_per_sm(comp.regs, comp.num_warps, comp.shared)
     b = model.bounds(ex.total, comp.num_warps, launch.programs, launch.bytes, dtype)
     t, bound = model.modeled(b)
     rec = {
         "kernel": launch.kernel,
         "launch": launch.label,
-        "semaphore_programs": launch.guard,  # > 1: the code past its semaphore counted once per that many programs
+        "semaphore_programs": launch.guard,  # > 1: the code past its semaphore runs in one of that many programs
+        "semaphore_divisor": divisor,  # ... and is counted 1 / divisor per program
         "constexprs": {k: str(v) for k, v in launch.constexprs.items()},
         "num_warps": comp.num_warps,
         "num_stages": comp.num_stages,
@@ -480,7 +485,8 @@ ASSUMPTIONS = [
     " straight-line code behind a branch not taken counts once (e.g. the masked tail block, skipped when N is a"
     " multiple of the block: at N = 16 and 64 this overstates the forward's issue time by up to ~2x)",
     "code past a semaphore (the last of the programs sharing a counter sums their partial sums: the dK/dV"
-    " split, the recurrent heads) counts once per those programs, divided among them (the average program)",
+    " split, the recurrent heads) counts 1 / min(programs sharing it, programs on the busiest SM) per program:"
+    " the busiest SM runs at least one such tail after its programs",
     "exps per score (op) = MUFU.EX2 lanes of the main loops (all launches, value tiles recomputing scores"
     " included) / (B x N x M); prologue, epilogue and tail code are left out",
     "mma.sync (HMMA) runs at half the wgmma rate of its type (assumption); FFMA at 128 lanes x 2 FLOPs/clk/SM",

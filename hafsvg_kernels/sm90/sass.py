@@ -9,9 +9,10 @@ around it, given as an expected loop tree (:class:`Trip`) that must have the sha
 loop nest (loops with ``optional=True`` may be absent from the SASS: the compiler removes loops
 whose trip count it knows to be 0).
 
-Code behind a semaphore (a program's atomic add on a counter that the last of ``guard`` programs
-to finish reads, then a predicated ``EXIT`` for the others: :func:`semaphore_exit`) runs in one
-program of ``guard``; its executed counts are divided by ``guard`` (the per-program average).
+Code behind a semaphore (a program's atomic add on a counter that the last of the programs
+sharing it to finish reads, then a predicated ``EXIT`` for the others: :func:`semaphore_exit`)
+runs in one of them; with ``guard`` > 1 its executed counts are divided by ``guard`` (the report
+passes the smaller of the programs sharing it and the programs on the busiest SM).
 """
 
 from __future__ import annotations
