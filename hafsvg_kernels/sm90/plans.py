@@ -486,7 +486,6 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     arguments as the launcher passes them: without heads Zg = 1 (a constant to Triton); ``noise``
     False (the predictor): no noise, the placeholders' sizes; else ``draw_all``, this launch draws
     the step's noise into an fp32 buffer (the first group's), the heads read theirs from there."""
-    pre = noise  # the noise drawn once, by the first group's launch (the sampler saves nothing)
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
@@ -503,13 +502,12 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     ld_in = (K_in if embed else -(-K_in // ROW_ALIGN) * ROW_ALIGN) if first else H
     grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
     merged = ts.merged_gates(io.dtype == "fp32", "ieee")  # the sampler's dots: bf16, or fp32 IEEE
-    draws = noise and not pre  # the heads draw their noise (with the embedding in the kernels)
-    all_z = ts.all_noise_width(Zt, grid[1]) if pre and draw_all else 1
+    all_z = ts.all_noise_width(Zt, grid[1]) if draw_all else 1
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
         "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io,
         "mu_w": io, "lv_w": io, "mu_b": io, "lv_b": io, "part_ptr": Ptr("fp32") if head_out else io,
-        "count_ptr": Ptr("i32") if head_out else io, "eps_ptr": Ptr("fp32") if pre else io,
+        "count_ptr": Ptr("i32") if head_out else io, "eps_ptr": Ptr("fp32") if noise else io,
         "stride_eps": Zt if noise else 0, "z_ptr": io,
         "mu_ptr": io, "lv_ptr": io, "col0": col0, "Z_total": Zt if noise else H,
         "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
@@ -518,9 +516,9 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
-        "EMBED": embed, "HEAD_OUT": head_out, "DRAW_EPS": draws,
-        "OFFSET_FROM_PTR": noise and (draw_all or not pre), "STORE_EPS": False, "DRAW_ALL": pre and draw_all,
-        "ALL_Z": all_z,
+        # the sampler saves nothing: the first launch draws the step's noise, the heads read it
+        "EMBED": embed, "HEAD_OUT": head_out, "DRAW_EPS": False, "OFFSET_FROM_PTR": draw_all, "STORE_EPS": False,
+        "DRAW_ALL": draw_all, "ALL_Z": all_z,
         "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
         "BLOCK_K": cfg.block_k, "BLOCK_Z2": ts._head_block_z(2 * zg_arg), "N_PARTS": grid[1],
         "PARTS_UNROLLED": ts.parts_unrolled(cfg, zg_arg, grid[1]),
@@ -542,7 +540,7 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if folded and merged else 8 * H)
     w += extra_w
     # input, h/c in, h/c out; the fp32 noise written (draw_all)
-    act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act + (B * Zt * 4 // e if pre and draw_all else 0)
+    act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act + (B * Zt * 4 // e if draw_all else 0)
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
                   (w + act) * e, label, guard=grid[1] if head_out else 1)  # fmt: skip
 
