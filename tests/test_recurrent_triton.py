@@ -351,16 +351,38 @@ def test_split_design_equals_row_design(monkeypatch, with_cond, save, L):
         assert torch.equal(a, b)
 
 
+def test_split_design_gpu_tiles_equal_row_design(monkeypatch):
+    """The tiles a GPU takes in bf16 (32 hidden units per program, 64-deep K steps, the gates in one
+    dot), here with hidden 200, not a multiple of either: the last program of each row block
+    computes the next group's embedding over all 200 columns (its chunks unrolled), and every
+    output and saved tensor is the row design's."""
+    from hafsvg_kernels.recurrent import triton_gaussian, triton_split
+
+    B, n_in, H, Zg, G = 40, 24, 200, 6, 3
+    x, s, w, _, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, 1, False))
+    res = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", mode)
+        if mode == "1":
+            monkeypatch.setattr(triton_split, "split_config", lambda *a, **k: triton_split.SplitConfig(16, 32, 64, 4, 1))
+            monkeypatch.setattr(triton_split, "merged_gates", lambda *a: True)
+        g = triton_gaussian.forward(x, s, w, None, None, seed=5, offset=3, save=True)
+        res[mode] = (g[:5], g[5])
+    for a, b in zip(leaves(res["0"]), leaves(res["1"]), strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
+
+
 def test_split_design_launch_count_and_grid(monkeypatch):
-    """G * L launches for the Gaussian step (the last program of each row block sums the heads of
-    its group), L + 1 for the predictor, each over row blocks x hidden-unit (or output) blocks."""
+    """The Gaussian step with its embeddings unfolded: one launch for the first group's embedding,
+    then G * L cell launches (the last program of each row block sums the heads of its group and
+    computes the next group's embedding), each over row blocks x hidden-unit blocks."""
     import triton
 
     from hafsvg_kernels.recurrent import triton_gaussian, triton_split
 
     monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", "1")
     grids = []
-    for name in ("_split_cell_kernel", "_split_linear_tanh_kernel"):
+    for name in ("_split_embed_kernel", "_split_cell_kernel", "_split_linear_tanh_kernel"):
         fn = getattr(triton_split, name)
 
         class Spy:
@@ -373,9 +395,9 @@ def test_split_design_launch_count_and_grid(monkeypatch):
     x, s, w, eps, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, 1, False))
     triton_gaussian.forward(x, s, w, eps)
     cfg = triton_split.split_config(B, H, fp32=True)  # the launcher's tiles for these fp32 inputs
-    cell = ("_split_cell_kernel", (triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n)))
-    assert grids == [cell] * G
-    assert cell[1][1] > 1, "the hidden units are split across programs"
+    tiles = (triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))
+    assert grids == [("_split_embed_kernel", tiles)] + [("_split_cell_kernel", tiles)] * G
+    assert tiles[1] > 1, "the hidden units are split across programs"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,9 +854,10 @@ def test_torch_backend_refuses_a_device_offset_under_graph_capture():
 @needs_cuda
 @pytest.mark.parametrize("split", ["0", "1"])
 def test_launches_per_step(monkeypatch, split):
-    """G = 4 groups of one cell: one launch for the whole step in the row design, G split (the
-    default on a GPU) and the zero-fill of the heads' counters; the 2-cell predictor step: one
-    launch, or 3 split."""
+    """G = 4 groups of one cell, embeddings unfolded: one launch for the whole step in the row design;
+    split (the default on a GPU), the first group's embedding (which zeroes the heads' counters: no
+    zero-fill) and G cell launches; the 2-cell predictor step: one launch, or 4 split (the embedding,
+    2 cells, the output)."""
     from torch.profiler import ProfilerActivity, profile
 
     monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", split)
@@ -846,7 +869,8 @@ def test_launches_per_step(monkeypatch, split):
         gaussian_lstm_step(x, s, w, seed=1, backend="triton")
         lstm_step(xl, ls, lw, backend="triton")
     torch.cuda.synchronize()
-    want = ({"_split_cell_kernel": 4, "fill": 1}, {"_split_cell_kernel": 2, "_split_linear_tanh_kernel": 1})
+    want = ({"_split_embed_kernel": 1, "_split_cell_kernel": 4},
+            {"_split_embed_kernel": 1, "_split_cell_kernel": 2, "_split_linear_tanh_kernel": 1})
     if split == "0":
         want = ({"_gaussian_step_kernel": 1}, {"_lstm_step_kernel": 1})
     for fn, n in zip((lambda: gaussian_lstm_step(x, s, w, seed=1, backend="triton"),
@@ -855,7 +879,7 @@ def test_launches_per_step(monkeypatch, split):
             fn()
             torch.cuda.synchronize()
         names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        got = {k: sum(k.lower() in name.lower() for name in names) for k in n}  # FillFunctor: the zeros
+        got = {k: sum(k.lower() in name.lower() for name in names) for k in n}
         assert got == n and len(names) == sum(n.values()), names
 
 
@@ -903,7 +927,7 @@ COMPILE_CHECK = textwrap.dedent(
     from hafsvg_kernels.recurrent import triton_split as sp
     c = sp.split_config(B, H, True, True)  # fp32 where torch allows TF32 ("tf32x3" dots)
     widest = sp.embed_chunk(c, True)
-    (ac, ba), (a2c, ba2) = sp._part_tiles(n_in, widest), sp._part_tiles(2 * Zg, widest)
+    a2c, ba2 = sp._part_tiles(2 * Zg, widest)
     sm = dict(BLOCK_B=c.block_b, BLOCK_N=c.block_n, BLOCK_K=c.block_k, num_warps=c.num_warps,
               num_stages=c.num_stages, PRECISION="tf32x3")
     offset = torch.empty((), dtype=torch.int64)
@@ -911,30 +935,35 @@ COMPILE_CHECK = textwrap.dedent(
     # the earlier two groups' z are the input's second part)
     counts = torch.empty(4, dtype=torch.int32)
     parts = (e(Zg, H), e(Zg, H), e(Zg), e(Zg), e(8, B, Zg, 2), counts)
-    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, e(H, n_in + 2 * Zg), e(H), e(B, H),
-        *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_OUT=True, DRAW_EPS=True, OFFSET_FROM_PTR=True, STORE_EPS=True,
-        DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=False,
-        BLOCK_ZH=4, A_CHUNKS=ac, BLOCK_A=ba, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=n_in + 2 * Zg, KA_EVEN=False,
-        H_EVEN=True, MERGED=True, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
-    wide = 320  # an input part read chunk by chunk inside the loop (3 chunks of 128), as in bf16
-    sp._split_cell_kernel.warmup(e(B, wide), wide, wide, e(B, wide), wide, 0, e(H, wide), e(H), e(B, H),
-        *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=True,
-        HEAD_OUT=False, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
-        DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=1, PARTS_UNROLLED=True,
-        BLOCK_ZH=4, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=wide, KA_EVEN=False, H_EVEN=False,
-        MERGED=True, A2_VEC=8, ONE_BIAS=False, grid=(1,), **sm)
+    no_next = (e(B, H), H, H, e(B, H), H, 0, e(B, H), e(B, H), e(B, H), e(B, H))  # NEXT's placeholders
+    # a third group's cell (unfolded embeddings: its input the embedding computed by the launch
+    # before), computing the fourth group's embedding from x and the three groups' z (NEXT)
+    nxt = (e(B, n_in), n_in, n_in, e(B, Zt), Zt, 3 * Zg, e(H, n_in + 3 * Zg), e(H), e(B, H), e(B, H))
+    xc, bx = sp._part_tiles(n_in, widest)
+    for merged in (True, False):  # the tail's chunks unrolled (tensor cores) or looped (FFMA)
+        sp._split_cell_kernel.warmup(e(B, H), H, H, e(B, H), H, 0, *nxt,
+            *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+            offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=True,
+            LD_NEXT=n_in + 3 * Zg, X_CHUNKS=xc, BLOCK_X=bx, BLOCK_ZN=16, HEAD_OUT=True, DRAW_EPS=True,
+            OFFSET_FROM_PTR=True, STORE_EPS=True, DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z2=16,
+            N_PARTS=H // c.block_n, PARTS_UNROLLED=False, BLOCK_ZH=4, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=H,
+            KA_EVEN=True, H_EVEN=True, MERGED=merged, A2_VEC=1, ONE_BIAS=False, grid=(1,), **sm)
+    # an embedding launch: an input read chunk by chunk (3 chunks of 128, as in bf16) and a narrow
+    # second part, the heads' counters zeroed
+    wide = 320
+    sp._split_embed_kernel.warmup(e(B, wide + 24), wide, e(B, 24), 24, e(H, wide + 24), e(H), e(B, H), counts, 4,
+        B, H, LD_W=wide + 24, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=1, BLOCK_A2=32, STRIDE_A=wide + 24, A2_VEC=8,
+        BLOCK_COUNTS=4, BLOCK_B=c.block_b, BLOCK_N=c.block_n, PRECISION="tf32x3", num_warps=c.num_warps,
+        num_stages=c.num_stages, grid=(1,))
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
     # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
     ld = -(-(n_in + 2 * Zg) // 8) * 8
-    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, e(B, H), e(B, H), e(B, H),
+    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, *no_next,
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, EMBED=False,
-        HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=True, STORE_EPS=False,
-        DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // c.block_n, PARTS_UNROLLED=True,
-        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
+        offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=False,
+        LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=True,
+        STORE_EPS=False, DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // c.block_n,
+        PARTS_UNROLLED=True, BLOCK_ZH=4, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
         MERGED=False, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
     # from the fp32 buffer the first group's launch drew; b_ih + b_hh summed once, ONE_BIAS) and the
@@ -945,13 +974,14 @@ COMPILE_CHECK = textwrap.dedent(
     b = lambda *s: torch.empty(*s, dtype=torch.bfloat16)
     bt = lambda n, *s: tuple(b(*s) for _ in range(n))
     bparts = (b(Zg, H), b(Zg, H), b(Zg), b(Zg), e(8, B, Zg, 2), counts)
-    sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, 2 * Zg, b(B, H), b(B, H), b(B, H),
+    sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, 2 * Zg, b(B, H), H, H, b(B, H), H, 0,
+        b(B, H), b(B, H), e(B, H), b(B, H),
         *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), e(4 * H), b(4 * H), *bt(2, B, H), b(B, 4 * H), B, H,
-        EMBED=False,
+        NEXT=False, LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16,
         HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
-        BLOCK_ZH=4, A_CHUNKS=0, BLOCK_A=16, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
+        BLOCK_ZH=4, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
         MERGED=True, A2_VEC=8, ONE_BIAS=True, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)

@@ -55,7 +55,7 @@ def _state(hidden, n_layers, hidden_size):
 
 class FusedLSTM(LSTM):
     """Drop-in for SVG's ``lstm``: Linear embed -> n_layers LSTMCells -> Linear -> tanh, fused:
-    L + 1 launches per step on CUDA (see :mod:`.triton_lstm`)."""
+    L + 2 launches per step on CUDA (the embedding, the cells, the output; see :mod:`.triton_split`)."""
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, batch_size=None, backend="auto"):
         super().__init__(input_size, output_size, hidden_size, n_layers, batch_size, backend)
@@ -87,7 +87,8 @@ class FusedGaussianLSTM(GaussianLSTM):
 
 class FusedHierarchicalGaussianLSTM(HierarchicalGaussianLSTM):
     """HAF-SVG's G-group Gaussian LSTM (group j: a ``gaussian_lstm`` reading [x, z^{1:j-1}]),
-    fused: G launches per step on CUDA (one cell per group); ``forward(x, eps=None, cond=None)``."""
+    fused: G + 1 launches per step on CUDA (the first group's embedding, then one cell per group; see
+    :mod:`.triton_split`); ``forward(x, eps=None, cond=None)``."""
 
     def __init__(self, input_size, output_size, hidden_size, n_layers, groups, batch_size=None, backend="auto"):
         super().__init__(input_size, output_size, hidden_size, n_layers, groups, batch_size, backend)

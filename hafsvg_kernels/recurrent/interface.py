@@ -1,8 +1,9 @@
 """Functional entry points of the recurrent step: input checks, then backend dispatch.
 
 Backends: ``"torch"`` (the reference, any device) and ``"triton"`` (fused kernels: on a GPU one
-launch per cell over rows x hidden units, L + 1 per :func:`lstm_step` and G for the G groups of
-one cell of :func:`gaussian_lstm_step`; one launch per step under the interpreter; CUDA
+launch per cell over rows x hidden units and one for the embedding, L + 2 per :func:`lstm_step`
+and G + 1 for the G groups of one cell of :func:`gaussian_lstm_step`, one fewer each with folded
+embeddings; one launch per step under the interpreter; CUDA
 tensors, or CPU tensors under ``TRITON_INTERPRET=1``). ``auto`` prefers Triton on CUDA.
 
 Under ``torch.compile`` the checked step goes through the custom ops of :mod:`.compiled`

@@ -1,5 +1,5 @@
 """Fused Triton kernel of the (hierarchical) Gaussian LSTM step: all G groups in one launch (the
-row design; on a GPU the step runs split over rows x hidden units in G launches, see
+row design; on a GPU the step runs split over rows x hidden units in G + 1 launches, see
 :mod:`.triton_split`, with the same outputs, noise and backward).
 
 For a block of ``BLOCK_B`` batch rows per program, and for each group j = 1..G in order:

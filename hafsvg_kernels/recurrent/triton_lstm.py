@@ -248,8 +248,8 @@ def contiguous_lstm_weights(w: LSTMWeights) -> LSTMWeights:
 
 
 def forward(x, state, weights: LSTMWeights, save: bool = False):
-    """One predictor step: one launch (the row design), or L + 1 (:mod:`.triton_split`, on a GPU,
-    and always with a folded embedding).
+    """One predictor step: one launch (the row design), or L + 2 (:mod:`.triton_split`, on a GPU;
+    L + 1, and always split, with a folded embedding).
 
     Args:
         x: (B, n_in); state: L pairs (h, c), each (B, H); weights: :class:`LSTMWeights` (embed

@@ -6,27 +6,49 @@ program): at the sampling batch (1600 rows, 16 per program) 100 programs on a 13
 streaming every weight of the step from L2. Here the grid is (row blocks) x (hidden-unit blocks)
 and every launch ends where the next one needs a whole hidden vector:
 
-    Gaussian step, G groups of L = 1 cell (G launches):
-      launch j = 0..G-1, program (rows r, hidden units n):
-        if j = 0 and the noise drawn (not saved): eps[r, c] for all G groups' columns c, ALL_Z of
+    Gaussian step, G groups of L = 1 cell (G + 1 launches; folded embeddings, below: G and a
+    zero-fill of the heads' counters):
+      launch 0 (_split_embed_kernel), program (rows r, hidden units n): e_1[r, n] = x[r] @
+                  W_embed_1[n]^T + b; program (0, 0) zeroes the heads' counters
+      launch j = 1..G, program (rows r, hidden units n):
+        if j = 1 and the noise drawn (not saved): eps[r, c] for all G groups' columns c, ALL_Z of
                   them per hidden block, into an fp32 buffer that the heads read (each program
                   drawing its rows' noise itself was 8 times the Philox and Box-Muller work;
                   moving-mnist bf16 folded, instructions per warp and program: group 1 1897 ->
                   2090, groups 2-4 3205 / 3478 / 3478 -> 2857 / 3290 / 3290)
-        e_j[r, :] = [x, z^{1:j-1}][r] @ W_embed_j^T + b   (z^{1:j-1} stored by the earlier launches;
-                  computed chunk by chunk of H and fed straight into the gate GEMM, never read
-                  back; hidden block 0 writes it when saving)
+        if j < G: pre[r, n] = x[r] @ W_embed_{j+1}[n, :n_in]^T + b   (fp32, part 1 of the next
+                  group's embedding, for this program's units)
         gates[r, n] = [e_j, h_j][r] @ [W_ih; W_hh][n]^T -> c'[r, n], h'[r, n]
         P_j[q, r] = h'[r, n] @ [W_mu; W_logvar][:, n]^T   (fp32, q the program's hidden block)
         the last of row block r's H / BLOCK_N programs to finish: z_j[r], mu_j[r], logvar_j[r]
-                  from the sum of P_j[:, r] in hidden-block order, the biases and the noise
-    predictor, L cells (L + 1 launches): cell 1 with the embedding computed as above, cells 2..L
-      reading the previous cell's h', then out = tanh(h'_L @ W_out^T + b) tiled over rows x outputs.
+                  from the sum of P_j[:, r] in hidden-block order, the biases and the noise; if
+                  j < G, e_{j+1}[r, :] = pre[r, :] + z^{1:j}[r] @ W_embed_{j+1}[:, n_in:]^T,
+                  rounded once (_next_embedding)
+    predictor, L cells (L + 2 launches; folded, L + 1): the embedding (_split_embed_kernel), cell 1
+      reading it, cells 2..L reading the previous cell's h', then out = tanh(h'_L @ W_out^T + b)
+      tiled over rows x outputs.
 
-Work added against the row design: the embedding once per hidden block (8 blocks at hidden 256:
-+50 % of the MACs of a group's cell), tensor-core work on data already in L2, and the heads'
-partial sums (8 x 2 Zg fp32 numbers per row in bf16, written once, read back from L2 by one
-program per row block). What it buys: 200 programs instead of 100.
+Work added against the row design: tensor-core work on data already in L2, the heads' partial
+sums (8 x 2 Zg fp32 numbers per row in bf16, written once, read back from L2 by one program per
+row block) and the embeddings' round trip through memory (e written once and read by the H /
+BLOCK_N programs of the next launch; a prior group's part 1 in fp32). What it buys: 200 programs
+instead of 100.
+
+Each embedding computed once per row (the launches above). Before, every program computed its rows'
+whole embedding again, chunk by chunk of H fed straight into the gate GEMM (8 times per row block
+at hidden 256: +50 % of the MACs of a group's cell). A group's embedding needs the z of the group
+before, known only past that launch's semaphore: its x part is computed by every program for its
+own units at the start, the rest by the last program of each row block, which stores the rounded
+e (the saved tensor too). Static counts (``python -m hafsvg_kernels.sm90_report``, bf16, batch
+1600, sm_90a; instructions per warp and program, the tail counted on the busiest SM) moving-mnist,
+recompute -> once: the prior's groups 2802 / 3210 / 3072 / 3210 -> 2947 / 2723 / 2736 / 2011 (no
+next group) plus the first group's embedding launch, 305; the predictor's first cell 2627 -> 1830
+plus its embedding's launch, 375. The bf16 step (prior + predictor) modeled 21.1 -> 18.1 µs
+(moving-mnist), 22.5 -> 18.6 (kth), 22.3 -> 19.0 (bair); fp32 337 / 341 / 348 -> 282 / 284 / 290
+µs; spills gone (kth bf16 groups 2 and 4, 40 / 52 B; bair fp32 group 2, 44 B). Tried first:
+every program reading the next group's fp32 part 1 and adding the z part itself: the fp32 tiles'
+conversion to the MMA layout through shared memory in the main loop cost about as much as the
+embedding saved (group 2 3210 -> 2896 instructions).
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
@@ -34,12 +56,13 @@ a graph, each launch costs host time: the Gaussian step alone timed 557 µs per 
 against the row design's 459 (``benchmarks/test_bench_recurrent.py``, batch 1600); sampling
 replays the step from a graph where it can (``FastSampler(graphs=True)``).
 
-The embedding's input parts (x, and the earlier groups' z; the predictor's input as whole chunks of
-:func:`embed_chunk` columns and the rest) are read in unrolled chunks, a one-chunk part once before
-the loop over H, so that this loop holds no inner loop and is software-pipelined (with the K loops
-nested inside it was not: its weight tiles came in through synchronous 16-bit loads). W_embed's
-row stride is a constexpr: at n_in + j Zg = 132..140 columns (moving-mnist, Zg = 4) the compiler
-could not know the rows' alignment from a runtime value and loaded those tiles 16 bits at a time. The heads draw noise
+When every program still computed the embedding: its input parts (x, and the earlier groups' z; the
+predictor's input as whole chunks of :func:`embed_chunk` columns and the rest) were read in
+unrolled chunks, a one-chunk part once before the loop over H, so that this loop held no inner
+loop and was software-pipelined (with the K loops nested inside it was not: its weight tiles came
+in through synchronous 16-bit loads). W_embed's row stride is a constexpr (still, LD_W and
+LD_NEXT): at n_in + j Zg = 132..140 columns (moving-mnist, Zg = 4) the compiler could not know the
+rows' alignment from a runtime value and loaded those tiles 16 bits at a time. The heads draw noise
 for the group's columns only, not the tile's 16 (:func:`.triton_blocks.noise_width`). Static counts
 (``python -m hafsvg_kernels.sm90_report``, bf16, batch 1600, sm_90a; instructions per warp and
 program, before -> after these and the activations of :mod:`.triton_blocks`): the predictor's
@@ -115,7 +138,8 @@ the first cell's input parts meet the folded W_ih (4H x (n_in + j Zg), rows padd
 directly, part 1 in the same pipelined K loop as W_hh's, the narrow parts (the rest of the
 predictor's input, the earlier groups' z) in unrolled tiles: nothing is computed by two programs.
 Static counts (bf16,
-batch 1600, sm_90a, instructions per warp and program, embedded -> folded, both with the
+batch 1600, sm_90a, instructions per warp and program, embedding recomputed by every program (as it
+then was) -> folded, both with the
 activations of :func:`.triton_blocks._act`): the predictor's first cell 3546 -> 1965, the prior's
 first group 3223 -> 1897, the later ones 5155 / 5235 / 5439 -> 3205 / 3478 / 3478; the
 moving-mnist step models 30.0 -> 20.2 µs (19.5 with the noise drawn once, above).
@@ -192,15 +216,75 @@ def _embed_part(
     return e
 
 
+@triton.jit
+def _next_embedding_chunk(pre_ptr, zt, kz, z_ok, w_ptr, e_ptr, H, src, rows, row_mask, k0,
+                          LD_W: tl.constexpr, BLOCK_K: tl.constexpr, H_EVEN: tl.constexpr, PRECISION: tl.constexpr):
+    """Columns [k0, k0 + BLOCK_K) of :func:`_next_embedding`."""
+    k = k0 + tl.arange(0, BLOCK_K)
+    k_mask = (k - k0 < BLOCK_K) if H_EVEN else (k < H)
+    w = tl.load(w_ptr + k[None, :] * LD_W + kz[:, None], mask=z_ok[:, None] & k_mask[None, :], other=0.0)
+    if H_EVEN:
+        e = tl.load(pre_ptr + src[:, None] * H + k[None, :], cache_modifier=".cg")
+    else:
+        e = tl.load(pre_ptr + src[:, None] * H + k[None, :], mask=k_mask[None, :], other=0.0, cache_modifier=".cg")
+    e = tl.dot(zt, w, e, input_precision=PRECISION)
+    tl.store(e_ptr + rows[:, None] * H + k[None, :], e.to(e_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & k_mask[None, :])  # fmt: skip
+
+
+@triton.jit
+def _next_embedding(
+    pre_ptr,  # (B, H) fp32: part 1 of the next group's embedding, x @ W'[:, :K_x]^T + b'
+    zsrc_ptr, stride_zsrc, K_z,  # (B, >= K_z): the groups' z up to this one's
+    w_ptr,  # W'[:, K_x:], the columns that meet z, with row stride LD_W
+    e_ptr,  # (B, H) out: the next group's embedding, in e_ptr's dtype
+    B, H, rows, row_mask,
+    LD_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Z: tl.constexpr,
+    CHUNKS: tl.constexpr,  # UNROLLED: CHUNKS x BLOCK_K >= H columns
+    UNROLLED: tl.constexpr,  # the chunks unrolled (their loads issued together), or a loop
+    H_EVEN: tl.constexpr,  # H % BLOCK_K == 0: no column masks
+    PRECISION: tl.constexpr,
+):
+    """e[rows] = pre[rows] + zsrc[rows, :K_z] @ W'[:, K_x:K_x + K_z]^T, rounded once, BLOCK_K
+    columns at a time: the embedding of a prior group, once per row block (the last program of the
+    row block, after the group's z, runs it). ``pre`` was stored by the other programs of the launch
+    and the group's z by this one: read past L1 (".cg"). Unrolled on the tensor cores (a serial
+    tail: bf16 moving-mnist, the step modeled 18.26 -> 18.14 us, sm90_report); a loop on FFMA,
+    where unrolled it spilled 184 B (fp32 bair, group 3, K_z = 48)."""
+    kz = tl.arange(0, BLOCK_Z)
+    z_ok = kz < K_z
+    # rows past B read row B - 1 (never stored): no row masks on the loads, no registers zeroed
+    src = tl.minimum(rows, B - 1)
+    zt = tl.load(zsrc_ptr + src[:, None] * stride_zsrc + kz[None, :], mask=z_ok[None, :], other=0.0,
+                 cache_modifier=".cg")  # fmt: skip
+    if UNROLLED:
+        for c in tl.static_range(CHUNKS):
+            _next_embedding_chunk(pre_ptr, zt, kz, z_ok, w_ptr, e_ptr, H, src, rows, row_mask, c * BLOCK_K, LD_W,
+                                  BLOCK_K, H_EVEN, PRECISION)  # fmt: skip
+    else:
+        for k0 in range(0, H, BLOCK_K):
+            _next_embedding_chunk(pre_ptr, zt, kz, z_ok, w_ptr, e_ptr, H, src, rows, row_mask, k0, LD_W, BLOCK_K,
+                                  H_EVEN, PRECISION)  # fmt: skip
+
+
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
 def _split_cell_kernel(
-    # the cell's input parts [a, a2]: embedded here (EMBED: their product with W_embed^T, + b) or
-    # multiplied with W_ih directly (the previous cell's h', K_a = H, K_a2 = 0; or the parts of a
-    # folded embedding, W_ih then (4H, K_a + K_a2)); a prior group's a2 holds the earlier groups' z
+    # the cell's input parts [a, a2], multiplied with W_ih: the embedding (computed by the launch
+    # before, K_a = H, K_a2 = 0) or the previous cell's h' (likewise), or the parts of a folded
+    # embedding's input (W_ih then (4H, K_a + K_a2)), where a prior group's a2 holds the earlier
+    # groups' z
     a_ptr, stride_a, K_a,  # part 1 (B, K_a)
     a2_ptr, stride_a2, K_a2,  # part 2 (B, K_a2), K_a2 may be 0
-    embed_w, embed_b,  # EMBED: (H, K_a + K_a2), (H,)
-    e_ptr,  # EMBED and SAVE: (B, H) out, the embedding (written by the programs of hidden block 0)
+    # NEXT (a prior group's top cell, the embeddings unfolded): the next group's embedding
+    # e' = [x, z^{1:j}] @ W'^T + b', computed once per row instead of by each of the H / BLOCK_N
+    # programs that read it: part 1 (x @ W'[:, :K_x]^T + b') by every program for its hidden units,
+    # at the start, into pre_ptr; the rest by the last program of each row block after the group's
+    # z (_next_embedding), rounded once, into e_next_ptr, the next launch's input (and saved tensor)
+    x_ptr, stride_x, K_x,  # NEXT: the step's input (B, K_x), unit column stride
+    zsrc_ptr, stride_zsrc, K_z,  # NEXT: (B, >= K_z) the groups' z up to this one's (the step's z, or cond)
+    next_w, next_b,  # NEXT: W' (H, LD_NEXT), b' (H,)
+    pre_ptr,  # NEXT: (B, H) fp32 scratch, part 1
+    e_next_ptr,  # NEXT: (B, H) out, e' in the step's dtype
     # HEAD_OUT: this group's heads (the group's top cell): each program stores its h' tile times
     # the heads' columns of its hidden units; the last program of a row block to finish sums them
     mu_w, lv_w,  # (Zg, H), (Zg, H) the group's heads
@@ -224,27 +308,27 @@ def _split_cell_kernel(
     # sizes
     B, H,
     # meta-parameters
-    EMBED: tl.constexpr,  # the input is the embedding, computed here
+    NEXT: tl.constexpr,  # compute the next group's embedding (with HEAD_OUT)
+    LD_NEXT: tl.constexpr,  # NEXT: W''s row stride
+    X_CHUNKS: tl.constexpr, BLOCK_X: tl.constexpr,  # NEXT: x in X_CHUNKS x BLOCK_X >= K_x columns
+    BLOCK_ZN: tl.constexpr,  # NEXT: >= K_z and >= 16, a power of two
     HEAD_OUT: tl.constexpr,  # this group's heads (z, mu, logvar) from the partial sums (the group's top cell)
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
     DRAW_ALL: tl.constexpr,  # draw every group's noise for these rows into eps_ptr (fp32), ALL_Z
     # columns per hidden block, for the later launches to read (the first group's launch)
     ALL_Z: tl.constexpr,
-    SAVE: tl.constexpr,  # write the embedding and the activated gates (for backward)
+    SAVE: tl.constexpr,  # write the activated gates (for backward)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_Z2: tl.constexpr,  # HEAD_OUT: >= 2 Zg and >= 16, mu's and logvar's columns in one dot
     N_PARTS: tl.constexpr,  # HEAD_OUT: the hidden blocks, cdiv(H, BLOCK_N)
     PARTS_UNROLLED: tl.constexpr,  # HEAD_OUT: the partial sums' loads unrolled (parts_unrolled)
     BLOCK_ZH: tl.constexpr,  # HEAD_OUT: the heads' tile, the group's width (heads_tile_z)
-    A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # EMBED: part 1 in A_CHUNKS x BLOCK_A >= K_a columns
-    # (else part 1 runs through a K loop of BLOCK_K)
-    A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # part 2 likewise (0 chunks: none)
+    A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # part 2 in A2_CHUNKS x BLOCK_A2 >= K_a2 columns (0: none)
     A2_VEC: tl.constexpr,  # a power of two <= 8 dividing K_a2 and stride_a2 (_cols_below)
-    LD_IN: tl.constexpr,  # row stride of the weights the parts meet: W_embed's (EMBED) or W_ih's, a
-    # constant, so that the compiler knows the rows' alignment (as a runtime value, only when it is a
-    # multiple of 16)
+    LD_IN: tl.constexpr,  # W_ih's row stride, a constant, so that the compiler knows the rows'
+    # alignment (as a runtime value, only when it is a multiple of 16)
     KA_EVEN: tl.constexpr,  # K_a is a multiple of BLOCK_K (part 1's K loop without column masks)
-    H_EVEN: tl.constexpr,  # H is a multiple of BLOCK_K (W_hh's K loop, and EMBED's loop over H, unmasked)
+    H_EVEN: tl.constexpr,  # H is a multiple of BLOCK_K (W_hh's K loop unmasked)
     MERGED: tl.constexpr,  # the four gates in one dot per K step (tensor cores; _gates_loop)
     ONE_BIAS: tl.constexpr,  # b_ih holds b_ih + b_hh in fp32 (``CellWeights.bias``): one bias load
     PRECISION: tl.constexpr,
@@ -255,8 +339,6 @@ def _split_cell_kernel(
     row_mask = rows < B
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n < H
-    # rows whose shared output (e) this program writes: hidden block 0's
-    writer = row_mask & ((rows * 0 + tl.program_id(1)) == 0)
     if DRAW_ALL:
         if OFFSET_FROM_PTR:
             offset = tl.load(offset_ptr)
@@ -264,6 +346,14 @@ def _split_cell_kernel(
         eps_q = _randn(seed, offset + rows[:, None] * Z_total + cq[None, :])
         tl.store(eps_ptr + rows[:, None] * stride_eps + cq[None, :], eps_q,
                  mask=row_mask[:, None] & (cq < Z_total)[None, :])  # fmt: skip
+    if NEXT:  # part 1 of the next group's embedding, for this program's hidden units
+        # rows past B read row B - 1 (not stored): no row masks on the loads
+        src, every = tl.minimum(rows, B - 1), tl.full((BLOCK_B,), 1, tl.int1)
+        xt = _part_tile(x_ptr, stride_x, K_x, 0, src, every, BLOCK_X, 1)  # unused (removed) if X_CHUNKS > 1
+        pre = _embed_part(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), xt, x_ptr, stride_x, K_x, next_w, LD_NEXT,
+                          src, every, n, n_mask, X_CHUNKS, BLOCK_X, 1, PRECISION)  # fmt: skip
+        pre += tl.load(next_b + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        tl.store(pre_ptr + rows[:, None] * H + n[None, :], pre, mask=row_mask[:, None] & n_mask[None, :])
     # the gates' accumulators: MERGED, one, column c gate q4[c] of hidden unit u[c] (acc_f, acc_g,
     # acc_o unused); else acc for i, and acc_f, acc_g, acc_o
     u, q4 = _merged_gate_columns(tl.program_id(1) * BLOCK_N, BLOCK_N)
@@ -272,52 +362,25 @@ def _split_cell_kernel(
     acc_f = tl.zeros((BLOCK_B, BLOCK_N if not MERGED else 1), dtype=tl.float32)
     acc_g = acc_f
     acc_o = acc_f
-    if EMBED:
-        dtype = h_new_ptr.dtype.element_ty
-        ld_e = LD_IN
-        gate = H * H  # elements between gate blocks of W_ih
-        # an input part of one chunk is read once, before the loop (a load inside it, invariant, is
-        # not pipelined: 16-bit loads in the MMA operand layout, 64 per thread at 128 columns)
-        a1 = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A, 1)  # unused (removed) if A_CHUNKS > 1
-        a2 = a1
-        if A2_CHUNKS == 1:
-            a2 = _part_tile(a2_ptr, stride_a2, K_a2, 0, rows, row_mask, BLOCK_A2, A2_VEC)
-        for k0 in range(0, H, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            k_mask = (k - k0 < BLOCK_K) if H_EVEN else (k < H)
-            # embedding columns k for these rows: (BLOCK_B, BLOCK_K); the input parts in unrolled
-            # chunks, so that this loop holds no inner loop and is software-pipelined
-            e = tl.zeros((BLOCK_B, BLOCK_K), dtype=tl.float32)
-            e = _embed_part(e, a1, a_ptr, stride_a, K_a, embed_w, ld_e, rows, row_mask, k, k_mask, A_CHUNKS, BLOCK_A,
-                            1, PRECISION)  # fmt: skip
-            e = _embed_part(e, a2, a2_ptr, stride_a2, K_a2, embed_w + K_a, ld_e, rows, row_mask, k, k_mask,
-                            A2_CHUNKS, BLOCK_A2, A2_VEC, PRECISION)  # fmt: skip
-            e += tl.load(embed_b + k, mask=k_mask, other=0.0).to(tl.float32)[None, :]
-            e = e.to(dtype)
-            if SAVE:
-                tl.store(e_ptr + rows[:, None] * H + k[None, :], e, mask=writer[:, None] & k_mask[None, :])
-            acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, e, w_ih, H, gate, n, n_mask, u, u_mask,
-                                                   q4, k, k_mask, MERGED, PRECISION)  # fmt: skip
-    else:
-        # the parts meet W_ih directly: the narrow part 2 first, in unrolled tiles each loaded
-        # once, then part 1 in a (pipelined) K loop
-        ld_w = LD_IN
-        for c in tl.static_range(A2_CHUNKS):
-            ka = c * BLOCK_A2 + tl.arange(0, BLOCK_A2)
-            a2 = _part_tile(a2_ptr, stride_a2, K_a2, c * BLOCK_A2, rows, row_mask, BLOCK_A2, A2_VEC)
-            acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, a2, w_ih + K_a, ld_w, H * ld_w, n,
-                                                   n_mask, u, u_mask, q4, ka, _cols_below(ka, K_a2, A2_VEC), MERGED,
-                                                   PRECISION)  # fmt: skip
-        acc, acc_f, acc_g, acc_o = _gates_loop(acc, acc_f, acc_g, acc_o, a_ptr, stride_a, K_a, w_ih, ld_w, rows,
-                                               row_mask, n, n_mask, u, u_mask, q4, H, BLOCK_K, KA_EVEN, MERGED,
+    # the parts meet W_ih directly: the narrow part 2 first, in unrolled tiles each loaded
+    # once, then part 1 in a (pipelined) K loop
+    ld_w = LD_IN
+    for c in tl.static_range(A2_CHUNKS):
+        ka = c * BLOCK_A2 + tl.arange(0, BLOCK_A2)
+        a2 = _part_tile(a2_ptr, stride_a2, K_a2, c * BLOCK_A2, rows, row_mask, BLOCK_A2, A2_VEC)
+        acc, acc_f, acc_g, acc_o = _gates_step(acc, acc_f, acc_g, acc_o, a2, w_ih + K_a, ld_w, H * ld_w, n,
+                                               n_mask, u, u_mask, q4, ka, _cols_below(ka, K_a2, A2_VEC), MERGED,
                                                PRECISION)  # fmt: skip
+    acc, acc_f, acc_g, acc_o = _gates_loop(acc, acc_f, acc_g, acc_o, a_ptr, stride_a, K_a, w_ih, ld_w, rows,
+                                           row_mask, n, n_mask, u, u_mask, q4, H, BLOCK_K, KA_EVEN, MERGED,
+                                           PRECISION)  # fmt: skip
     acc, acc_f, acc_g, acc_o = _gates_loop(acc, acc_f, acc_g, acc_o, h_ptr, H, H, w_hh, H, rows, row_mask, n, n_mask,
                                            u, u_mask, q4, H, BLOCK_K, H_EVEN, MERGED, PRECISION)  # fmt: skip
     acc_i, acc_f, acc_g, acc_o = _gates_split(acc, acc_f, acc_g, acc_o, BLOCK_B, BLOCK_N, MERGED)
     h = _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
                      rows, row_mask, n, n_mask, H, SAVE, ONE_BIAS)  # fmt: skip
     if HEAD_OUT:
-        if EMBED or MERGED:
+        if MERGED:
             # h' read back (this program's own stores, made visible by the barrier) instead of
             # converted from the accumulators' layout: with the conversion bair's later groups ran
             # at 255 registers, spilled 4-8 B and executed 5427-5653 instructions; read back, 212
@@ -343,6 +406,53 @@ def _split_cell_kernel(
             _head_from_parts(part_ptr, mu_b, lv_b, eps_ptr, stride_eps, z_ptr, mu_ptr, lv_ptr, 0, col0, Zg, Z_total,
                              seed, first_counter, B, rows, row_mask, row_mask, DRAW_EPS, STORE_EPS, BLOCK_B, BLOCK_ZH,
                              N_PARTS, PARTS_UNROLLED)  # fmt: skip
+            if NEXT:
+                tl.debug_barrier()  # the group's z, stored by this program's threads, seen by all of them
+                _next_embedding(pre_ptr, zsrc_ptr, stride_zsrc, K_z, next_w + K_x, e_next_ptr, B, H, rows, row_mask,
+                                LD_NEXT, BLOCK_K, BLOCK_ZN,
+                                (N_PARTS * BLOCK_N + BLOCK_K - 1) // BLOCK_K,  # chunks: >= H / BLOCK_K
+                                MERGED, H_EVEN, PRECISION)  # fmt: skip
+
+
+@triton.jit(do_not_specialize=["B", "N_COUNTS"])
+def _split_embed_kernel(
+    a_ptr, K_a,  # the input's part 1 (B, K_a), row stride STRIDE_A, unit column stride
+    a2_ptr, K_a2,  # its part 2 (B, K_a2), row stride STRIDE_A, K_a2 may be 0
+    w_ptr, b_ptr,  # W_embed (H, LD_W) (columns [0, K_a) meet part 1, [K_a, K_a + K_a2) part 2) and b_embed (H,)
+    e_ptr,  # (B, H) out, in its dtype: [a, a2] @ W_embed^T + b_embed
+    count_ptr, N_COUNTS,  # (N_COUNTS,) int32 zeroed by program (0, 0) (a Gaussian step's heads' counters), or 0
+    B, H,
+    LD_W: tl.constexpr,  # W_embed's row stride (a constant: the rows' alignment known)
+    A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # part 1 in A_CHUNKS x BLOCK_A >= K_a columns
+    A2_CHUNKS: tl.constexpr, BLOCK_A2: tl.constexpr,  # part 2 likewise (0 chunks: none)
+    STRIDE_A: tl.constexpr,  # the input's row stride, a constant: as a runtime value not a multiple
+    # of 16 (kth's 152 columns), its rows were loaded 2 bytes at a time, also with a multiple_of hint
+    # (kth: the predictor's embedding 895 -> 368 instructions per warp, bf16, sm_90a)
+    A2_VEC: tl.constexpr,  # a power of two <= 8 dividing K_a2 and STRIDE_A (_cols_below)
+    BLOCK_COUNTS: tl.constexpr,  # >= N_COUNTS, a power of two
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)), the cell launches' tiles: a step's embedding
+    computed once, before the first cell's launch reads it (the predictor's; a Gaussian step's
+    first group's). Program (p, q) stores rows [p * BLOCK_B, (p + 1) * BLOCK_B) x units
+    [q * BLOCK_N, (q + 1) * BLOCK_N); program (0, 0) also zeroes the counters."""
+    rows = (tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)).to(tl.int64)
+    row_mask = rows < B
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n < H
+    stride_a = K_a * 0 + STRIDE_A  # a (folded) constant tensor, for _part_tile's multiple_of
+    a = _part_tile(a_ptr, stride_a, K_a, 0, rows, row_mask, BLOCK_A, 1)  # unused (removed) if A_CHUNKS > 1
+    a2 = _part_tile(a2_ptr, stride_a, K_a2, 0, rows, row_mask, BLOCK_A2, A2_VEC)  # likewise if A2_CHUNKS != 1
+    e = _embed_part(tl.zeros((BLOCK_B, BLOCK_N), dtype=tl.float32), a, a_ptr, stride_a, K_a, w_ptr, LD_W, rows,
+                    row_mask, n, n_mask, A_CHUNKS, BLOCK_A, 1, PRECISION)  # fmt: skip
+    e = _embed_part(e, a2, a2_ptr, stride_a, K_a2, w_ptr + K_a, LD_W, rows, row_mask, n, n_mask, A2_CHUNKS,
+                    BLOCK_A2, A2_VEC, PRECISION)  # fmt: skip
+    e += tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(e_ptr + rows[:, None] * H + n[None, :], e.to(e_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & n_mask[None, :])  # fmt: skip
+    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
+        c = tl.arange(0, BLOCK_COUNTS)
+        tl.store(count_ptr + c, tl.zeros((BLOCK_COUNTS,), dtype=tl.int32), mask=c < N_COUNTS)
 
 
 @triton.jit(do_not_specialize=["B"])
@@ -443,9 +553,9 @@ def part_vec(K: int, stride: int, wide: bool) -> int:
     """How many columns of the narrow input part (part 2) load as one vector (:func:`_cols_below`):
     ``wide``, the widest power of two, at most 8, that divides its width and its row stride; else 1.
     Wide in the folded cells on the tensor cores (the folded bf16 step modeled 14.0 -> 13.8 µs at
-    moving-mnist, 15.0 -> 14.8 at kth); not in the FFMA cells and those that embed, which sit at
-    the register limit: there the wider loads made kth's groups spill more (fp32 folded 28 -> 80 B,
-    bf16 embedded 20 -> 40 B; sm_90a)."""
+    moving-mnist, 15.0 -> 14.8 at kth) and in the embedding launches; not in the FFMA cells, which
+    sit at the register limit: there the wider loads made kth's groups spill more (fp32 folded
+    28 -> 80 B; sm_90a)."""
     return math.gcd(K, stride, 8) if wide else 1
 
 
@@ -529,14 +639,16 @@ class HeadIO(NamedTuple):
     store_eps: bool
 
 
-def _cell_launch(B, H, parts, embed, e, heads, state, cell, new, gates, save, precision, draw_all=False,
-                 head_out=None):  # fmt: skip
-    """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts; embed: None
-    (the parts meet ``cell.w_ih``: the previous cell's h', or a folded embedding's input) or
-    (embed_w, embed_b); heads: HeadIO; state: (h, c); cell: CellWeights; new: (h_new, c_new);
-    draw_all: draw every group's noise into ``heads.eps`` (fp32), and read this group's from there;
-    head_out: None or (GaussianWeights, partial sums (N_PARTS, B, Zg, 2) fp32, counters
-    (cdiv(B, BLOCK_B),) int32 zeroed, col0), this group's heads (the group's top cell)."""
+def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision, draw_all=False, head_out=None,
+                 next_embed=None):  # fmt: skip
+    """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts, which
+    meet ``cell.w_ih`` (the embedding or the previous cell's h', or a folded embedding's input); e:
+    any tensor of the step's dtype, for the unused pointers; heads: HeadIO; state: (h, c); cell:
+    CellWeights; new: (h_new, c_new); draw_all: draw every group's noise into ``heads.eps`` (fp32),
+    and read this group's from there; head_out: None or (GaussianWeights, partial sums (N_PARTS, B,
+    Zg, 2) fp32, counters (cdiv(B, BLOCK_B),) int32 zeroed, col0), this group's heads (the group's
+    top cell); next_embed: None or (x, zsrc, K_z, GaussianWeights, pre (B, H) fp32 scratch, e'
+    (B, H)), the next group's embedding (with head_out): from x and zsrc's first K_z columns, into e'."""
     a, stride_a, K_a, a2, stride_a2, K_a2 = parts
     fp32 = new[0].dtype == torch.float32
     cfg = split_config(B, H, fp32, precision != "ieee")
@@ -546,10 +658,15 @@ def _cell_launch(B, H, parts, embed, e, heads, state, cell, new, gates, save, pr
     else:  # without heads Zg = 1 (a constant to Triton)
         mu_w = lv_w = mu_b = lv_b = part = count = e
         col0, Zg = 0, 1
-    ew, eb = embed if embed is not None else (e, e)
     widest = embed_chunk(cfg, fp32)
-    a_tiles = _part_tiles(K_a, widest) if embed is not None else _part_tiles(0, widest)
-    (a_chunks, block_a), (a2_chunks, block_a2) = a_tiles, _part_tiles(K_a2, widest)
+    if next_embed is not None:
+        x, zsrc, K_z, nw, pre, e_next = next_embed
+        next_w, next_b = nw.embed_w, nw.embed_b
+        x_chunks, block_x = _part_tiles(x.shape[1], widest)
+    else:  # placeholders
+        x = zsrc = next_w = next_b = pre = e_next = e
+        K_z, (x_chunks, block_x) = 0, _part_tiles(0, widest)
+    a2_chunks, block_a2 = _part_tiles(K_a2, widest)
     grid_n = triton.cdiv(H, cfg.block_n)
     merged = merged_gates(fp32, precision)
     # b_ih + b_hh summed once (fold_embedding's cells): one fp32 bias load instead of two bf16 loads,
@@ -558,44 +675,70 @@ def _cell_launch(B, H, parts, embed, e, heads, state, cell, new, gates, save, pr
     # FFMA cells (fp32 "ieee"), where moving-mnist's second group then spilled 16 B instead of 12.
     one_bias = cell.bias if merged else None
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), grid_n)](
-        a, stride_a, K_a, a2, stride_a2, K_a2, ew, eb, e,
+        a, stride_a, K_a, a2, stride_a2, K_a2,
+        x, x.stride(0), x.shape[1], zsrc, zsrc.stride(0), K_z, next_w, next_b, pre, e_next,
         mu_w, lv_w, mu_b, lv_b, part, count, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
         heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
         state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih if one_bias is None else one_bias, cell.b_hh,
         new[0], new[1], gates, B, H,
-        EMBED=embed is not None, HEAD_OUT=head_out is not None,
+        NEXT=next_embed is not None, LD_NEXT=next_w.stride(0) if next_embed is not None else 1,
+        X_CHUNKS=x_chunks, BLOCK_X=block_x, BLOCK_ZN=_head_block_z(K_z), HEAD_OUT=head_out is not None,
         DRAW_EPS=heads.draw and not draw_all,  # the first group's heads read the noise its launch drew
         OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, DRAW_ALL=draw_all,
         ALL_Z=all_noise_width(heads.z.shape[1], grid_n) if draw_all else 1, SAVE=save,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z2=_head_block_z(2 * Zg), N_PARTS=grid_n,
         PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
-        A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
-        LD_IN=(ew if embed is not None else cell.w_ih).stride(0),
-        A2_VEC=part_vec(K_a2, stride_a2, embed is None and merged), KA_EVEN=K_a % cfg.block_k == 0,
+        A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2, LD_IN=cell.w_ih.stride(0),
+        A2_VEC=part_vec(K_a2, stride_a2, merged), KA_EVEN=K_a % cfg.block_k == 0,
         H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
 
+def _embed_launch(x, w, e, counts, cfg: SplitConfig, fp32: bool, precision: str):
+    """``_split_embed_kernel``: e (B, H) = x @ w.embed_w^T + w.embed_b over the cell launches'
+    tiles (x read as whole chunks of :func:`embed_chunk` columns and the rest, :func:`embed_split`),
+    and ``counts`` (int32) zeroed, or None."""
+    B, n_in = x.shape
+    H = e.shape[1]
+    widest = embed_chunk(cfg, fp32)
+    n1 = embed_split(n_in, widest)
+    (a_chunks, block_a), (a2_chunks, block_a2) = _part_tiles(n1, widest), _part_tiles(n_in - n1, widest)
+    n_counts = 0 if counts is None else counts.numel()
+    _split_embed_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](
+        x, n1, x[:, n1:], n_in - n1, w.embed_w, w.embed_b, e,
+        e if counts is None else counts, n_counts, B, H,
+        LD_W=w.embed_w.stride(0), A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
+        STRIDE_A=x.stride(0), A2_VEC=part_vec(n_in - n1, x.stride(0), True),
+        BLOCK_COUNTS=max(1, triton.next_power_of_2(n_counts)), BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
+        PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+
+
 def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision):
-    """The predictor step in L + 1 launches, into the callers' buffers: x (B, n_in) with unit column
-    stride; state L pairs (h, c) contiguous (B, H); weights with the embedding or folded (its first
-    w_ih (4H, n_in) with unit column stride); e (B, H) (written when ``save``, not folded); h_out,
-    c_out (L, B, H); gates (L, B, 4H) (written when ``save``); out (B, n_out)."""
+    """The predictor step in L + 1 launches (L + 2 with the embedding unfolded: its own launch first),
+    into the callers' buffers: x (B, n_in) with unit column stride; state L pairs (h, c) contiguous
+    (B, H); weights with the embedding or folded (its first w_ih (4H, n_in) with unit column stride);
+    e (B, H) (written unless folded); h_out, c_out (L, B, H); gates (L, B, 4H) (written when
+    ``save``); out (B, n_out)."""
     B, n_in = x.shape
     H, n_out, L = h_out.shape[2], weights.out_w.shape[0], len(weights.cells)
     none = HeadIO(e, 0, e, e, e, 0, 0, e, False, False, False)
     fp32 = x.dtype == torch.float32
     tf32 = precision != "ieee"
-    n1 = embed_split(n_in, embed_chunk(split_config(B, H, fp32, tf32), fp32))
+    cfg = split_config(B, H, fp32, tf32)
+    embedded = weights.embed_w is not None
+    if embedded:  # computed once per row, not by each of the H / BLOCK_N programs of the first cell
+        _embed_launch(x, weights, e, None, cfg, fp32, precision)
+    n1 = embed_split(n_in, embed_chunk(cfg, fp32))
     for layer in range(L):
-        first = layer == 0
-        a, stride_a, K_a = (x, x.stride(0), n1) if first else (h_out[layer - 1], H, H)
-        a2, K_a2 = (x[:, n1:], n_in - n1) if first and n1 < n_in else (a, 0)
-        embed = (weights.embed_w, weights.embed_b) if first and weights.embed_w is not None else None
-        _cell_launch(B, H, (a, stride_a, K_a, a2, stride_a, K_a2), embed, e, none, state[layer],
-                     weights.cells[layer], (h_out[layer], c_out[layer]), gates[layer] if save else e, save,
-                     precision)  # fmt: skip
+        if layer or embedded:
+            parts = (h_out[layer - 1], H, H) if layer else (e, H, H)
+            parts += (parts[0], H, 0)
+        else:  # the folded W_ih meets x, as whole chunks and the rest
+            parts = (x, x.stride(0), n1, x[:, n1:] if n1 < n_in else x, x.stride(0), n_in - n1)
+        _cell_launch(B, H, parts, e, none, state[layer], weights.cells[layer], (h_out[layer], c_out[layer]),
+                     gates[layer] if save else e, save, precision)  # fmt: skip
     cfg = split_config(B, n_out, fp32, tf32)
     _split_linear_tanh_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(n_out, cfg.block_n))](
         h_out[L - 1], weights.out_w, weights.out_b, out, B, H, n_out,
@@ -627,16 +770,29 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
     cfg = split_config(B, H, h_out.dtype == torch.float32, precision != "ieee")  # as _cell_launch
     parts = torch.empty(triton.cdiv(H, cfg.block_n), B, Zg, 2, device=x.device, dtype=torch.float32)
     # rows padded to 4 counters: every group's row 16-byte aligned (one specialization of count_ptr)
-    counts = torch.zeros(G, -(-triton.cdiv(B, cfg.block_b) // 4) * 4, device=x.device, dtype=torch.int32)
+    count_shape = (G, -(-triton.cdiv(B, cfg.block_b) // 4) * 4)
+    embedded = weights[0].embed_w is not None
+    if embedded:
+        # each group's embedding computed once per row into e[j]: the first group's by a launch of its
+        # own (which also zeroes the counters), the next one's by each group's top cell (NEXT), instead
+        # of by each of the H / BLOCK_N programs that read it
+        counts = torch.empty(count_shape, device=x.device, dtype=torch.int32)
+        pre = torch.empty(B, H, device=x.device, dtype=torch.float32)
+        _embed_launch(x, weights[0], e[0], counts, cfg, h_out.dtype == torch.float32, precision)
+    else:
+        counts = torch.zeros(count_shape, device=x.device, dtype=torch.int32)
     for j, w in enumerate(weights):
         for layer in range(L):
             first = layer == 0
-            a, stride_a, K_a = (x, x.stride(0), n_in) if first else (h_out[j, layer - 1], H, H)
-            # the earlier groups' z: of this step (stored by their launches) or cond
-            inputs = (a, stride_a, K_a, zsrc, zsrc.stride(0), j * Zg if first else 0)
-            embed = (w.embed_w, w.embed_b) if first and w.embed_w is not None else None
-            pre = j == 0 and first and first_heads is not heads
-            head_out = (w, parts, counts[j], j * Zg) if layer == L - 1 else None
-            _cell_launch(B, H, inputs, embed, e[j], first_heads if pre else heads, states[j][layer], w.cells[layer],
+            if first and not embedded:  # the folded W_ih meets x and the earlier groups' z (of this step, or cond)
+                inputs = (x, x.stride(0), n_in, zsrc, zsrc.stride(0), j * Zg)
+            else:  # the embedding, or the previous cell's h'
+                a = h_out[j, layer - 1] if layer else e[j]
+                inputs = (a, H, H, a, H, 0)
+            draws = j == 0 and first and first_heads is not heads
+            top = layer == L - 1
+            head_out = (w, parts, counts[j], j * Zg) if top else None
+            nxt = (x, zsrc, (j + 1) * Zg, weights[j + 1], pre, e[j + 1]) if top and embedded and j + 1 < G else None
+            _cell_launch(B, H, inputs, e[j], first_heads if draws else heads, states[j][layer], w.cells[layer],
                          (h_out[j, layer], c_out[j, layer]), gates[j, layer] if save else e, save, precision,
-                         draw_all=pre, head_out=head_out)  # fmt: skip
+                         draw_all=draws, head_out=head_out, next_embed=nxt)  # fmt: skip

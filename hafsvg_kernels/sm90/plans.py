@@ -477,15 +477,17 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
 
 
 def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act, e, strides, folded=False,
-                       col0=0, noise=True, draw_all=False, head_out=False) -> Launch:  # fmt: skip
+                       col0=0, noise=True, draw_all=False, head_out=False, next_z=0) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
     offset): first = the cell reads the step's input (parts of n_in and K2 columns, with row
-    strides ``strides``), embedded in the kernel or, ``folded``, against the folded W_ih (rows
-    padded to ``fold.ROW_ALIGN``); head_out = this launch computes its group's heads (first column
-    ``col0``): partial sums per program, summed by the last program of each row block. The head
-    arguments as the launcher passes them: without heads Zg = 1 (a constant to Triton); ``noise``
-    False (the predictor): no noise, the placeholders' sizes; else ``draw_all``, this launch draws
-    the step's noise into an fp32 buffer (the first group's), the heads read theirs from there."""
+    strides ``strides``) against the folded W_ih (rows padded to ``fold.ROW_ALIGN``), else a (B, H)
+    input (the embedding, or the previous cell's h'); head_out = this launch computes its group's
+    heads (first column ``col0``): partial sums per program, summed by the last program of each row
+    block. The head arguments as the launcher passes them: without heads Zg = 1 (a constant to
+    Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes; else ``draw_all``,
+    this launch draws the step's noise into an fp32 buffer (the first group's), the heads read
+    theirs from there; ``next_z`` > 0 (with head_out; the prior's embeddings unfolded): the next
+    group's embedding from x (``G_DIM`` columns) and the first ``next_z`` columns of z."""
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
@@ -494,18 +496,18 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     K_in = n_in + K2  # the input's width
     zg_arg = Zg if head_out else 1
     widest = ts.embed_chunk(cfg, io.dtype == "fp32")
-    embed = first and not folded
-    (a_chunks, block_a), (a2_chunks, block_a2) = (
-        ts._part_tiles(n_in if embed else 0, widest),
-        ts._part_tiles(K2 if first else 0, widest),
-    )
-    ld_in = (K_in if embed else -(-K_in // ROW_ALIGN) * ROW_ALIGN) if first else H
+    a2_chunks, block_a2 = ts._part_tiles(K2 if first else 0, widest)
+    ld_in = -(-K_in // ROW_ALIGN) * ROW_ALIGN if first else H
+    x_chunks, block_x = ts._part_tiles(G_DIM if next_z else 0, widest)
     grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
     merged = ts.merged_gates(io.dtype == "fp32", "ieee")  # the sampler's dots: bf16, or fp32 IEEE
     all_z = ts.all_noise_width(Zt, grid[1]) if draw_all else 1
     args = {
         "a_ptr": io, "stride_a": stride_a if first else H, "K_a": n_in if first else H, "a2_ptr": io,
-        "stride_a2": stride_a2, "K_a2": K2 if first else 0, "embed_w": io, "embed_b": io, "e_ptr": io,
+        "stride_a2": stride_a2 if first else H, "K_a2": K2 if first else 0,
+        "x_ptr": io, "stride_x": G_DIM if next_z else H, "K_x": G_DIM if next_z else H, "zsrc_ptr": io,
+        "stride_zsrc": Zt if next_z else H, "K_z": next_z, "next_w": io, "next_b": io,
+        "pre_ptr": Ptr("fp32") if next_z else io, "e_next_ptr": io,
         "mu_w": io, "lv_w": io, "mu_b": io, "lv_b": io, "part_ptr": Ptr("fp32") if head_out else io,
         "count_ptr": Ptr("i32") if head_out else io, "eps_ptr": Ptr("fp32") if noise else io,
         "stride_eps": Zt if noise else 0, "z_ptr": io,
@@ -516,33 +518,57 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
+        "NEXT": next_z > 0, "LD_NEXT": G_DIM + next_z if next_z else 1, "X_CHUNKS": x_chunks, "BLOCK_X": block_x,
+        "BLOCK_ZN": ts._head_block_z(next_z), "HEAD_OUT": head_out,
         # the sampler saves nothing: the first launch draws the step's noise, the heads read it
-        "EMBED": embed, "HEAD_OUT": head_out, "DRAW_EPS": False, "OFFSET_FROM_PTR": draw_all, "STORE_EPS": False,
-        "DRAW_ALL": draw_all, "ALL_Z": all_z,
+        "DRAW_EPS": False, "OFFSET_FROM_PTR": draw_all, "STORE_EPS": False, "DRAW_ALL": draw_all, "ALL_Z": all_z,
         "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,
         "BLOCK_K": cfg.block_k, "BLOCK_Z2": ts._head_block_z(2 * zg_arg), "N_PARTS": grid[1],
-        "PARTS_UNROLLED": ts.parts_unrolled(cfg, zg_arg, grid[1]),
-        "Zg": zg_arg,
-        "BLOCK_ZH": ts.heads_tile_z(zg_arg), "A_CHUNKS": a_chunks,
-        "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
+        "PARTS_UNROLLED": ts.parts_unrolled(cfg, zg_arg, grid[1]), "Zg": zg_arg, "BLOCK_ZH": ts.heads_tile_z(zg_arg),
+        "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
         "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
-        "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2, not embed and merged),
+        "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2 if first else H, merged),
         "ONE_BIAS": folded and merged,  # fold_embedding's cells carry b_ih + b_hh (fp32): tensor-core cells
     }  # fmt: skip
     bk = cfg.block_k
-    loops = [Trip(cdiv(n_in if first and folded else H, bk), main=True)]  # the embedding's, or part 1's
+    loops = [Trip(cdiv(n_in if first else H, bk), main=True)]  # part 1's
     loops.append(Trip(cdiv(H, bk)))
     if head_out and not consts["PARTS_UNROLLED"]:
         loops.append(Trip(grid[1]))  # the last program's sum of the partial sums (Launch.guard)
-    if embed:
-        w = 8 * H * H + 8 * H + K_in * H + H
-    else:  # the two biases, or their fp32 sum (folded), in elements of the step's dtype
-        w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if folded and merged else 8 * H)
-    w += extra_w
+    if next_z and not merged:
+        loops.append(Trip(cdiv(H, cfg.block_k)))  # the last program's next embedding, a loop on FFMA
+    # the two biases, or their fp32 sum (folded), in elements of the step's dtype
+    w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if folded and merged else 8 * H) + extra_w
+    if next_z:  # the next group's W_embed and b_embed
+        w += (G_DIM + next_z) * H + H
     # input, h/c in, h/c out; the fp32 noise written (draw_all)
     act = B * ((n_in + K2) if first else H) + 4 * B * H + extra_act + (B * Zt * 4 // e if draw_all else 0)
+    if next_z:  # x and z read; part 1 written (fp32; read back by the launch's last programs, from L2); e' written
+        act += B * (G_DIM + next_z) + B * H * 4 // e + B * H
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
                   (w + act) * e, label, guard=grid[1] if head_out else 1)  # fmt: skip
+
+
+def _split_embed_launch(io, H, n_in, label, e, fp32, counts=0) -> Launch:
+    """``_split_embed_kernel``: an embedding of an n_in-wide input (read as whole chunks and the rest,
+    ``embed_split``) over the cell launches' tiles; ``counts`` int32 counters zeroed (a Gaussian
+    step's heads')."""
+    from ..recurrent import triton_split as ts
+
+    cfg = ts.split_config(B, H, fp32)
+    widest = ts.embed_chunk(cfg, fp32)
+    n1 = ts.embed_split(n_in, widest)
+    (a_chunks, block_a), (a2_chunks, block_a2) = ts._part_tiles(n1, widest), ts._part_tiles(n_in - n1, widest)
+    args = {"a_ptr": io, "K_a": n1, "a2_ptr": io, "K_a2": n_in - n1,
+            "w_ptr": io, "b_ptr": io, "e_ptr": io, "count_ptr": Ptr("i32") if counts else io, "N_COUNTS": counts,
+            "B": B, "H": H}  # fmt: skip
+    consts = {"LD_W": n_in, "A_CHUNKS": a_chunks, "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2,
+              "STRIDE_A": n_in, "A2_VEC": ts.part_vec(n_in - n1, n_in, True),
+              "BLOCK_COUNTS": max(1, 1 << (counts - 1).bit_length()) if counts else 1,
+              "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "PRECISION": "ieee"}  # fmt: skip
+    moved = B * n_in + H * n_in + H + B * H + counts * 4 // e
+    return Launch("_split_embed_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages,
+                  (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n)), [], 0, moved * e, label)  # fmt: skip
 
 
 def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
@@ -557,9 +583,11 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     L, n_in, n_out = PREDICTOR_LAYERS, G_DIM + z, G_DIM
     fp32 = dtype == "fp32"
     n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
-    launches = [_split_cell_launch(io, H, n1, n_in - n1, i == 0, Zg, Zt, f"cell {i + 1}", 0, 0, e,
-                                   (n_in, n_in) if i == 0 else (H, H), folded, noise=False)
-                for i in range(L)]  # fmt: skip
+    # unfolded: the embedding computed once per row by a launch of its own, which the first cell reads
+    launches = [] if folded else [_split_embed_launch(io, H, n_in, "embedding", e, fp32)]
+    launches += [_split_cell_launch(io, H, n1, n_in - n1, i == 0 and folded, Zg, Zt, f"cell {i + 1}", 0, 0, e,
+                                    (n_in, n_in) if i == 0 else (H, H), folded, noise=False)
+                 for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
     consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
@@ -580,16 +608,22 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     n_in = G_DIM
     parts = B * cdiv(H, ts.split_config(B, H, fp32).block_n) * 2 * Zg * 4 // e  # fp32 partial sums, in elements
     heads_act = parts + B * 3 * Zg + B * Zg * 4 // e  # sums, z / mu / logvar, fp32 noise read
-    launches = [
-        _split_cell_launch(io, H, n_in, j * Zg, True, Zg, Zt, f"group {j + 1}", 2 * Zg * H + 2 * Zg, heads_act, e,
-                           (n_in, Zt), folded, j * Zg, draw_all=j == 0, head_out=True)
+    # unfolded: each group's embedding computed once per row, the first group's by a launch of its own
+    # (which zeroes the heads' counters too), the next one's by each group's launch (NEXT); folded:
+    # the folded W_ih meets x and the earlier groups' z, and the counters are zero-filled
+    counts = G * -(-cdiv(B, ts.split_config(B, H, fp32).block_b) // 4) * 4
+    launches = [] if folded else [_split_embed_launch(io, H, n_in, "group 1 embedding", e, fp32, counts)]
+    launches += [
+        _split_cell_launch(io, H, n_in, j * Zg, folded, Zg, Zt, f"group {j + 1}", 2 * Zg * H + 2 * Zg, heads_act, e,
+                           (n_in, Zt), folded, j * Zg, draw_all=j == 0, head_out=True,
+                           next_z=(j + 1) * Zg if not folded and j + 1 < G else 0)
         for j in range(G)
     ]  # fmt: skip
     w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS, folded)
     ops.append(
         Op(f"prior step {preset} {dtype}", "recurrent", dtype, "step", launches, 2.0 * B * w,
            B * G * (PRIOR_LAYERS * 5 * H + Zg), (w + bias + act) * e, config=config,
-           meta={"preset": preset, "kernel": "prior", "fills": 1})  # the heads' counters, zeroed
+           meta={"preset": preset, "kernel": "prior", "fills": int(folded)})
     )  # fmt: skip
     return ops
 

@@ -411,8 +411,10 @@ def targets(report: dict) -> list[dict]:
             {
                 "target": "recurrent (Gaussian, G groups) step in <= G + 1 launches (zero-fills counted)",
                 "met": not many,
-                "detail": f"{steps[0]['prior_launches']} launches and {steps[0]['prior_fills']} zero-fill (the "
-                f"frame predictor's step: {steps[0]['predictor_launches']} more)"
+                "detail": "; ".join(
+                    sorted({f"{s['config']}: {s['prior_launches']} launches and {s['prior_fills']} zero-fill (the "
+                            f"frame predictor's step: {s['predictor_launches']} more)" for s in steps})
+                )
                 + ("; over: " + ", ".join(many) if many else ""),
             }
         )
