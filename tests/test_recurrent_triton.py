@@ -351,23 +351,31 @@ def test_split_design_equals_row_design(monkeypatch, with_cond, save, L):
         assert torch.equal(a, b)
 
 
-def test_split_design_gpu_tiles_equal_row_design(monkeypatch):
-    """The tiles a GPU takes in bf16 (32 hidden units per program, 64-deep K steps, the gates in one
-    dot), here with hidden 200, not a multiple of either: the last program of each row block
-    computes the next group's embedding over all 200 columns (its chunks unrolled), and every
-    output and saved tensor is the row design's."""
+@pytest.mark.parametrize(
+    "tiles,H,G,with_cond,save",
+    [((16, 32, 64), 200, 3, False, True), ((16, 64, 32), 96, 2, True, False), ((16, 32, 64), 200, 1, False, True)],
+    ids=["bf16-tiles-saved", "tf32-tiles-sampling-cond", "one-group"],
+)
+def test_split_design_gpu_tiles_equal_row_design(monkeypatch, tiles, H, G, with_cond, save):
+    """The tiles a GPU takes (bf16: 32 hidden units per program, 64-deep K steps; TF32 at a large
+    batch: 64 units, 32-deep steps), the gates in one dot, with a hidden size that is a multiple of
+    neither block: the last program of each row block computes the next group's embedding over
+    exactly the H columns (its chunks unrolled), and every output and saved tensor is the row
+    design's; one group too (no next embedding)."""
     from hafsvg_kernels.recurrent import triton_gaussian, triton_split
 
-    B, n_in, H, Zg, G = 40, 24, 200, 6, 3
-    x, s, w, _, _ = (cast(t, torch.float32, grad=False) for t in gaussian_inputs(B, n_in, H, Zg, G, 1, False))
+    B, n_in, Zg = 40, 24, 6
+    inputs = gaussian_inputs(B, n_in, H, Zg, G, 1, with_cond)
+    x, s, w, _, cond = (cast(t, torch.float32, grad=False) for t in inputs)
+    cfg = triton_split.SplitConfig(*tiles, 4, 1)
     res = {}
     for mode in ("0", "1"):
         monkeypatch.setenv("HAFSVG_RECURRENT_SPLIT", mode)
         if mode == "1":
-            monkeypatch.setattr(triton_split, "split_config", lambda *a, **k: triton_split.SplitConfig(16, 32, 64, 4, 1))
+            monkeypatch.setattr(triton_split, "split_config", lambda *a, **k: cfg)
             monkeypatch.setattr(triton_split, "merged_gates", lambda *a: True)
-        g = triton_gaussian.forward(x, s, w, None, None, seed=5, offset=3, save=True)
-        res[mode] = (g[:5], g[5])
+        g = triton_gaussian.forward(x, s, w, None, cond, seed=5, offset=3, save=save)
+        res[mode] = (g[:5], g[5]) if save else g[:5]
     for a, b in zip(leaves(res["0"]), leaves(res["1"]), strict=True):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5)
 
@@ -944,7 +952,7 @@ COMPILE_CHECK = textwrap.dedent(
         sp._split_cell_kernel.warmup(e(B, H), H, H, e(B, H), H, 0, *nxt,
             *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
             offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=True,
-            LD_NEXT=n_in + 3 * Zg, X_CHUNKS=xc, BLOCK_X=bx, BLOCK_ZN=16, HEAD_OUT=True, DRAW_EPS=True,
+            LD_NEXT=n_in + 3 * Zg, X_CHUNKS=xc, BLOCK_X=bx, BLOCK_ZN=16, TAIL_EVEN=True, HEAD_OUT=True, DRAW_EPS=True,
             OFFSET_FROM_PTR=True, STORE_EPS=True, DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z2=16,
             N_PARTS=H // c.block_n, PARTS_UNROLLED=False, BLOCK_ZH=4, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=H,
             KA_EVEN=True, H_EVEN=True, MERGED=merged, A2_VEC=1, ONE_BIAS=False, grid=(1,), **sm)
@@ -961,7 +969,8 @@ COMPILE_CHECK = textwrap.dedent(
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, *no_next,
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=False,
-        LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=True,
+        LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, TAIL_EVEN=True, HEAD_OUT=True, DRAW_EPS=False,
+        OFFSET_FROM_PTR=True,
         STORE_EPS=False, DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // c.block_n,
         PARTS_UNROLLED=True, BLOCK_ZH=4, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
         MERGED=False, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
@@ -978,7 +987,7 @@ COMPILE_CHECK = textwrap.dedent(
         b(B, H), b(B, H), e(B, H), b(B, H),
         *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
         offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), e(4 * H), b(4 * H), *bt(2, B, H), b(B, 4 * H), B, H,
-        NEXT=False, LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16,
+        NEXT=False, LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, TAIL_EVEN=True,
         HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,

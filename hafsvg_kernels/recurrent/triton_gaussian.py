@@ -183,8 +183,8 @@ def contiguous_gaussian_weights(w: GaussianLSTMWeights) -> GaussianLSTMWeights:
 
 
 def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=False):
-    """One step of G hierarchical Gaussian LSTMs: one launch (the row design), or G * L
-    (:mod:`.triton_split`, on a GPU, and always with folded embeddings).
+    """One step of G hierarchical Gaussian LSTMs: one launch (the row design), or G * L + 1
+    (:mod:`.triton_split`, on a GPU; G * L, and always split, with folded embeddings).
 
     Args:
         x: (B, n_in); states: G states of L pairs (h, c), each (B, H); weights: G
@@ -216,7 +216,7 @@ def forward(x, states, weights, eps=None, cond=None, seed=None, offset=0, save=F
     e = torch.empty(G, B, H, **kw)
     h_out = torch.empty(G, L, B, H, **kw)
     c_out = torch.empty(G, L, B, H, **kw)
-    gates = torch.empty(G, L, B, 4 * H, **kw) if save else e  # e: a placeholder never written
+    gates = torch.empty(G, L, B, 4 * H, **kw) if save else e  # e: a placeholder, never written as gates
     draw = eps is None
     from_ptr = draw and isinstance(offset, torch.Tensor)
     if draw:
@@ -433,7 +433,7 @@ class GaussianStepFunction(torch.autograd.Function):
 
 def gaussian_lstm_step_triton(x, states, weights, eps=None, cond=None, *, seed=None, offset=0):
     """The ``"triton"`` backend of :func:`~hafsvg_kernels.recurrent.interface.gaussian_lstm_step`:
-    one launch forward (G * L on a GPU: :mod:`.triton_split`); autograd through
+    one launch forward (G * L + 1 on a GPU: :mod:`.triton_split`); autograd through
     :class:`GaussianStepFunction` when anything requires grad. ``offset``: an int or a device
     offset (see the module docstring). Returns z, mu, logvar (B, G * Zg) and the G new states."""
     G, L = len(weights), len(weights[0].cells)

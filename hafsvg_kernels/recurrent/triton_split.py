@@ -242,7 +242,8 @@ def _next_embedding(
     LD_W: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_Z: tl.constexpr,
     CHUNKS: tl.constexpr,  # UNROLLED: CHUNKS x BLOCK_K >= H columns
     UNROLLED: tl.constexpr,  # the chunks unrolled (their loads issued together), or a loop
-    H_EVEN: tl.constexpr,  # H % BLOCK_K == 0: no column masks
+    COLS_EVEN: tl.constexpr,  # the chunks cover exactly H columns (UNROLLED: CHUNKS x BLOCK_K == H;
+    # a loop: H % BLOCK_K == 0): no column masks
     PRECISION: tl.constexpr,
 ):
     """e[rows] = pre[rows] + zsrc[rows, :K_z] @ W'[:, K_x:K_x + K_z]^T, rounded once, BLOCK_K
@@ -260,11 +261,11 @@ def _next_embedding(
     if UNROLLED:
         for c in tl.static_range(CHUNKS):
             _next_embedding_chunk(pre_ptr, zt, kz, z_ok, w_ptr, e_ptr, H, src, rows, row_mask, c * BLOCK_K, LD_W,
-                                  BLOCK_K, H_EVEN, PRECISION)  # fmt: skip
+                                  BLOCK_K, COLS_EVEN, PRECISION)  # fmt: skip
     else:
         for k0 in range(0, H, BLOCK_K):
             _next_embedding_chunk(pre_ptr, zt, kz, z_ok, w_ptr, e_ptr, H, src, rows, row_mask, k0, LD_W, BLOCK_K,
-                                  H_EVEN, PRECISION)  # fmt: skip
+                                  COLS_EVEN, PRECISION)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
@@ -312,6 +313,7 @@ def _split_cell_kernel(
     LD_NEXT: tl.constexpr,  # NEXT: W''s row stride
     X_CHUNKS: tl.constexpr, BLOCK_X: tl.constexpr,  # NEXT: x in X_CHUNKS x BLOCK_X >= K_x columns
     BLOCK_ZN: tl.constexpr,  # NEXT: >= K_z and >= 16, a power of two
+    TAIL_EVEN: tl.constexpr,  # NEXT: H a multiple of BLOCK_K and of BLOCK_N (the tail's columns unmasked)
     HEAD_OUT: tl.constexpr,  # this group's heads (z, mu, logvar) from the partial sums (the group's top cell)
     DRAW_EPS: tl.constexpr, OFFSET_FROM_PTR: tl.constexpr, STORE_EPS: tl.constexpr,
     DRAW_ALL: tl.constexpr,  # draw every group's noise for these rows into eps_ptr (fp32), ALL_Z
@@ -388,14 +390,16 @@ def _split_cell_kernel(
             # their split in a layout the compiler does not know to be the MMA's: it converted f, o
             # and c' to the dot's operand layout through shared memory (moving-mnist bf16 folded,
             # groups 1-4: 1994 / 1947 / 2184 / 2184 instructions per warp; read back 1876 / 1901 /
-            # 2127 / 2127)
+            # 2127 / 2127). The FFMA cells convert: read back, fp32 bair's groups ran the same to
+            # within 0.1 % (42910-44520 instructions against 42890-44490)
             tl.debug_barrier()
             h = tl.load(h_new_ptr + rows[:, None] * H + n[None, :], mask=row_mask[:, None] & n_mask[None, :], other=0.0)
         _head_parts_store(h, mu_w, lv_w, part_ptr, B, H, Zg, rows, row_mask, n, n_mask, BLOCK_Z2, PRECISION)
         # The last of the row block's N_PARTS programs to finish sums the partial sums in hidden-
-        # block order (deterministic) and stores the group's z, mu, logvar for the next launch,
-        # which reads z as an input part. As a split-K semaphore: every thread's stores, a CTA
-        # barrier, then one acq_rel atomic (gpu scope) that the last program's atomic reads.
+        # block order (deterministic) and stores the group's z, mu, logvar, which the next launch
+        # reads as an input part (folded), or the next group's embedding from them (NEXT). As a
+        # split-K semaphore: every thread's stores, a CTA barrier, then one acq_rel atomic (gpu
+        # scope) that the last program's atomic reads.
         tl.debug_barrier()
         if tl.atomic_add(count_ptr + tl.program_id(0), 1, sem="acq_rel") == N_PARTS - 1:
             first_counter = offset
@@ -411,7 +415,7 @@ def _split_cell_kernel(
                 _next_embedding(pre_ptr, zsrc_ptr, stride_zsrc, K_z, next_w + K_x, e_next_ptr, B, H, rows, row_mask,
                                 LD_NEXT, BLOCK_K, BLOCK_ZN,
                                 (N_PARTS * BLOCK_N + BLOCK_K - 1) // BLOCK_K,  # chunks: >= H / BLOCK_K
-                                MERGED, H_EVEN, PRECISION)  # fmt: skip
+                                MERGED, TAIL_EVEN, PRECISION)  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["B", "N_COUNTS"])
@@ -682,7 +686,8 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
         state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih if one_bias is None else one_bias, cell.b_hh,
         new[0], new[1], gates, B, H,
         NEXT=next_embed is not None, LD_NEXT=next_w.stride(0) if next_embed is not None else 1,
-        X_CHUNKS=x_chunks, BLOCK_X=block_x, BLOCK_ZN=_head_block_z(K_z), HEAD_OUT=head_out is not None,
+        X_CHUNKS=x_chunks, BLOCK_X=block_x, BLOCK_ZN=_head_block_z(K_z),
+        TAIL_EVEN=H % cfg.block_k == 0 and H % cfg.block_n == 0, HEAD_OUT=head_out is not None,
         DRAW_EPS=heads.draw and not draw_all,  # the first group's heads read the noise its launch drew
         OFFSET_FROM_PTR=heads.from_ptr, STORE_EPS=heads.store_eps, DRAW_ALL=draw_all,
         ALL_Z=all_noise_width(heads.z.shape[1], grid_n) if draw_all else 1, SAVE=save,
@@ -748,11 +753,11 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
 
 
 def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, gates, save, precision):
-    """The Gaussian step in G * L launches, into the callers' buffers: x (B, n_in) with unit column
+    """The Gaussian step in G * L + 1 launches (G * L folded), into the callers' buffers: x (B, n_in) with unit column
     stride; states G lists of L contiguous (h, c) (B, H); weights G groups, with the embedding or
     all folded (first w_ih (4H, n_in + j Zg), unit column stride); zsrc: the groups' z input
     (B, G * Zg): the z output itself (each launch reads the earlier groups' z, stored by their
-    launches) or cond; heads: :class:`HeadIO`; e (G, B, H) (written when ``save``, not folded);
+    launches) or cond; heads: :class:`HeadIO`; e (G, B, H) (written unless folded);
     h_out, c_out (G, L, B, H); gates (G, L, B, 4H) (written when ``save``)."""
     G, L = len(weights), len(weights[0].cells)
     B, n_in = x.shape
@@ -777,7 +782,7 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
         # own (which also zeroes the counters), the next one's by each group's top cell (NEXT), instead
         # of by each of the H / BLOCK_N programs that read it
         counts = torch.empty(count_shape, device=x.device, dtype=torch.int32)
-        pre = torch.empty(B, H, device=x.device, dtype=torch.float32)
+        pre = torch.empty(B, H, device=x.device, dtype=torch.float32) if G > 1 else None
         _embed_launch(x, weights[0], e[0], counts, cfg, h_out.dtype == torch.float32, precision)
     else:
         counts = torch.zeros(count_shape, device=x.device, dtype=torch.int32)

@@ -519,7 +519,8 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     }  # fmt: skip
     consts = {
         "NEXT": next_z > 0, "LD_NEXT": G_DIM + next_z if next_z else 1, "X_CHUNKS": x_chunks, "BLOCK_X": block_x,
-        "BLOCK_ZN": ts._head_block_z(next_z), "HEAD_OUT": head_out,
+        "BLOCK_ZN": ts._head_block_z(next_z), "TAIL_EVEN": H % cfg.block_k == 0 and H % cfg.block_n == 0,
+        "HEAD_OUT": head_out,
         # the sampler saves nothing: the first launch draws the step's noise, the heads read it
         "DRAW_EPS": False, "OFFSET_FROM_PTR": draw_all, "STORE_EPS": False, "DRAW_ALL": draw_all, "ALL_Z": all_z,
         "SAVE": False, "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n,

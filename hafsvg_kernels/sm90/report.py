@@ -412,8 +412,8 @@ def targets(report: dict) -> list[dict]:
                 "target": "recurrent (Gaussian, G groups) step in <= G + 1 launches (zero-fills counted)",
                 "met": not many,
                 "detail": "; ".join(
-                    sorted({f"{s['config']}: {s['prior_launches']} launches and {s['prior_fills']} zero-fill (the "
-                            f"frame predictor's step: {s['predictor_launches']} more)" for s in steps})
+                    sorted({f"{s['config']}: {s['prior_launches']} launches and {s['prior_fills'] or 'no'} zero-fill "
+                            f"(the frame predictor's step: {s['predictor_launches']} more)" for s in steps})
                 )
                 + ("; over: " + ", ".join(many) if many else ""),
             }
