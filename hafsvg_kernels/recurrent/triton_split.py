@@ -42,13 +42,13 @@ own units at the start, the rest by the last program of each row block, which st
 e (the saved tensor too). Static counts (``python -m hafsvg_kernels.sm90_report``, bf16, batch
 1600, sm_90a; instructions per warp and program, the tail counted on the busiest SM) moving-mnist,
 recompute -> once: the prior's groups 2802 / 3210 / 3072 / 3210 -> 2947 / 2723 / 2736 / 2011 (no
-next group) plus the first group's embedding launch, 305; the predictor's first cell 2627 -> 1830
+next group) plus the first group's embedding launch, 293; the predictor's first cell 2627 -> 1830
 plus its embedding's launch, 375. The bf16 step (prior + predictor) modeled 21.1 -> 18.1 µs
-(moving-mnist), 22.5 -> 18.6 (kth), 22.3 -> 19.0 (bair); fp32 337 / 341 / 348 -> 282 / 284 / 290
+(moving-mnist), 22.5 -> 18.6 (kth), 22.3 -> 19.0 (bair); fp32 337 / 341 / 348 -> 283 / 285 / 290
 µs; spills gone (kth bf16 groups 2 and 4, 40 / 52 B; bair fp32 group 2, 44 B). Tried first:
 every program reading the next group's fp32 part 1 and adding the z part itself: the fp32 tiles'
-conversion to the MMA layout through shared memory in the main loop cost about as much as the
-embedding saved (group 2 3210 -> 2896 instructions).
+conversion to the MMA layout through shared memory in the main loop took most of what the
+recompute cost (group 2 3210 -> 2896 instructions, against 2723 this way).
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
