@@ -571,9 +571,10 @@ def merged_gates(fp32: bool, precision: str) -> bool:
 
 def embed_chunk(cfg: SplitConfig, fp32: bool) -> int:
     """The widest chunk of an embedding input part: 128 columns on the tensor cores (x of width
-    g_dim 128 in one chunk, read once before the loop); for fp32 operands (FFMA dots in registers,
-    or TF32) and under the interpreter the K step, ``cfg.block_k`` (at 128, the FFMA groups spilled
-    840 B per thread when they still recomputed the previous group's heads)."""
+    g_dim 128 in one chunk, one tile for the embedding launches and the next group's part 1); for
+    fp32 operands (FFMA dots in registers, or TF32) and under the interpreter the K step,
+    ``cfg.block_k`` (at 128, the FFMA groups spilled 840 B per thread when they still recomputed
+    the previous group's heads)."""
     return cfg.block_k if fp32 or interpreting() else 128
 
 
@@ -585,6 +586,12 @@ def _part_tiles(K: int, widest: int) -> tuple[int, int]:
         return 0, 16
     block = min(widest, max(16, triton.next_power_of_2(K)))
     return triton.cdiv(K, block), block
+
+
+def counter_shape(G: int, B: int, cfg: SplitConfig) -> tuple[int, int]:
+    """The heads' semaphore counters of a Gaussian step: one int32 per row block and group, each
+    group's row padded to 4 counters (16 bytes: every row aligned, one specialization of count_ptr)."""
+    return G, -(-triton.cdiv(B, cfg.block_b) // 4) * 4
 
 
 def embed_split(n_in: int, widest: int) -> int:
@@ -774,8 +781,7 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
     # the last program of each row block (counters zeroed once for all groups)
     cfg = split_config(B, H, h_out.dtype == torch.float32, precision != "ieee")  # as _cell_launch
     parts = torch.empty(triton.cdiv(H, cfg.block_n), B, Zg, 2, device=x.device, dtype=torch.float32)
-    # rows padded to 4 counters: every group's row 16-byte aligned (one specialization of count_ptr)
-    count_shape = (G, -(-triton.cdiv(B, cfg.block_b) // 4) * 4)
+    count_shape = counter_shape(G, B, cfg)
     embedded = weights[0].embed_w is not None
     if embedded:
         # each group's embedding computed once per row into e[j]: the first group's by a launch of its

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 
 from ..workloads import ALIGNER_ROWS, SAMPLING_CLIPS, SAMPLING_SAMPLES
 from .compile import Ptr
@@ -612,7 +613,7 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     # unfolded: each group's embedding computed once per row, the first group's by a launch of its own
     # (which zeroes the heads' counters too), the next one's by each group's launch (NEXT); folded:
     # the folded W_ih meets x and the earlier groups' z, and the counters are zero-filled
-    counts = G * -(-cdiv(B, ts.split_config(B, H, fp32).block_b) // 4) * 4
+    counts = math.prod(ts.counter_shape(G, B, ts.split_config(B, H, fp32)))
     launches = [] if folded else [_split_embed_launch(io, H, n_in, "group 1 embedding", e, fp32, counts)]
     launches += [
         _split_cell_launch(io, H, n_in, j * Zg, folded, Zg, Zt, f"group {j + 1}", 2 * Zg * H + 2 * Zg, heads_act, e,
