@@ -219,8 +219,9 @@ def test_split_partial_sums(case, split):
 def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
     """With a split, the last program of each tile sums the partial sums (``SUM_PARTIALS``, one
     counter per tile, each counted up to SPLIT by the launch); the FFMA kernels (fp32 "ieee" on a
-    GPU, forced here) leave them to a torch sum after the launch. Both against the float64
-    reference, dK and dV in separate launches (two value tiles, ragged keys)."""
+    GPU, forced here) leave them to a torch sum after the launch; their dq kernel reads Q in every
+    key block (``Q_IN_LOOP``). Both against the float64 reference, dK and dV in separate launches
+    (two value tiles, ragged keys)."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     if ffma:
@@ -471,7 +472,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32", DQ=io)
         evens = {"EVEN_Q": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"]}
-        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, **evens}, cfg)
+        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, **evens, "Q_IN_LOOP": fma}, cfg)
         for dk, dv, split, atomic, direct in ((True, True, 1, True, False), (True, True, 4, False, False),
                                               (True, False, 4, False, False), (False, True, 1, False, False),
                                               (True, True, 4, False, True), (True, False, 4, False, True)):  # fmt: skip

@@ -125,6 +125,9 @@ import triton.language as tl
 
 from .._triton import fp32_dot_precision, interpreting
 
+# ptxas spills in different FFMA configurations under Triton 3.6 and 3.9 (``backward``'s stages).
+_TRITON_3_6 = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
+
 LOG2E = math.log2(math.e)  # exp(x) = exp2(x * LOG2E)
 LN2 = math.log(2.0)
 
@@ -353,7 +356,8 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_dq_block(
-    q,  # (BLOCK_Q, BLOCK_D)
+    q,  # (BLOCK_Q, BLOCK_D) the Q tile read before the key loop (unused with Q_IN_LOOP)
+    q_base,  # the query batch's base pointer, for Q_IN_LOOP
     do,  # (BLOCK_Q, BLOCK_DV) the hoisted dO tile when DV_TILES == 1 (unused otherwise)
     lse2,  # (BLOCK_Q,) base-2 lse (+inf on rows past N)
     delta,  # (BLOCK_Q,)
@@ -362,17 +366,22 @@ def _bwd_dq_block(
     keys,  # (BLOCK_K,) key indices of this block
     offs_q, q_ok, offs_d, d_ok,
     M, D_V, skm, skd, svm, svd, sdon, sdod,
-    qk_scale,
+    sqn, sqd, qk_scale,
     MASKED: tl.constexpr,  # the tail block: P = 0 on keys past M (they read zeros, not -inf scores)
     BLOCK_Q: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_DV: tl.constexpr,
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV)
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
+    Q_IN_LOOP: tl.constexpr,  # read Q here, in every key block (see _bwd_dq_kernel)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """One key block of the dq kernel; returns the new dq accumulator."""
+    if Q_IN_LOOP:
+        q = tl.load(
+            q_base + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
+        )  # (BLOCK_Q, BLOCK_D)
     if MASKED:
         k_ok = keys < M
         k = tl.load(
@@ -443,6 +452,14 @@ def _bwd_dq_kernel(
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
+    # Read Q in every key block, not once before the key loop. With FFMA dots: held across the
+    # loop, Q's tile and its copy in the dot's operand layout kept the fp32 kernel at 253 registers
+    # with 352 B of spill stores at VGG 16^2 (32 x 32 tiles, 2 warps); read in the loop, 128
+    # registers, none, 8 CTAs per SM instead of 4, at the same 12.31 instructions per score
+    # (sm90_report, Triton 3.9; the reads hit L1, 0.1 % of the block's FFMA work). Not on the
+    # tensor cores, where Q stays in shared memory as wgmma's operand: read in the loop, DCGAN
+    # 32^2's bf16 kernel modeled 536.5 -> 538.1 µs.
+    Q_IN_LOOP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -453,9 +470,13 @@ def _bwd_dq_kernel(
     q_ok = _below(offs_q, N, EVEN_Q)
     d_ok = _below(offs_d, D_QK, EVEN_D)
 
-    q = tl.load(
-        Q + b * sqb + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
-    )  # (BLOCK_Q, BLOCK_D)
+    q_base = Q + b * sqb
+    if Q_IN_LOOP:
+        q = q_base  # unused: _bwd_dq_block reads Q
+    else:
+        q = tl.load(
+            q_base + offs_q[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
+        )  # (BLOCK_Q, BLOCK_D)
     # Rows past N get lse = +inf, hence P = 0.
     lse2 = tl.load(Lse + b * N + offs_q, mask=q_ok, other=float("inf")).to(ACC_DTYPE) * 1.4426950408889634
     tl.store(Lse2 + b * N + offs_q, lse2, mask=q_ok)
@@ -472,7 +493,7 @@ def _bwd_dq_kernel(
         o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
         delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
     else:
-        do = q  # unused: the key loop reads dO in chunks
+        do = lse2  # unused: the key loop reads dO in chunks
         delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
         for c0 in range(0, D_V, BLOCK_DV):
             offs_v = c0 + tl.arange(0, BLOCK_DV)
@@ -486,15 +507,15 @@ def _bwd_dq_kernel(
     m_full = M - M % BLOCK_K
     for m0 in range(0, m_full, BLOCK_K):  # full key blocks: no masks
         dq = _bwd_dq_block(
-            q, do, lse2, delta, dq, k_base, v_base, do_base, m0 + offs_k, offs_q, q_ok, offs_d, d_ok,
-            M, D_V, skm, skd, svm, svd, sdon, sdod, qk_scale,
-            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, DOT_PRECISION, ACC_DTYPE,
+            q, q_base, do, lse2, delta, dq, k_base, v_base, do_base, m0 + offs_k, offs_q, q_ok, offs_d, d_ok,
+            M, D_V, skm, skd, svm, svd, sdon, sdod, sqn, sqd, qk_scale,
+            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
     if m_full < M:  # the tail block
         dq = _bwd_dq_block(
-            q, do, lse2, delta, dq, k_base, v_base, do_base, m_full + offs_k, offs_q, q_ok, offs_d, d_ok,
-            M, D_V, skm, skd, svm, svd, sdon, sdod, qk_scale,
-            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, DOT_PRECISION, ACC_DTYPE,
+            q, q_base, do, lse2, delta, dq, k_base, v_base, do_base, m_full + offs_k, offs_q, q_ok, offs_d, d_ok,
+            M, D_V, skm, skd, svm, svd, sdon, sdod, sqn, sqd, qk_scale,
+            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
 
     dq = dq * scale
@@ -924,7 +945,8 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     DV_TILES = cdiv(d_v, BLOCK_DV).
 
     ``fma`` (fp32 with IEEE dots on a GPU: FFMA dots, see ``_fwd_config``): 32 x 32 score tiles
-    (on 2 warps, 2 stages; not yet swept on a GPU). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8
+    (on 2 warps, 2 stages; 4 warps or 1 stage in some dK/dV launches, see ``backward``; not yet
+    swept on a GPU). At the DCGAN 32^2 row, 64 x 64 tiles ran 4.8
     (dq) and 15.6 (dK/dV, 8648 bytes of stack, spilling in the loop) warp-instructions per score;
     32 x 32, as sm90_report compiles them (the JIT's argument specialisation): dq 3.7 (floor 3.0:
     96 FFMA per score / 32 lanes) with 1248 bytes of stack; the kernels computing dV run on 4
@@ -1139,6 +1161,17 @@ def backward(
         warps = cfg["num_warps"]
         if fma and compute_dv and warps == 2 and cfg["BLOCK_DV"] <= 64 and (compute_dk or cfg["BLOCK_D"] >= 64):
             warps = 4
+        # FFMA dots: 1 stage (K, V and dO tiles read into registers, not double-buffered in shared
+        # memory) where dK and dV are fused, and at d_qk = 64 (all keys in one block). With 2,
+        # ptxas (sm_90) spilled there; with 1, nothing, at the same modeled time or less
+        # (sm90_report, Triton 3.9): the fused kernel 400 B at DCGAN 32^2 and VGG 64^2 (226.5 vs
+        # 227.2 ms), 44 B at DCGAN 16^2 and VGG 32^2; VGG 8^2 dK+dQ 28 B, dV 20 B (604.7 vs 608.6
+        # µs for both). Triton 3.6 agrees on the fused kernel (540 B -> none at DCGAN 32^2 and VGG
+        # 64^2) but spills the d_qk = 64 dV launch with 1 stage (VGG 8^2 204 B, DCGAN 4^2 348 B;
+        # with 2, none and 12 B), so there it keeps 2. Elsewhere 1 stage spilled where 2 did not
+        # (DCGAN 8^2 dK+dQ 24 B, VGG 16^2 dV 1160 B).
+        one_stage = (compute_dk and compute_dv) or (cfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
+        stages = 1 if fma and one_stage else kcfg["num_stages"]
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
             q, k, v, do, out, lse2, delta, dk_arg, dv_arg,
             dk_arg if dk_out is None else dk_out, dv_arg if dv_out is None else dv_out, count,
@@ -1157,7 +1190,7 @@ def backward(
             LSE_LOG2=lse2 is not lse,
             DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
-            **{**kcfg, "num_warps": warps},
+            **{**kcfg, "num_warps": warps, "num_stages": stages},
         )  # fmt: skip
 
         if in_kernel:
@@ -1203,7 +1236,7 @@ def backward(
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
         float(scale) * LOG2E, float(scale),
         EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"], EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
-        DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
+        Q_IN_LOOP=fma, DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
     if fused:
         dk, dv = launch(Bk, rk, True, True)
