@@ -951,32 +951,33 @@ COMPILE_CHECK = textwrap.dedent(
     for merged in (True, False):  # the tail's chunks unrolled (tensor cores) or looped (FFMA)
         sp._split_cell_kernel.warmup(e(B, H), H, H, e(B, H), H, 0, *nxt,
             *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
-            offset, *t(2, B, H), *t(2, 4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=True,
+            offset, *t(2, B, H), *t(2, 4 * H, H), *t(5, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=True,
             LD_NEXT=n_in + 3 * Zg, X_CHUNKS=xc, BLOCK_X=bx, BLOCK_ZN=16, TAIL_EVEN=True, HEAD_OUT=True, DRAW_EPS=True,
             OFFSET_FROM_PTR=True, STORE_EPS=True, DRAW_ALL=False, ALL_Z=1, SAVE=True, BLOCK_Z2=16,
             N_PARTS=H // c.block_n, PARTS_UNROLLED=False, BLOCK_ZH=4, A2_CHUNKS=0, BLOCK_A2=16, LD_IN=H,
-            KA_EVEN=True, H_EVEN=True, MERGED=merged, A2_VEC=1, ONE_BIAS=False, grid=(1,), **sm)
+            KA_EVEN=True, H_EVEN=True, MERGED=merged, A2_VEC=1, ONE_BIAS=merged, NEXT_BIAS=merged, grid=(1,),
+            **sm)
     # an embedding launch: an input read chunk by chunk (3 chunks of 128, as in bf16) and a narrow
     # second part, the heads' counters zeroed
     wide = 320
     sp._split_embed_kernel.warmup(e(B, wide + 24), wide, e(B, 24), 24, e(H, wide + 24), e(H), e(B, H), counts, 4,
-        B, H, LD_W=wide + 24, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=1, BLOCK_A2=32, STRIDE_A=wide + 24, A2_VEC=8,
-        BLOCK_COUNTS=4, BLOCK_B=c.block_b, BLOCK_N=c.block_n, PRECISION="tf32x3", num_warps=c.num_warps,
-        num_stages=c.num_stages, grid=(1,))
+        *t(3, 4 * H), B, H, LD_W=wide + 24, A_CHUNKS=3, BLOCK_A=128, A2_CHUNKS=1, BLOCK_A2=32, STRIDE_A=wide + 24,
+        A2_VEC=8, BLOCK_COUNTS=4, SUM_BIAS=True, BLOCK_B=c.block_b, BLOCK_N=c.block_n, PRECISION="tf32x3",
+        num_warps=c.num_warps, num_stages=c.num_stages, grid=(1,))
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
     # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
     ld = -(-(n_in + 2 * Zg) // 8) * 8
     sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, *no_next,
         *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(2, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=False,
+        offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(5, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=False,
         LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, TAIL_EVEN=True, HEAD_OUT=True, DRAW_EPS=False,
         OFFSET_FROM_PTR=True,
         STORE_EPS=False, DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // c.block_n,
         PARTS_UNROLLED=True, BLOCK_ZH=4, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
-        MERGED=False, A2_VEC=4, ONE_BIAS=False, grid=(1,), **sm)
+        MERGED=False, A2_VEC=4, ONE_BIAS=False, NEXT_BIAS=False, grid=(1,), **sm)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
-    # from the fp32 buffer the first group's launch drew; b_ih + b_hh summed once, ONE_BIAS) and the
-    # output layer
+    # from the fp32 buffer the first group's launch drew; b_ih + b_hh summed once, ONE_BIAS; with the
+    # next cell's biases summed, NEXT_BIAS, as unfolded cells do) and the output layer
     cb = sp.split_config(B, H)
     smb = dict(BLOCK_B=cb.block_b, BLOCK_N=cb.block_n, BLOCK_K=cb.block_k, num_warps=cb.num_warps,
                num_stages=cb.num_stages, PRECISION="ieee")
@@ -986,12 +987,13 @@ COMPILE_CHECK = textwrap.dedent(
     sp._split_cell_kernel.warmup(b(B, n_in), n_in, n_in, b(B, Zt), Zt, 2 * Zg, b(B, H), H, H, b(B, H), H, 0,
         b(B, H), b(B, H), e(B, H), b(B, H),
         *bparts, e(B, Zt), Zt, b(B, Zt), b(B, Zt), b(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), e(4 * H), b(4 * H), *bt(2, B, H), b(B, 4 * H), B, H,
+        offset, *bt(2, B, H), b(4 * H, ld), b(4 * H, H), e(4 * H), *bt(3, 4 * H), e(4 * H), *bt(2, B, H), b(B, 4 * H),
+        B, H,
         NEXT=False, LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, TAIL_EVEN=True,
         HEAD_OUT=True, DRAW_EPS=False, OFFSET_FROM_PTR=False, STORE_EPS=False,
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
-        MERGED=True, A2_VEC=8, ONE_BIAS=True, grid=(1,), **smb)
+        MERGED=True, A2_VEC=8, ONE_BIAS=True, NEXT_BIAS=True, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
     sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)
     print("COMPILED")

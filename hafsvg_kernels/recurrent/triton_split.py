@@ -9,7 +9,8 @@ and every launch ends where the next one needs a whole hidden vector:
     Gaussian step, G groups of L = 1 cell (G + 1 launches; folded embeddings, below: G and a
     zero-fill of the heads' counters):
       launch 0 (_split_embed_kernel), program (rows r, hidden units n): e_1[r, n] = x[r] @
-                  W_embed_1[n]^T + b; program (0, 0) zeroes the heads' counters
+                  W_embed_1[n]^T + b; program (0, 0) zeroes the heads' counters; on the tensor
+                  cores row block 0 sums the first cell's b_ih + b_hh (fp32) for its units
       launch j = 1..G, program (rows r, hidden units n):
         if j = 1 and the noise drawn (not saved): eps[r, c] for all G groups' columns c, ALL_Z of
                   them per hidden block, into an fp32 buffer that the heads read (each program
@@ -17,7 +18,8 @@ and every launch ends where the next one needs a whole hidden vector:
                   moving-mnist bf16 folded, instructions per warp and program: group 1 1897 ->
                   2090, groups 2-4 3205 / 3478 / 3478 -> 2857 / 3290 / 3290)
         if j < G: pre[r, n] = x[r] @ W_embed_{j+1}[n, :n_in]^T + b   (fp32, part 1 of the next
-                  group's embedding, for this program's units)
+                  group's embedding, for this program's units); on the tensor cores row block 0
+                  sums the next cell's b_ih + b_hh, which that launch loads as one bias
         gates[r, n] = [e_j, h_j][r] @ [W_ih; W_hh][n]^T -> c'[r, n], h'[r, n]
         P_j[q, r] = h'[r, n] @ [W_mu; W_logvar][:, n]^T   (fp32, q the program's hidden block)
         the last of row block r's H / BLOCK_N programs to finish: z_j[r], mu_j[r], logvar_j[r]
@@ -49,6 +51,13 @@ plus its embedding's launch, 375. The bf16 step (prior + predictor) modeled 21.1
 every program reading the next group's fp32 part 1 and adding the z part itself: the fp32 tiles'
 conversion to the MMA layout through shared memory in the main loop took most of what the
 recompute cost (group 2 3210 -> 2896 instructions, against 2723 this way).
+
+The unfolded cells on the tensor cores load b_ih + b_hh as one fp32 bias, as folded cells do
+(``ONE_BIAS``), summed at each step by the launch before (``_bias_sum``: 4 BLOCK_N numbers per
+program of row block 0, one per thread): moving-mnist bf16, instructions per warp and program,
+the prior's groups 2947 / 2723 / 2736 / 2011 -> 2781 / 2642 / 2654 / 1866, the predictor's first
+cell 1830 -> 1710; the step modeled 18.1 -> 17.8 µs (moving-mnist), 18.6 -> 18.3 (kth), 19.0 ->
+18.6 (bair) (sm90_report). Not on FFMA (see :func:`_cell_launch`).
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
@@ -268,6 +277,22 @@ def _next_embedding(
                                   COLS_EVEN, PRECISION)  # fmt: skip
 
 
+@triton.jit
+def _bias_sum(b_ih, b_hh, out_ptr, H, BLOCK_N: tl.constexpr):
+    """out[g H + u] = b_ih[g H + u] + b_hh[g H + u] in fp32 for the four gates g of the program's
+    hidden units u (its column block): a cell's two biases summed for a later launch, which loads
+    the sum (``ONE_BIAS``). Row block 0's programs only."""
+    if tl.program_id(0) == 0:
+        k = tl.arange(0, 4 * BLOCK_N)
+        u = tl.program_id(1) * BLOCK_N + k % BLOCK_N
+        idx = (k // BLOCK_N) * H + u
+        ok = u < H
+        b = tl.load(b_ih + idx, mask=ok, other=0.0).to(tl.float32) + tl.load(b_hh + idx, mask=ok, other=0.0).to(
+            tl.float32
+        )
+        tl.store(out_ptr + idx, b, mask=ok)
+
+
 @triton.jit(do_not_specialize=["B", "seed", "offset"])
 def _split_cell_kernel(
     # the cell's input parts [a, a2], multiplied with W_ih: the embedding (computed by the launch
@@ -304,6 +329,7 @@ def _split_cell_kernel(
     h_ptr, c_ptr,  # previous state, each (B, H) contiguous
     w_ih, w_hh, b_ih, b_hh,  # (4H, H) or folded (4H, K_a + K_a2) with row stride LD_IN; (4H, H); (4H,); (4H,)
     # (ONE_BIAS: b_ih is b_ih + b_hh in fp32, b_hh unused)
+    nb_ih, nb_hh, nb_out,  # NEXT_BIAS: the next cell's b_ih, b_hh (4H,), and (4H,) fp32 out: their sum
     h_new_ptr, c_new_ptr,  # new state, each (B, H) contiguous
     gates_ptr,  # (B, 4H) activated gates (written when SAVE)
     # sizes
@@ -333,6 +359,7 @@ def _split_cell_kernel(
     H_EVEN: tl.constexpr,  # H is a multiple of BLOCK_K (W_hh's K loop unmasked)
     MERGED: tl.constexpr,  # the four gates in one dot per K step (tensor cores; _gates_loop)
     ONE_BIAS: tl.constexpr,  # b_ih holds b_ih + b_hh in fp32 (``CellWeights.bias``): one bias load
+    NEXT_BIAS: tl.constexpr,  # sum the next cell's biases into nb_out (its launch's ONE_BIAS)
     PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)): program (p, q) computes rows
@@ -348,6 +375,8 @@ def _split_cell_kernel(
         eps_q = _randn(seed, offset + rows[:, None] * Z_total + cq[None, :])
         tl.store(eps_ptr + rows[:, None] * stride_eps + cq[None, :], eps_q,
                  mask=row_mask[:, None] & (cq < Z_total)[None, :])  # fmt: skip
+    if NEXT_BIAS:
+        _bias_sum(nb_ih, nb_hh, nb_out, H, BLOCK_N)
     if NEXT:  # part 1 of the next group's embedding, for this program's hidden units
         # rows past B read row B - 1 (not stored): no row masks on the loads
         src, every = tl.minimum(rows, B - 1), tl.full((BLOCK_B,), 1, tl.int1)
@@ -425,6 +454,7 @@ def _split_embed_kernel(
     w_ptr, b_ptr,  # W_embed (H, LD_W) (columns [0, K_a) meet part 1, [K_a, K_a + K_a2) part 2) and b_embed (H,)
     e_ptr,  # (B, H) out, in its dtype: [a, a2] @ W_embed^T + b_embed
     count_ptr, N_COUNTS,  # (N_COUNTS,) int32 zeroed by program (0, 0) (a Gaussian step's heads' counters), or 0
+    nb_ih, nb_hh, nb_out,  # SUM_BIAS: the first cell's b_ih, b_hh (4H,), and (4H,) fp32 out: their sum
     B, H,
     LD_W: tl.constexpr,  # W_embed's row stride (a constant: the rows' alignment known)
     A_CHUNKS: tl.constexpr, BLOCK_A: tl.constexpr,  # part 1 in A_CHUNKS x BLOCK_A >= K_a columns
@@ -434,6 +464,7 @@ def _split_embed_kernel(
     # (kth: the predictor's embedding 895 -> 368 instructions per warp, bf16, sm_90a)
     A2_VEC: tl.constexpr,  # a power of two <= 8 dividing K_a2 and STRIDE_A (_cols_below)
     BLOCK_COUNTS: tl.constexpr,  # >= N_COUNTS, a power of two
+    SUM_BIAS: tl.constexpr,  # sum the first cell's biases into nb_out (its launch's ONE_BIAS)
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Grid (cdiv(B, BLOCK_B), cdiv(H, BLOCK_N)), the cell launches' tiles: a step's embedding
@@ -454,6 +485,8 @@ def _split_embed_kernel(
     e += tl.load(b_ptr + n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     tl.store(e_ptr + rows[:, None] * H + n[None, :], e.to(e_ptr.dtype.element_ty),
              mask=row_mask[:, None] & n_mask[None, :])  # fmt: skip
+    if SUM_BIAS:
+        _bias_sum(nb_ih, nb_hh, nb_out, H, BLOCK_N)
     if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
         c = tl.arange(0, BLOCK_COUNTS)
         tl.store(count_ptr + c, tl.zeros((BLOCK_COUNTS,), dtype=tl.int32), mask=c < N_COUNTS)
@@ -651,7 +684,7 @@ class HeadIO(NamedTuple):
 
 
 def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision, draw_all=False, head_out=None,
-                 next_embed=None):  # fmt: skip
+                 next_embed=None, bias=None, next_bias=None):  # fmt: skip
     """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts, which
     meet ``cell.w_ih`` (the embedding or the previous cell's h', or a folded embedding's input); e:
     any tensor of the step's dtype, for the unused pointers; heads: HeadIO; state: (h, c); cell:
@@ -659,7 +692,9 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
     and read this group's from there; head_out: None or (GaussianWeights, partial sums (N_PARTS, B,
     Zg, 2) fp32, counters (cdiv(B, BLOCK_B),) int32 zeroed, col0), this group's heads (the group's
     top cell); next_embed: None or (x, zsrc, K_z, GaussianWeights, pre (B, H) fp32 scratch, e'
-    (B, H)), the next group's embedding (with head_out): from x and zsrc's first K_z columns, into e'."""
+    (B, H)), the next group's embedding (with head_out): from x and zsrc's first K_z columns, into e';
+    bias: None or this cell's b_ih + b_hh (4H,) fp32, summed by the launch before (``ONE_BIAS``; tensor
+    cores only); next_bias: None or (b_ih, b_hh, out (4H,) fp32), the next cell's biases to sum."""
     a, stride_a, K_a, a2, stride_a2, K_a2 = parts
     fp32 = new[0].dtype == torch.float32
     cfg = split_config(B, H, fp32, precision != "ieee")
@@ -680,17 +715,19 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
     a2_chunks, block_a2 = _part_tiles(K_a2, widest)
     grid_n = triton.cdiv(H, cfg.block_n)
     merged = merged_gates(fp32, precision)
-    # b_ih + b_hh summed once (fold_embedding's cells): one fp32 bias load instead of two bf16 loads,
-    # an add and the conversions: 145-187 fewer instructions per warp and program; the bf16 folded
-    # step 14.8 -> 14.0 us modeled at kth, 13.8 -> 13.1 at moving-mnist (sm90_report). Not on the
-    # FFMA cells (fp32 "ieee"), where moving-mnist's second group then spilled 16 B instead of 12.
-    one_bias = cell.bias if merged else None
+    # b_ih + b_hh summed once (fold_embedding's cells, or by the launch before: ``bias``): one fp32
+    # bias load instead of two bf16 loads, an add and the conversions: 145-187 fewer instructions per
+    # warp and program; the bf16 folded step 14.8 -> 14.0 us modeled at kth, 13.8 -> 13.1 at
+    # moving-mnist (sm90_report). Not on the FFMA cells (fp32 "ieee"), where moving-mnist's second
+    # group then spilled 16 B instead of 12.
+    one_bias = bias if bias is not None else cell.bias if merged else None
+    nb = next_bias if next_bias is not None else (e, e, e)
     _split_cell_kernel[(triton.cdiv(B, cfg.block_b), grid_n)](
         a, stride_a, K_a, a2, stride_a2, K_a2,
         x, x.stride(0), x.shape[1], zsrc, zsrc.stride(0), K_z, next_w, next_b, pre, e_next,
         mu_w, lv_w, mu_b, lv_b, part, count, heads.eps, heads.stride_eps, heads.z, heads.mu, heads.lv, col0, Zg,
         heads.z.shape[1], heads.seed, heads.offset, heads.offset_ptr,
-        state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih if one_bias is None else one_bias, cell.b_hh,
+        state[0], state[1], cell.w_ih, cell.w_hh, cell.b_ih if one_bias is None else one_bias, cell.b_hh, *nb,
         new[0], new[1], gates, B, H,
         NEXT=next_embed is not None, LD_NEXT=next_w.stride(0) if next_embed is not None else 1,
         X_CHUNKS=x_chunks, BLOCK_X=block_x, BLOCK_ZN=_head_block_z(K_z),
@@ -702,15 +739,16 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
         PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
         A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2, LD_IN=cell.w_ih.stride(0),
         A2_VEC=part_vec(K_a2, stride_a2, merged), KA_EVEN=K_a % cfg.block_k == 0,
-        H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None,
+        H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None, NEXT_BIAS=next_bias is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
 
-def _embed_launch(x, w, e, counts, cfg: SplitConfig, fp32: bool, precision: str):
+def _embed_launch(x, w, e, counts, cfg: SplitConfig, fp32: bool, precision: str, bias=None):
     """``_split_embed_kernel``: e (B, H) = x @ w.embed_w^T + w.embed_b over the cell launches'
     tiles (x read as whole chunks of :func:`embed_chunk` columns and the rest, :func:`embed_split`),
-    and ``counts`` (int32) zeroed, or None."""
+    and ``counts`` (int32) zeroed, or None; bias: None or (b_ih, b_hh, out (4H,) fp32), the first
+    cell's biases to sum."""
     B, n_in = x.shape
     H = e.shape[1]
     widest = embed_chunk(cfg, fp32)
@@ -719,10 +757,11 @@ def _embed_launch(x, w, e, counts, cfg: SplitConfig, fp32: bool, precision: str)
     n_counts = 0 if counts is None else counts.numel()
     _split_embed_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(H, cfg.block_n))](
         x, n1, x[:, n1:], n_in - n1, w.embed_w, w.embed_b, e,
-        e if counts is None else counts, n_counts, B, H,
+        e if counts is None else counts, n_counts, *(bias if bias is not None else (e, e, e)), B, H,
         LD_W=w.embed_w.stride(0), A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
         STRIDE_A=x.stride(0), A2_VEC=part_vec(n_in - n1, x.stride(0), True),
-        BLOCK_COUNTS=max(1, triton.next_power_of_2(n_counts)), BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
+        BLOCK_COUNTS=max(1, triton.next_power_of_2(n_counts)), SUM_BIAS=bias is not None,
+        BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
 
@@ -740,8 +779,9 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
     tf32 = precision != "ieee"
     cfg = split_config(B, H, fp32, tf32)
     embedded = weights.embed_w is not None
+    sums = _bias_sums(weights.cells, H, x, merged_gates(fp32, precision), embedded)
     if embedded:  # computed once per row, not by each of the H / BLOCK_N programs of the first cell
-        _embed_launch(x, weights, e, None, cfg, fp32, precision)
+        _embed_launch(x, weights, e, None, cfg, fp32, precision, _next_sum(weights.cells, sums, 0))
     n1 = embed_split(n_in, embed_chunk(cfg, fp32))
     for layer in range(L):
         if layer or embedded:
@@ -750,13 +790,30 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
         else:  # the folded W_ih meets x, as whole chunks and the rest
             parts = (x, x.stride(0), n1, x[:, n1:] if n1 < n_in else x, x.stride(0), n_in - n1)
         _cell_launch(B, H, parts, e, none, state[layer], weights.cells[layer], (h_out[layer], c_out[layer]),
-                     gates[layer] if save else e, save, precision)  # fmt: skip
+                     gates[layer] if save else e, save, precision, bias=None if sums is None else sums[layer],
+                     next_bias=_next_sum(weights.cells, sums, layer + 1))  # fmt: skip
     cfg = split_config(B, n_out, fp32, tf32)
     _split_linear_tanh_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(n_out, cfg.block_n))](
         h_out[L - 1], weights.out_w, weights.out_b, out, B, H, n_out,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
+
+
+def _bias_sums(cells, H: int, x, merged: bool, embedded: bool):
+    """Unfolded cells on the tensor cores: a (cells, 4H) fp32 buffer for each cell's b_ih + b_hh,
+    which the launch before the cell's sums (the embedding's launch the first's, each cell's launch
+    the next one's) and the cell's launch loads as one bias (``ONE_BIAS``); else None. Summed on the
+    GPU at each step, not cached: the biases may change between steps (training)."""
+    if not (embedded and merged):
+        return None
+    return torch.empty(len(cells), 4 * H, device=x.device, dtype=torch.float32)
+
+
+def _next_sum(cells, sums, k: int):
+    """(b_ih, b_hh, out) of cell k, for the launch before its own to sum; None past the last cell or
+    without sums."""
+    return None if sums is None or k >= len(cells) else (cells[k].b_ih, cells[k].b_hh, sums[k])
 
 
 def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, gates, save, precision):
@@ -783,13 +840,16 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
     parts = torch.empty(triton.cdiv(H, cfg.block_n), B, Zg, 2, device=x.device, dtype=torch.float32)
     count_shape = counter_shape(G, B, cfg)
     embedded = weights[0].embed_w is not None
+    cells = [c for w in weights for c in w.cells]
+    sums = _bias_sums(cells, H, x, merged_gates(h_out.dtype == torch.float32, precision), embedded)
     if embedded:
         # each group's embedding computed once per row into e[j]: the first group's by a launch of its
         # own (which also zeroes the counters), the next one's by each group's top cell (NEXT), instead
         # of by each of the H / BLOCK_N programs that read it
         counts = torch.empty(count_shape, device=x.device, dtype=torch.int32)
         pre = torch.empty(B, H, device=x.device, dtype=torch.float32) if G > 1 else None
-        _embed_launch(x, weights[0], e[0], counts, cfg, h_out.dtype == torch.float32, precision)
+        _embed_launch(x, weights[0], e[0], counts, cfg, h_out.dtype == torch.float32, precision,
+                      _next_sum(cells, sums, 0))  # fmt: skip
     else:
         counts = torch.zeros(count_shape, device=x.device, dtype=torch.int32)
     for j, w in enumerate(weights):
@@ -804,6 +864,8 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
             top = layer == L - 1
             head_out = (w, parts, counts[j], j * Zg) if top else None
             nxt = (x, zsrc, (j + 1) * Zg, weights[j + 1], pre, e[j + 1]) if top and embedded and j + 1 < G else None
+            k = j * L + layer
             _cell_launch(B, H, inputs, e[j], first_heads if draws else heads, states[j][layer], w.cells[layer],
                          (h_out[j, layer], c_out[j, layer]), gates[j, layer] if save else e, save, precision,
-                         draw_all=draws, head_out=head_out, next_embed=nxt)  # fmt: skip
+                         draw_all=draws, head_out=head_out, next_embed=nxt, bias=None if sums is None else sums[k],
+                         next_bias=_next_sum(cells, sums, k + 1))  # fmt: skip

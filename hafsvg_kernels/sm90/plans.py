@@ -478,7 +478,8 @@ def _row_recurrent_ops(dtype, preset, cname, cfg) -> list[Op]:
 
 
 def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act, e, strides, folded=False,
-                       col0=0, noise=True, draw_all=False, head_out=False, next_z=0) -> Launch:  # fmt: skip
+                       col0=0, noise=True, draw_all=False, head_out=False, next_z=0,
+                       next_bias=False) -> Launch:  # fmt: skip
     """One ``_split_cell_kernel`` launch of the sampler (nothing saved, noise drawn from a device
     offset): first = the cell reads the step's input (parts of n_in and K2 columns, with row
     strides ``strides``) against the folded W_ih (rows padded to ``fold.ROW_ALIGN``), else a (B, H)
@@ -488,7 +489,9 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     Triton); ``noise`` False (the predictor): no noise, the placeholders' sizes; else ``draw_all``,
     this launch draws the step's noise into an fp32 buffer (the first group's), the heads read
     theirs from there; ``next_z`` > 0 (with head_out; the prior's embeddings unfolded): the next
-    group's embedding from x (``G_DIM`` columns) and the first ``next_z`` columns of z."""
+    group's embedding from x (``G_DIM`` columns) and the first ``next_z`` columns of z; ``next_bias``
+    (unfolded, tensor cores): the launch sums the next cell's biases, which that launch loads as
+    one (as folded cells load theirs)."""
     stride_a, stride_a2 = strides
     from ..recurrent import triton_split as ts
     from ..recurrent.fold import ROW_ALIGN
@@ -514,8 +517,8 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         "stride_eps": Zt if noise else 0, "z_ptr": io,
         "mu_ptr": io, "lv_ptr": io, "col0": col0, "Z_total": Zt if noise else H,
         "seed": KERNEL_SEED if noise else 0, "offset": 0, "offset_ptr": Ptr("i64") if noise else io,
-        "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": Ptr("fp32") if folded and merged else io, "b_hh": io,
-        "h_new_ptr": io, "c_new_ptr": io,
+        "h_ptr": io, "c_ptr": io, "w_ih": io, "w_hh": io, "b_ih": Ptr("fp32") if merged else io, "b_hh": io,
+        "nb_ih": io, "nb_hh": io, "nb_out": Ptr("fp32") if next_bias else io, "h_new_ptr": io, "c_new_ptr": io,
         "gates_ptr": io, "B": B, "H": H,
     }  # fmt: skip
     consts = {
@@ -530,7 +533,8 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
         "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
         "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2 if first else H, merged),
-        "ONE_BIAS": folded and merged,  # fold_embedding's cells carry b_ih + b_hh (fp32): tensor-core cells
+        # b_ih + b_hh in fp32 on the tensor cores: fold_embedding's, or summed by the launch before
+        "ONE_BIAS": merged, "NEXT_BIAS": next_bias,
     }  # fmt: skip
     bk = cfg.block_k
     loops = [Trip(cdiv(n_in if first else H, bk), main=True)]  # part 1's
@@ -539,8 +543,10 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         loops.append(Trip(grid[1]))  # the last program's sum of the partial sums (Launch.guard)
     if next_z and not merged:
         loops.append(Trip(cdiv(H, cfg.block_k)))  # the last program's next embedding, a loop on FFMA
-    # the two biases, or their fp32 sum (folded), in elements of the step's dtype
-    w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if folded and merged else 8 * H) + extra_w
+    # the two biases, or their fp32 sum (tensor cores), in elements of the step's dtype; the next
+    # cell's two biases read and their sum written
+    w = 4 * H * (K_in if first else H) + 4 * H * H + (4 * H * 4 // e if merged else 8 * H) + extra_w
+    w += 8 * H + 4 * H * 4 // e if next_bias else 0
     if next_z:  # the next group's W_embed and b_embed
         w += (G_DIM + next_z) * H + H
     # input, h/c in, h/c out; the fp32 noise written (draw_all)
@@ -554,7 +560,7 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
 def _split_embed_launch(io, H, n_in, label, e, fp32, counts=0) -> Launch:
     """``_split_embed_kernel``: an embedding of an n_in-wide input (read as whole chunks and the rest,
     ``embed_split``) over the cell launches' tiles; ``counts`` int32 counters zeroed (a Gaussian
-    step's heads')."""
+    step's heads'); on the tensor cores the first cell's biases summed (its ``ONE_BIAS``)."""
     from ..recurrent import triton_split as ts
 
     cfg = ts.split_config(B, H, fp32)
@@ -563,12 +569,12 @@ def _split_embed_launch(io, H, n_in, label, e, fp32, counts=0) -> Launch:
     (a_chunks, block_a), (a2_chunks, block_a2) = ts._part_tiles(n1, widest), ts._part_tiles(n_in - n1, widest)
     args = {"a_ptr": io, "K_a": n1, "a2_ptr": io, "K_a2": n_in - n1,
             "w_ptr": io, "b_ptr": io, "e_ptr": io, "count_ptr": Ptr("i32") if counts else io, "N_COUNTS": counts,
-            "B": B, "H": H}  # fmt: skip
+            "nb_ih": io, "nb_hh": io, "nb_out": io if fp32 else Ptr("fp32"), "B": B, "H": H}  # fmt: skip
     consts = {"LD_W": n_in, "A_CHUNKS": a_chunks, "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2,
               "STRIDE_A": n_in, "A2_VEC": ts.part_vec(n_in - n1, n_in, True),
-              "BLOCK_COUNTS": max(1, 1 << (counts - 1).bit_length()) if counts else 1,
+              "BLOCK_COUNTS": max(1, 1 << (counts - 1).bit_length()) if counts else 1, "SUM_BIAS": not fp32,
               "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "PRECISION": "ieee"}  # fmt: skip
-    moved = B * n_in + H * n_in + H + B * H + counts * 4 // e
+    moved = B * n_in + H * n_in + H + B * H + counts * 4 // e + (0 if fp32 else 8 * H + 4 * H * 4 // e)
     return Launch("_split_embed_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages,
                   (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n)), [], 0, moved * e, label)  # fmt: skip
 
@@ -587,8 +593,10 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     n1 = ts.embed_split(n_in, ts.embed_chunk(ts.split_config(B, RNN, fp32), fp32))  # read as n1 columns + the rest
     # unfolded: the embedding computed once per row by a launch of its own, which the first cell reads
     launches = [] if folded else [_split_embed_launch(io, H, n_in, "embedding", e, fp32)]
+    sums = not folded and ts.merged_gates(fp32, "ieee")  # each launch sums the next cell's biases
     launches += [_split_cell_launch(io, H, n1, n_in - n1, i == 0 and folded, Zg, Zt, f"cell {i + 1}", 0, 0, e,
-                                    (n_in, n_in) if i == 0 else (H, H), folded, noise=False)
+                                    (n_in, n_in) if i == 0 else (H, H), folded, noise=False,
+                                    next_bias=sums and i + 1 < L)
                  for i in range(L)]  # fmt: skip
     cfg = ts.split_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
@@ -618,7 +626,7 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
     launches += [
         _split_cell_launch(io, H, n_in, j * Zg, folded, Zg, Zt, f"group {j + 1}", 2 * Zg * H + 2 * Zg, heads_act, e,
                            (n_in, Zt), folded, j * Zg, draw_all=j == 0, head_out=True,
-                           next_z=(j + 1) * Zg if not folded and j + 1 < G else 0)
+                           next_z=(j + 1) * Zg if not folded and j + 1 < G else 0, next_bias=sums and j + 1 < G)
         for j in range(G)
     ]  # fmt: skip
     w, bias, act = _prior_floor(n_in, H, Zg, G, PRIOR_LAYERS, folded)
