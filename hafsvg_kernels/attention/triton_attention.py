@@ -1014,9 +1014,10 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
     DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each loaded
     again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
-    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``. At 64
-    channels (DCGAN 32^2, VGG 64^2) the chunks removed 400 B of spills but modeled 7 % slower
-    (0.59 -> 0.55), so one dot stays there."""
+    0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``, none
+    with one pipeline stage (``backward``). At 64 channels (DCGAN 32^2, VGG 64^2) the chunks
+    removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55), so one dot stays there (one
+    stage removed them since)."""
     return 32 if fused and fma and block_dv >= 128 else block_dv
 
 
