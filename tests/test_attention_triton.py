@@ -484,7 +484,9 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                      "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
                      "DP_CHUNK": chunk}  # fmt: skip
-            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, cfg)
+            # FFMA dots: the fused dK/dV kernel runs with one pipeline stage (backward)
+            kcfg = {**cfg, "num_stages": 1} if fma and dk and dv else cfg
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, kcfg)
         if fma:  # the fused dK/dV at a 128-channel value tile, V dO^T in chunks (_dp_chunk)
             wide = ta._bwd_config(1024, 1024, 16, 128, fma)
             blocks = {k: v for k, v in wide.items() if k.startswith(("BLOCK", "DV_TILES"))}
@@ -494,7 +496,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                      "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma)}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
                         Count=io, DQ="*fp32")  # fmt: skip
-            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, wide)
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1})
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})
