@@ -58,6 +58,7 @@ program of row block 0, one per thread): moving-mnist bf16, instructions per war
 the prior's groups 2947 / 2723 / 2736 / 2011 -> 2781 / 2642 / 2654 / 1866, the predictor's first
 cell 1830 -> 1710; the step modeled 18.1 -> 17.8 µs (moving-mnist), 18.6 -> 18.3 (kth), 19.0 ->
 18.6 (bair) (sm90_report). Not on FFMA (see :func:`_cell_launch`).
+
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
 187 µs against the row design's 242. Without
