@@ -55,9 +55,9 @@ recompute cost (group 2 3210 -> 2896 instructions, against 2723 this way).
 The unfolded cells on the tensor cores load b_ih + b_hh as one fp32 bias, as folded cells do
 (``ONE_BIAS``), summed at each step by the launch before (``_bias_sum``: 4 BLOCK_N numbers per
 program of row block 0, one per thread): moving-mnist bf16, instructions per warp and program,
-the prior's groups 2947 / 2723 / 2736 / 2011 -> 2781 / 2642 / 2654 / 1866, the predictor's first
-cell 1830 -> 1710; the step modeled 18.1 -> 17.8 µs (moving-mnist), 18.6 -> 18.3 (kth), 19.0 ->
-18.6 (bair) (sm90_report). Not on FFMA (see :func:`_cell_launch`).
+the prior's groups 2947 / 2723 / 2736 / 2011 -> 2818 / 2592 / 2610 / 1866, the predictor's first
+cell 1830 -> 1644; the step modeled 18.1 -> 17.7 µs (moving-mnist), 18.6 -> 18.2 (kth), 19.0 ->
+18.5 (bair) (sm90_report). Not on FFMA (see :func:`_cell_launch`).
 
 Measured on an H200 before the changes of the next paragraph (bf16, the sampling step of the
 moving-mnist sizes, prior then predictor, replayed from a CUDA graph; ``benchmarks/sweep.py``):
@@ -376,8 +376,6 @@ def _split_cell_kernel(
         eps_q = _randn(seed, offset + rows[:, None] * Z_total + cq[None, :])
         tl.store(eps_ptr + rows[:, None] * stride_eps + cq[None, :], eps_q,
                  mask=row_mask[:, None] & (cq < Z_total)[None, :])  # fmt: skip
-    if NEXT_BIAS:
-        _bias_sum(nb_ih, nb_hh, nb_out, H, BLOCK_N)
     if NEXT:  # part 1 of the next group's embedding, for this program's hidden units
         # rows past B read row B - 1 (not stored): no row masks on the loads
         src, every = tl.minimum(rows, B - 1), tl.full((BLOCK_B,), 1, tl.int1)
@@ -411,6 +409,12 @@ def _split_cell_kernel(
     acc_i, acc_f, acc_g, acc_o = _gates_split(acc, acc_f, acc_g, acc_o, BLOCK_B, BLOCK_N, MERGED)
     h = _cell_update(acc_i, acc_f, acc_g, acc_o, b_ih, b_hh, c_ptr, h_new_ptr, c_new_ptr, gates_ptr,
                      rows, row_mask, n, n_mask, H, SAVE, ONE_BIAS)  # fmt: skip
+    # After the cell, not before its loops: there the sum cost kth bf16's second group 102
+    # instructions per warp (2676 -> 2778), here 60 (2736; sm90_report, most of it the loops'
+    # registers allocated otherwise). At the kernel's end, past the heads' semaphore, the count
+    # rose to 3309.
+    if NEXT_BIAS:
+        _bias_sum(nb_ih, nb_hh, nb_out, H, BLOCK_N)
     if HEAD_OUT:
         if MERGED:
             # h' read back (this program's own stores, made visible by the barrier) instead of
