@@ -138,9 +138,11 @@ def test_single_pass_backward_float64(monkeypatch, split):
         (4, 1, 1, 3, 1, 8, 3, 1),
         (4, 2, 2, 32, 64, 8, 16, 2),
         (4, 2, 2, 20, 40, 8, 20, 2),
+        (6, 2, 2, 16, 32, 8, 200, 2),
+        (6, 2, 6, 16, 16, 16, 130, 1),
     ],
     ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key", "output-normalised",
-         "output-normalised-masked"],  # fmt: skip
+         "output-normalised-masked", "one-query-block-dv-tiles", "one-query-block-v-per-sample"],  # fmt: skip
 )
 def test_one_key_block_float64(monkeypatch, case):
     """All M keys in one block (the N = 16, 64 levels): the forward computes each score once and
@@ -173,9 +175,24 @@ def test_one_key_block_float64(monkeypatch, case):
         def __getitem__(self, grid):
             raise AssertionError("a one-key-block backward launched the dq kernel")
 
+    class OneQueryBlock:  # the dK/dV launches' ONE_Q_BLOCK flags
+        def __init__(self, fn):
+            self.fn, self.flags = fn, []
+
+        def __getitem__(self, grid):
+            launch = self.fn[grid]
+
+            def run(*args, **kwargs):
+                self.flags.append(kwargs["ONE_Q_BLOCK"])
+                return launch(*args, **kwargs)
+
+            return run
+
     norm_p = []
+    dkdv = OneQueryBlock(ta._bwd_dkdv_kernel)
     monkeypatch.setattr(ta, "_fwd_kernel", Recorded(ta._fwd_kernel, norm_p))
     monkeypatch.setattr(ta, "_bwd_dq_kernel", NoDq())
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", dkdv)
     out, lse = ta.forward(q, k, v, -0.6)
     assert grids == [("_fwd_kernel", (B, 1, 1))]
     cfg = ta._fwd_config(N, M, d_qk, d_v)
@@ -188,6 +205,10 @@ def test_one_key_block_float64(monkeypatch, case):
     for name, g, r in zip("qkv", ta.backward(do, q, k, v, out, lse, -0.6, split=split), ref_grads):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+    # one query block per batch (N == BLOCK_Q): the batch loop without a query-block loop inside
+    one_q = N == ta._bwd_config(N, M, d_qk, d_v)["BLOCK_Q"]
+    fused = Bk == Bv and d_v <= ta._bwd_config(N, M, d_qk, d_v)["BLOCK_DV"]
+    assert dkdv.flags == [one_q] * (1 if fused else 2)
 
 
 @pytest.mark.parametrize(
@@ -483,20 +504,20 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": split, "SUM_PARTIALS": split > 1 and not fma, "COMPUTE_DK": dk, "COMPUTE_DV": dv,
                      "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
-                     "DP_CHUNK": chunk}  # fmt: skip
+                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"]}  # fmt: skip
             # FFMA dots: the fused dK/dV kernel runs with one pipeline stage (backward)
             kcfg = {**cfg, "num_stages": 1} if fma and dk and dv else cfg
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, kcfg)
-        if fma:  # the fused dK/dV at a 128-channel value tile, V dO^T in chunks (_dp_chunk)
+        if even:  # the fused dK/dV at a 128-channel value tile, V dO^T in chunks (_dp_chunk), 1 or 2 stages
             wide = ta._bwd_config(1024, 1024, 16, 128, fma)
             blocks = {k: v for k, v in wide.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 1, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True,
                      "DQ_DIRECT": False,
                      "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
-                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma)}  # fmt: skip
+                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma), "ONE_Q_BLOCK": False}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
                         Count=io, DQ="*fp32")  # fmt: skip
-            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1})
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1 if fma else 2})
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})

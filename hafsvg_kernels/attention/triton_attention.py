@@ -731,6 +731,7 @@ def _bwd_dkdv_kernel(
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
     DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK and COMPUTE_DV: the single-pass backward, dQ too
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
+    ONE_Q_BLOCK: tl.constexpr,  # N == BLOCK_Q: one query block per batch, no loop over query blocks
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
@@ -766,15 +767,25 @@ def _bwd_dkdv_kernel(
             K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
             COMPUTE_DK, COMPUTE_DV,
         )  # fmt: skip
-        for n0 in range(0, n_full, BLOCK_Q):
+        if ONE_Q_BLOCK:  # the batch loop is the innermost loop: the one the compiler pipelines
             dk, dv = _bwd_dkdv_block(
-                k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, n0 + offs_q,
+                k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
                 DQ + b * N * D_QK, D_QK, scale,
                 False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
                 LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
-    if n_full < N:
+        else:
+            for n0 in range(0, n_full, BLOCK_Q):
+                dk, dv = _bwd_dkdv_block(
+                    k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
+                    n0 + offs_q,
+                    offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod,
+                    qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                    False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
+                    EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                )  # fmt: skip
+    if not ONE_Q_BLOCK and n_full < N:
         for b in range(b_start, b_end):
             k, v, v_base = _bwd_dkdv_kv(
                 K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
@@ -923,7 +934,7 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     """Block sizes of the backward kernels: 64 x 64 score tiles (the backward holds P, dP and dS
     tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward),
     on 4 warps (one warpgroup) whatever d_v; fewer at N = 16 (``_warps``). 3 pipeline stages at
-    64 x 64 tiles, 2 below.
+    64 x 64 tiles, 2 below (and in the dK-alone launch over several key blocks, ``backward``).
 
     Measured on an H200 (``benchmarks/sweep.py``, bf16, batch 1600, the backward alone, µs): 3
     stages instead of 2 at 64 x 64 tiles: DCGAN 32^2 2816 -> 2317 (two passes), DCGAN 16^2 503 ->
@@ -932,7 +943,8 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     128 x 64 or 64 x 128 tiles on 8 warps, 64 x 32 and 32 x 64 tiles were all slower (1.1-3x).
     The third stage cost the fused dK/dV kernel spills in the sm_90 code (sm90_report: 100 B at
     DCGAN 16^2, 148 B at VGG 32^2, 255 registers), which the measured times include; with the
-    constant masks and the base-2 lse (module docstring) none and 32 B.
+    constant masks and the base-2 lse (module docstring) none and 32 B; the fused kernel at 128
+    channels now runs 2 stages with V dO^T in 64-channel chunks, none (``_dp_chunk``).
     On the sm_90 code, 8 warps at d_v >= 128 laid each 64 x 64 score tile over both warpgroups,
     computing every score twice: 2.0 MUFU.EX2 per score instead of 1.0 (DCGAN 16^2 row, both
     kernels), and 4.0 at N = 16 (16 x 16 tiles on 8 warps; 1 warp: 1.0). When d_v > 128, BLOCK_DV
@@ -1009,16 +1021,28 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
 
 def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     """Channels per step of the dK/dV kernel's V dO^T: the value tile (BLOCK_DV; with dK alone
-    the chunk loop's step) in one dot, except where dK and dV are fused on FFMA dots (fp32
-    "ieee") over 128 channels. There one dot held rows of V and columns of dO^T over all 128
-    channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
+    the chunk loop's step) in one dot, except where dK and dV are fused over 128 channels.
+
+    On the tensor cores (DCGAN 16^2, VGG 32^2) 64-channel chunks, with 2 pipeline stages instead
+    of 3 (``backward``): one dot over 128 channels kept V's 128 channels in registers beside the dV
+    accumulator, 255 registers, VGG 32^2 spilling 32 B (and under Triton 3.6 DCGAN 16^2 972 B,
+    VGG 32^2 1084 B); in chunks 242 and 244 registers and none (3.6: 12 and 48 B), 2 CTAs per SM
+    at VGG 32^2 instead of 1, at the same modeled times (66.6 and 1122 µs, tensor-bound; the
+    chunks with 3 stages: 70.9 and 1162, issue-bound; sm90_report, bf16). The H200 timed 3
+    stages faster than 2 at these rows (``_bwd_config``) with the one dot, before the sm_90
+    report existed; not yet timed again.
+
+    On FFMA dots (fp32 "ieee") 32-channel chunks. There one dot held rows of V and columns of
+    dO^T over all 128 channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
     DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each loaded
     again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
     0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``, none
     with one pipeline stage (``backward``). At 64 channels (DCGAN 32^2, VGG 64^2) the chunks
     removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55), so one dot stays there (one
     stage removed them since)."""
-    return 32 if fused and fma and block_dv >= 128 else block_dv
+    if not fused or block_dv < 128:
+        return block_dv
+    return 32 if fma else 64
 
 
 def split_for_waves(R: int, programs: int, sms: int) -> int:
@@ -1173,6 +1197,12 @@ def backward(
         # (DCGAN 8^2 dK+dQ 24 B, VGG 16^2 dV 1160 B).
         one_stage = (compute_dk and compute_dv) or (cfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
         stages = 1 if fma and one_stage else kcfg["num_stages"]
+        if not fma and compute_dk and (M > kcfg["BLOCK_K"] if not compute_dv else kcfg["BLOCK_DV"] >= 128):
+            # 2 stages, not 3: dK and dV fused with V dO^T in chunks (_dp_chunk), and dK alone over
+            # several key blocks (VGG 16^2), where 3 stages' pipelining of the chunk loop cost
+            # instructions: modeled 78.7 -> 73.6 µs (issue- -> tensor-bound), and Triton 3.6's
+            # ptxas spilled 8 B there (none with 2; sm90_report, bf16).
+            stages = 2
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
             q, k, v, do, out, lse2, delta, dk_arg, dv_arg,
             dk_arg if dk_out is None else dk_out, dv_arg if dv_out is None else dv_out, count,
@@ -1186,6 +1216,13 @@ def backward(
             # EVEN_D only where dK and dV are fused: there it took VGG 32^2's spills 48 -> 32 B (bf16)
             # and the FFMA fused kernel's 68 -> 44 B; in the dK-alone or dV-alone launches ptxas
             # then spilled where it had not (VGG 16^2 fp32 dK 12 B, DCGAN 4^2 bf16 dV 8 B).
+            # one query block per batch (N == BLOCK_Q: the one-key-block rows, and N = 16 in fp32):
+            # the batch loop is the innermost loop, and the compiler pipelines it. Nested over a
+            # query-block loop of one trip, neither loop was pipelined, and the dV-alone launches
+            # took 178-190 registers (255 under Triton 3.6, with 20-104 B of spills); now 128-148,
+            # 3-4 CTAs per SM at DCGAN 8^2 and VGG 8^2 instead of 2, 16 at DCGAN 4^2 instead of 11,
+            # and no spills under 3.6 (the fp32 DCGAN 4^2 dK+dQ 88 B and dV 12 B too; sm90_report).
+            ONE_Q_BLOCK=N == kcfg["BLOCK_Q"],
             EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_D=d_qk == kcfg["BLOCK_D"] and compute_dk and compute_dv,
             EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
             LSE_LOG2=lse2 is not lse,

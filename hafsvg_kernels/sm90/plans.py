@@ -64,6 +64,9 @@ class Launch:
     bytes: float = 0.0  # HBM bytes it moves (shared K/V and weights counted once: L2 reuse)
     label: str = ""  # which launch of the op (e.g. "dK (split 17)")
     guard: int = 1  # programs sharing a semaphore: the code past it runs in one of them (sass.executed)
+    # the share of programs x the busiest program's main-loop trips that runs (for counts of the
+    # work done, not for the time): the last programs of a split run fewer query batches
+    runs: float = 1.0
 
     @property
     def programs(self) -> int:
@@ -250,8 +253,8 @@ def _attention_loops(launch: Launch) -> list[list]:
         dk_only = c.get("COMPUTE_DK") and not c.get("COMPUTE_DV")
         # fused with V dO^T in channel chunks (FFMA dots): a chunk loop as dK alone's
         chunked = c.get("COMPUTE_DK") and c.get("COMPUTE_DV") and c.get("DP_CHUNK", bdv) < bdv
-        if chunked:
-            t = cdiv(D_V, c["DP_CHUNK"])
+        if chunked or dk_only:  # the chunk loop steps DP_CHUNK channels
+            t = cdiv(D_V, c.get("DP_CHUNK", bdv))
         inner = [Trip(t, optional=t == 1)] if dk_only or chunked else []
         tail = [Trip(0 if N % bq == 0 else t, optional=True)] if dk_only or chunked else []
         tail_batches = 0 if N % bq == 0 else split_len  # the masked last query block, after the main loop
@@ -260,6 +263,8 @@ def _attention_loops(launch: Launch) -> list[list]:
         s = c.get("SPLIT", 1)
         sums = [Trip(s, optional=True) for _ in range(bool(c.get("COMPUTE_DK")) + bool(c.get("COMPUTE_DV")))]
         sums = sums if c.get("SUM_PARTIALS") else []
+        if c.get("ONE_Q_BLOCK"):  # one query block per batch: the batch loop is the main loop
+            return [[Trip(split_len, inner, main=True), *sums]]
         return [
             [Trip(split_len, [Trip(N // bq, inner, main=True)]), Trip(tail_batches, inner, optional=True), *sums],
             [Trip(split_len, [Trip(N // bq, inner, main=True), *tail]), *sums],
@@ -324,6 +329,8 @@ def attention_ops(row, dtype: str) -> list[Op]:
             lch.label, lch.bytes, red = _attention_label_bytes(lch, sizes)
             if lch.constexprs.get("SUM_PARTIALS"):  # the last of a tile's SPLIT programs sums
                 lch.guard = lch.constexprs["SPLIT"]
+            if lch.kernel == "_bwd_dkdv_kernel":  # R query batches per group, SPLIT_LEN per program
+                lch.runs = lch.args["R"] / (lch.constexprs.get("SPLIT", 1) * lch.args["SPLIT_LEN"])
             extra += red
             c = lch.constexprs
             if lch.kernel != "_bwd_preprocess" and not c.get("ONE_KEY_BLOCK"):

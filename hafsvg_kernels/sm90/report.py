@@ -117,7 +117,7 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
     # where the main loop holds none (the forward with all keys in one block: the scores once,
     # then a loop over value chunks), of the whole program
     per_program = (m or {}).get("ex2", 0) * ex.main_total_iters or ex.total.get("ex2", 0)
-    ex2_lanes = per_program * comp.num_warps * 32 * launch.programs
+    ex2_lanes = per_program * comp.num_warps * 32 * launch.programs * launch.runs
     return rec, ex2_lanes
 
 
