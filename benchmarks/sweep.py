@@ -115,8 +115,10 @@ def _patched(kind, variant):
                     return c
 
                 patch(ta, "_fwd_config" if kind == "fwd" else "_bwd_config", cfg)
-                if kind == "bwd":  # the candidate's tiles in every launch, the dV-alone one included
+                if kind == "bwd":  # the candidate's tiles and stages in every launch, the dV-alone one included
                     patch(ta, "_dv_config", lambda cfg, *a, **k: cfg)
+                    patch(ta, "_wide_dv", lambda *a, **k: False)
+                    patch(ta, "_dkdv_stages", lambda kcfg, *a, **k: kcfg["num_stages"])
             if one_pass is not None:
                 orig = ta.single_pass
 

@@ -518,6 +518,15 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
                         Count=io, DQ="*fp32")  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1 if fma else 2})
+        if even and not fma:  # the dV-alone launch's own tiles over several key blocks (_dv_config)
+            dvc = ta._dv_config(ta._bwd_config(256, 256, 32, 256), 256, 256, fma)
+            blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}
+            flags = {"SPLIT": 2, "SUM_PARTIALS": True, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
+                     "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
+                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False}  # fmt: skip
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
+                        DVO=io, Count="*i32", DQ=io)  # fmt: skip
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, dvc)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})

@@ -985,17 +985,54 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     }
 
 
+def _wide_dv(cfg: dict, M: int, d_v: int, fma: bool) -> bool:
+    """Whether the dV-alone launch takes its own tiles (:func:`_dv_config`): on the tensor cores,
+    d_v over 128 channels and more keys than one block (the VGG 16^2 row)."""
+    return not fma and d_v > 128 and M > cfg["BLOCK_K"]
+
+
 def _dv_config(cfg: dict, M: int, d_v: int, fma: bool) -> dict:
     """The tiles of the dV-alone launch (d_v over one tile: dK and dV in two launches). Each value
     tile recomputes the scores, so on the tensor cores with more keys than one block (the VGG 16^2
     row: 256 keys, d_v 256) it takes 128-channel tiles, 2 stages: 2 exponentials per score instead
     of 4, modeled 118 -> 79 µs for the launch, 0.46 -> 0.51 of the floor for the row, fwd + bwd
     (sm90_report, bf16; SFU-bound before, tensor-bound after; with 3 stages 28 B of spills, 255
-    registers; not yet timed on a GPU). At 64 keys or fewer (one key block) the wider tile modeled
-    slower (see the module docstring), and the FFMA tiles of fp32 keep theirs."""
-    if fma or d_v <= 128 or M <= cfg["BLOCK_K"]:
+    registers; not yet timed on a GPU). And 32-query blocks, with the query/key channel masks
+    constant where d_qk fills its block (``EVEN_D``, ``backward``): 224 -> 168 registers, 3 CTAs
+    per SM instead of 2, at the same modeled time (77.3 µs, tensor-bound); under Triton 3.6 255
+    registers and 588 B of spills -> 252 and none (64-query blocks with EVEN_D: 608 B). At 64
+    keys or fewer (one key block) the wider tile modeled slower (see the module docstring), and
+    the FFMA tiles of fp32 keep theirs."""
+    if not _wide_dv(cfg, M, d_v, fma):
         return cfg
-    return {**cfg, "BLOCK_DV": 128, "DV_TILES": triton.cdiv(d_v, 128), "num_stages": 2}
+    return {**cfg, "BLOCK_Q": min(32, cfg["BLOCK_Q"]), "BLOCK_DV": 128, "DV_TILES": triton.cdiv(d_v, 128),
+            "num_stages": 2}  # fmt: skip
+
+
+def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bool) -> int:
+    """Pipeline stages of a dK/dV launch with tiles ``kcfg`` (``_bwd_config``'s otherwise).
+
+    FFMA dots (fp32 "ieee"): 1 stage (K, V and dO tiles read into registers, not double-buffered
+    in shared memory) where dK and dV are fused, and at d_qk = 64 (all keys in one block). With 2,
+    ptxas (sm_90) spilled there; with 1, nothing, at the same modeled time or less (sm90_report,
+    Triton 3.9): the fused kernel 400 B at DCGAN 32^2 and VGG 64^2 (226.5 vs 227.2 ms), 44 B at
+    DCGAN 16^2 and VGG 32^2; VGG 8^2 dK+dQ 28 B, dV 20 B (604.7 vs 608.6 µs for both). Triton 3.6
+    agrees on the fused kernel (540 B -> none at DCGAN 32^2 and VGG 64^2) but spills the d_qk = 64
+    dV launch with 1 stage (VGG 8^2 204 B, DCGAN 4^2 348 B; with 2, none and 12 B), so there it
+    keeps 2. Elsewhere 1 stage spilled where 2 did not (DCGAN 8^2 dK+dQ 24 B, VGG 16^2 dV 1160 B).
+
+    Tensor cores: 2 stages, not 3, where V dO^T runs in a chunk loop: dK and dV fused at
+    128-channel tiles (:func:`_dp_chunk`), and dK alone over several key blocks and value chunks
+    (VGG 16^2), where 3 stages' pipelining of the chunk loop cost instructions: modeled 78.7 ->
+    73.6 µs (issue- -> tensor-bound), and Triton 3.6's ptxas spilled 8 B there (none with 2;
+    sm90_report, bf16). ``benchmarks/sweep.py`` replaces this rule by its candidates' stages."""
+    if fma:
+        one = (compute_dk and compute_dv) or (kcfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
+        return 1 if one else kcfg["num_stages"]
+    dk_chunks = not compute_dv and M > kcfg["BLOCK_K"] and kcfg["DV_TILES"] > 1
+    if compute_dk and (dk_chunks or (compute_dv and kcfg["BLOCK_DV"] >= 128)):
+        return 2
+    return kcfg["num_stages"]
 
 
 def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
@@ -1159,6 +1196,7 @@ def backward(
 
     def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
         kcfg = cfg if compute_dk else _dv_config(cfg, M, d_v, fma)
+        wide_dv = not compute_dk and _wide_dv(cfg, M, d_v, fma)
         tiles = 1 if compute_dk else kcfg["DV_TILES"]  # dK programs loop over the value chunks
         s = split if split is not None else _split(R, groups * n_kblocks * tiles, q.device)
         s = max(1, min(int(s), R))
@@ -1186,23 +1224,7 @@ def backward(
         warps = cfg["num_warps"]
         if fma and compute_dv and warps == 2 and cfg["BLOCK_DV"] <= 64 and (compute_dk or cfg["BLOCK_D"] >= 64):
             warps = 4
-        # FFMA dots: 1 stage (K, V and dO tiles read into registers, not double-buffered in shared
-        # memory) where dK and dV are fused, and at d_qk = 64 (all keys in one block). With 2,
-        # ptxas (sm_90) spilled there; with 1, nothing, at the same modeled time or less
-        # (sm90_report, Triton 3.9): the fused kernel 400 B at DCGAN 32^2 and VGG 64^2 (226.5 vs
-        # 227.2 ms), 44 B at DCGAN 16^2 and VGG 32^2; VGG 8^2 dK+dQ 28 B, dV 20 B (604.7 vs 608.6
-        # µs for both). Triton 3.6 agrees on the fused kernel (540 B -> none at DCGAN 32^2 and VGG
-        # 64^2) but spills the d_qk = 64 dV launch with 1 stage (VGG 8^2 204 B, DCGAN 4^2 348 B;
-        # with 2, none and 12 B), so there it keeps 2. Elsewhere 1 stage spilled where 2 did not
-        # (DCGAN 8^2 dK+dQ 24 B, VGG 16^2 dV 1160 B).
-        one_stage = (compute_dk and compute_dv) or (cfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
-        stages = 1 if fma and one_stage else kcfg["num_stages"]
-        if not fma and compute_dk and (M > kcfg["BLOCK_K"] if not compute_dv else kcfg["BLOCK_DV"] >= 128):
-            # 2 stages, not 3: dK and dV fused with V dO^T in chunks (_dp_chunk), and dK alone over
-            # several key blocks (VGG 16^2), where 3 stages' pipelining of the chunk loop cost
-            # instructions: modeled 78.7 -> 73.6 µs (issue- -> tensor-bound), and Triton 3.6's
-            # ptxas spilled 8 B there (none with 2; sm90_report, bf16).
-            stages = 2
+        stages = _dkdv_stages(kcfg, M, compute_dk, compute_dv, fma)
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
             q, k, v, do, out, lse2, delta, dk_arg, dv_arg,
             dk_arg if dk_out is None else dk_out, dv_arg if dv_out is None else dv_out, count,
@@ -1213,9 +1235,10 @@ def backward(
             float(scale) * LOG2E, float(scale),
             SPLIT=s, SUM_PARTIALS=in_kernel, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
-            # EVEN_D only where dK and dV are fused: there it took VGG 32^2's spills 48 -> 32 B (bf16)
-            # and the FFMA fused kernel's 68 -> 44 B; in the dK-alone or dV-alone launches ptxas
-            # then spilled where it had not (VGG 16^2 fp32 dK 12 B, DCGAN 4^2 bf16 dV 8 B).
+            # EVEN_D only where dK and dV are fused (there it took VGG 32^2's spills 48 -> 32 B, bf16,
+            # and the FFMA fused kernel's 68 -> 44 B) and in the wide dV launch (_dv_config); in the
+            # other dK-alone or dV-alone launches ptxas then spilled where it had not (VGG 16^2 fp32
+            # dK 12 B, DCGAN 4^2 bf16 dV 8 B).
             # one query block per batch (N == BLOCK_Q: the one-key-block rows, and N = 16 in fp32):
             # the batch loop is the innermost loop, and the compiler pipelines it. Nested over a
             # query-block loop of one trip, neither loop was pipelined, and the dV-alone launches
@@ -1223,7 +1246,8 @@ def backward(
             # 3-4 CTAs per SM at DCGAN 8^2 and VGG 8^2 instead of 2, 16 at DCGAN 4^2 instead of 11,
             # and no spills under 3.6 (the fp32 DCGAN 4^2 dK+dQ 88 B and dV 12 B too; sm90_report).
             ONE_Q_BLOCK=N == kcfg["BLOCK_Q"],
-            EVEN_K=M % kcfg["BLOCK_K"] == 0, EVEN_D=d_qk == kcfg["BLOCK_D"] and compute_dk and compute_dv,
+            EVEN_K=M % kcfg["BLOCK_K"] == 0,
+            EVEN_D=d_qk == kcfg["BLOCK_D"] and (compute_dk and compute_dv or wide_dv),
             EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
             LSE_LOG2=lse2 is not lse,
             DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
