@@ -934,7 +934,8 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     """Block sizes of the backward kernels: 64 x 64 score tiles (the backward holds P, dP and dS
     tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward),
     on 4 warps (one warpgroup) whatever d_v; fewer at N = 16 (``_warps``). 3 pipeline stages at
-    64 x 64 tiles, 2 below (and in the dK-alone launch over several key blocks, ``backward``).
+    64 x 64 tiles, 2 below (2 in the dK/dV launches that run V dO^T in a chunk loop on the
+    tensor cores, :func:`_dkdv_stages`).
 
     Measured on an H200 (``benchmarks/sweep.py``, bf16, batch 1600, the backward alone, µs): 3
     stages instead of 2 at 64 x 64 tiles: DCGAN 32^2 2816 -> 2317 (two passes), DCGAN 16^2 503 ->
@@ -1061,7 +1062,7 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     the chunk loop's step) in one dot, except where dK and dV are fused over 128 channels.
 
     On the tensor cores (DCGAN 16^2, VGG 32^2) 64-channel chunks, with 2 pipeline stages instead
-    of 3 (``backward``): one dot over 128 channels kept V's 128 channels in registers beside the dV
+    of 3 (:func:`_dkdv_stages`): one dot over 128 channels kept V's 128 channels in registers beside the dV
     accumulator, 255 registers, VGG 32^2 spilling 32 B (and under Triton 3.6 DCGAN 16^2 972 B,
     VGG 32^2 1084 B); in chunks 242 and 244 registers and none (3.6: 12 and 48 B), 2 CTAs per SM
     at VGG 32^2 instead of 1, at the same modeled times (66.6 and 1122 µs, tensor-bound; the
@@ -1070,11 +1071,11 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     report existed; not yet timed again.
 
     On FFMA dots (fp32 "ieee") 32-channel chunks. There one dot held rows of V and columns of
-    dO^T over all 128 channels in each thread: 4616 B of spill stores and 12.6 warp-instructions per score at
-    DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each loaded
-    again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
+    dO^T over all 128 channels in each thread: 4616 B of spill stores and 12.6 warp-instructions
+    per score at DCGAN 16^2 and VGG 32^2 (single pass, 32 x 32 tiles); in 32-channel chunks, each
+    loaded again (from L1 / L2: the same dO tile and the program's V), 68 B and 11.8, backward
     0.66 -> 0.70 and 0.71 -> 0.76 of the floor (sm90_report, fp32); 44 B with ``EVEN_D``, none
-    with one pipeline stage (``backward``). At 64 channels (DCGAN 32^2, VGG 64^2) the chunks
+    with one pipeline stage (:func:`_dkdv_stages`). At 64 channels (DCGAN 32^2, VGG 64^2) the chunks
     removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55), so one dot stays there (one
     stage removed them since)."""
     if not fused or block_dv < 128:
@@ -1235,10 +1236,6 @@ def backward(
             float(scale) * LOG2E, float(scale),
             SPLIT=s, SUM_PARTIALS=in_kernel, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
-            # EVEN_D only where dK and dV are fused (there it took VGG 32^2's spills 48 -> 32 B, bf16,
-            # and the FFMA fused kernel's 68 -> 44 B) and in the wide dV launch (_dv_config); in the
-            # other dK-alone or dV-alone launches ptxas then spilled where it had not (VGG 16^2 fp32
-            # dK 12 B, DCGAN 4^2 bf16 dV 8 B).
             # one query block per batch (N == BLOCK_Q: the one-key-block rows, and N = 16 in fp32):
             # the batch loop is the innermost loop, and the compiler pipelines it. Nested over a
             # query-block loop of one trip, neither loop was pipelined, and the dV-alone launches
@@ -1247,6 +1244,10 @@ def backward(
             # and no spills under 3.6 (the fp32 DCGAN 4^2 dK+dQ 88 B and dV 12 B too; sm90_report).
             ONE_Q_BLOCK=N == kcfg["BLOCK_Q"],
             EVEN_K=M % kcfg["BLOCK_K"] == 0,
+            # EVEN_D only where dK and dV are fused (there it took VGG 32^2's spills 48 -> 32 B, bf16,
+            # and the FFMA fused kernel's 68 -> 44 B) and in the wide dV launch (_dv_config); in the
+            # other dK-alone or dV-alone launches ptxas then spilled where it had not (VGG 16^2 fp32
+            # dK 12 B, DCGAN 4^2 bf16 dV 8 B).
             EVEN_D=d_qk == kcfg["BLOCK_D"] and (compute_dk and compute_dv or wide_dv),
             EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
             LSE_LOG2=lse2 is not lse,
