@@ -1048,7 +1048,11 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     (M = 256) 442 vs 476: at d_v = 64 the second pass's dP = dO V^T costs about what the M / BLOCK_K
     L2 atomic adds per dQ element cost (which the static model does not charge: it puts one pass
     at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the zeroing and the
-    cast of the dQ accumulator and the delta pass outweigh it. fp32 (FFMA dots, ``fma``), where
+    cast of the dQ accumulator and the delta pass outweigh it. The H200 ran Triton 3.6, whose
+    ptxas spills the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the two-pass dK/dV
+    kernel 256 B); under Triton 3.9 neither spills, and the model puts one pass at 0.636 of the
+    floor against 0.552 (sm90_report with this rule forced, bf16, fwd + bwd): to be timed again
+    there (``benchmarks/sweep.py`` times both) before this rule changes. fp32 (FFMA dots, ``fma``), where
     the static sm_90 model gains at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2
     0.53 -> 0.70), keeps one pass; it is not yet measured. Under the interpreter every fused
     d_qk <= 16 shape with more keys than one block runs it (one key block: ``DQ_DIRECT``), so that
