@@ -138,7 +138,7 @@ def test_single_pass_backward_float64(monkeypatch, split):
         (4, 1, 1, 3, 1, 8, 3, 1),
         (4, 2, 2, 32, 64, 8, 16, 2),
         (4, 2, 2, 20, 40, 8, 20, 2),
-        (6, 2, 2, 16, 32, 8, 200, 2),
+        (6, 2, 2, 16, 33, 8, 200, 2),
         (6, 2, 6, 16, 16, 16, 130, 1),
     ],
     ids=["fused-masked-keys", "dv-tiles-full-block", "v-per-sample", "one-key", "output-normalised",
