@@ -132,6 +132,7 @@ def _patched(kind, variant):
             os.environ["HAFSVG_RECURRENT_SPLIT"] = "1" if design == "split" else "0"
             if c is not None and design == "split":
                 patch(triton_split, "split_config", lambda *a, **k: triton_split.SplitConfig(*c))
+                patch(triton_split, "output_config", lambda *a, **k: triton_split.SplitConfig(*c))
             elif c is not None:  # triton_lstm.launch runs both row kernels with launch_config's tiles
                 cfg = triton_lstm.LaunchConfig(*c)
                 patch(triton_lstm, "launch_config", lambda *a, **k: cfg)

@@ -46,14 +46,17 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     assert (ta._wide_dv, ta._dkdv_stages) == (wide0, stages0)
 
     env, split0, row0 = os.environ.get("HAFSVG_RECURRENT_SPLIT"), triton_split.split_config, triton_lstm.launch_config
+    out0 = triton_split.output_config
     with sweep._patched("recurrent", ("row", (16, 64, 32, 4, 3))):
         assert os.environ["HAFSVG_RECURRENT_SPLIT"] == "0"
         assert tuple(triton_lstm.launch_config(1600, 256)) == (16, 64, 32, 4, 3)  # both row kernels' launcher
     with sweep._patched("recurrent", ("split", (128, 32, 64, 8, 2))):
         assert os.environ["HAFSVG_RECURRENT_SPLIT"] == "1"
         assert tuple(triton_split.split_config(1600, 256)) == (128, 32, 64, 8, 2)
+        assert tuple(triton_split.output_config(1600, 128)) == (128, 32, 64, 8, 2)  # the output launch's too
     assert os.environ.get("HAFSVG_RECURRENT_SPLIT") == env
     assert (triton_split.split_config, triton_lstm.launch_config) == (split0, row0)
+    assert triton_split.output_config is out0
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])

@@ -994,7 +994,10 @@ COMPILE_CHECK = textwrap.dedent(
         DRAW_ALL=False, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // cb.block_n, PARTS_UNROLLED=True,
         BLOCK_ZH=4, A2_CHUNKS=1, BLOCK_A2=16, LD_IN=ld, KA_EVEN=True, H_EVEN=True,
         MERGED=True, A2_VEC=8, ONE_BIAS=True, NEXT_BIAS=True, grid=(1,), **smb)
-    sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smb)
+    co = sp.output_config(B, n_out)  # the output launch: 2 warps (mma.sync) in bf16
+    smo = dict(BLOCK_B=co.block_b, BLOCK_N=co.block_n, BLOCK_K=co.block_k, num_warps=co.num_warps,
+               num_stages=co.num_stages, PRECISION="ieee")
+    sp._split_linear_tanh_kernel.warmup(b(B, H), b(n_out, H), b(n_out), b(B, n_out), B, H, n_out, grid=(1,), **smo)
     sp._split_linear_tanh_kernel.warmup(e(B, H), e(n_out, H), e(n_out), e(B, n_out), B, H, n_out, grid=(1,), **sm)
     print("COMPILED")
     """

@@ -591,6 +591,19 @@ def split_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> Spli
     return SplitConfig(bb, bn, bk, 4, 2)
 
 
+def output_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> SplitConfig:
+    """Tiles of the output launch, tanh(h W_out^T + b) (the predictor's last): ``split_config``'s,
+    on 2 warps instead of 4 on the tensor cores (bf16; mma.sync instead of wgmma). At batch 1600
+    and 128 outputs its 200 programs of 64 x 16 tiles ran 518 instructions per warp on 4 warps
+    (2072 per program, issue-bound: 0.59 µs modeled), on 2 warps 658 (1316 per program; 78
+    registers, 12 CTAs per SM): 0.39 µs, bound by its bytes. The bf16 step with the embedding in
+    the kernels: 17.7 / 18.2 / 18.5 -> 17.5 / 18.0 / 18.3 µs (moving-mnist / kth / bair; 0.615 /
+    0.5985 / 0.5975 -> 0.622 / 0.605 / 0.604 of the floor; sm90_report, sm_90a). Not yet timed on
+    a GPU. fp32 keeps ``split_config``'s."""
+    cfg = split_config(B, N, fp32, tf32)
+    return cfg if fp32 or interpreting() else cfg._replace(num_warps=2)
+
+
 def part_vec(K: int, stride: int, wide: bool) -> int:
     """How many columns of the narrow input part (part 2) load as one vector (:func:`_cols_below`):
     ``wide``, the widest power of two, at most 8, that divides its width and its row stride; else 1.
@@ -797,7 +810,7 @@ def lstm_forward(x, state, weights, e, h_out, c_out, gates, out, save, precision
         _cell_launch(B, H, parts, e, none, state[layer], weights.cells[layer], (h_out[layer], c_out[layer]),
                      gates[layer] if save else e, save, precision, bias=None if sums is None else sums[layer],
                      next_bias=_next_sum(weights.cells, sums, layer + 1))  # fmt: skip
-    cfg = split_config(B, n_out, fp32, tf32)
+    cfg = output_config(B, n_out, fp32, tf32)
     _split_linear_tanh_kernel[(triton.cdiv(B, cfg.block_b), triton.cdiv(n_out, cfg.block_n))](
         h_out[L - 1], weights.out_w, weights.out_b, out, B, H, n_out,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, PRECISION=precision,

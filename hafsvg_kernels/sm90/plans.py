@@ -605,7 +605,7 @@ def _split_recurrent_ops(dtype, preset, folded=False) -> list[Op]:
                                     (n_in, n_in) if i == 0 else (H, H), folded, noise=False,
                                     next_bias=sums and i + 1 < L)
                  for i in range(L)]  # fmt: skip
-    cfg = ts.split_config(B, n_out, dtype == "fp32")
+    cfg = ts.output_config(B, n_out, dtype == "fp32")
     args = {"x_ptr": io, "w_ptr": io, "b_ptr": io, "out_ptr": io, "B": B, "K": H, "N": n_out}
     consts = {"BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "BLOCK_K": cfg.block_k, "PRECISION": "ieee"}
     launches.append(
