@@ -286,7 +286,7 @@ def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
 )
 def test_fused_dkdv_in_channel_chunks_float64(monkeypatch, case):
     """The fused dK/dV kernel with V dO^T summed over channel chunks (``DP_CHUNK`` < BLOCK_DV, as
-    the FFMA dots of fp32 on a GPU run it), forced here at 16 channels, against the float64
+    fused kernels at 128-channel tiles run it on a GPU), forced here at 16 channels, against the float64
     reference: the single pass (atomic dQ), the two passes (dq kernel first; d_v 40, so the last
     chunk is partial) and one key block (dQ stored, delta from O and dO chunks), with ragged
     query blocks."""

@@ -736,7 +736,7 @@ def _bwd_dkdv_kernel(
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
-    DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer for FFMA dots when fused
+    DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer when fused at 128 channels (_dp_chunk)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip

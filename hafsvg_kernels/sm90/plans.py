@@ -251,7 +251,7 @@ def _attention_loops(launch: Launch) -> list[list]:
     if name == "_bwd_dkdv_kernel":
         split_len = a.get("SPLIT_LEN", 1)
         dk_only = c.get("COMPUTE_DK") and not c.get("COMPUTE_DV")
-        # fused with V dO^T in channel chunks (FFMA dots): a chunk loop as dK alone's
+        # fused with V dO^T in channel chunks (_dp_chunk): a chunk loop as dK alone's
         chunked = c.get("COMPUTE_DK") and c.get("COMPUTE_DV") and c.get("DP_CHUNK", bdv) < bdv
         if chunked or dk_only:  # the chunk loop steps DP_CHUNK channels
             t = cdiv(D_V, c.get("DP_CHUNK", bdv))
