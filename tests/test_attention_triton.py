@@ -102,8 +102,22 @@ def test_lse_and_float64():
 def test_single_pass_backward_float64(monkeypatch, split):
     """d_qk <= 16 with dK and dV fused: one pass over the scores (the dK/dV kernel's key blocks add
     dQ atomically, no dq kernel), against the float64 reference with ragged query and key blocks,
-    and against the two-pass backward."""
+    and against the two-pass backward. At d_qk = 8, dK and the atomic dQ on 8 channels (BLOCK_DN),
+    the score product on 16 (BLOCK_D)."""
     from hafsvg_kernels.attention import triton_attention as ta
+
+    class Channels:  # the dK/dV launches' (BLOCK_D, BLOCK_DN)
+        def __init__(self, fn):
+            self.fn, self.blocks = fn, []
+
+        def __getitem__(self, grid):
+            launch = self.fn[grid]
+
+            def run(*args, **kwargs):
+                self.blocks.append((kwargs["BLOCK_D"], kwargs["BLOCK_DN"]))
+                return launch(*args, **kwargs)
+
+            return run
 
     B, Bk, N, M, d_qk, d_v = 6, 2, 100, 257, 8, 64
     q, k, v = (t.detach() for t in make_inputs(B, Bk, Bk, N, M, d_qk, d_v, dtype=torch.float64))
@@ -116,9 +130,12 @@ def test_single_pass_backward_float64(monkeypatch, split):
         def __getitem__(self, grid):
             raise AssertionError("the single-pass backward launched the dq kernel")
 
+    dkdv = Channels(ta._bwd_dkdv_kernel)
     with monkeypatch.context() as m:
         m.setattr(ta, "_bwd_dq_kernel", NoDq())
+        m.setattr(ta, "_bwd_dkdv_kernel", dkdv)
         one = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    assert dkdv.blocks == [(16, 8)]
     for name, g, r in zip("qkv", one, ref_grads):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
@@ -486,13 +503,13 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         cfg = ta._fwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
         for one, masked in ((N <= cfg["BLOCK_K"], False), (True, True)):
-            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_Q": even, "EVEN_DV": even, "NORM_P": even,
-                     "EVEN_D": d_qk == cfg["BLOCK_D"]}  # fmt: skip
+            flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_K": even, "EVEN_Q": even, "EVEN_DV": even,
+                     "NORM_P": even, "EVEN_D": d_qk == cfg["BLOCK_D"]}  # fmt: skip
             build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
         cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32", DQ=io)
-        evens = {"EVEN_Q": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"]}
+        evens = {"EVEN_Q": even, "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"]}
         build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, **evens, "Q_IN_LOOP": fma}, cfg)
         for dk, dv, split, atomic, direct in ((True, True, 1, True, False), (True, True, 4, False, False),
                                               (True, False, 4, False, False), (False, True, 1, False, False),
@@ -504,7 +521,8 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": split, "SUM_PARTIALS": split > 1 and not fma, "COMPUTE_DK": dk, "COMPUTE_DV": dv,
                      "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
-                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"]}  # fmt: skip
+                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"],
+                     "BLOCK_DN": ta._pow2(d_qk, lo=8), "EVEN_DN": d_qk == ta._pow2(d_qk, lo=8)}  # fmt: skip
             # FFMA dots: the fused dK/dV kernel runs with one pipeline stage (backward)
             kcfg = {**cfg, "num_stages": 1} if fma and dk and dv else cfg
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, kcfg)
@@ -514,7 +532,8 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": 1, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True,
                      "DQ_DIRECT": False,
                      "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
-                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma), "ONE_Q_BLOCK": False}  # fmt: skip
+                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma), "ONE_Q_BLOCK": False,
+                     "BLOCK_DN": 16, "EVEN_DN": True}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
                         Count=io, DQ="*fp32")  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1 if fma else 2})
@@ -523,7 +542,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 2, "SUM_PARTIALS": True, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
                      "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
-                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False}  # fmt: skip
+                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False, "BLOCK_DN": 32, "EVEN_DN": True}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*i32", DQ=io)  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, dvc)

@@ -13,7 +13,13 @@ into the scale) and an fp32 (fp64 for fp64 inputs) accumulator, so the N x M sco
 memory; it writes the output tile and, from the first value tile, the per-row ``lse`` (natural log).
 
 * The full key blocks run in a loop without any mask or select; the tail block (keys past
-  M - M % BLOCK_K, when BLOCK_K does not divide M) runs once after it with the key mask. The
+  M - M % BLOCK_K, when BLOCK_K does not divide M) runs once after it with the key mask, and
+  where BLOCK_K divides M (``EVEN_K``, in the forward and the dq kernel) its code is not compiled.
+  It never ran there, but it held registers: bf16 forward 127 -> 116 at DCGAN 32^2 and VGG 64^2,
+  243 -> 227 at VGG 32^2; fp32 forward 232 -> 168 (2 -> 3 CTAs per SM); dq 110 -> 98 at DCGAN
+  32^2 (sm90_report). The report's modeled times fell with it (DCGAN 32^2 bf16: forward 598 ->
+  570 µs, dq 537 -> 503), mostly because its model counts straight-line code once per program
+  whether or not a branch skips it: it no longer counts a tail block that does not run. The
   scale is folded into the exponent's argument, p = exp2(s * qk_scale - m): one FFMA per score
   (the row max is taken on the unscaled scores and scaled once per row, which needs
   qk_scale >= 0: a negative scale is applied by negating q, exactly, and passing |scale|).
@@ -22,8 +28,8 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   the main loops, before -> after, in one compile without the JIT's argument specialisation:
   forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops (per thread and
   step) 64 -> 0, 32 -> 0, 50 -> 0. As ``python -m hafsvg_kernels.sm90_report`` compiles them (with
-  it): 0.24, 0.24 and 0.32; 1.06 MUFU.EX2 per score in the forward (the alpha rescale adds 1 per
-  row), 1.0 in the backward.
+  it; the report of 2026-12-06): 0.28, 0.24 and 0.31; 1.06 MUFU.EX2 per score in the forward (the
+  alpha rescale adds 1 per row and thread that holds it), 1.0 in the backward.
 * Batch folding: the key/value batch of query batch b is b // rk, b // rv, computed in the kernel
   and applied through the batch strides: the K/V of a clip is read by the programs of all its
   samples, never copied per sample. Programs are ordered with b fastest, so the programs running
@@ -32,7 +38,17 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   viewed as (B, N, C) (stride 1 on N, N on C) and a channel slice of a bigger buffer as ``out``
   work without copies.
 * d_qk (1..128) is padded to BLOCK_D = max(16, next power of two) with masked loads (zeros add
-  nothing to the dot; ``tl.dot`` needs K >= 16).
+  nothing to the dot; ``tl.dot`` needs K >= 16). Where d_qk is the N side of a product (dK =
+  dS^T Q, and dQ = dS K where the dK/dV kernel computes it) it needs no padding to 16: where
+  d_qk <= 8 on the tensor cores the dK/dV kernel reads Q (and K) a second time at BLOCK_DN = 8
+  channels (L1/L2 hits; 8 KB per 64 x 64 score tile of the 64 KB it stages) and runs those
+  products as wgmma m64n8 instead of m64n16: modeled (sm90_report, bf16) DCGAN 32^2's dK+dV
+  618 -> 600 µs (tensor- -> issue-bound), VGG 64^2's one-pass dK+dV+dQ 11.74 -> 10.90 ms (its
+  atomic dQ adds 8 columns, not 16 of which 8 masked: 0.390 -> 0.361 warp-instructions per
+  score), that backward 0.664 -> 0.713 of the floor. Not in the dq kernel, issue-bound, where the
+  second read of K cost more instructions than the narrower product saved (503 -> 513 µs at DCGAN
+  32^2); not on FFMA dots (fp32 "ieee": 368 B of spills in the fused kernel) nor under Triton 3.6
+  (DCGAN 32^2's fused dK/dV spilled 388 B instead of 256, VGG 64^2's 516 instead of 432).
 * Keys in one block (M <= BLOCK_K; on a GPU BLOCK_K = M up to 256 keys, the N = 16, 64 and 256
   levels): ``_fwd_one_key_block`` computes the program's softmax once and exactly (one
   exponential per score) and loops over the value channels in BLOCK_DV chunks, reusing the
@@ -293,6 +309,7 @@ def _fwd_kernel(
     ACC_DTYPE: tl.constexpr,  # tl.float32, or tl.float64 for fp64 inputs
     ONE_KEY_BLOCK: tl.constexpr,  # M <= BLOCK_K: _fwd_one_key_block (the grid's third axis is 1)
     MASK_KEYS: tl.constexpr,  # with ONE_KEY_BLOCK: M < BLOCK_K
+    EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no tail key block (its code is not compiled)
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
@@ -337,7 +354,7 @@ def _fwd_kernel(
                 M, skm, skd, svm, svd, qk_scale,
                 MASKED=False, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
             )  # fmt: skip
-        if m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
+        if not EVEN_K and m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
             m_i, l_i, acc = _fwd_block(
                 q, m_i, l_i, acc, k_base, v_base, m_full + offs_k, offs_d, d_ok, offs_v, v_ok,
                 M, skm, skd, svm, svd, qk_scale,
@@ -450,6 +467,7 @@ def _bwd_dq_kernel(
     BLOCK_DV: tl.constexpr,  # value channels per chunk of dO V^T
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV); 1: the dO tile is loaded once, before the key loop
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no query masks
+    EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no tail key block (its code is not compiled)
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     # Read Q in every key block, not once before the key loop. With FFMA dots: held across the
@@ -458,7 +476,7 @@ def _bwd_dq_kernel(
     # registers, none, 8 CTAs per SM instead of 4, at the same 12.31 instructions per score
     # (sm90_report, Triton 3.9; the reads hit L1, 0.1 % of the block's FFMA work). Not on the
     # tensor cores, where Q stays in shared memory as wgmma's operand: read in the loop, DCGAN
-    # 32^2's bf16 kernel modeled 536.5 -> 538.1 µs.
+    # 32^2's bf16 kernel modeled 503.2 -> 504.5 µs.
     Q_IN_LOOP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -511,7 +529,7 @@ def _bwd_dq_kernel(
             M, D_V, skm, skd, svm, svd, sdon, sdod, sqn, sqd, qk_scale,
             False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
-    if m_full < M:  # the tail block
+    if not EVEN_K and m_full < M:  # the tail block
         dq = _bwd_dq_block(
             q, q_base, do, lse2, delta, dq, k_base, v_base, do_base, m_full + offs_k, offs_q, q_ok, offs_d, d_ok,
             M, D_V, skm, skd, svm, svd, sdon, sdod, sqn, sqd, qk_scale,
@@ -561,16 +579,18 @@ def _bwd_preprocess(
 @triton.jit
 def _bwd_dkdv_block(
     k,  # (BLOCK_K, BLOCK_D) keys of this program
+    k_n,  # (BLOCK_K, BLOCK_DN) the same keys at dQ's channels (k itself unless NARROW; DQ_ATOMIC / DQ_DIRECT)
     v,  # (BLOCK_K, BLOCK_DV) values of this program (read only when fused)
-    dk, dv,  # (BLOCK_K, BLOCK_D), (BLOCK_K, BLOCK_DV) accumulators
+    dk, dv,  # (BLOCK_K, BLOCK_DN), (BLOCK_K, BLOCK_DV) accumulators
     q_base, do_base, o_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
     queries,  # (BLOCK_Q,) query indices of this block
-    offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
+    offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,  # offs_dn (BLOCK_DN,): dK's and dQ's channels
     N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod,
     qk_scale,
     dq_base,  # DQ_ATOMIC / DQ_DIRECT: the query batch's rows of the (B, N, D_QK) contiguous dQ
     D_QK, scale,
     MASKED: tl.constexpr,  # the tail block (queries past N)
+    NARROW: tl.constexpr,  # BLOCK_DN < BLOCK_D: dS^T Q reads Q again at BLOCK_DN channels
     BLOCK_K: tl.constexpr,
     BLOCK_Q: tl.constexpr,
     BLOCK_DV: tl.constexpr,
@@ -646,17 +666,21 @@ def _bwd_dkdv_block(
             if not DQ_DIRECT:
                 delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         dst = pt * (dpt - delta[None, :])
+        if NARROW:
+            q = tl.load(
+                q_base + queries[:, None] * sqn + offs_dn[None, :] * sqd, mask=q_ok[:, None] & dn_ok[None, :], other=0.0
+            )  # (BLOCK_Q, BLOCK_DN)
         dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
         if DQ_ATOMIC or DQ_DIRECT:
             # dQ[queries] = scale * dS K over this key block. DQ_ATOMIC: one share of several,
             # added atomically (the other key blocks' programs add theirs); DQ_DIRECT: the only
             # key block, so the whole of dQ, stored. Padded keys are zero rows of k: they add nothing.
-            dq = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=DOT_PRECISION).to(ACC_DTYPE) * scale
-            dq_ptr = dq_base + queries[:, None] * D_QK + offs_d[None, :]
+            dq = tl.dot(tl.trans(dst.to(k_n.dtype)), k_n, input_precision=DOT_PRECISION).to(ACC_DTYPE) * scale
+            dq_ptr = dq_base + queries[:, None] * D_QK + offs_dn[None, :]
             if DQ_ATOMIC:
-                tl.atomic_add(dq_ptr, dq, mask=q_ok[:, None] & d_ok[None, :], sem="relaxed")
+                tl.atomic_add(dq_ptr, dq, mask=q_ok[:, None] & dn_ok[None, :], sem="relaxed")
             else:
-                tl.store(dq_ptr, dq.to(dq_base.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+                tl.store(dq_ptr, dq.to(dq_base.dtype.element_ty), mask=q_ok[:, None] & dn_ok[None, :])
     return dk, dv
 
 
@@ -665,18 +689,23 @@ def _bwd_dkdv_kv(
     K, V,  # (Bk, M, D_QK) keys, (Bv, M, D_V) values
     b,  # query batch
     RK, RV, skb, skm, skd, svb, svm, svd,
-    offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,  # (BLOCK_K,), (BLOCK_D,), (BLOCK_DV,) indices and masks
+    offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,  # (BLOCK_K,), (BLOCK_D,), (BLOCK_DN,), (BLOCK_DV,)
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,
+    NARROW_DQ: tl.constexpr,  # dQ computed here (DQ_ATOMIC / DQ_DIRECT) and BLOCK_DN < BLOCK_D
 ):  # fmt: skip
-    """The key tile k (BLOCK_K, BLOCK_D) of query batch b's key batch, its value tile v
-    (BLOCK_K, BLOCK_DV) when dK and dV are fused (else k again, unused), and the value batch's base
-    pointer. Keys past M read zeros; their rows of dK/dV are never stored, so P needs no key mask."""
-    k = tl.load(
-        K + (b // RK) * skb + offs_k[:, None] * skm + offs_d[None, :] * skd,
-        mask=k_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
+    """The key tile k (BLOCK_K, BLOCK_D) of query batch b's key batch; k_n, the same keys at
+    BLOCK_DN channels for dS K when NARROW_DQ (else k); the value tile v (BLOCK_K, BLOCK_DV) when dK
+    and dV are fused (else k again, unused); and the value batch's base pointer. Keys past M read
+    zeros; their rows of dK/dV are never stored, so P needs no key mask."""
+    k_base = K + (b // RK) * skb
+    k = tl.load(k_base + offs_k[:, None] * skm + offs_d[None, :] * skd, mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+    if NARROW_DQ:
+        k_n = tl.load(
+            k_base + offs_k[:, None] * skm + offs_dn[None, :] * skd, mask=k_ok[:, None] & dn_ok[None, :], other=0.0
+        )
+    else:
+        k_n = k
     v_base = V + (b // RV) * svb
     if COMPUTE_DV and COMPUTE_DK:  # fused: the value tile is all of D_V, the dO tile serves both
         v = tl.load(
@@ -684,7 +713,7 @@ def _bwd_dkdv_kv(
         )
     else:
         v = k
-    return k, v, v_base
+    return k, k_n, v, v_base
 
 
 @triton.jit
@@ -725,6 +754,7 @@ def _bwd_dkdv_kernel(
     BLOCK_K: tl.constexpr,  # keys per program
     BLOCK_Q: tl.constexpr,  # queries per loop step
     BLOCK_D: tl.constexpr,
+    BLOCK_DN: tl.constexpr,  # dK's and dQ's channels (the N side of dS^T Q, dS K): BLOCK_D, or 8 for D_QK <= 8
     BLOCK_DV: tl.constexpr,  # value channels per program (dV) / per chunk of the V dO^T loop (dK)
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV): chunks of the V dO^T loop of dK alone
     COMPUTE_DK: tl.constexpr,
@@ -734,6 +764,7 @@ def _bwd_dkdv_kernel(
     ONE_Q_BLOCK: tl.constexpr,  # N == BLOCK_Q: one query block per batch, no loop over query blocks
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
+    EVEN_DN: tl.constexpr,  # D_QK == BLOCK_DN: no dK / dQ channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
     DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer when fused at 128 channels (_dp_chunk)
@@ -749,9 +780,11 @@ def _bwd_dkdv_kernel(
     offs_v = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
     k_ok = _below(offs_k, M, EVEN_K)
     d_ok = _below(offs_d, D_QK, EVEN_D)
+    offs_dn = tl.arange(0, BLOCK_DN)
+    dn_ok = _below(offs_dn, D_QK, EVEN_DN)
     v_ok = _below(offs_v, D_V, EVEN_DV)
 
-    dk = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC_DTYPE)
+    dk = tl.zeros([BLOCK_K, BLOCK_DN], dtype=ACC_DTYPE)
     dv = tl.zeros([BLOCK_K, BLOCK_DV], dtype=ACC_DTYPE)
     b_start = g * R + sp * SPLIT_LEN
     b_end = tl.minimum(b_start + SPLIT_LEN, (g + 1) * R)
@@ -762,50 +795,49 @@ def _bwd_dkdv_kernel(
     # row), 424 against 0 for dV alone at d_v = 256. Compiled as the JIT specialises the
     # arguments (python -m hafsvg_kernels.sm90_report), this layout has no stack at those rows.
     n_full = N - N % BLOCK_Q
+    narrow: tl.constexpr = BLOCK_DN < BLOCK_D  # dK (and dQ) on fewer channels than the score product's
     for b in range(b_start, b_end):
-        k, v, v_base = _bwd_dkdv_kv(
-            K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
-            COMPUTE_DK, COMPUTE_DV,
+        k, k_n, v, v_base = _bwd_dkdv_kv(
+            K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
+            COMPUTE_DK, COMPUTE_DV, (DQ_ATOMIC or DQ_DIRECT) and narrow,
         )  # fmt: skip
         if ONE_Q_BLOCK:  # the batch loop is the innermost loop: the one the compiler pipelines
             dk, dv = _bwd_dkdv_block(
-                k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, offs_q,
-                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
-                DQ + b * N * D_QK, D_QK, scale,
-                False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
-                LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, offs_q,
+                offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
+                EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
         else:
             for n0 in range(0, n_full, BLOCK_Q):
                 dk, dv = _bwd_dkdv_block(
-                    k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
-                    n0 + offs_q,
-                    offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod,
-                    qk_scale, DQ + b * N * D_QK, D_QK, scale,
-                    False, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
+                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
+                    n0 + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
+                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                    False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                     EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
                 )  # fmt: skip
     if not ONE_Q_BLOCK and n_full < N:
         for b in range(b_start, b_end):
-            k, v, v_base = _bwd_dkdv_kv(
-                K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_v, v_ok,
-                COMPUTE_DK, COMPUTE_DV,
+            k, k_n, v, v_base = _bwd_dkdv_kv(
+                K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
+                COMPUTE_DK, COMPUTE_DV, (DQ_ATOMIC or DQ_DIRECT) and narrow,
             )  # fmt: skip
             dk, dv = _bwd_dkdv_block(
-                k, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
-                n_full + offs_q,
-                offs_k, k_ok, offs_d, d_ok, offs_v, v_ok, N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale,
-                DQ + b * N * D_QK, D_QK, scale,
-                True, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT, EVEN_DV,
-                LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
+                n_full + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                True, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
+                EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
         dk = dk * scale
         tl.store(
-            DK + sp * sdks + g * sdkb + offs_k[:, None] * sdkm + offs_d[None, :] * sdkd,
+            DK + sp * sdks + g * sdkb + offs_k[:, None] * sdkm + offs_dn[None, :] * sdkd,
             dk.to(DK.dtype.element_ty),
-            mask=k_ok[:, None] & d_ok[None, :],
+            mask=k_ok[:, None] & dn_ok[None, :],
         )
     if COMPUTE_DV:
         tl.store(
@@ -822,8 +854,8 @@ def _bwd_dkdv_kernel(
         tl.debug_barrier()
         if tl.atomic_add(Count + tile, 1, sem="acq_rel") == SPLIT - 1:
             if COMPUTE_DK:
-                _sum_partials(DK + g * sdkb, sdks, DKO + g * sdkb, offs_k, k_ok, offs_d, d_ok, sdkm, sdkd, SPLIT,
-                              BLOCK_K, BLOCK_D, ACC_DTYPE)  # fmt: skip
+                _sum_partials(DK + g * sdkb, sdks, DKO + g * sdkb, offs_k, k_ok, offs_dn, dn_ok, sdkm, sdkd, SPLIT,
+                              BLOCK_K, BLOCK_DN, ACC_DTYPE)  # fmt: skip
             if COMPUTE_DV:
                 _sum_partials(DV + g * sdvb, sdvs, DVO + g * sdvb, offs_k, k_ok, offs_v, v_ok, sdvm, sdvd, SPLIT,
                               BLOCK_K, BLOCK_DV, ACC_DTYPE)  # fmt: skip
@@ -1050,9 +1082,10 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the zeroing and the
     cast of the dQ accumulator and the delta pass outweigh it. The H200 ran Triton 3.6, whose
     ptxas spills the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the two-pass dK/dV
-    kernel 256 B); under Triton 3.9 neither spills, and the model puts one pass at 0.636 of the
-    floor against 0.552 (sm90_report with this rule forced, bf16, fwd + bwd): to be timed again
-    there (``benchmarks/sweep.py`` times both) before this rule changes. fp32 (FFMA dots, ``fma``), where
+    kernel 256 B); under Triton 3.9 neither spills, and the model puts one pass at 0.672 of the
+    floor against 0.579 (sm90_report with this rule forced, bf16, fwd + bwd; with dK and the atomic
+    dQ on 8 channels, ``BLOCK_DN``): to be timed again there (``benchmarks/sweep.py`` times both)
+    before this rule changes. fp32 (FFMA dots, ``fma``), where
     the static sm_90 model gains at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2
     0.53 -> 0.70), keeps one pass; it is not yet measured. Under the interpreter every fused
     d_qk <= 16 shape with more keys than one block runs it (one key block: ``DQ_DIRECT``), so that
@@ -1153,7 +1186,7 @@ def forward(
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         abs(float(scale)) * LOG2E, int(scale < 0),
         DOT_PRECISION=fp32_dot_precision(q.dtype), ACC_DTYPE=_tl_acc(q.dtype),
-        ONE_KEY_BLOCK=one_block, MASK_KEYS=M < cfg["BLOCK_K"],
+        ONE_KEY_BLOCK=one_block, MASK_KEYS=M < cfg["BLOCK_K"], EVEN_K=M % cfg["BLOCK_K"] == 0,
         EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"] and not fma,
         EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
@@ -1198,6 +1231,9 @@ def backward(
 
     n_kblocks = triton.cdiv(M, cfg["BLOCK_K"])
     n_vtiles = triton.cdiv(d_v, cfg["BLOCK_DV"])
+    # dK, and dQ where the dK/dV kernel computes it, on 8 channels where d_qk <= 8 (see the module
+    # docstring); not on FFMA dots (fp32 "ieee"), nor under Triton 3.6, where ptxas spilled more.
+    block_dn = cfg["BLOCK_D"] if fma or _TRITON_3_6 else _pow2(d_qk, lo=8)
 
     def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
         kcfg = cfg if compute_dk else _dv_config(cfg, M, d_v, fma)
@@ -1253,6 +1289,7 @@ def backward(
             # other dK-alone or dV-alone launches ptxas then spilled where it had not (VGG 16^2 fp32
             # dK 12 B, DCGAN 4^2 bf16 dV 8 B).
             EVEN_D=d_qk == kcfg["BLOCK_D"] and (compute_dk and compute_dv or wide_dv),
+            BLOCK_DN=block_dn, EVEN_DN=d_qk == block_dn and (compute_dk and compute_dv or wide_dv),
             EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
             LSE_LOG2=lse2 is not lse,
             DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
@@ -1302,8 +1339,8 @@ def backward(
         N, M, d_qk, d_v, rk, rv,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
         float(scale) * LOG2E, float(scale),
-        EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"], EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
-        Q_IN_LOOP=fma, DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
+        EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_K=M % cfg["BLOCK_K"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"],
+        EVEN_DV=d_v % cfg["BLOCK_DV"] == 0, Q_IN_LOOP=fma, DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
     if fused:
         dk, dv = launch(Bk, rk, True, True)
