@@ -54,6 +54,27 @@ def fp32_dot_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+_FP32_MIN_K: list = []  # fp32_dot_min_k()'s answer, once known
+
+
+def fp32_dot_min_k() -> int:
+    """The least K (inner dimension) of an fp32 ``tl.dot`` that the installed Triton compiles for
+    NVIDIA GPUs, from its backend's ``min_dot_size``: 8 in Triton 3.9, 16 in 3.6 (the GPU machines'
+    version); 16 where the backend cannot be asked."""
+    if not _FP32_MIN_K:
+        try:
+            import types
+
+            from triton.backends.compiler import GPUTarget
+            from triton.backends.nvidia.compiler import min_dot_size
+
+            fp32 = types.SimpleNamespace(scalar=types.SimpleNamespace(primitive_bitwidth=32))
+            _FP32_MIN_K.append(int(min_dot_size(GPUTarget("cuda", 90, 32))(fp32, fp32)[2]))
+        except Exception:  # no NVIDIA backend, or another signature
+            _FP32_MIN_K.append(16)
+    return _FP32_MIN_K[0]
+
+
 def device_refusal(*tensors: torch.Tensor) -> list[str]:
     """Reasons Triton cannot run on these tensors' device (empty when it can)."""
     dev = tensors[0].device

@@ -121,8 +121,21 @@ def test_extension_backends_refuse_folded_weights():
 #: second part of 16 and 22 columns: the last chunk masked), 2 layers and 1.
 LSTM_CASES = [(70, 144, 200, 24, 2), (9, 150, 72, 20, 1)]
 #: (B, n_in, H, Zg, G, L): groups of 5, 4 and 2 (z tiles of 16 masked), 1 and 2 cells per group;
-#: the last with fewer noise columns (2) than hidden blocks (4): one column drawn per block, or none.
-GAUSSIAN_CASES = [(37, 40, 72, 5, 4, 1), (9, 128, 64, 4, 3, 2), (5, 16, 200, 2, 1, 1)]
+#: the last with fewer noise columns (2) than hidden blocks (4): one column drawn per block, or none;
+#: groups of 6 (the fourth group's 18 earlier z columns in 3 chunks of 8 on FFMA dots, fp32).
+GAUSSIAN_CASES = [(37, 40, 72, 5, 4, 1), (9, 128, 64, 4, 3, 2), (5, 16, 200, 2, 1, 1), (11, 24, 40, 6, 4, 1)]
+
+
+def test_cell_part_tiles_on_ffma_dots():
+    """The folded cells' second part (the earlier groups' z) in the chunks that pad it the least
+    on FFMA dots where Triton compiles 8-deep fp32 dots; 16-column chunks on the tensor cores."""
+    from hafsvg_kernels._triton import fp32_dot_min_k
+    from hafsvg_kernels.recurrent.triton_split import _part_tiles, cell_part_tiles
+
+    eight = fp32_dot_min_k() == 8
+    for K, want in ((18, (3, 8)), (6, (1, 8)), (8, (1, 8)), (12, (1, 16)), (16, (1, 16)), (48, (3, 16)), (0, (0, 16))):
+        assert cell_part_tiles(K, 16, ffma=True) == (want if eight else _part_tiles(K, 16)), K
+        assert cell_part_tiles(K, 128, ffma=False) == _part_tiles(K, 128)
 
 
 def _dtypes():

@@ -965,16 +965,25 @@ COMPILE_CHECK = textwrap.dedent(
         A2_VEC=8, BLOCK_COUNTS=4, SUM_BIAS=True, BLOCK_B=c.block_b, BLOCK_N=c.block_n, PRECISION="tf32x3",
         num_warps=c.num_warps, num_stages=c.num_stages, grid=(1,))
     # a folded embedding (the sampler's): x and the earlier groups' z against W_ih, rows padded to 8;
-    # the gates in four dots (fp32 "ieee"'s way) with a masked K loop
-    ld = -(-(n_in + 2 * Zg) // 8) * 8
-    sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, 2 * Zg, *no_next,
-        *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
-        offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(5, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=False,
-        LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, TAIL_EVEN=True, HEAD_OUT=True, DRAW_EPS=False,
-        OFFSET_FROM_PTR=True,
-        STORE_EPS=False, DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // c.block_n,
-        PARTS_UNROLLED=True, BLOCK_ZH=4, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
-        MERGED=False, A2_VEC=4, ONE_BIAS=False, NEXT_BIAS=False, grid=(1,), **sm)
+    # the gates in four dots with a masked K loop: tf32x3 dots, and FFMA dots (fp32 "ieee"), whose
+    # 18 earlier z columns (kth's fourth group) take 3 chunks of 8 (cell_part_tiles; 2 of 16 in a Triton
+    # whose fp32 dots need K >= 16, 3.6)
+    from hafsvg_kernels._triton import fp32_dot_min_k
+    cf = sp.split_config(B, H, True)
+    smf = dict(BLOCK_B=cf.block_b, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, num_warps=cf.num_warps,
+               num_stages=cf.num_stages, PRECISION="ieee")
+    ffma = (18, *sp.cell_part_tiles(18, sp.embed_chunk(cf, True), True), sp.part_vec(18, Zt, False), smf)
+    assert ffma[1:4] == ((3, 8) if fp32_dot_min_k() == 8 else (2, 16)) + (1,)
+    for k2, a2c, ba2, vec, meta in ((2 * Zg, a2c, ba2, 4, sm), ffma):
+        ld = -(-(n_in + k2) // 8) * 8
+        sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, k2, *no_next,
+            *parts, e(B, Zt), Zt, e(B, Zt), e(B, Zt), e(B, Zt), 0, Zg, Zt, 1234, 0,
+            offset, *t(2, B, H), e(4 * H, ld), e(4 * H, H), *t(5, 4 * H), *t(2, B, H), e(B, 4 * H), B, H, NEXT=False,
+            LD_NEXT=1, X_CHUNKS=0, BLOCK_X=16, BLOCK_ZN=16, TAIL_EVEN=True, HEAD_OUT=True, DRAW_EPS=False,
+            OFFSET_FROM_PTR=True,
+            STORE_EPS=False, DRAW_ALL=True, ALL_Z=1, SAVE=False, BLOCK_Z2=16, N_PARTS=H // meta["BLOCK_N"],
+            PARTS_UNROLLED=True, BLOCK_ZH=4, A2_CHUNKS=a2c, BLOCK_A2=ba2, LD_IN=ld, KA_EVEN=False, H_EVEN=True,
+            MERGED=False, A2_VEC=vec, ONE_BIAS=False, NEXT_BIAS=False, grid=(1,), **meta)
     # bf16 (the activations' tanh.approx, inline assembly): a later group's folded cell (the noise read
     # from the fp32 buffer the first group's launch drew; b_ih + b_hh summed once, ONE_BIAS; with the
     # next cell's biases summed, NEXT_BIAS, as unfolded cells do) and the output layer

@@ -14,8 +14,11 @@ Modeled time of one launch = the largest of five bounds, each for the busiest SM
 * tensor: executed MMA FLOPs (from the SASS shapes, padding included) / the per-SM rate of the
   instruction kind: wgmma bf16 989/132 TFLOP/s; wgmma tf32 half that; mma.sync (HMMA) **assumed
   half** the wgmma rate of its type (Hopper runs mma.sync well below wgmma; the factor is an
-  assumption, not a measurement); FFMA (fp32 "ieee" dots) 128 lanes x 2 FLOPs per clock, which
-  the issue bound already covers;
+  assumption, not a measurement); plus every FFMA's FLOPs at 128 lanes x 2 per clock: the fp32
+  "ieee" dots (alone, never above the issue bound, which counts the same instructions), and in the
+  tensor-core kernels the softmax's FFMAs (one per score), added to the MMA time as if the FMA
+  pipes and the tensor cores never overlapped (conservative: asynchronous wgmma overlaps them, as
+  FlashAttention-3 arranges; e.g. 58 of DCGAN 32^2's 590 µs of dK/dV tensor time, bf16);
 * bandwidth: the launch's HBM bytes / 3.35 TB/s for the whole GPU (K/V shared by a clip's samples
   and the recurrent weights are counted once: perfect L2 reuse assumed);
 * local: register spills, the executed local loads and stores (``LDL``/``STL``, 32 lanes x their

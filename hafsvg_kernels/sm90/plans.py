@@ -507,7 +507,7 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     K_in = n_in + K2  # the input's width
     zg_arg = Zg if head_out else 1
     widest = ts.embed_chunk(cfg, io.dtype == "fp32")
-    a2_chunks, block_a2 = ts._part_tiles(K2 if first else 0, widest)
+    a2_chunks, block_a2 = ts.cell_part_tiles(K2 if first else 0, widest, io.dtype == "fp32")  # FFMA in fp32
     ld_in = -(-K_in // ROW_ALIGN) * ROW_ALIGN if first else H
     x_chunks, block_x = ts._part_tiles(G_DIM if next_z else 0, widest)
     grid = (cdiv(B, cfg.block_b), cdiv(H, cfg.block_n))
