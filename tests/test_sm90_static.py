@@ -232,6 +232,21 @@ def test_code_past_a_semaphore_is_shared_by_its_programs():
         sass.executed(sass.parse(SNIPPET), [sass.Trip(3, [sass.Trip(5)], main=True)], guard=2)
 
 
+def test_wgmma_serialization_read_from_ptxas():
+    from hafsvg_kernels.sm90.compile import wgmma_serialized
+
+    log = (
+        "ptxas info    : (C7515) Potential Performance Loss: wgmma.mma_async instructions are serialized due to "
+        "non wgmma instructions defining accumulator registers of a wgmma between start and end of the pipeline "
+        "stage in the function 'k'\nptxas info    : Used 124 registers, 0 bytes spill stores"
+    )
+    assert wgmma_serialized(log) == [
+        "C7515: non wgmma instructions defining accumulator registers of a wgmma between start and end of the "
+        "pipeline stage"
+    ]
+    assert wgmma_serialized("ptxas info    : Used 124 registers, 0 bytes spill stores") == []
+
+
 def test_model_arithmetic():
     counts = {"instr": 1000, "mufu": 10, "mma_flops_wgmma": 32768}
     b = model.bounds(counts, num_warps=4, programs=264, bytes_=3.35e6, dtype="bf16")  # 2 programs on the busiest SM
@@ -321,6 +336,10 @@ def test_facts_of_todays_kernels(report):
             assert op["exps_per_score_executed"] == 1.0 and k["grid"][2] == 1, (row, op["exps_per_score_executed"])
         else:  # about one exp per score in the main loop, plus the per-row rescale
             assert 1.0 <= k["main_loop"]["ex2_per_score"] <= 1.3
+    # where the forward's P V runs into an accumulator of its own (PV_APART: DCGAN 32^2, VGG 64^2),
+    # ptxas no longer serializes its wgmma (C7515: the rescale of the accumulator between them)
+    apart = [r for r in ROW_NAMES if _op(report, f"{r} fwd bf16")["kernels"][0]["constexprs"].get("PV_APART") == "True"]
+    assert apart and all(not _op(report, f"{r} fwd bf16")["kernels"][0]["wgmma_serialized"] for r in apart), apart
     # the forward's main loop matched the source's loop nest at every row
     assert all(_op(report, f"{r} fwd bf16")["kernels"][0]["loop_nest_matched"] for r in ROW_NAMES)
     # the recurrent step at batch 1600, split over rows x hidden units: the prior's G = 4 groups in

@@ -179,6 +179,7 @@ def _fwd_block(
     M, skm, skd, svm, svd,
     qk_scale,  # |scale| * log2(e) (>= 0)
     MASKED: tl.constexpr,  # the tail block (keys past M): mask the keys; full blocks skip every select
+    PV_APART: tl.constexpr,  # P V into an accumulator of its own, then acc * alpha + P V (see _fwd_kernel)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -206,7 +207,11 @@ def _fwd_block(
         p = tl.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    pv = tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    if PV_APART:
+        acc = tl.fma(acc, alpha[:, None], pv)
+    else:  # the compiler accumulates P V into acc * alpha itself
+        acc = acc * alpha[:, None] + pv
     return m_new, l_i, acc
 
 
@@ -314,6 +319,16 @@ def _fwd_kernel(
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     NORM_P: tl.constexpr,  # with ONE_KEY_BLOCK: 1 / l multiplies P, else the output chunks
+    # The P V product of each key block into an accumulator of its own, added to the rescaled
+    # output accumulator after (one FFMA per element, acc * alpha + P V), not accumulated into
+    # acc * alpha by the MMA. There ptxas reported (C7515) that the rescale, a non-wgmma
+    # instruction defining the accumulator registers of a wgmma, serializes the kernel's wgmmas: in
+    # the key loop each of P V's four k-steps waited for the one before (5 waits per step at DCGAN
+    # 32^2, 2 apart) and 285 -> 276 warp-instructions per step, 116 -> 124 registers (bf16, 128 x
+    # 64 tiles on 8 warps; sm90_report: forward 570 -> 545 µs at DCGAN 32^2, 8.33 -> 8.04 ms at VGG
+    # 64^2). Only where the second accumulator fits, at most 32 fp32 per thread (_pv_apart): at VGG
+    # 32^2's 128 x 128 tiles on 4 warps it spilled 600 B, and 8 B on the FFMA tiles of fp32.
+    PV_APART: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     pid_q = tl.program_id(1)
@@ -352,13 +367,13 @@ def _fwd_kernel(
             m_i, l_i, acc = _fwd_block(
                 q, m_i, l_i, acc, k_base, v_base, m0 + offs_k, offs_d, d_ok, offs_v, v_ok,
                 M, skm, skd, svm, svd, qk_scale,
-                MASKED=False, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+                MASKED=False, PV_APART=PV_APART, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
             )  # fmt: skip
         if not EVEN_K and m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
             m_i, l_i, acc = _fwd_block(
                 q, m_i, l_i, acc, k_base, v_base, m_full + offs_k, offs_d, d_ok, offs_v, v_ok,
                 M, skm, skd, svm, svd, qk_scale,
-                MASKED=True, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+                MASKED=True, PV_APART=PV_APART, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
             )  # fmt: skip
 
         out = acc / l_i[:, None]
@@ -962,6 +977,12 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     }
 
 
+def _pv_apart(cfg: dict, fma: bool) -> bool:
+    """Whether the forward's P V runs into an accumulator of its own (``PV_APART``, see
+    ``_fwd_kernel``): on the tensor cores, where its tile holds at most 32 fp32 per thread."""
+    return not fma and cfg["BLOCK_Q"] * cfg["BLOCK_DV"] <= 32 * 32 * cfg["num_warps"]
+
+
 def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     """Block sizes of the backward kernels: 64 x 64 score tiles (the backward holds P, dP and dS
     tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward),
@@ -1190,6 +1211,7 @@ def forward(
         EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"] and not fma,
         EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
+        PV_APART=_pv_apart(cfg, fma),
         **cfg,
     )  # fmt: skip
     return out, lse

@@ -169,11 +169,26 @@ class Compiled:
     sass: str
     ptxas_log: str
     notes: list
+    wgmma_serialized: list  # ptxas's reasons for serializing the wgmma instructions (wgmma_serialized)
 
 
 _PTXAS_PROPS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
 _RES = re.compile(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)")
+
+
+_PTXAS_SERIAL = re.compile(
+    r"\((C75\d\d)\) Potential Performance Loss: wgmma\.mma_async instructions are serialized "
+    r"due to (.*?) in the function"
+)
+
+
+def wgmma_serialized(log: str) -> list[str]:
+    """ptxas's reasons (its C75xx "Potential Performance Loss" infos) for serializing the kernel's
+    wgmma instructions, e.g. ``["C7515: non wgmma instructions defining accumulator registers of a
+    wgmma between start and end of the pipeline stage"]``; [] where it does not. Serialized, each
+    wgmma waits for the one before it to finish: latency, which the model does not charge."""
+    return sorted({f"{code}: {why}" for code, why in _PTXAS_SERIAL.findall(log)})
 
 
 def parse_ptxas_log(log: str) -> dict:
@@ -275,4 +290,5 @@ def compile_kernel(fn, args: dict, constexprs: dict, num_warps: int, num_stages:
         sass=sass,
         ptxas_log=log,
         notes=notes,
+        wgmma_serialized=wgmma_serialized(log),
     )

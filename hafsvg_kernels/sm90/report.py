@@ -37,6 +37,11 @@ def _exps_target(row: str) -> float:
     return TARGET_EXPS_PER_SCORE["exp-bound" if d_qk <= EXP_BOUND_D_QK else "other"]
 
 
+def _mma(k: dict) -> str:
+    """The launch's MMA kind, marked where ptxas serializes its wgmma."""
+    return k["mma_kind"] + (" (serialized)" if k.get("wgmma_serialized") else "")
+
+
 def _r(x, n=4):
     if isinstance(x, float):
         if math.isinf(x) or math.isnan(x):
@@ -84,6 +89,7 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
         "waves": _r(model.waves(launch.programs, per_sm)),
         "grid_vs_sms": _r(launch.programs / model.SMS),
         "mma_kind": sass.mma_kind(ins),
+        "wgmma_serialized": list(comp.wgmma_serialized),  # ptxas's reasons; [] if not serialized
         "sass_instructions": len(ins),
         "loop_nest_matched": ex.matched,
         "main_loop_iters": ex.main_iters,
@@ -550,7 +556,8 @@ def markdown(report: dict) -> str:
         "",
         "## Kernels",
         "",
-        "Per launch: registers, spill stores (B), stack (B), dynamic shared memory (B), CTAs/SM, grid / 132, MMA kind; "
+        "Per launch: registers, spill stores (B), stack (B), dynamic shared memory (B), CTAs/SM, grid / 132, MMA kind "
+        "(serialized: ptxas serializes the kernel's wgmma, each waiting for the one before; latency, not modeled); "
         "main loop: warp-instructions, MUFU.EX2 lanes and MMA warp-instructions per score; modeled time and its bound.",
         "",
         "| op | launch | regs | spill | stack | smem | CTAs/SM | grid/132 | MMA | instr/score | EX2/score "
@@ -564,7 +571,7 @@ def markdown(report: dict) -> str:
             ml = k.get("main_loop", {})
             L.append(
                 f"| {o['name']} | {k['launch']} | {k['regs']} | {k['spill_stores']} | {k['stack']} | {k['shared']} "
-                f"| {k['ctas_per_sm']} | {k['grid_vs_sms']} | {k['mma_kind']} | {ml.get('instr_per_score', '-')} "
+                f"| {k['ctas_per_sm']} | {k['grid_vs_sms']} | {_mma(k)} | {ml.get('instr_per_score', '-')} "
                 f"| {ml.get('ex2_per_score', '-')} | {ml.get('mma_per_score', '-')} | {_fmt_t(k['modeled_s'])} "
                 f"| {k['bound']} | {o['ratio_to_floor']} |"
             )
@@ -604,7 +611,7 @@ def markdown(report: dict) -> str:
             ml = k.get("main_loop", {})
             L.append(
                 f"| {o['name']} | {o['config']} | {k['regs']} | {k['spill_stores']} | {k['stack']} | {k['shared']} "
-                f"| {k['ctas_per_sm']} | {k['programs']} | {k['mma_kind']} | {ml.get('instr_per_iter', '-')} "
+                f"| {k['ctas_per_sm']} | {k['programs']} | {_mma(k)} | {ml.get('instr_per_iter', '-')} "
                 f"| {ml.get('mma_per_iter', '-')} | {_fmt_t(k['modeled_s'])} | {k['bound']} "
                 f"| {k['loop_nest_matched']} |"
             )
