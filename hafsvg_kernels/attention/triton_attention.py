@@ -15,11 +15,12 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
 * The full key blocks run in a loop without any mask or select; the tail block (keys past
   M - M % BLOCK_K, when BLOCK_K does not divide M) runs once after it with the key mask, and
   where BLOCK_K divides M (``EVEN_K``, in the forward and the dq kernel) its code is not compiled.
-  It never ran there, but it held registers: bf16 forward 127 -> 116 at DCGAN 32^2 and VGG 64^2,
-  243 -> 227 at VGG 32^2; fp32 forward 232 -> 168 (2 -> 3 CTAs per SM); dq 110 -> 98 at DCGAN
-  32^2 (sm90_report). The report's modeled times fell with it (DCGAN 32^2 bf16: forward 598 ->
-  570 µs, dq 537 -> 503), mostly because its model counts straight-line code once per program
-  whether or not a branch skips it: it no longer counts a tail block that does not run. The
+  It never ran there, but it held registers: bf16 forward 127 -> 116 at DCGAN 32^2 and VGG 64^2
+  (124 since, with ``PV_APART``), 243 -> 227 at VGG 32^2; fp32 forward 232 -> 168 (2 -> 3 CTAs
+  per SM); dq 110 -> 98 at DCGAN 32^2 (sm90_report). The report's modeled times fell with it
+  (DCGAN 32^2 bf16: forward 598 -> 570 µs, dq 537 -> 503), mostly because its model counts
+  straight-line code once per program whether or not a branch skips it: it no longer counts a
+  tail block that does not run. The
   scale is folded into the exponent's argument, p = exp2(s * qk_scale - m): one FFMA per score
   (the row max is taken on the unscaled scores and scaled once per row, which needs
   qk_scale >= 0: a negative scale is applied by negating q, exactly, and passing |scale|).
@@ -28,7 +29,7 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   the main loops, before -> after, in one compile without the JIT's argument specialisation:
   forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops (per thread and
   step) 64 -> 0, 32 -> 0, 50 -> 0. As ``python -m hafsvg_kernels.sm90_report`` compiles them (with
-  it; the report of 2026-12-06): 0.28, 0.24 and 0.31; 1.06 MUFU.EX2 per score in the forward (the
+  it; the report of 2026-12-06): 0.27, 0.24 and 0.31; 1.06 MUFU.EX2 per score in the forward (the
   alpha rescale adds 1 per row and thread that holds it), 1.0 in the backward.
 * Batch folding: the key/value batch of query batch b is b // rk, b // rv, computed in the kernel
   and applied through the batch strides: the K/V of a clip is read by the programs of all its
