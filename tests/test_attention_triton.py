@@ -97,6 +97,23 @@ def test_lse_and_float64():
         assert rel_err(g, r) <= 1e-10
 
 
+def test_minus_delta_terms_are_exact():
+    """The dq kernel adds -delta on the tensor cores as three terms in the operands' dtype
+    (``DELTA_MMA``): each term is exact in bf16 and they add up to fp32 delta exactly, over the
+    fp32 range (a term dropped or rounded fails here, and in the fp32 dq tests)."""
+    from tests._delta_terms_kernel import minus_delta_terms
+
+    g = torch.Generator().manual_seed(3)
+    delta = torch.randn(64, generator=g) * torch.exp2(torch.randint(-60, 60, (64,), generator=g).float())
+    delta[:4] = torch.tensor([0.0, 1.0, -1.0 / 3.0, 3.0e38])
+    out = torch.full((64, 16), float("nan"), device=DEV)
+    minus_delta_terms[(1,)](delta.to(DEV), out, BLOCK=64)
+    terms = -out.cpu()[:, :3]
+    assert torch.equal(out.cpu()[:, 3:], torch.zeros(64, 13))
+    assert torch.equal(terms, terms.bfloat16().float())
+    assert torch.equal(terms.double().sum(1), delta.double())
+
+
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
 @pytest.mark.parametrize("split", [1, 3])
 def test_single_pass_backward_float64(monkeypatch, split):
@@ -504,13 +521,14 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
         for one, masked in ((N <= cfg["BLOCK_K"], False), (True, True)):
             flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_K": even, "EVEN_Q": even, "EVEN_DV": even,
-                     "NORM_P": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "PV_APART": ta._pv_apart(cfg, fma)}  # fmt: skip
+                     "NORM_P": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "PV_APART": ta._pv_apart(cfg, fma),
+                     "ROWSUM_MMA": not fma, "ROWSUM_N": 8}  # fmt: skip
             build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
         cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         ptrs = dict(Q=io, K=io, V=io, O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32", DQ=io)
         evens = {"EVEN_Q": even, "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"]}
-        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, **evens, "Q_IN_LOOP": fma}, cfg)
+        build(ta._bwd_dq_kernel, ptrs, {**blocks, **common, **evens, "Q_IN_LOOP": fma, "DELTA_MMA": not fma}, cfg)
         for dk, dv, split, atomic, direct in ((True, True, 1, True, False), (True, True, 4, False, False),
                                               (True, False, 4, False, False), (False, True, 1, False, False),
                                               (True, True, 4, False, True), (True, False, 4, False, True)):  # fmt: skip

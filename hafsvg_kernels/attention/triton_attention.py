@@ -29,8 +29,18 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   the main loops, before -> after, in one compile without the JIT's argument specialisation:
   forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops (per thread and
   step) 64 -> 0, 32 -> 0, 50 -> 0. As ``python -m hafsvg_kernels.sm90_report`` compiles them (with
-  it; the report of 2026-12-06): 0.27, 0.24 and 0.31; 1.06 MUFU.EX2 per score in the forward (the
+  it; the report of 2026-12-06): 0.25, 0.22 and 0.31; 1.06 MUFU.EX2 per score in the forward (the
   alpha rescale adds 1 per row and thread that holds it), 1.0 in the backward.
+* Sums on the tensor cores, not per score on the FMA pipes. The forward's running row sums l of P
+  are P @ ones (``ROWSUM_MMA``), and the dq kernel adds -delta to dP inside the dP product, as
+  delta's three exact bf16 terms times ones (``DELTA_MMA``, ``_minus_delta_terms``): a few more
+  MMA instructions per key block instead of 30 FADD and two shuffle rounds per two rows (forward)
+  and 32 FADD (dq, where dS = P * dP is then one FMUL per score). Warp-instructions per key step,
+  bf16, DCGAN 32^2 (sm90_report, Triton 3.9): forward 276 -> 255, dq 243 -> 221; modeled forward
+  545 -> 514 µs, dq 503 -> 473 µs, VGG 64^2's forward 8.04 -> 7.71 ms (SFU-bound now, as both are
+  under Triton 3.6). Tensor-core dots only (not the FFMA dots of fp32 "ieee"); not in the dK/dV
+  kernel, tensor-bound at DCGAN 32^2, where one more k-step of V dO^T would cost more tensor time
+  than the FADDs it saves.
 * Batch folding: the key/value batch of query batch b is b // rk, b // rv, computed in the kernel
   and applied through the batch strides: the K/V of a clip is read by the programs of all its
   samples, never copied per sample. Programs are ordered with b fastest, so the programs running
@@ -68,9 +78,9 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   registers per thread for the accumulator alone). The large-N rows (N = 4096, 1024) have
   C <= 128, one tile.
 * Warps: a program's tile rows sit on one warpgroup (4 warps, wgmma m64) from 64 rows on, or on
-  one warp per 16 rows below (N = 16); 128-row forward tiles on 8 warps where d_v <= 64
-  (a 64-row half per warpgroup), else on 4 (both halves on one warpgroup):
-  no score tile is laid over two warpgroups (which computed each score twice; see ``_bwd_config``).
+  one warp per 16 rows below (N = 16); the forward's 128-row tiles (d_v <= 64) on 8 warps
+  (a 64-row half per warpgroup): no score tile is laid over two warpgroups (which computed each
+  score twice; see ``_bwd_config``).
 
 Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
 
@@ -171,6 +181,27 @@ def _below(offs, n, EVEN: tl.constexpr):
 
 
 @triton.jit
+def _minus_delta_terms(delta, DTYPE: tl.constexpr):
+    """(BLOCK_Q, 16) tile of ``DTYPE`` whose columns 0, 1, 2 hold -hi, -mid, -lo, the rest 0,
+    where hi + mid + lo == delta (BLOCK_Q,) exactly: each term keeps 8 significant bits of fp32
+    delta (its top 16 bits; the remainders are exact), which bf16 and tf32 hold exactly. Times a
+    (16, BLOCK_K) tile of ones, on the tensor cores, it adds -delta to the dP accumulator. fp64
+    (the interpreter) keeps delta whole in column 0."""
+    if delta.dtype == tl.float64:
+        hi = delta
+        mid = tl.zeros_like(delta)
+        lo = mid
+    else:
+        hi = (delta.to(tl.uint32, bitcast=True) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        r = delta - hi
+        mid = (r.to(tl.uint32, bitcast=True) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        lo = r - mid
+    col = tl.arange(0, 16)[None, :]
+    terms = tl.where(col == 0, -hi[:, None], tl.where(col == 1, -mid[:, None], tl.where(col == 2, -lo[:, None], 0.0)))
+    return terms.to(DTYPE)
+
+
+@triton.jit
 def _fwd_block(
     q,  # (BLOCK_Q, BLOCK_D) queries, sign-flipped when the scale is negative
     m_i, l_i, acc,  # (BLOCK_Q,), (BLOCK_Q,), (BLOCK_Q, BLOCK_DV) online-softmax state
@@ -181,6 +212,8 @@ def _fwd_block(
     qk_scale,  # |scale| * log2(e) (>= 0)
     MASKED: tl.constexpr,  # the tail block (keys past M): mask the keys; full blocks skip every select
     PV_APART: tl.constexpr,  # P V into an accumulator of its own, then acc * alpha + P V (see _fwd_kernel)
+    ROWSUM_MMA: tl.constexpr,  # l_i is (BLOCK_Q, ROWSUM_N): P's row sums from P @ ones (see _fwd_kernel)
+    ROWSUM_N: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -207,8 +240,14 @@ def _fwd_block(
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
         p = tl.exp2(s * qk_scale - m_new[:, None])
     alpha = tl.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    pv = tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    if ROWSUM_MMA:  # every column of P @ ones is the row sum of P as the P V product sees it
+        p = p.to(vt.dtype)
+        ones = tl.full([keys.shape[0], ROWSUM_N], 1.0, vt.dtype)
+        l_i = tl.fma(l_i, alpha[:, None], tl.dot(p, ones, input_precision=DOT_PRECISION).to(ACC_DTYPE))
+    else:
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(vt.dtype)
+    pv = tl.dot(p, vt, input_precision=DOT_PRECISION).to(ACC_DTYPE)
     if PV_APART:
         acc = tl.fma(acc, alpha[:, None], pv)
     else:  # the compiler accumulates P V into acc * alpha itself
@@ -330,6 +369,18 @@ def _fwd_kernel(
     # 64^2). Only where the second accumulator fits, at most 32 fp32 per thread (_pv_apart): at VGG
     # 32^2's 128 x 128 tiles on 4 warps it spilled 600 B, and 8 B on the FFMA tiles of fp32.
     PV_APART: tl.constexpr,
+    # The running row sums l of P on the tensor cores: each key block adds P @ ones (BLOCK_K x
+    # ROWSUM_N), whose ROWSUM_N equal columns are the row sums of P in the operands' dtype (the very
+    # P of the P V product, so the output's weights sum to 1 as they are rounded), into a
+    # (BLOCK_Q, ROWSUM_N) l, rescaled by alpha like the output (4 FFMA per thread on m64n8, not 2)
+    # and reduced (max of equal columns) once at the end. Not with tl.sum: per thread and key
+    # block, 30 FADD and 2 shuffle rounds per two rows. Measured on the sm_90 code (bf16, 128 x 64
+    # tiles on 8 warps; sm90_report, Triton 3.9): 276 -> 255 warp-instructions per key step (4
+    # wgmma m64n8k16 more), 124 -> 128 registers; forward 545 -> 514 µs at DCGAN 32^2, 8.04 -> 7.71
+    # ms at VGG 64^2 (now SFU-bound). Tensor-core dots only (``_fwd_config``'s ``fma`` false): on
+    # FFMA dots the product costs ROWSUM_N FFMA per score.
+    ROWSUM_MMA: tl.constexpr,
+    ROWSUM_N: tl.constexpr,  # 8: wgmma's and mma.sync's narrowest N
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     pid_q = tl.program_id(1)
@@ -359,7 +410,10 @@ def _fwd_kernel(
         )  # fmt: skip
     else:
         m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max of the base-2 scores
-        l_i = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)  # running sum of exp2(score - m_i)
+        if ROWSUM_MMA:  # running sum of exp2(score - m_i), in each of ROWSUM_N equal columns
+            l_i = tl.zeros([BLOCK_Q, ROWSUM_N], dtype=ACC_DTYPE)
+        else:
+            l_i = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
         acc = tl.zeros([BLOCK_Q, BLOCK_DV], dtype=ACC_DTYPE)
         # Full key blocks run without masks; the block holding key 0 makes m_i finite from the
         # first step on (alpha = exp2(-inf) = 0 there).
@@ -368,15 +422,19 @@ def _fwd_kernel(
             m_i, l_i, acc = _fwd_block(
                 q, m_i, l_i, acc, k_base, v_base, m0 + offs_k, offs_d, d_ok, offs_v, v_ok,
                 M, skm, skd, svm, svd, qk_scale,
-                MASKED=False, PV_APART=PV_APART, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+                MASKED=False, PV_APART=PV_APART, ROWSUM_MMA=ROWSUM_MMA, ROWSUM_N=ROWSUM_N,
+                DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
             )  # fmt: skip
         if not EVEN_K and m_full < M:  # the tail block, keys m_full .. M - 1 (the only block when M < BLOCK_K)
             m_i, l_i, acc = _fwd_block(
                 q, m_i, l_i, acc, k_base, v_base, m_full + offs_k, offs_d, d_ok, offs_v, v_ok,
                 M, skm, skd, svm, svd, qk_scale,
-                MASKED=True, PV_APART=PV_APART, DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
+                MASKED=True, PV_APART=PV_APART, ROWSUM_MMA=ROWSUM_MMA, ROWSUM_N=ROWSUM_N,
+                DOT_PRECISION=DOT_PRECISION, ACC_DTYPE=ACC_DTYPE,
             )  # fmt: skip
 
+        if ROWSUM_MMA:
+            l_i = tl.max(l_i, 1)
         out = acc / l_i[:, None]
         tl.store(
             Out + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod,
@@ -393,7 +451,7 @@ def _bwd_dq_block(
     q_base,  # the query batch's base pointer, for Q_IN_LOOP
     do,  # (BLOCK_Q, BLOCK_DV) the hoisted dO tile when DV_TILES == 1 (unused otherwise)
     lse2,  # (BLOCK_Q,) base-2 lse (+inf on rows past N)
-    delta,  # (BLOCK_Q,)
+    delta,  # (BLOCK_Q,), or with DELTA_MMA its (BLOCK_Q, 16) terms (_minus_delta_terms)
     dq,  # (BLOCK_Q, BLOCK_D) accumulator
     k_base, v_base, do_base,  # key batch, value batch, dO batch base pointers
     keys,  # (BLOCK_K,) key indices of this block
@@ -407,6 +465,7 @@ def _bwd_dq_block(
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV)
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     Q_IN_LOOP: tl.constexpr,  # read Q here, in every key block (see _bwd_dq_kernel)
+    DELTA_MMA: tl.constexpr,  # -delta added to dP by the dP product (see _bwd_dq_kernel)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -434,8 +493,14 @@ def _bwd_dq_block(
             v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
         )  # (BLOCK_DV, BLOCK_K)
         dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        if DELTA_MMA:
+            ones = tl.full([16, BLOCK_K], 1.0, delta.dtype)
+            dp = tl.dot(delta, ones, dp, input_precision=DOT_PRECISION).to(ACC_DTYPE)
     else:
-        dp = tl.zeros([BLOCK_Q, BLOCK_K], dtype=ACC_DTYPE)
+        if DELTA_MMA:
+            dp = tl.dot(delta, tl.full([16, BLOCK_K], 1.0, delta.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        else:
+            dp = tl.zeros([BLOCK_Q, BLOCK_K], dtype=ACC_DTYPE)
         # A loop, not unrolled: unrolled (static_range), the dq kernel at d_v = 256 on 4 warps
         # with 128-channel chunks used 2856 bytes of stack, as a loop 984 (bf16, sm_90).
         for c0 in range(0, D_V, BLOCK_DV):
@@ -448,7 +513,10 @@ def _bwd_dq_block(
                 v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
             )  # (BLOCK_DV, BLOCK_K)
             dp += tl.dot(do_c, vt.to(do_c.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
-    ds = p * (dp - delta[:, None])
+    if DELTA_MMA:  # dp is dO V^T - delta already
+        ds = p * dp
+    else:
+        ds = p * (dp - delta[:, None])
     return dq + tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION).to(ACC_DTYPE)
 
 
@@ -494,6 +562,14 @@ def _bwd_dq_kernel(
     # tensor cores, where Q stays in shared memory as wgmma's operand: read in the loop, DCGAN
     # 32^2's bf16 kernel modeled 503.2 -> 504.5 µs.
     Q_IN_LOOP: tl.constexpr,
+    # -delta added to dP by the tensor cores, not per score: dP = dO V^T + T @ ones, T the (BLOCK_Q,
+    # 16) tile of delta's three exact terms (_minus_delta_terms), ones (16, BLOCK_K), one k-step more
+    # of the dP product; dS = P * dP is then one FMUL per score, where P * (dP - delta) took an
+    # FADD and an FMUL. Measured on the sm_90 code (bf16, DCGAN 32^2: 64 x 64 tiles on 4 warps;
+    # sm90_report, Triton 3.9): 243 -> 221 warp-instructions per key step, 98 -> 102 registers,
+    # the dq kernel 503 -> 473 µs. Tensor-core dots only, and not with fp16 operands, whose range
+    # does not hold every term of an fp32 delta.
+    DELTA_MMA: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -536,6 +612,8 @@ def _bwd_dq_kernel(
             o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
             delta += tl.sum(o.to(ACC_DTYPE) * do_c.to(ACC_DTYPE), 1)
     tl.store(Delta + b * N + offs_q, delta, mask=q_ok)
+    if DELTA_MMA:
+        delta = _minus_delta_terms(delta, DO.dtype.element_ty)  # (BLOCK_Q, 16)
 
     dq = tl.zeros([BLOCK_Q, BLOCK_D], dtype=ACC_DTYPE)
     m_full = M - M % BLOCK_K
@@ -543,13 +621,13 @@ def _bwd_dq_kernel(
         dq = _bwd_dq_block(
             q, q_base, do, lse2, delta, dq, k_base, v_base, do_base, m0 + offs_k, offs_q, q_ok, offs_d, d_ok,
             M, D_V, skm, skd, svm, svd, sdon, sdod, sqn, sqd, qk_scale,
-            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DOT_PRECISION, ACC_DTYPE,
+            False, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DELTA_MMA, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
     if not EVEN_K and m_full < M:  # the tail block
         dq = _bwd_dq_block(
             q, q_base, do, lse2, delta, dq, k_base, v_base, do_base, m_full + offs_k, offs_q, q_ok, offs_d, d_ok,
             M, D_V, skm, skd, svm, svd, sdon, sdod, sqn, sqd, qk_scale,
-            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DOT_PRECISION, ACC_DTYPE,
+            True, BLOCK_Q, BLOCK_K, BLOCK_DV, DV_TILES, EVEN_DV, Q_IN_LOOP, DELTA_MMA, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
 
     dq = dq * scale
@@ -929,7 +1007,10 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     BLOCK_Q = 128 queries (64 under the interpreter, so that the tests cross several query
     blocks), shrunk to the next power of two >= 16 of N for the small levels (N = 16, 64) so that
     no program computes mostly padding; BLOCK_DV <= 128. 3 pipeline stages from 64-row tiles on.
-    BLOCK_K = 64 keys, 32 where d_v >= 128 (a 128 x 128 fp32 accumulator beside the score tile);
+    BLOCK_K = 64 keys. Where d_v > 64, 64 x 128 (queries x keys) tiles on 4 warps, the sweep's
+    fastest at VGG 32^2 (1351.5 µs; the 128 x 32 tiles chosen before, 1456.8): those rescaled a
+    128 x 128 fp32 accumulator, 128 FMUL per thread, per 32 scores per thread; modeled 740.6 ->
+    578.6 µs (sm90_report, Triton 3.9; 711.7 -> 605.8 under 3.6), 218 registers, no spills;
     on a GPU all M keys in one block up to M = 256 (``_fwd_one_key_block`` on 64 x M tiles; past
     64 keys with 64-channel value chunks and 2 stages, for 2 CTAs per SM; numbers in the module
     docstring; chosen on the sm_90 model, not yet timed). 8 warps (two warpgroups of
@@ -937,7 +1018,7 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     64 rows on; 1 at N = 16, where 4 warps ran 3.0 MUFU.EX2 per score instead of 1.25).
     Measured, µs, the previous choice (8 warps and 2 stages for 128 x 128 query x value tiles, else
     4 warps and 3 stages, 64-key blocks) -> this one: DCGAN 32^2 911 -> 877, DCGAN 16^2 168 -> 128,
-    DCGAN 8^2 49 -> 41, VGG 64^2 13049 -> 12807, VGG 32^2 1843 -> 1457 (64 x 128 tiles: 1352),
+    DCGAN 8^2 49 -> 41, VGG 64^2 13049 -> 12807, VGG 32^2 1843 -> 1457 (64 x 128 tiles, since: 1352),
     VGG 16^2 339 -> 264, VGG 8^2 103 -> 96; DCGAN 4^2 unchanged (24). Cost in the sm_90 code
     (sm90_report): 20 B of spills at VGG 16^2 (128 x 32 tiles beside a 128 x 128 accumulator on 4
     warps), none elsewhere in bf16.
@@ -961,9 +1042,9 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         block_q = _pow2(N, hi=(32 if M <= 64 else 16) if fma else 64)
         block_k = _pow2(M)
     else:
-        block_q = _pow2(N, hi=64 if interpreting() or fma else 128)
-        narrow_k = fma or (d_v >= 128 and not interpreting())
-        block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 32 if narrow_k else 64)
+        wide_v = d_v > 64 and not (fma or interpreting())  # a 128-channel value tile: 64 x 128 score tiles
+        block_q = _pow2(N, hi=64 if interpreting() or fma or wide_v else 128)
+        block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 128 if wide_v else 64)
     wide_keys = one_block and M > 64 and not fma  # 64 x 256 tiles: 64-channel value chunks, 2 stages
     block_dv = _pow2(d_v, hi=64 if fma or wide_keys else 128)
     two_groups = block_q >= 128 and block_dv <= 64 and not fma
@@ -1212,7 +1293,7 @@ def forward(
         EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"] and not fma,
         EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
-        PV_APART=_pv_apart(cfg, fma),
+        PV_APART=_pv_apart(cfg, fma), ROWSUM_MMA=not fma, ROWSUM_N=8,
         **cfg,
     )  # fmt: skip
     return out, lse
@@ -1363,7 +1444,8 @@ def backward(
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *do.stride(), *dq.stride(),
         float(scale) * LOG2E, float(scale),
         EVEN_Q=N % cfg["BLOCK_Q"] == 0, EVEN_K=M % cfg["BLOCK_K"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"],
-        EVEN_DV=d_v % cfg["BLOCK_DV"] == 0, Q_IN_LOOP=fma, DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
+        EVEN_DV=d_v % cfg["BLOCK_DV"] == 0, Q_IN_LOOP=fma, DELTA_MMA=not fma and q.dtype != torch.float16,
+        DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
     if fused:
         dk, dv = launch(Bk, rk, True, True)
