@@ -7,7 +7,11 @@ and at candidates around it, so that the launchers' choices rest on measured tim
 Workloads as in ``kernel_times.py`` (``--dtype`` bf16 or fp32, batch 1600; in fp32 without the
 two largest rows):
 
-* attention forward: BLOCK_Q x BLOCK_K score tiles, warps, pipeline stages;
+* attention forward: BLOCK_Q x BLOCK_K score tiles, warps, pipeline stages; and in bf16, where
+  the key loop runs (more than 256 keys), P V into an accumulator of its own (``PV_APART``)
+  against the compiler's fold into the rescaled output, at the launcher's tiles: ptxas serializes
+  the folded form's wgmma (latency, which the static model does not see), and the apart form's
+  FFMA counts as tensor time there;
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
   the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
   kernel, then dK/dV) where both are possible;
@@ -72,8 +76,9 @@ def _fit(tile, n):
 
 
 def variants(dtype: str) -> list[tuple]:
-    """(kind, workload, variant, dtype): kind "fwd" / "bwd" (variant: (tile or None, one_pass or
-    None)) or "recurrent" (variant: (design, tiles or None)); None: the launcher's choice."""
+    """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart or None)),
+    "bwd" (variant: (tile or None, one_pass or None)) or "recurrent" (variant: (design, tiles or
+    None)); None: the launcher's choice."""
     out = []
     for r in ALIGNER_ROWS:
         if dtype == "fp32" and r.name in FP32_SKIP:
@@ -81,6 +86,8 @@ def variants(dtype: str) -> list[tuple]:
         # 256-key blocks only where they hold every key (the one-block forward)
         fwd = [None] + sorted({_fit(t, r.n) for t in FWD_TILES[dtype] if t[1] <= 128 or r.n <= 256})
         out += [("fwd", r.name, (t, None), dtype) for t in fwd]
+        if dtype == "bf16" and r.n > 256:
+            out += [("fwd", r.name, (None, apart), dtype) for apart in (False, True)]
         bwd = sorted({_fit(t, r.n) for t in BWD_TILES[dtype]})
         passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
         out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
@@ -104,7 +111,7 @@ def _patched(kind, variant):
     env = os.environ.get("HAFSVG_RECURRENT_SPLIT")
     try:
         if kind in ("fwd", "bwd"):
-            tile, one_pass = variant
+            tile, flag = variant  # flag: one_pass (bwd) or pv_apart (fwd)
             if tile is not None:
                 bq, bk, w, s = tile
                 base = ta._fwd_config if kind == "fwd" else ta._bwd_config
@@ -119,14 +126,16 @@ def _patched(kind, variant):
                     patch(ta, "_dv_config", lambda cfg, *a, **k: cfg)
                     patch(ta, "_wide_dv", lambda *a, **k: False)
                     patch(ta, "_dkdv_stages", lambda kcfg, *a, **k: kcfg["num_stages"])
-            if one_pass is not None:
+            if flag is not None and kind == "bwd":
                 orig = ta.single_pass
 
-                def sp(M, d_qk, d_v, rk, rv, cfg, fma, _orig=orig, _want=one_pass):
+                def sp(M, d_qk, d_v, rk, rv, cfg, fma, _orig=orig, _want=flag):
                     # the launcher's rule with fma=True is "one pass is possible here"
                     return _want and _orig(M, d_qk, d_v, rk, rv, cfg, True)
 
                 patch(ta, "single_pass", sp)
+            elif flag is not None:
+                patch(ta, "_pv_apart", lambda cfg, fma, _want=flag: _want and not fma)
         else:
             design, c = variant
             os.environ["HAFSVG_RECURRENT_SPLIT"] = "1" if design == "split" else "0"

@@ -42,8 +42,17 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     with sweep._patched("fwd", ((64, 32, 4, 4), None)):
         cfg = ta._fwd_config(256, 256, 16, 128)
         assert (cfg["BLOCK_Q"], cfg["BLOCK_K"], cfg["num_warps"], cfg["num_stages"]) == (64, 32, 4, 4)
+    apart0 = ta._pv_apart
+    cfg = ta._fwd_config(1024, 1024, 16, 128)
+    assert not ta._pv_apart(cfg, False)  # the launcher's VGG 32^2 forward: P V folded
+    with sweep._patched("fwd", (None, True)):
+        assert ta._pv_apart(cfg, False) and not ta._pv_apart(cfg, True)  # forced apart, never on FFMA dots
+    with sweep._patched("fwd", (None, False)):
+        assert not ta._pv_apart(ta._fwd_config(1024, 1024, 8, 64), False)  # forced folded at DCGAN 32^2
+    assert ("fwd", "VGG 32x32", (None, True), "bf16") in sweep.variants("bf16")
+    assert not any(k == "fwd" and v[1] is not None for k, _, v, _ in sweep.variants("fp32"))
     assert (ta._fwd_config, ta._bwd_config, ta.single_pass, ta._dv_config) == (fwd0, bwd0, sp0, dv0)
-    assert (ta._wide_dv, ta._dkdv_stages) == (wide0, stages0)
+    assert (ta._wide_dv, ta._dkdv_stages, ta._pv_apart) == (wide0, stages0, apart0)
 
     env, split0, row0 = os.environ.get("HAFSVG_RECURRENT_SPLIT"), triton_split.split_config, triton_lstm.launch_config
     out0 = triton_split.output_config
