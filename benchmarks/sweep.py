@@ -14,7 +14,8 @@ two largest rows):
   FFMA counts as tensor time there;
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
   the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
-  kernel, then dK/dV) where both are possible;
+  kernel, then dK/dV) where both are possible; and in bf16 at d_v 256 (VGG 16^2), dK and dV in a
+  dK launch and a dV launch against one launch of ``_bwd_dkdv_wide_kernel`` (the launcher's);
 * the recurrent step of sampling (prior then predictor): the row design at its tile candidates,
   and the split design at its tile candidates.
 
@@ -77,8 +78,8 @@ def _fit(tile, n):
 
 def variants(dtype: str) -> list[tuple]:
     """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart or None)),
-    "bwd" (variant: (tile or None, one_pass or None)) or "recurrent" (variant: (design, tiles or
-    None)); None: the launcher's choice."""
+    "bwd" (variant: (tile or None, one_pass, "two-launches" (dK and dV apart) or None)) or
+    "recurrent" (variant: (design, tiles or None)); None: the launcher's choice."""
     out = []
     for r in ALIGNER_ROWS:
         if dtype == "fp32" and r.name in FP32_SKIP:
@@ -91,6 +92,8 @@ def variants(dtype: str) -> list[tuple]:
         bwd = sorted({_fit(t, r.n) for t in BWD_TILES[dtype]})
         passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
         out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
+        if dtype == "bf16" and 128 < r.c <= 256 and r.n > 64:  # where the launcher takes _bwd_dkdv_wide_kernel
+            out.append(("bwd", r.name, (None, "two-launches"), dtype))
     recurrent = [("split", None), ("row", None)] + RECURRENT[dtype]
     out += [("recurrent", "recurrent step", v, dtype) for v in recurrent]
     return out
@@ -126,7 +129,9 @@ def _patched(kind, variant):
                     patch(ta, "_dv_config", lambda cfg, *a, **k: cfg)
                     patch(ta, "_wide_dv", lambda *a, **k: False)
                     patch(ta, "_dkdv_stages", lambda kcfg, *a, **k: kcfg["num_stages"])
-            if flag is not None and kind == "bwd":
+            if flag == "two-launches":
+                patch(ta, "wide_dkdv", lambda *a, **k: False)
+            elif flag is not None and kind == "bwd":
                 orig = ta.single_pass
 
                 def sp(M, d_qk, d_v, rk, rv, cfg, fma, _orig=orig, _want=flag):

@@ -247,8 +247,9 @@ def test_one_key_block_float64(monkeypatch, case):
 
 @pytest.mark.parametrize(
     "case",
-    [(7, 1, 1, 17, 33, 8, 64), (7, 1, 7, 17, 33, 8, 64), (6, 2, 2, 17, 33, 8, 200), (6, 2, 2, 40, 100, 32, 200)],
-    ids=["fused", "v-per-sample", "dv-tiles", "two-pass-dv-tiles"],
+    [(7, 1, 1, 17, 33, 8, 64), (7, 1, 7, 17, 33, 8, 64), (6, 2, 2, 17, 33, 8, 200), (6, 2, 2, 40, 100, 32, 200),
+     (6, 2, 2, 40, 100, 32, 300)],
+    ids=["fused", "v-per-sample", "dv-tiles", "two-pass-wide-dkdv", "two-pass-dv-tiles"],
 )
 @pytest.mark.parametrize("split", [2, 3, 7])
 def test_split_partial_sums(case, split):
@@ -267,6 +268,38 @@ def test_split_partial_sums(case, split):
     for name, g, r in zip("qkv", grads, ref_grads):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= tol, f"d{name}: {rel_err(g, r):.3e}"
+
+
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize("split", [1, 3])
+def test_wide_dkdv_one_launch_float64(monkeypatch, split):
+    """Two passes with d_v over one value tile (up to 256) and K, V of the same batches: dK and dV
+    in one launch of ``_bwd_dkdv_wide_kernel`` (dV held transposed), not a dK and a dV launch;
+    ragged queries, keys and channels (N 40, M 70, d_qk 20, d_v 200), against float64."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    grids, wide = [], ta._bwd_dkdv_wide_kernel
+
+    class Recorded:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return wide[grid]
+
+    class NoSplitLaunches:
+        def __getitem__(self, grid):
+            raise AssertionError("dK / dV in two launches")
+
+    monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded())
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", NoSplitLaunches())
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 40, 70, 20, 200, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.7, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    assert grids == [(2 * split, 3)]  # 2 key/value batches x split, 3 blocks of 32 keys (interpreter tiles)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
 
 
 @pytest.mark.skipif(CUDA, reason="forces the FFMA configuration under the interpreter")
@@ -301,7 +334,7 @@ def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
             return run
 
     monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Recorded(ta._bwd_dkdv_kernel))
-    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 40, 70, 8, 200))
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 40, 70, 8, 300))  # d_v > 256: not _bwd_dkdv_wide_kernel
     out, lse = ta.forward(q, k, v, 0.5)
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 0.5, do)
@@ -564,6 +597,13 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*i32", DQ=io)  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, dvc)
+            # dK and dV in one launch at d_v 256 (_bwd_dkdv_wide_kernel, the VGG 16^2 row's tiles)
+            w = ta._dkdv_wide_config(256, ta._bwd_config(256, 256, 32, 256))
+            ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io, DVO=io,
+                        Count="*i32")  # fmt: skip
+            flags = {"SPLIT": 4, "BLOCK_K": w["BLOCK_K"], "BLOCK_Q": w["BLOCK_Q"], "BLOCK_D": 32, "BLOCK_DV": 256,
+                     "EVEN_Q": True, "EVEN_K": True, "EVEN_D": True, "EVEN_DV": True}  # fmt: skip
+            build(ta._bwd_dkdv_wide_kernel, ptrs, {**common, **flags}, w)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})

@@ -120,9 +120,12 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   tail query blocks (when BLOCK_Q does not divide N) run in a loop of their own afterwards, with
   the query mask and the select that keeps NaN (padded query row against an infinite key) out.
   When rk == rv and d_v fits one tile, one launch computes dK and dV together (P is computed
-  once). Otherwise (V per sample and K per clip, or d_v > one tile) dK programs are grouped by
-  key batch and dV programs by value batch, in two launches of the same kernel. SPLIT is the one
-  whose busiest SM has the least work (:func:`split_for_waves`).
+  once); with two passes and d_v up to 256 over one tile, one launch of
+  ``_bwd_dkdv_wide_kernel``, which holds dV transposed (:func:`wide_dkdv`; VGG 16^2: modeled dK
+  + dV 150.9 -> 129.6 µs, the row 0.587 -> 0.623 of the floor, 5 -> 3 exponentials per score,
+  dO read twice instead of three times). Otherwise (V per sample and K per clip, or d_v > 256)
+  dK programs are grouped by key batch and dV programs by value batch, in two launches of the
+  same kernel. SPLIT is the one whose busiest SM has the least work (:func:`split_for_waves`).
 * Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K``, ``EVEN_DV`` and
   ``EVEN_D`` (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0, d_qk == BLOCK_D) make the query,
   key and channel masks constant, so that the loads and stores compile without predicates; and
@@ -956,6 +959,153 @@ def _bwd_dkdv_kernel(
 
 
 @triton.jit
+def _bwd_dkdv_wide_block(
+    kt, vt,  # (BLOCK_D, BLOCK_K) K^T, (BLOCK_DV, BLOCK_K) V^T of this program's keys
+    dk, dvt,  # (BLOCK_K, BLOCK_D) dK and (BLOCK_DV, BLOCK_K) dV^T accumulators
+    q_base, do_base, lse_base, delta_base,  # the query batch's base pointers
+    queries, offs_d, d_ok, offs_v, v_ok,  # (BLOCK_Q,) query indices, channel indices and masks
+    N, sqn, sqd, sdon, sdod,
+    qk_scale,
+    MASKED: tl.constexpr,  # the tail block (queries past N)
+    BLOCK_Q: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """One query block of :func:`_bwd_dkdv_wide_kernel`; returns the new (dk, dvt)."""
+    if MASKED:
+        q_ok = queries < N
+    else:
+        q_ok = tl.full([BLOCK_Q], 1, tl.int1)
+    q = tl.load(
+        q_base + queries[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
+    )  # (BLOCK_Q, BLOCK_D)
+    do = tl.load(
+        do_base + queries[:, None] * sdon + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
+    )  # (BLOCK_Q, BLOCK_DV)
+    lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE)
+    delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
+    s = tl.dot(q, kt, input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
+    p = tl.exp2(s * qk_scale - lse2[:, None])
+    if MASKED:  # padded queries: P = 0, and no NaN from a zero row against an infinite key
+        p = tl.where(q_ok[:, None], p, 0.0)
+    dvt += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    return dk, dvt
+
+
+@triton.jit
+def _bwd_dkdv_wide_kernel(
+    # pointers
+    Q,  # (B, N, D_QK)
+    K,  # (G, M, D_QK) keys, G = B // R
+    V,  # (G, M, D_V) values
+    DO,  # (B, N, D_V)
+    Lse,  # (B, N) contiguous, lse * log2(e) (the dq kernel's)
+    Delta,  # (B, N) contiguous, rowsum(dO * O) (the dq kernel's)
+    DK,  # (SPLIT, G, M, D_QK) output (partial sums, in ACC_DTYPE, when SPLIT > 1)
+    DV,  # (SPLIT, G, M, D_V) output (partial sums, in ACC_DTYPE, when SPLIT > 1)
+    DKO,  # (G, M, D_QK) with DK's batch/row/channel strides, q's dtype: the summed dK when SPLIT > 1
+    DVO,  # (G, M, D_V) with DV's batch/row/channel strides, q's dtype: the summed dV when SPLIT > 1
+    Count,  # (G * key blocks,) int32, zeroed: finished programs per tile when SPLIT > 1
+    # sizes
+    N, M, D_QK, D_V,
+    R,  # query batches per key/value batch (rk == rv)
+    SPLIT_LEN,  # query batches per program: ceil(R / SPLIT)
+    # strides
+    sqb, sqn, sqd,
+    skb, skm, skd,
+    svb, svm, svd,
+    sdob, sdon, sdod,
+    sdks, sdkb, sdkm, sdkd,
+    sdvs, sdvb, sdvm, sdvd,
+    # scalars
+    qk_scale,  # scale * log2(e)
+    scale,
+    # meta-parameters
+    SPLIT: tl.constexpr,  # programs sharing one key/value batch's query batches
+    BLOCK_K: tl.constexpr,  # keys per program
+    BLOCK_Q: tl.constexpr,  # queries per loop step
+    BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr,  # all value channels: D_V padded to a power of two
+    EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no tail query block (its loop is not compiled)
+    EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
+    EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
+    EVEN_DV: tl.constexpr,  # D_V == BLOCK_DV: no value-channel masks
+    DOT_PRECISION: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """dK and dV in one launch where d_v is over one value tile (up to 256 channels) and K and V
+    have the same batches: each score's exponential once and dO read once, where ``_bwd_dkdv_kernel``
+    took a dK launch and a dV launch (the dV one recomputing the scores per 128-channel tile).
+    The program holds dV transposed, a (BLOCK_DV, BLOCK_K) accumulator, dV^T += dO^T P: its M
+    side is the value channels, so that on 8 warps the 256 x 64 accumulator takes 64 fp32 per
+    thread with no score computed twice (tiles and numbers: :func:`_dkdv_wide_config`). The batch
+    and query-block loops are one loop over their pairs (nested, ptxas kept values across them in
+    36 B of spills). Keys and queries past M and N, and channels past D_QK and D_V, are masked as
+    in ``_bwd_dkdv_kernel``; with a split, the last program of each key block sums the fp32 partial
+    sums in split order (deterministic)."""
+    pid = tl.program_id(0)
+    g = (pid // SPLIT).to(tl.int64)
+    sp = (pid % SPLIT).to(tl.int64)
+    offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_v = tl.arange(0, BLOCK_DV)
+    k_ok = _below(offs_k, M, EVEN_K)
+    d_ok = _below(offs_d, D_QK, EVEN_D)
+    v_ok = _below(offs_v, D_V, EVEN_DV)
+    # Keys past M read zeros: their columns of P are not 0, but only their own rows of dK / dV,
+    # never stored, depend on them.
+    kt = tl.load(
+        K + g * skb + offs_k[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None] & k_ok[None, :], other=0.0
+    )  # (BLOCK_D, BLOCK_K)
+    vt = tl.load(
+        V + g * svb + offs_k[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
+    )  # (BLOCK_DV, BLOCK_K)
+    dk = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC_DTYPE)
+    dvt = tl.zeros([BLOCK_DV, BLOCK_K], dtype=ACC_DTYPE)
+    b_start = g * R + sp * SPLIT_LEN
+    b_end = tl.minimum(b_start + SPLIT_LEN, (g + 1) * R)
+    n_full = N - N % BLOCK_Q
+    q_blocks = n_full // BLOCK_Q
+    for t in range(b_start * q_blocks, b_end * q_blocks):  # (batch, full query block) pairs, one loop
+        b = t // q_blocks
+        n0 = (t - b * q_blocks) * BLOCK_Q
+        dk, dvt = _bwd_dkdv_wide_block(
+            kt, vt, dk, dvt, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N,
+            n0 + offs_q, offs_d, d_ok, offs_v, v_ok, N, sqn, sqd, sdon, sdod, qk_scale,
+            False, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
+        )  # fmt: skip
+    if not EVEN_Q and n_full < N:
+        for b in range(b_start, b_end):
+            dk, dvt = _bwd_dkdv_wide_block(
+                kt, vt, dk, dvt, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N,
+                n_full + offs_q, offs_d, d_ok, offs_v, v_ok, N, sqn, sqd, sdon, sdod, qk_scale,
+                True, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
+            )  # fmt: skip
+
+    tl.store(
+        DK + sp * sdks + g * sdkb + offs_k[:, None] * sdkm + offs_d[None, :] * sdkd,
+        (dk * scale).to(DK.dtype.element_ty),
+        mask=k_ok[:, None] & d_ok[None, :],
+    )
+    tl.store(
+        DV + sp * sdvs + g * sdvb + offs_k[None, :] * sdvm + offs_v[:, None] * sdvd,
+        dvt.to(DV.dtype.element_ty),
+        mask=v_ok[:, None] & k_ok[None, :],
+    )
+    if SPLIT > 1:  # the last program of the key block sums the partial sums (as _bwd_dkdv_kernel)
+        tl.debug_barrier()
+        if tl.atomic_add(Count + g * tl.num_programs(1) + tl.program_id(1), 1, sem="acq_rel") == SPLIT - 1:
+            _sum_partials(DK + g * sdkb, sdks, DKO + g * sdkb, offs_k, k_ok, offs_d, d_ok, sdkm, sdkd, SPLIT,
+                          BLOCK_K, BLOCK_D, ACC_DTYPE)  # fmt: skip
+            _sum_partials(DV + g * sdvb, sdvs, DVO + g * sdvb, offs_k, k_ok, offs_v, v_ok, sdvm, sdvd, SPLIT,
+                          BLOCK_K, BLOCK_DV, ACC_DTYPE)  # fmt: skip
+
+
+@triton.jit
 def _sum_partials(
     P,  # (SPLIT, rows, cols) at this tile's batch: the partial sums, split stride ``ss``
     ss,
@@ -1251,6 +1401,15 @@ def _split(R: int, programs: int, device: torch.device) -> int:
     return split_for_waves(R, programs, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
+def _split_lengths(R: int, programs: int, split: int | None, device: torch.device) -> tuple[int, int]:
+    """(SPLIT, SPLIT_LEN) of a dK/dV launch: ``split`` (tests) or :func:`_split`'s, clamped to
+    [1, R], then SPLIT_LEN = cdiv(R, SPLIT) query batches per program and as few programs as
+    that needs (no program without a query batch)."""
+    s = split if split is not None else _split(R, programs, device)
+    split_len = triton.cdiv(R, max(1, min(int(s), R)))
+    return triton.cdiv(R, split_len), split_len
+
+
 # ----------------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------------
@@ -1343,10 +1502,7 @@ def backward(
         kcfg = cfg if compute_dk else _dv_config(cfg, M, d_v, fma)
         wide_dv = not compute_dk and _wide_dv(cfg, M, d_v, fma)
         tiles = 1 if compute_dk else kcfg["DV_TILES"]  # dK programs loop over the value chunks
-        s = split if split is not None else _split(R, groups * n_kblocks * tiles, q.device)
-        s = max(1, min(int(s), R))
-        split_len = triton.cdiv(R, s)
-        s = triton.cdiv(R, split_len)  # no program without a query batch
+        s, split_len = _split_lengths(R, groups * n_kblocks * tiles, split, q.device)
         buf_dtype = q.dtype if s == 1 else acc
         dk_buf = torch.empty(s, Bk, M, d_qk, device=q.device, dtype=buf_dtype) if compute_dk else None
         dv_buf = torch.empty(s, Bv, M, d_v, device=q.device, dtype=buf_dtype) if compute_dv else None
@@ -1449,7 +1605,70 @@ def backward(
     )  # fmt: skip
     if fused:
         dk, dv = launch(Bk, rk, True, True)
+    elif wide_dkdv(N, M, d_v, rk, rv, cfg, fma):
+        dk, dv = _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split)
     else:
         dk, _ = launch(Bk, rk, True, False)
         _, dv = launch(Bv, rv, False, True)
     return dq, dk, dv
+
+
+def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
+    """Whether the two-pass backward computes dK and dV in one launch of
+    :func:`_bwd_dkdv_wide_kernel` instead of a dK launch and a dV launch: K and V of the same
+    batches, d_v over one value tile and at most 256, more keys than one block, tensor-core dots,
+    and on a GPU at least 128 queries (its 128-query steps; under the interpreter any N, so that
+    the tests reach it at small sizes). Of the SPEC rows: VGG 16^2."""
+    big = N >= 128 or interpreting()
+    return rk == rv and cfg["BLOCK_DV"] < d_v <= 256 and M > cfg["BLOCK_K"] and big and not fma
+
+
+def _dkdv_wide_config(N: int, cfg: dict) -> dict:
+    """Tiles of :func:`_bwd_dkdv_wide_kernel`: 64 keys x all d_v per program, 128-query steps, on
+    8 warps, 2 stages (the dO tile, 128 x 256 bf16, is 64 KB per stage).
+
+    The dV^T accumulator (256 x 64) holds 64 fp32 per thread over 8 warps, with each wgmma's M
+    side on one warpgroup (128 queries: two 64-row halves for the score tiles; 256 channels for
+    dV^T), so no score is computed twice and dK = dS^T Q runs on wgmma. Measured on the sm_90
+    code (sm90_report, bf16, VGG 16^2; the dK and dV launches before: 73.6 + 77.3 µs, tensor- and
+    bandwidth-bound, 3 exponentials per score): 129.6 µs (tensor-bound), 1 exponential per score,
+    252 registers, no spills (Triton 3.6: 242, none), 1 CTA per SM. 32-key programs on 4 warps:
+    150.6 µs (dK on mma.sync), and 1452 B of spills under Triton 3.6; 64 keys with 64-query steps
+    on 8 warps laid the score tiles over both warpgroups (2 exponentials per score) and spilled;
+    with the batch and query-block loops nested instead of flattened (one loop over the pairs),
+    36 B of spills. ptxas serializes this kernel's wgmma (C7515, as the report marks it), with
+    2 stages and with 3; with 1 it does not (255 registers), but then the 64 KB dO tile of each
+    step is not prefetched. Latency either way, which the model does not see:
+    ``benchmarks/sweep.py`` times this launch against the two launches (``two-launches``). Under
+    the interpreter, the backward's tiles on 4 warps (the tests' small sizes)."""
+    if interpreting():
+        return {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_Q": _pow2(N, hi=128), "BLOCK_K": 64, "num_warps": 8, "num_stages": 2}
+
+
+def _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split):
+    """dK and dV by :func:`_bwd_dkdv_wide_kernel`; returns them (G, M, d_qk), (G, M, d_v) in q's dtype."""
+    B, N, d_qk = q.shape
+    G, M, _ = k.shape
+    d_v = v.shape[2]
+    R = B // G
+    wcfg = _dkdv_wide_config(N, cfg)
+    n_kblocks = triton.cdiv(M, wcfg["BLOCK_K"])
+    s, split_len = _split_lengths(R, G * n_kblocks, split, q.device)
+    acc = _acc_dtype(q.dtype)
+    dk_buf = torch.empty(s, G, M, d_qk, device=q.device, dtype=q.dtype if s == 1 else acc)
+    dv_buf = torch.empty(s, G, M, d_v, device=q.device, dtype=q.dtype if s == 1 else acc)
+    dk_out = torch.empty(G, M, d_qk, device=q.device, dtype=q.dtype) if s > 1 else dk_buf[0]
+    dv_out = torch.empty(G, M, d_v, device=q.device, dtype=q.dtype) if s > 1 else dv_buf[0]
+    count = torch.zeros(G * n_kblocks, device=q.device, dtype=torch.int32) if s > 1 else lse2
+    _bwd_dkdv_wide_kernel[(G * s, n_kblocks)](
+        q, k, v, do, lse2, delta, dk_buf, dv_buf, dk_out, dv_out, count,
+        N, M, d_qk, d_v, R, split_len,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_buf.stride(), *dv_buf.stride(),
+        float(scale) * LOG2E, float(scale),
+        SPLIT=s, BLOCK_K=wcfg["BLOCK_K"], BLOCK_Q=wcfg["BLOCK_Q"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=_pow2(d_v),
+        EVEN_Q=N % wcfg["BLOCK_Q"] == 0, EVEN_K=M % wcfg["BLOCK_K"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"],
+        EVEN_DV=d_v == _pow2(d_v), DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
+        num_warps=wcfg["num_warps"], num_stages=wcfg["num_stages"],
+    )  # fmt: skip
+    return dk_out, dv_out

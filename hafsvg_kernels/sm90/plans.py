@@ -269,6 +269,12 @@ def _attention_loops(launch: Launch) -> list[list]:
             [Trip(split_len, [Trip(N // bq, inner, main=True)]), Trip(tail_batches, inner, optional=True), *sums],
             [Trip(split_len, [Trip(N // bq, inner, main=True), *tail]), *sums],
         ]
+    if name == "_bwd_dkdv_wide_kernel":  # batches x query blocks, the masked tail blocks, the sums
+        s = c.get("SPLIT", 1)
+        sums = [Trip(s, optional=True), Trip(s, optional=True)] if s > 1 else []
+        tail_batches = 0 if N % bq == 0 else a.get("SPLIT_LEN", 1)
+        pairs = a.get("SPLIT_LEN", 1) * (N // bq)  # (batch, full query block) pairs: one loop
+        return [[Trip(pairs, main=True), Trip(tail_batches, optional=True), *sums]]
     return [[]]
 
 
@@ -303,6 +309,11 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
             acc_b = q_b // e * 4  # zeroed before (torch.zeros) and cast to the dtype after
             what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
         return f"{what} (split {s})", moved, red
+    if name == "_bwd_dkdv_wide_kernel":  # reads Q, dO, lse, delta, K, V; writes dK and dV (fp32 partials with a split)
+        s = c.get("SPLIT", 1)
+        grad = CLIPS * sizes["M"] * (sizes["dqk"] + sizes["dv"])
+        out_b = grad * e if s == 1 else s * grad * 4 + grad * e
+        return f"dK+dV, all channels (split {s})", q_b + o_b + 2 * lse_b + kv_b + out_b, 0.0
     return name, 0.0, 0.0
 
 
@@ -327,9 +338,10 @@ def attention_ops(row, dtype: str) -> list[Op]:
         for lch in launches:
             lch.loops = _attention_loops(lch)
             lch.label, lch.bytes, red = _attention_label_bytes(lch, sizes)
-            if lch.constexprs.get("SUM_PARTIALS"):  # the last of a tile's SPLIT programs sums
-                lch.guard = lch.constexprs["SPLIT"]
-            if lch.kernel == "_bwd_dkdv_kernel":  # R query batches per group, SPLIT_LEN per program
+            wide = lch.kernel == "_bwd_dkdv_wide_kernel"
+            if lch.constexprs.get("SUM_PARTIALS") or (wide and lch.constexprs["SPLIT"] > 1):
+                lch.guard = lch.constexprs["SPLIT"]  # the last of a tile's SPLIT programs sums
+            if lch.kernel == "_bwd_dkdv_kernel" or wide:  # R query batches per group, SPLIT_LEN per program
                 lch.runs = lch.args["R"] / (lch.constexprs.get("SPLIT", 1) * lch.args["SPLIT_LEN"])
             extra += red
             c = lch.constexprs
