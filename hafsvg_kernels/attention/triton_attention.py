@@ -1618,7 +1618,7 @@ def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) 
     :func:`_bwd_dkdv_wide_kernel` instead of a dK launch and a dV launch: K and V of the same
     batches, d_v over one value tile and at most 256, more keys than one block, tensor-core dots,
     and on a GPU at least 128 queries (its 128-query steps; under the interpreter any N, so that
-    the tests reach it at small sizes). Of the SPEC rows: VGG 16^2."""
+    the tests reach it at small sizes). Of the aligner rows the sm90 report models: VGG 16^2."""
     big = N >= 128 or interpreting()
     return rk == rv and cfg["BLOCK_DV"] < d_v <= 256 and M > cfg["BLOCK_K"] and big and not fma
 
