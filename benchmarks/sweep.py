@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kernel_times as kt  # noqa: E402
 
-from hafsvg_kernels.workloads import ALIGNER_ROWS  # noqa: E402
+from hafsvg_kernels.workloads import ALIGNER_ROWS, SAMPLING_SAMPLES  # noqa: E402
 
 # (BLOCK_Q, BLOCK_K, num_warps, num_stages) per dtype; fp32 runs FFMA dots (IEEE, torch's default)
 FWD_TILES = {
@@ -76,6 +76,15 @@ def _fit(tile, n):
     return bq, bk, w if bq >= 64 else _warps(bq), s
 
 
+def _wide_dkdv_row(r) -> bool:
+    """Whether the launcher runs the row's dK and dV in one ``_bwd_dkdv_wide_kernel`` launch
+    (its own rule, with tensor-core dots and K, V per clip shared by the clip's samples)."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    cfg = ta._bwd_config(r.n, r.n, r.d_qk, r.c)
+    return ta.wide_dkdv(r.n, r.n, r.c, SAMPLING_SAMPLES, SAMPLING_SAMPLES, cfg, False)
+
+
 def variants(dtype: str) -> list[tuple]:
     """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart or None)),
     "bwd" (variant: (tile or None, one_pass, "two-launches" (dK and dV apart) or None)) or
@@ -92,7 +101,7 @@ def variants(dtype: str) -> list[tuple]:
         bwd = sorted({_fit(t, r.n) for t in BWD_TILES[dtype]})
         passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
         out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
-        if dtype == "bf16" and 128 < r.c <= 256 and r.n > 64:  # where the launcher takes _bwd_dkdv_wide_kernel
+        if dtype == "bf16" and _wide_dkdv_row(r):
             out.append(("bwd", r.name, (None, "two-launches"), dtype))
     recurrent = [("split", None), ("row", None)] + RECURRENT[dtype]
     out += [("recurrent", "recurrent step", v, dtype) for v in recurrent]

@@ -281,7 +281,8 @@ def test_split_partial_sums(case, split):
 def test_wide_dkdv_one_launch_float64(monkeypatch, split):
     """Two passes with d_v over one value tile (up to 256) and K, V of the same batches: dK and dV
     in one launch of ``_bwd_dkdv_wide_kernel`` (dV held transposed), not a dK and a dV launch;
-    ragged queries, keys and channels (N 40, M 70, d_qk 20, d_v 200), against float64."""
+    ragged queries, keys and channels (N 150: two full query blocks and a tail; M 70, d_qk 20,
+    d_v 200), 3 query batches per key/value batch, against float64."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     grids, wide = [], ta._bwd_dkdv_wide_kernel
@@ -297,7 +298,7 @@ def test_wide_dkdv_one_launch_float64(monkeypatch, split):
 
     monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded())
     monkeypatch.setattr(ta, "_bwd_dkdv_kernel", NoSplitLaunches())
-    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 40, 70, 20, 200, dtype=torch.float64))
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 150, 70, 20, 200, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.7)
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 0.7, do)

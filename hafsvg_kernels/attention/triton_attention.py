@@ -496,11 +496,10 @@ def _bwd_dq_block(
             v_base + keys[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
         )  # (BLOCK_DV, BLOCK_K)
         dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
-        if DELTA_MMA:
-            ones = tl.full([16, BLOCK_K], 1.0, delta.dtype)
-            dp = tl.dot(delta, ones, dp, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+        if DELTA_MMA:  # -delta: its terms times ones, one more k-step of the dP product
+            dp = tl.dot(delta, tl.full([16, BLOCK_K], 1.0, delta.dtype), dp, input_precision=DOT_PRECISION)
     else:
-        if DELTA_MMA:
+        if DELTA_MMA:  # the chunks of dO V^T add to -delta (its terms times ones)
             dp = tl.dot(delta, tl.full([16, BLOCK_K], 1.0, delta.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
         else:
             dp = tl.zeros([BLOCK_Q, BLOCK_K], dtype=ACC_DTYPE)
