@@ -656,6 +656,18 @@ def cell_part_tiles(K: int, widest: int, ffma: bool) -> tuple[int, int]:
     return triton.cdiv(K, block), block
 
 
+def cell_max_registers(ffma: bool, draw_all: bool, next_embed: bool) -> int | None:
+    """ptxas's register limit (``maxnreg``) for a cell launch, or None (its own choice). On FFMA dots
+    (fp32 "ieee") the folded first group's launch (it draws the step's noise, ``draw_all``, and
+    computes no next embedding) gets 240. Left to itself, ptxas fits bair's into 168 registers for 3
+    CTAs per SM and spills 20 B (Triton 3.9, sm_90a); at 240 it takes 234 and spills nothing (2 CTAs
+    per SM), nor does moving-mnist's or kth's, under 3.9 and 3.6. Not as a general limit: at 240 the
+    unfolded first groups, which take 244-252 by themselves, spill 12-24 B, and at 255 a dozen of
+    the other FFMA cells that spill nothing now spill 20-88 B (``python -m
+    hafsvg_kernels.sm90_report``)."""
+    return 240 if ffma and draw_all and not next_embed else None
+
+
 def counter_shape(G: int, B: int, cfg: SplitConfig) -> tuple[int, int]:
     """The heads' semaphore counters of a Gaussian step: one int32 per row block and group, each
     group's row padded to 4 counters (16 bytes: every row aligned, one specialization of count_ptr)."""
@@ -776,6 +788,7 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
         A2_VEC=part_vec(K_a2, stride_a2, merged), KA_EVEN=K_a % cfg.block_k == 0,
         H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None, NEXT_BIAS=next_bias is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        maxnreg=cell_max_registers(fp32 and precision == "ieee", draw_all, next_embed is not None),
     )  # fmt: skip
 
 

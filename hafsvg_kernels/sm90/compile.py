@@ -239,13 +239,16 @@ def _ptxas_log_separately(ptx: str) -> str:
         return res.stdout + res.stderr
 
 
-def compile_kernel(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int) -> Compiled:
+def compile_kernel(fn, args: dict, constexprs: dict, num_warps: int, num_stages: int,
+                   maxnreg: int | None = None) -> Compiled:  # fmt: skip
     """Compile ``fn`` for sm_90a with these argument values / constants and launch options."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     src, notes = build_source(fn, args, constexprs)
     opts = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        opts["maxnreg"] = maxnreg
     knobs = getattr(triton, "knobs", None)
     nv = getattr(knobs, "nvidia", None) if knobs is not None else None
     log = ""

@@ -67,6 +67,7 @@ class Launch:
     # the share of programs x the busiest program's main-loop trips that runs (for counts of the
     # work done, not for the time): the last programs of a split run fewer query batches
     runs: float = 1.0
+    maxnreg: int | None = None  # ptxas's register limit, where the launcher sets one
 
     @property
     def programs(self) -> int:
@@ -83,7 +84,7 @@ class Launch:
             (k, specialize(v) if not isinstance(v, tuple) else specialize(v)) for k, v in sorted(self.args.items())
         )
         return (self.kernel, spec, tuple(sorted((k, str(v)) for k, v in self.constexprs.items())), self.num_warps,
-                self.num_stages)  # fmt: skip
+                self.num_stages, self.maxnreg)  # fmt: skip
 
 
 @dataclasses.dataclass
@@ -171,6 +172,7 @@ def to_launch(rec, module: str) -> Launch:
     kwargs = dict(kwargs)
     num_warps = kwargs.pop("num_warps", 4)
     num_stages = kwargs.pop("num_stages", 3)
+    maxnreg = kwargs.pop("maxnreg", None)
     names = list(fn.arg_names)
     const = {p.name for p in fn.params if p.is_constexpr}
     values = dict(zip(names, args))
@@ -180,7 +182,7 @@ def to_launch(rec, module: str) -> Launch:
     if callable(grid):
         grid = grid({**values, **cx})
     grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
-    return Launch(fn.__name__, module, rt, cx, num_warps, num_stages, grid, [])
+    return Launch(fn.__name__, module, rt, cx, num_warps, num_stages, grid, [], maxnreg=maxnreg)
 
 
 class _FakeCuda:
@@ -211,11 +213,11 @@ def _record_attention(row, dtype: str):
         orig = ta._split
         props = types.SimpleNamespace(multi_processor_count=SMS)
 
-        def split(R, programs, device, _orig=orig):
+        def split(R, programs, device, *rest, _orig=orig):
             real = torch.cuda.get_device_properties
             torch.cuda.get_device_properties = lambda *a, **k: props
             try:
-                return _orig(R, programs, _FakeCuda())
+                return _orig(R, programs, _FakeCuda(), *rest)
             finally:
                 torch.cuda.get_device_properties = real
 
@@ -270,8 +272,10 @@ def _attention_loops(launch: Launch) -> list[list]:
             [Trip(split_len, [Trip(N // bq, inner, main=True), *tail]), *sums],
         ]
     if name == "_bwd_dkdv_wide_kernel":  # batches x query blocks, the masked tail blocks, the sums
-        s = c.get("SPLIT", 1)
-        sums = [Trip(s, optional=True), Trip(s, optional=True)] if s > 1 else []
+        s, fold = c.get("SPLIT", 1), c.get("FOLD", 1)
+        sums = [Trip(s, optional=True) for _ in range(1 + c.get("COMPUTE_DK", True))] if s > 1 else []
+        if fold > 1:  # FOLD whole query batches per step
+            return [[Trip(a.get("SPLIT_LEN", 1) // fold, main=True), *sums]]
         tail_batches = 0 if N % bq == 0 else a.get("SPLIT_LEN", 1)
         pairs = a.get("SPLIT_LEN", 1) * (N // bq)  # (batch, full query block) pairs: one loop
         return [[Trip(pairs, main=True), Trip(tail_batches, optional=True), *sums]]
@@ -310,10 +314,13 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
             what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
         return f"{what} (split {s})", moved, red
     if name == "_bwd_dkdv_wide_kernel":  # reads Q, dO, lse, delta, K, V; writes dK and dV (fp32 partials with a split)
-        s = c.get("SPLIT", 1)
-        grad = CLIPS * sizes["M"] * (sizes["dqk"] + sizes["dv"])
+        s, dk = c.get("SPLIT", 1), c.get("COMPUTE_DK", True)
+        grad = CLIPS * sizes["M"] * ((sizes["dqk"] if dk else 0) + sizes["dv"])
         out_b = grad * e if s == 1 else s * grad * 4 + grad * e
-        return f"dK+dV, all channels (split {s})", q_b + o_b + 2 * lse_b + kv_b + out_b, 0.0
+        if dk:
+            return f"dK+dV, all channels (split {s})", q_b + o_b + 2 * lse_b + kv_b + out_b, 0.0
+        k_b = CLIPS * sizes["M"] * sizes["dqk"] * e  # dV alone: K, not V; lse, not delta
+        return f"dV, all channels (split {s})", q_b + o_b + lse_b + k_b + out_b, 0.0
     return name, 0.0, 0.0
 
 
@@ -573,7 +580,8 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
     if next_z:  # x and z read; part 1 written (fp32; read back by the launch's last programs, from L2); e' written
         act += B * (G_DIM + next_z) + B * H * 4 // e + B * H
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
-                  (w + act) * e, label, guard=grid[1] if head_out else 1)  # fmt: skip
+                  (w + act) * e, label, guard=grid[1] if head_out else 1,
+                  maxnreg=ts.cell_max_registers(io.dtype == "fp32", draw_all, next_z > 0))  # fmt: skip
 
 
 def _split_embed_launch(io, H, n_in, label, e, fp32, counts=0) -> Launch:

@@ -56,7 +56,8 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
     if key not in cache:
         t0 = time.time()
         comp = compile_kernel(
-            plans.kernel_fn(launch), launch.args, launch.constexprs, launch.num_warps, launch.num_stages
+            plans.kernel_fn(launch), launch.args, launch.constexprs, launch.num_warps, launch.num_stages,
+            launch.maxnreg,
         )
         ins = sass.parse(comp.sass)
         cache[key] = (comp, ins, time.time() - t0)
@@ -77,6 +78,7 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
         "constexprs": {k: str(v) for k, v in launch.constexprs.items()},
         "num_warps": comp.num_warps,
         "num_stages": comp.num_stages,
+        "maxnreg": launch.maxnreg,  # ptxas's register limit where the launcher sets one (else None)
         "grid": list(launch.grid),
         "programs": launch.programs,
         "regs": comp.regs,
@@ -142,7 +144,8 @@ def _executed(ins, loops, guard: int = 1) -> sass.Executed:
 
 def _compile_one(launch: plans.Launch):
     t0 = time.time()
-    comp = compile_kernel(plans.kernel_fn(launch), launch.args, launch.constexprs, launch.num_warps, launch.num_stages)
+    comp = compile_kernel(plans.kernel_fn(launch), launch.args, launch.constexprs, launch.num_warps, launch.num_stages,
+                          launch.maxnreg)  # fmt: skip
     return comp, time.time() - t0
 
 
