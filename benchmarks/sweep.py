@@ -77,8 +77,9 @@ def _fit(tile, n):
 
 
 def _wide_dkdv_row(r) -> bool:
-    """Whether the launcher runs the row's dK and dV in one ``_bwd_dkdv_wide_kernel`` launch
-    (its own rule, with tensor-core dots and K, V per clip shared by the clip's samples)."""
+    """Whether the launcher runs the row's dV (and dK, with more keys than one block) in one
+    ``_bwd_dkdv_wide_kernel`` launch (its own rule, with tensor-core dots and K, V per clip shared
+    by the clip's samples)."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     cfg = ta._bwd_config(r.n, r.n, r.d_qk, r.c)

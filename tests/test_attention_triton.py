@@ -246,9 +246,12 @@ def test_one_key_block_float64(monkeypatch, case):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
     # one query block per batch (N == BLOCK_Q): the batch loop without a query-block loop inside
-    one_q = N == ta._bwd_config(N, M, d_qk, d_v)["BLOCK_Q"]
-    fused = Bk == Bv and d_v <= ta._bwd_config(N, M, d_qk, d_v)["BLOCK_DV"]
-    assert dkdv.flags == [one_q] * (1 if fused else 2)
+    # (dV over several value tiles: by the wide kernel where K and V have the same batches)
+    bcfg = ta._bwd_config(N, M, d_qk, d_v)
+    one_q = N == bcfg["BLOCK_Q"]
+    fused = Bk == Bv and d_v <= bcfg["BLOCK_DV"]
+    wide = ta.wide_dkdv(N, M, d_v, B // Bk, B // Bv, bcfg, False)
+    assert dkdv.flags == [one_q] * (1 if fused or wide else 2)
 
 
 @pytest.mark.parametrize(
@@ -304,6 +307,42 @@ def test_wide_dkdv_one_launch_float64(monkeypatch, split):
     _, ref_grads = reference(q, k, v, 0.7, do)
     grads = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
     assert grids == [(2 * split, 3)]  # 2 key/value batches x split, 3 blocks of 32 keys (interpreter tiles)
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+
+
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize("N", [32, 40], ids=["4-batches-per-step", "query-blocks"])
+def test_wide_dv_one_key_block_float64(monkeypatch, N):
+    """One key block, d_v over one value tile: dK and dQ in one ``_bwd_dkdv_kernel`` launch, then
+    dV alone by ``_bwd_dkdv_wide_kernel`` over all channels (the scores' exponentials once, not per
+    value tile), 8 query batches per key/value batch, split 2. N 32: 4 whole query batches per
+    128-query step (``query_fold``), dO with the model's strides (channels-first tokens); N 40 (not
+    a power of two): blocks of one batch's queries, with a tail. Ragged keys and channels (M 50,
+    d_qk 20, d_v 200), against float64."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    launches = {"wide": [], "dkdv": []}
+
+    class Recorded:
+        def __init__(self, name, fn):
+            self.name, self.fn = name, fn
+
+        def __getitem__(self, grid):
+            launches[self.name].append(grid)
+            return self.fn[grid]
+
+    monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded("wide", ta._bwd_dkdv_wide_kernel))
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Recorded("dkdv", ta._bwd_dkdv_kernel))
+    q, k, v = (t.detach() for t in make_inputs(16, 2, 2, N, 50, 20, 200, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn(16, 300, N, dtype=torch.float64)[:, 100:].transpose(1, 2)  # (16, N, 200), stride 1 along N
+    _, ref_grads = reference(q, k, v, 0.7, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.7, split=2)
+    assert ta.query_fold(N, 8) == (4 if N == 32 else 1)
+    # dK + dQ, then dV: 2 key/value batches x split 2, 2 blocks of 32 keys (the interpreter's tiles)
+    assert launches["wide"] == [(2 * 2, 2)] and len(launches["dkdv"]) == 1
     for name, g, r in zip("qkv", grads, ref_grads):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
@@ -605,12 +644,19 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                         DVO=io, Count="*i32", DQ=io)  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, dvc)
             # dK and dV in one launch at d_v 256 (_bwd_dkdv_wide_kernel, the VGG 16^2 row's tiles)
-            w = ta._dkdv_wide_config(256, ta._bwd_config(256, 256, 32, 256))
+            w = ta._dkdv_wide_config(256, 256, ta._bwd_config(256, 256, 32, 256), 256)
             ptrs = dict(Q=io, K=io, V=io, DO=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io, DVO=io,
                         Count="*i32")  # fmt: skip
             flags = {"SPLIT": 4, "BLOCK_K": w["BLOCK_K"], "BLOCK_Q": w["BLOCK_Q"], "BLOCK_D": 32, "BLOCK_DV": 256,
-                     "EVEN_Q": True, "EVEN_K": True, "EVEN_D": True, "EVEN_DV": True}  # fmt: skip
+                     "EVEN_Q": True, "EVEN_K": True, "EVEN_D": True, "EVEN_DV": True, "COMPUTE_DK": True,
+                     "LSE_LOG2": True, "FOLD": 1, "N_FOLD": 1}  # fmt: skip
             build(ta._bwd_dkdv_wide_kernel, ptrs, {**common, **flags}, w)
+            # dV alone in one key block, query batches folded (the DCGAN 8^2 and VGG 8^2 rows' tiles)
+            for n, d_v, fold in ((64, 256, 2), (64, 512, 1)):
+                w = ta._dkdv_wide_config(n, 64, ta._bwd_config(n, 64, 32, d_v), d_v)
+                flags = {**flags, "COMPUTE_DK": False, "LSE_LOG2": False, "FOLD": fold, "N_FOLD": n if fold > 1 else 1,
+                         "BLOCK_K": w["BLOCK_K"], "BLOCK_Q": w["BLOCK_Q"], "BLOCK_DV": d_v}  # fmt: skip
+                build(ta._bwd_dkdv_wide_kernel, ptrs, {**common, **flags}, w)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})

@@ -959,38 +959,42 @@ def _bwd_dkdv_kernel(
 
 @triton.jit
 def _bwd_dkdv_wide_block(
-    kt, vt,  # (BLOCK_D, BLOCK_K) K^T, (BLOCK_DV, BLOCK_K) V^T of this program's keys
-    dk, dvt,  # (BLOCK_K, BLOCK_D) dK and (BLOCK_DV, BLOCK_K) dV^T accumulators
+    kt, vt,  # (BLOCK_D, BLOCK_K) K^T, (BLOCK_DV, BLOCK_K) V^T of this program's keys (vt unused without dK)
+    dk, dvt,  # (BLOCK_K, BLOCK_D) dK (unused without dK) and (BLOCK_DV, BLOCK_K) dV^T accumulators
     q_base, do_base, lse_base, delta_base,  # the query batch's base pointers
-    queries, offs_d, d_ok, offs_v, v_ok,  # (BLOCK_Q,) query indices, channel indices and masks
-    N, sqn, sqd, sdon, sdod,
+    q_rows, do_rows, lse_rows,  # (BLOCK_Q,) the rows' offsets from q_base, do_base, lse_base / delta_base
+    q_ok, offs_d, d_ok, offs_v, v_ok,  # (BLOCK_Q,) the rows' mask (with MASKED), channel indices and masks
+    sqd, sdod,
     qk_scale,
     MASKED: tl.constexpr,  # the tail block (queries past N)
+    COMPUTE_DK: tl.constexpr,
+    LSE_LOG2: tl.constexpr,  # lse_base holds lse * log2(e), else the natural log
     BLOCK_Q: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """One query block of :func:`_bwd_dkdv_wide_kernel`; returns the new (dk, dvt)."""
-    if MASKED:
-        q_ok = queries < N
-    else:
-        q_ok = tl.full([BLOCK_Q], 1, tl.int1)
+    if not MASKED:
+        q_ok = tl.full([BLOCK_Q], 1, tl.int1)  # constant true: the loads' masks fold to the channel masks
     q = tl.load(
-        q_base + queries[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
+        q_base + q_rows[:, None] + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
     )  # (BLOCK_Q, BLOCK_D)
     do = tl.load(
-        do_base + queries[:, None] * sdon + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
+        do_base + do_rows[:, None] + offs_v[None, :] * sdod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
     )  # (BLOCK_Q, BLOCK_DV)
-    lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE)
-    delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
+    lse2 = tl.load(lse_base + lse_rows, mask=q_ok, other=float("inf")).to(ACC_DTYPE)
+    if not LSE_LOG2:  # the natural log (one key block: the dK+dQ launch, not a dq kernel, ran before)
+        lse2 = lse2 * 1.4426950408889634
     s = tl.dot(q, kt, input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
     p = tl.exp2(s * qk_scale - lse2[:, None])
     if MASKED:  # padded queries: P = 0, and no NaN from a zero row against an infinite key
         p = tl.where(q_ok[:, None], p, 0.0)
     dvt += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
-    dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
-    ds = p * (dp - delta[:, None])
-    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    if COMPUTE_DK:
+        delta = tl.load(delta_base + lse_rows, mask=q_ok, other=0.0).to(ACC_DTYPE)
+        dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
     return dk, dvt
 
 
@@ -1001,9 +1005,9 @@ def _bwd_dkdv_wide_kernel(
     K,  # (G, M, D_QK) keys, G = B // R
     V,  # (G, M, D_V) values
     DO,  # (B, N, D_V)
-    Lse,  # (B, N) contiguous, lse * log2(e) (the dq kernel's)
-    Delta,  # (B, N) contiguous, rowsum(dO * O) (the dq kernel's)
-    DK,  # (SPLIT, G, M, D_QK) output (partial sums, in ACC_DTYPE, when SPLIT > 1)
+    Lse,  # (B, N) contiguous, lse * log2(e) (the dq kernel's) when LSE_LOG2, else the natural log
+    Delta,  # (B, N) contiguous, rowsum(dO * O) (the dq kernel's; unused without dK)
+    DK,  # (SPLIT, G, M, D_QK) output (partial sums, in ACC_DTYPE, when SPLIT > 1; unused without dK)
     DV,  # (SPLIT, G, M, D_V) output (partial sums, in ACC_DTYPE, when SPLIT > 1)
     DKO,  # (G, M, D_QK) with DK's batch/row/channel strides, q's dtype: the summed dK when SPLIT > 1
     DVO,  # (G, M, D_V) with DV's batch/row/channel strides, q's dtype: the summed dV when SPLIT > 1
@@ -1024,6 +1028,10 @@ def _bwd_dkdv_wide_kernel(
     scale,
     # meta-parameters
     SPLIT: tl.constexpr,  # programs sharing one key/value batch's query batches
+    COMPUTE_DK: tl.constexpr,  # dK and dV; else dV alone (one key block: dK and dQ by _bwd_dkdv_kernel)
+    LSE_LOG2: tl.constexpr,
+    FOLD: tl.constexpr,  # query batches per loop step (query_fold; 1: query blocks of one batch)
+    N_FOLD: tl.constexpr,  # N, with FOLD > 1 (BLOCK_Q = FOLD * N; R and SPLIT_LEN multiples of FOLD)
     BLOCK_K: tl.constexpr,  # keys per program
     BLOCK_Q: tl.constexpr,  # queries per loop step
     BLOCK_D: tl.constexpr,
@@ -1044,7 +1052,7 @@ def _bwd_dkdv_wide_kernel(
     and query-block loops are one loop over their pairs (nested, ptxas kept values across them in
     36 B of spills). Keys and queries past M and N, and channels past D_QK and D_V, are masked as
     in ``_bwd_dkdv_kernel``; with a split, the last program of each key block sums the fp32 partial
-    sums in split order (deterministic)."""
+    sums in split order (deterministic). Without ``COMPUTE_DK``, dV alone: P V's gradient, no dP."""
     pid = tl.program_id(0)
     g = (pid // SPLIT).to(tl.int64)
     sp = (pid % SPLIT).to(tl.int64)
@@ -1060,36 +1068,55 @@ def _bwd_dkdv_wide_kernel(
     kt = tl.load(
         K + g * skb + offs_k[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None] & k_ok[None, :], other=0.0
     )  # (BLOCK_D, BLOCK_K)
-    vt = tl.load(
-        V + g * svb + offs_k[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
-    )  # (BLOCK_DV, BLOCK_K)
+    if COMPUTE_DK:
+        vt = tl.load(
+            V + g * svb + offs_k[None, :] * svm + offs_v[:, None] * svd, mask=v_ok[:, None] & k_ok[None, :], other=0.0
+        )  # (BLOCK_DV, BLOCK_K)
+    else:
+        vt = kt  # unused
     dk = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC_DTYPE)
     dvt = tl.zeros([BLOCK_DV, BLOCK_K], dtype=ACC_DTYPE)
     b_start = g * R + sp * SPLIT_LEN
     b_end = tl.minimum(b_start + SPLIT_LEN, (g + 1) * R)
-    n_full = N - N % BLOCK_Q
-    q_blocks = n_full // BLOCK_Q
-    for t in range(b_start * q_blocks, b_end * q_blocks):  # (batch, full query block) pairs, one loop
-        b = t // q_blocks
-        n0 = (t - b * q_blocks) * BLOCK_Q
-        dk, dvt = _bwd_dkdv_wide_block(
-            kt, vt, dk, dvt, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N,
-            n0 + offs_q, offs_d, d_ok, offs_v, v_ok, N, sqn, sqd, sdon, sdod, qk_scale,
-            False, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
-        )  # fmt: skip
-    if not EVEN_Q and n_full < N:
-        for b in range(b_start, b_end):
+    if FOLD > 1:  # FOLD whole query batches per step: a constant N makes the row split shifts and masks
+        in_b = offs_q // N_FOLD
+        in_n = offs_q % N_FOLD
+        q_rows, do_rows = in_b * sqb + in_n * sqn, in_b * sdob + in_n * sdon
+        for t in range(b_start // FOLD, b_end // FOLD):
+            b = t * FOLD
+            dk, dvt = _bwd_dkdv_wide_block(
+                kt, vt, dk, dvt, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, q_rows, do_rows, offs_q,
+                offs_q, offs_d, d_ok, offs_v, v_ok, sqd, sdod, qk_scale,
+                False, COMPUTE_DK, LSE_LOG2, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
+            )  # fmt: skip
+    else:
+        n_full = N - N % BLOCK_Q
+        q_blocks = n_full // BLOCK_Q
+        for t in range(b_start * q_blocks, b_end * q_blocks):  # (batch, full query block) pairs, one loop
+            b = t // q_blocks
+            queries = (t - b * q_blocks) * BLOCK_Q + offs_q
             dk, dvt = _bwd_dkdv_wide_block(
                 kt, vt, dk, dvt, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N,
-                n_full + offs_q, offs_d, d_ok, offs_v, v_ok, N, sqn, sqd, sdon, sdod, qk_scale,
-                True, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
+                queries * sqn, queries * sdon, queries,
+                offs_q, offs_d, d_ok, offs_v, v_ok, sqd, sdod, qk_scale,
+                False, COMPUTE_DK, LSE_LOG2, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
+        if not EVEN_Q and n_full < N:
+            queries = n_full + offs_q
+            for b in range(b_start, b_end):
+                dk, dvt = _bwd_dkdv_wide_block(
+                    kt, vt, dk, dvt, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N,
+                    queries * sqn, queries * sdon, queries,
+                    queries < N, offs_d, d_ok, offs_v, v_ok, sqd, sdod, qk_scale,
+                    True, COMPUTE_DK, LSE_LOG2, BLOCK_Q, DOT_PRECISION, ACC_DTYPE,
+                )  # fmt: skip
 
-    tl.store(
-        DK + sp * sdks + g * sdkb + offs_k[:, None] * sdkm + offs_d[None, :] * sdkd,
-        (dk * scale).to(DK.dtype.element_ty),
-        mask=k_ok[:, None] & d_ok[None, :],
-    )
+    if COMPUTE_DK:
+        tl.store(
+            DK + sp * sdks + g * sdkb + offs_k[:, None] * sdkm + offs_d[None, :] * sdkd,
+            (dk * scale).to(DK.dtype.element_ty),
+            mask=k_ok[:, None] & d_ok[None, :],
+        )
     tl.store(
         DV + sp * sdvs + g * sdvb + offs_k[None, :] * sdvm + offs_v[:, None] * sdvd,
         dvt.to(DV.dtype.element_ty),
@@ -1098,8 +1125,9 @@ def _bwd_dkdv_wide_kernel(
     if SPLIT > 1:  # the last program of the key block sums the partial sums (as _bwd_dkdv_kernel)
         tl.debug_barrier()
         if tl.atomic_add(Count + g * tl.num_programs(1) + tl.program_id(1), 1, sem="acq_rel") == SPLIT - 1:
-            _sum_partials(DK + g * sdkb, sdks, DKO + g * sdkb, offs_k, k_ok, offs_d, d_ok, sdkm, sdkd, SPLIT,
-                          BLOCK_K, BLOCK_D, ACC_DTYPE)  # fmt: skip
+            if COMPUTE_DK:
+                _sum_partials(DK + g * sdkb, sdks, DKO + g * sdkb, offs_k, k_ok, offs_d, d_ok, sdkm, sdkd, SPLIT,
+                              BLOCK_K, BLOCK_D, ACC_DTYPE)  # fmt: skip
             _sum_partials(DV + g * sdvb, sdvs, DVO + g * sdvb, offs_k, k_ok, offs_v, v_ok, sdvm, sdvd, SPLIT,
                           BLOCK_K, BLOCK_DV, ACC_DTYPE)  # fmt: skip
 
@@ -1372,39 +1400,44 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     return 32 if fma else 64
 
 
-def split_for_waves(R: int, programs: int, sms: int) -> int:
+def split_for_waves(R: int, programs: int, sms: int, resident: int = 2) -> int:
     """Programs sharing one group's R query batches, given ``programs`` programs per split and
     ``sms`` SMs: the split whose busiest SM has the least work, in query batches
     (``cdiv(programs * s, sms)`` programs of ``cdiv(R, s)`` batches each), among those that put
-    more than one program per SM on average (two CTAs resident, for latency hiding) and at most
-    four waves of partial sums; ties go to the smaller split (fewer fp32 partial sums to write
-    and add; none at 1).
+    at most four waves of partial sums and, where two CTAs of the launch fit an SM
+    (``resident`` > 1), more than one program per SM on average (for latency hiding); ties go to
+    the smaller split (fewer fp32 partial sums to write and add; none at 1).
 
     The previous rule (about two waves: ``cdiv(2 * sms, programs)``) left the busiest SM a third
     program where two did the same work: at DCGAN 16^2 (64 programs per split, R = 100) split 5
     gave 320 programs, 3 of 20 batches on the busiest SM (60) against split 4's 256 programs, 2
     of 25 (50); at the one-key-block rows (16 programs) split 17: 3 x 6 = 18 against split 15's
     2 x 7 = 14. Where one split already has more than one program per SM (DCGAN 32^2, VGG 32^2:
-    256 programs) it keeps 1 (2 x 100 = 200, as split 2's 4 x 50), which writes dK/dV directly."""
+    256 programs) it keeps 1 (2 x 100 = 200, as split 2's 4 x 50), which writes dK/dV directly.
+    With one CTA per SM (``_bwd_dkdv_wide_kernel``: two 64 KB dO stages) one full wave does as
+    well with fewer partial sums: DCGAN 8^2's dV (16 programs, 50 steps of two batches) split 8,
+    128 programs of 7 steps, instead of 13 (208 programs, 2 x 4 on the busiest SM), 8.4 instead of
+    13.6 MB of fp32 partial sums."""
     splits = sorted({-(-R // n) for n in range(1, R + 1)})  # each distinct cdiv(R, s) once
     fits = [s for s in splits if programs * s <= max(4 * sms, programs)]
-    spread = [s for s in fits if programs * s > sms] or [fits[-1]]
+    spread = [s for s in fits if programs * s > sms or resident < 2] or [fits[-1]]
     return min(spread, key=lambda s: (-(-(programs * s) // sms) * -(-R // s), s))
 
 
-def _split(R: int, programs: int, device: torch.device) -> int:
+def _split(R: int, programs: int, device: torch.device, resident: int = 2) -> int:
     """:func:`split_for_waves` with the GPU's SM count; 1 under the interpreter (it runs programs
     one by one)."""
     if device.type != "cuda":
         return 1
-    return split_for_waves(R, programs, torch.cuda.get_device_properties(device).multi_processor_count)
+    return split_for_waves(R, programs, torch.cuda.get_device_properties(device).multi_processor_count, resident)
 
 
-def _split_lengths(R: int, programs: int, split: int | None, device: torch.device) -> tuple[int, int]:
+def _split_lengths(R: int, programs: int, split: int | None, device: torch.device,
+                   resident: int = 2) -> tuple[int, int]:  # fmt: skip
     """(SPLIT, SPLIT_LEN) of a dK/dV launch: ``split`` (tests) or :func:`_split`'s, clamped to
     [1, R], then SPLIT_LEN = cdiv(R, SPLIT) query batches per program and as few programs as
     that needs (no program without a query batch)."""
-    s = split if split is not None else _split(R, programs, device)
+    s = split if split is not None else _split(R, programs, device, resident)
     split_len = triton.cdiv(R, max(1, min(int(s), R)))
     return triton.cdiv(R, split_len), split_len
 
@@ -1572,8 +1605,11 @@ def backward(
         dq = torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
         if fused:
             dk, dv = launch(Bk, rk, True, True, dq)
+            return dq, dk, dv
+        dk, _ = launch(Bk, rk, True, False, dq)
+        if wide_dkdv(N, M, d_v, rk, rv, cfg, fma):
+            _, dv = _launch_dkdv_wide(do, q, k, v, lse, lse, scale, cfg, prec, tl_acc, split, compute_dk=False)
         else:
-            dk, _ = launch(Bk, rk, True, False, dq)
             _, dv = launch(Bv, rv, False, True)
         return dq, dk, dv
 
@@ -1612,19 +1648,41 @@ def backward(
     return dq, dk, dv
 
 
+def wide_steps(d_v: int) -> int:
+    """Queries per step of :func:`_bwd_dkdv_wide_kernel`: 128 (two 64-row halves, one per
+    warpgroup of 8 warps) up to 256 value channels, 64 (one warpgroup) over 256, where the dV^T
+    accumulator of 512 channels takes 32-key programs on 4 warps (:func:`_dkdv_wide_config`)."""
+    return 128 if d_v <= 256 else 64
+
+
+def query_fold(N: int, R: int, steps: int = 128) -> int:
+    """How many query batches of one key/value batch each step of :func:`_bwd_dkdv_wide_kernel`
+    takes: f = steps / N where N is a power of two under ``steps`` and f divides R (f N queries
+    per step), else 1. The one-key-block rows: DCGAN 8^2 (N 64, R 100, 128-query steps) 2, DCGAN
+    4^2 (N 16, 64-query steps) 4."""
+    f = steps // N if N < steps and N & (N - 1) == 0 else 1
+    return f if R % f == 0 else 1
+
+
 def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
-    """Whether the two-pass backward computes dK and dV in one launch of
-    :func:`_bwd_dkdv_wide_kernel` instead of a dK launch and a dV launch: K and V of the same
-    batches, d_v over one value tile and at most 256, more keys than one block, tensor-core dots,
-    and on a GPU at least 128 queries (its 128-query steps; under the interpreter any N, so that
-    the tests reach it at small sizes). Of the aligner rows the sm90 report models: VGG 16^2."""
-    big = N >= 128 or interpreting()
-    return rk == rv and cfg["BLOCK_DV"] < d_v <= 256 and M > cfg["BLOCK_K"] and big and not fma
+    """Whether the two-pass backward computes dV (and dK, with more keys than one block) by
+    :func:`_bwd_dkdv_wide_kernel`, all value channels in one launch, instead of
+    ``_bwd_dkdv_kernel``'s dK launch and dV launch, which recomputes the scores per value tile: K
+    and V of the same batches, d_v over one value tile, tensor-core dots, and on a GPU full steps
+    (:func:`wide_steps` queries, once :func:`query_fold` folds them; under the interpreter any N,
+    so that the tests reach it at small sizes). With more keys than one block d_v up to 256 (dK
+    and dV); in one key block dK and dQ keep their launch, and this one computes dV alone, d_v up
+    to 512. Of the aligner rows the sm90 report models: VGG 16^2 (dK and dV), and dV at DCGAN
+    8^2, DCGAN 4^2 and VGG 8^2 (6, 10 and 10 -> 3 exponentials per score, fwd + bwd)."""
+    steps = wide_steps(d_v)
+    big = N * query_fold(N, rk, steps) >= steps or interpreting()
+    widest = 512 if M <= cfg["BLOCK_K"] else 256
+    return rk == rv and cfg["BLOCK_DV"] < d_v <= widest and big and not fma
 
 
-def _dkdv_wide_config(N: int, cfg: dict) -> dict:
-    """Tiles of :func:`_bwd_dkdv_wide_kernel`: 64 keys x all d_v per program, 128-query steps, on
-    8 warps, 2 stages (the dO tile, 128 x 256 bf16, is 64 KB per stage).
+def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
+    """Tiles of :func:`_bwd_dkdv_wide_kernel`: up to 256 channels, 64 keys x all d_v per program,
+    128-query steps, on 8 warps, 2 stages (the dO tile, 128 x 256 bf16, is 64 KB per stage).
 
     The dV^T accumulator (256 x 64) holds 64 fp32 per thread over 8 warps, with each wgmma's M
     side on one warpgroup (128 queries: two 64-row halves for the score tiles; 256 channels for
@@ -1638,35 +1696,54 @@ def _dkdv_wide_config(N: int, cfg: dict) -> dict:
     36 B of spills. ptxas serializes this kernel's wgmma (C7515, as the report marks it), with
     2 stages and with 3; with 1 it does not (255 registers), but then the 64 KB dO tile of each
     step is not prefetched. Latency either way, which the model does not see:
-    ``benchmarks/sweep.py`` times this launch against the two launches (``two-launches``). Under
-    the interpreter, the backward's tiles on 4 warps (the tests' small sizes)."""
+    ``benchmarks/sweep.py`` times this launch against the two launches (``two-launches``).
+
+    512 channels (dV alone, one key block: DCGAN 4^2, VGG 8^2): 32-key programs (at most), 64-query
+    steps on 4 warps, 2 stages of the 64 x 512 dO tile: 128 fp32 of dV^T per thread, 254
+    registers, no spills (Triton 3.6: 254, none), 1 exponential per score; VGG 8^2's dV 38.2 µs
+    modeled (bandwidth-bound; the launch per 64-channel tile before: 37.2 µs and 8 exponentials
+    per score). 64-query steps on 8 warps computed each score twice (198 registers); 128-query
+    steps on 8 warps fit one 128 KB dO stage only (255 registers). Under the interpreter, the
+    backward's tiles on 4 warps (the tests' small sizes)."""
     if interpreting():
         return {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+    if wide_steps(d_v) == 64:
+        return {"BLOCK_Q": _pow2(N, hi=64), "BLOCK_K": _pow2(M, hi=32), "num_warps": 4, "num_stages": 2}
     return {"BLOCK_Q": _pow2(N, hi=128), "BLOCK_K": 64, "num_warps": 8, "num_stages": 2}
 
 
-def _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split):
-    """dK and dV by :func:`_bwd_dkdv_wide_kernel`; returns them (G, M, d_qk), (G, M, d_v) in q's dtype."""
+def _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split, compute_dk=True):
+    """dK and dV by :func:`_bwd_dkdv_wide_kernel`; returns them (G, M, d_qk), (G, M, d_v) in q's
+    dtype; without ``compute_dk`` dV alone (dK None), from ``lse2`` in natural log (``delta``
+    unused)."""
     B, N, d_qk = q.shape
     G, M, _ = k.shape
     d_v = v.shape[2]
     R = B // G
-    wcfg = _dkdv_wide_config(N, cfg)
+    f = query_fold(N, R, wide_steps(d_v))
+    wcfg = _dkdv_wide_config(N, M, cfg, d_v)
+    if f > 1:  # f whole query batches per step, split among the programs in whole steps
+        wcfg["BLOCK_Q"] = f * N
     n_kblocks = triton.cdiv(M, wcfg["BLOCK_K"])
-    s, split_len = _split_lengths(R, G * n_kblocks, split, q.device)
+    s, steps = _split_lengths(R // f, G * n_kblocks, split, q.device, resident=1)
+    split_len = steps * f
     acc = _acc_dtype(q.dtype)
-    dk_buf = torch.empty(s, G, M, d_qk, device=q.device, dtype=q.dtype if s == 1 else acc)
     dv_buf = torch.empty(s, G, M, d_v, device=q.device, dtype=q.dtype if s == 1 else acc)
-    dk_out = torch.empty(G, M, d_qk, device=q.device, dtype=q.dtype) if s > 1 else dk_buf[0]
     dv_out = torch.empty(G, M, d_v, device=q.device, dtype=q.dtype) if s > 1 else dv_buf[0]
+    if compute_dk:
+        dk_buf = torch.empty(s, G, M, d_qk, device=q.device, dtype=q.dtype if s == 1 else acc)
+        dk_out = torch.empty(G, M, d_qk, device=q.device, dtype=q.dtype) if s > 1 else dk_buf[0]
+    else:  # placeholders
+        dk_buf, dk_out = dv_buf, None
     count = torch.zeros(G * n_kblocks, device=q.device, dtype=torch.int32) if s > 1 else lse2
     _bwd_dkdv_wide_kernel[(G * s, n_kblocks)](
-        q, k, v, do, lse2, delta, dk_buf, dv_buf, dk_out, dv_out, count,
+        q, k, v, do, lse2, delta, dk_buf, dv_buf, dv_out if dk_out is None else dk_out, dv_out, count,
         N, M, d_qk, d_v, R, split_len,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_buf.stride(), *dv_buf.stride(),
         float(scale) * LOG2E, float(scale),
-        SPLIT=s, BLOCK_K=wcfg["BLOCK_K"], BLOCK_Q=wcfg["BLOCK_Q"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=_pow2(d_v),
-        EVEN_Q=N % wcfg["BLOCK_Q"] == 0, EVEN_K=M % wcfg["BLOCK_K"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"],
+        SPLIT=s, COMPUTE_DK=compute_dk, LSE_LOG2=compute_dk, FOLD=f, N_FOLD=N if f > 1 else 1,
+        BLOCK_K=wcfg["BLOCK_K"], BLOCK_Q=wcfg["BLOCK_Q"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=_pow2(d_v),
+        EVEN_Q=f > 1 or N % wcfg["BLOCK_Q"] == 0, EVEN_K=M % wcfg["BLOCK_K"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"],
         EVEN_DV=d_v == _pow2(d_v), DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
         num_warps=wcfg["num_warps"], num_stages=wcfg["num_stages"],
     )  # fmt: skip
