@@ -14,8 +14,9 @@ two largest rows):
   FFMA counts as tensor time there;
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
   the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
-  kernel, then dK/dV) where both are possible; and in bf16 at d_v 256 (VGG 16^2), dK and dV in a
-  dK launch and a dV launch against one launch of ``_bwd_dkdv_wide_kernel`` (the launcher's);
+  kernel, then dK/dV) where both are possible; and in bf16 where the launcher runs
+  ``_bwd_dkdv_wide_kernel`` (dK and dV at VGG 16^2; dV alone over all channels at DCGAN 8^2,
+  DCGAN 4^2 and VGG 8^2), the two launches of ``_bwd_dkdv_kernel`` against it (``two-launches``);
 * the recurrent step of sampling (prior then predictor): the row design at its tile candidates,
   and the split design at its tile candidates.
 
@@ -80,15 +81,17 @@ def _wide_dkdv_row(r) -> bool:
     """Whether the launcher runs the row's dV (and dK, with more keys than one block) in one
     ``_bwd_dkdv_wide_kernel`` launch (its own rule, with tensor-core dots and K, V per clip shared
     by the clip's samples)."""
+    import torch
+
     from hafsvg_kernels.attention import triton_attention as ta
 
     cfg = ta._bwd_config(r.n, r.n, r.d_qk, r.c)
-    return ta.wide_dkdv(r.n, r.n, r.c, SAMPLING_SAMPLES, SAMPLING_SAMPLES, cfg, False)
+    return ta.wide_dkdv(r.n, r.n, r.c, SAMPLING_SAMPLES, SAMPLING_SAMPLES, cfg, torch.bfloat16)
 
 
 def variants(dtype: str) -> list[tuple]:
     """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart or None)),
-    "bwd" (variant: (tile or None, one_pass, "two-launches" (dK and dV apart) or None)) or
+    "bwd" (variant: (tile or None, one_pass, "two-launches" (no wide dK/dV kernel) or None)) or
     "recurrent" (variant: (design, tiles or None)); None: the launcher's choice."""
     out = []
     for r in ALIGNER_ROWS:

@@ -77,7 +77,7 @@ def differences(planned: plans.Launch, made: plans.Launch) -> list[str]:
     grid = tuple(planned.grid) + (1,) * (3 - len(planned.grid))
     if grid != made.grid:
         diffs.append(f"grid: planned {grid}, launched {made.grid}")
-    for field in ("kernel", "num_warps", "num_stages"):
+    for field in ("kernel", "num_warps", "num_stages", "maxnreg"):
         if getattr(planned, field) != getattr(made, field):
             diffs.append(f"{field}: planned {getattr(planned, field)!r}, launched {getattr(made, field)!r}")
     for kind in ("args", "constexprs"):

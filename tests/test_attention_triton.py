@@ -250,7 +250,7 @@ def test_one_key_block_float64(monkeypatch, case):
     bcfg = ta._bwd_config(N, M, d_qk, d_v)
     one_q = N == bcfg["BLOCK_Q"]
     fused = Bk == Bv and d_v <= bcfg["BLOCK_DV"]
-    wide = ta.wide_dkdv(N, M, d_v, B // Bk, B // Bv, bcfg, False)
+    wide = ta.wide_dkdv(N, M, d_v, B // Bk, B // Bv, bcfg, q.dtype)
     assert dkdv.flags == [one_q] * (1 if fused or wide else 2)
 
 
@@ -313,36 +313,45 @@ def test_wide_dkdv_one_launch_float64(monkeypatch, split):
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
-@pytest.mark.parametrize("N", [32, 40], ids=["4-batches-per-step", "query-blocks"])
-def test_wide_dv_one_key_block_float64(monkeypatch, N):
-    """One key block, d_v over one value tile: dK and dQ in one ``_bwd_dkdv_kernel`` launch, then
-    dV alone by ``_bwd_dkdv_wide_kernel`` over all channels (the scores' exponentials once, not per
-    value tile), 8 query batches per key/value batch, split 2. N 32: 4 whole query batches per
-    128-query step (``query_fold``), dO with the model's strides (channels-first tokens); N 40 (not
-    a power of two): blocks of one batch's queries, with a tail. Ragged keys and channels (M 50,
-    d_qk 20, d_v 200), against float64."""
+@pytest.mark.parametrize(
+    "case",
+    [(16, 2, 32, 50, 20, 200, 2, 4), (16, 2, 72, 50, 20, 200, 2, 1), (16, 4, 16, 16, 16, 300, 2, 4),
+     (16, 4, 32, 100, 20, 200, 1, 4), (24, 2, 32, 100, 20, 200, 2, 4)],
+    ids=["dv-4-batches-per-step", "dv-query-blocks-and-tail", "dv-512-steps-64", "dkdv-folded",
+         "dkdv-folded-uneven-split"],  # fmt: skip
+)
+def test_wide_kernel_folds_query_batches_float64(monkeypatch, case):
+    """``_bwd_dkdv_wide_kernel`` with its query batches folded into whole steps (``query_fold``:
+    f batches of N queries per 128-query step, 64 above 256 value channels) or not (N 72, not a
+    power of two: blocks of one batch's queries, a full block and a tail). In one key block (M 50
+    and 16 here, the backward's interpreter tiles) dK and dQ in one ``_bwd_dkdv_kernel`` launch,
+    then dV alone by the wide kernel over all channels (the scores' exponentials once, not per
+    value tile); with more keys (M 100) a dq kernel, then dK and dV by the wide kernel, split in
+    whole steps (R 12, f 4: 3 steps over 2 programs). dO with the model's strides
+    (channels-first tokens); ragged keys and channels; against float64."""
     from hafsvg_kernels.attention import triton_attention as ta
 
-    launches = {"wide": [], "dkdv": []}
+    B, G, N, M, d_qk, d_v, split, fold = case
+    launches = {"wide": 0, "dkdv": 0}
 
     class Recorded:
         def __init__(self, name, fn):
             self.name, self.fn = name, fn
 
         def __getitem__(self, grid):
-            launches[self.name].append(grid)
+            launches[self.name] += 1
             return self.fn[grid]
 
     monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded("wide", ta._bwd_dkdv_wide_kernel))
     monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Recorded("dkdv", ta._bwd_dkdv_kernel))
-    q, k, v = (t.detach() for t in make_inputs(16, 2, 2, N, 50, 20, 200, dtype=torch.float64))
+    q, k, v = (t.detach() for t in make_inputs(B, G, G, N, M, d_qk, d_v, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.7)
-    do = torch.randn(16, 300, N, dtype=torch.float64)[:, 100:].transpose(1, 2)  # (16, N, 200), stride 1 along N
+    do = torch.randn(B, d_v + 100, N, dtype=torch.float64)[:, 100:].transpose(1, 2)  # stride 1 along N
     _, ref_grads = reference(q, k, v, 0.7, do)
-    grads = ta.backward(do, q, k, v, out, lse, 0.7, split=2)
-    assert ta.query_fold(N, 8) == (4 if N == 32 else 1)
-    # dK + dQ, then dV: 2 key/value batches x split 2, 2 blocks of 32 keys (the interpreter's tiles)
-    assert launches["wide"] == [(2 * 2, 2)] and len(launches["dkdv"]) == 1
+    grads = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    assert ta.query_fold(N, B // G, ta.wide_steps(d_v)) == fold
+    one_block = M <= ta._bwd_config(N, M, d_qk, d_v)["BLOCK_K"]
+    assert launches == {"wide": 1, "dkdv": 1 if one_block else 0}
     for name, g, r in zip("qkv", grads, ref_grads):
         assert g.dtype == q.dtype and g.shape == r.shape
         assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
@@ -432,6 +441,9 @@ def test_split_for_waves():
     assert split_for_waves(100, 16, 132) == 15  # one key block: 240 programs, 2 x 7
     assert split_for_waves(100, 256, 132) == 1  # DCGAN 32^2: no partial sums
     assert split_for_waves(3, 8, 132) == 3  # too few programs at every split: all of R
+    # one CTA per SM (the wide dK/dV kernel): one full wave, no second partial one
+    assert split_for_waves(50, 16, 132, resident=1) == 8  # DCGAN 8^2's dV: 128 programs of 7 steps (13: 2 x 4)
+    assert split_for_waves(100, 64, 132, resident=1) == 2  # VGG 16^2: 128 programs of 50 (4: 2 x 25)
 
     def work(R, P, s, sms):
         return -(-P * s // sms) * -(-R // s)
@@ -652,10 +664,11 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                      "LSE_LOG2": True, "FOLD": 1, "N_FOLD": 1}  # fmt: skip
             build(ta._bwd_dkdv_wide_kernel, ptrs, {**common, **flags}, w)
             # dV alone in one key block, query batches folded (the DCGAN 8^2 and VGG 8^2 rows' tiles)
-            for n, d_v, fold in ((64, 256, 2), (64, 512, 1)):
+            for n, d_v, fold in ((64, 256, 2), (64, 512, 1)):  # (as _launch_dkdv_wide: f N queries per step)
                 w = ta._dkdv_wide_config(n, 64, ta._bwd_config(n, 64, 32, d_v), d_v)
                 flags = {**flags, "COMPUTE_DK": False, "LSE_LOG2": False, "FOLD": fold, "N_FOLD": n if fold > 1 else 1,
-                         "BLOCK_K": w["BLOCK_K"], "BLOCK_Q": w["BLOCK_Q"], "BLOCK_DV": d_v}  # fmt: skip
+                         "BLOCK_K": w["BLOCK_K"], "BLOCK_Q": fold * n if fold > 1 else w["BLOCK_Q"],
+                         "BLOCK_DV": d_v}  # fmt: skip
                 build(ta._bwd_dkdv_wide_kernel, ptrs, {**common, **flags}, w)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -52,9 +53,9 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     assert ("fwd", "VGG 32x32", (None, True), "bf16") in sweep.variants("bf16")
     wide_rule = ta.wide_dkdv
     cfg = ta._bwd_config(256, 256, 32, 256)
-    assert ta.wide_dkdv(256, 256, 256, 100, 100, cfg, False)  # VGG 16^2: dK and dV in one launch
+    assert ta.wide_dkdv(256, 256, 256, 100, 100, cfg, torch.bfloat16)  # VGG 16^2: dK and dV in one launch
     with sweep._patched("bwd", (None, "two-launches")):
-        assert not ta.wide_dkdv(256, 256, 256, 100, 100, cfg, False)
+        assert not ta.wide_dkdv(256, 256, 256, 100, 100, cfg, torch.bfloat16)
     assert ta.wide_dkdv is wide_rule
     assert ("bwd", "VGG 16x16", (None, "two-launches"), "bf16") in sweep.variants("bf16")
     assert not any(k == "fwd" and v[1] is not None for k, _, v, _ in sweep.variants("fp32"))

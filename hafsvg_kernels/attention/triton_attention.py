@@ -94,8 +94,10 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   looped in BLOCK_DV chunks for dO V^T.
 * Keys in one block (M <= BLOCK_K, the N = 16 and 64 levels): no dq kernel. The dK programs see
   every key of their queries, so they compute delta from O and dO themselves and store
-  dQ = scale * dS K directly (``DQ_DIRECT``); dV follows in its own launch where it is not fused.
-  dO is read twice instead of three times (dq, dK, dV kernels). Modeled (sm90_report, bf16),
+  dQ = scale * dS K directly (``DQ_DIRECT``); dV follows in its own launch where it is not fused:
+  over all value channels in one launch of ``_bwd_dkdv_wide_kernel`` where K and V have the same
+  batches (:func:`wide_dkdv`; 6-10 -> 3 exponentials per score at DCGAN 8^2, DCGAN 4^2 and VGG
+  8^2), else per value tile. dO is read twice instead of three times (dq, dK, dV kernels). Modeled (sm90_report, bf16),
   backward ratio to the floor 0.47 -> 0.61 (DCGAN 8^2), 0.48 -> 0.63 (DCGAN 4^2, VGG 8^2).
   Wider value tiles for the dV launch (to compute fewer exponentials) modeled slower: 128
   channels 0.61 -> 0.59, 256 -> 0.54 at DCGAN 8^2 (spills, and larger fp32 split partials);
@@ -123,9 +125,10 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   once); with two passes and d_v up to 256 over one tile, one launch of
   ``_bwd_dkdv_wide_kernel``, which holds dV transposed (:func:`wide_dkdv`; VGG 16^2: modeled dK
   + dV 150.9 -> 129.6 µs, the row 0.587 -> 0.623 of the floor, 5 -> 3 exponentials per score,
-  dO read twice instead of three times). Otherwise (V per sample and K per clip, or d_v > 256)
-  dK programs are grouped by key batch and dV programs by value batch, in two launches of the
-  same kernel. SPLIT is the one whose busiest SM has the least work (:func:`split_for_waves`).
+  dO read twice instead of three times). Otherwise (V per sample and K per clip, d_v > 256 with
+  more keys than one block, or fp32 on a GPU) dK programs are grouped by key batch and dV
+  programs by value batch, in two launches of the same kernel. SPLIT is the one whose busiest SM
+  has the least work (:func:`split_for_waves`).
 * Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K``, ``EVEN_DV`` and
   ``EVEN_D`` (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0, d_qk == BLOCK_D) make the query,
   key and channel masks constant, so that the loads and stores compile without predicates; and
@@ -1045,7 +1048,9 @@ def _bwd_dkdv_wide_kernel(
 ):  # fmt: skip
     """dK and dV in one launch where d_v is over one value tile (up to 256 channels) and K and V
     have the same batches: each score's exponential once and dO read once, where ``_bwd_dkdv_kernel``
-    took a dK launch and a dV launch (the dV one recomputing the scores per 128-channel tile).
+    took a dK launch and a dV launch (the dV one recomputing the scores per 128-channel tile); or,
+    in one key block, dV alone (up to 512 channels). With ``FOLD`` > 1 each step takes FOLD whole
+    query batches (BLOCK_Q = FOLD * N; :func:`query_fold`), their rows split by shifts and masks.
     The program holds dV transposed, a (BLOCK_DV, BLOCK_K) accumulator, dV^T += dO^T P: its M
     side is the value channels, so that on 8 warps the 256 x 64 accumulator takes 64 fp32 per
     thread with no score computed twice (tiles and numbers: :func:`_dkdv_wide_config`). The batch
@@ -1079,6 +1084,7 @@ def _bwd_dkdv_wide_kernel(
     b_start = g * R + sp * SPLIT_LEN
     b_end = tl.minimum(b_start + SPLIT_LEN, (g + 1) * R)
     if FOLD > 1:  # FOLD whole query batches per step: a constant N makes the row split shifts and masks
+        tl.static_assert(FOLD * N_FOLD == BLOCK_Q)
         in_b = offs_q // N_FOLD
         in_n = offs_q % N_FOLD
         q_rows, do_rows = in_b * sqb + in_n * sqn, in_b * sdob + in_n * sdon
@@ -1607,8 +1613,8 @@ def backward(
             dk, dv = launch(Bk, rk, True, True, dq)
             return dq, dk, dv
         dk, _ = launch(Bk, rk, True, False, dq)
-        if wide_dkdv(N, M, d_v, rk, rv, cfg, fma):
-            _, dv = _launch_dkdv_wide(do, q, k, v, lse, lse, scale, cfg, prec, tl_acc, split, compute_dk=False)
+        if wide_dkdv(N, M, d_v, rk, rv, cfg, q.dtype):
+            _, dv = _launch_dkdv_wide(do, q, k, v, lse, False, lse, scale, cfg, prec, tl_acc, split, compute_dk=False)
         else:
             _, dv = launch(Bv, rv, False, True)
         return dq, dk, dv
@@ -1640,8 +1646,8 @@ def backward(
     )  # fmt: skip
     if fused:
         dk, dv = launch(Bk, rk, True, True)
-    elif wide_dkdv(N, M, d_v, rk, rv, cfg, fma):
-        dk, dv = _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split)
+    elif wide_dkdv(N, M, d_v, rk, rv, cfg, q.dtype):
+        dk, dv = _launch_dkdv_wide(do, q, k, v, lse2, True, delta, scale, cfg, prec, tl_acc, split)
     else:
         dk, _ = launch(Bk, rk, True, False)
         _, dv = launch(Bv, rv, False, True)
@@ -1664,25 +1670,29 @@ def query_fold(N: int, R: int, steps: int = 128) -> int:
     return f if R % f == 0 else 1
 
 
-def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
+def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, dtype: torch.dtype) -> bool:
     """Whether the two-pass backward computes dV (and dK, with more keys than one block) by
     :func:`_bwd_dkdv_wide_kernel`, all value channels in one launch, instead of
     ``_bwd_dkdv_kernel``'s dK launch and dV launch, which recomputes the scores per value tile: K
-    and V of the same batches, d_v over one value tile, tensor-core dots, and on a GPU full steps
-    (:func:`wide_steps` queries, once :func:`query_fold` folds them; under the interpreter any N,
-    so that the tests reach it at small sizes). With more keys than one block d_v up to 256 (dK
+    and V of the same batches, d_v over one value tile, and on a GPU 16-bit inputs (tensor-core
+    dots; the tiles of :func:`_dkdv_wide_config` are sized for them: in fp32 with TF32 the sm_90
+    code spilled 2.1-4.1 KB at the one-key-block rows and, at d_qk 128, asked for more than the
+    232,448 B of shared memory a block may have), d_qk up to 64 and full steps (:func:`wide_steps`
+    queries, once :func:`query_fold` folds them); under the interpreter any dtype and N, so that
+    the float64 tests reach it at small sizes. With more keys than one block d_v up to 256 (dK
     and dV); in one key block dK and dQ keep their launch, and this one computes dV alone, d_v up
     to 512. Of the aligner rows the sm90 report models: VGG 16^2 (dK and dV), and dV at DCGAN
     8^2, DCGAN 4^2 and VGG 8^2 (6, 10 and 10 -> 3 exponentials per score, fwd + bwd)."""
     steps = wide_steps(d_v)
-    big = N * query_fold(N, rk, steps) >= steps or interpreting()
+    big = N * query_fold(N, rk, steps) >= steps and dtype.itemsize == 2 and cfg["BLOCK_D"] <= 64
     widest = 512 if M <= cfg["BLOCK_K"] else 256
-    return rk == rv and cfg["BLOCK_DV"] < d_v <= widest and big and not fma
+    return rk == rv and cfg["BLOCK_DV"] < d_v <= widest and (big or interpreting())
 
 
 def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
-    """Tiles of :func:`_bwd_dkdv_wide_kernel`: up to 256 channels, 64 keys x all d_v per program,
-    128-query steps, on 8 warps, 2 stages (the dO tile, 128 x 256 bf16, is 64 KB per stage).
+    """Tiles of :func:`_bwd_dkdv_wide_kernel` (the launcher sets BLOCK_Q = f N where
+    :func:`query_fold` folds f query batches per step). Up to 256 channels: 64 keys x all d_v per
+    program, 128-query steps, on 8 warps, 2 stages (the dO tile, 128 x 256 bf16, is 64 KB per stage).
 
     The dV^T accumulator (256 x 64) holds 64 fp32 per thread over 8 warps, with each wgmma's M
     side on one warpgroup (128 queries: two 64-row halves for the score tiles; 256 channels for
@@ -1712,10 +1722,10 @@ def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
     return {"BLOCK_Q": _pow2(N, hi=128), "BLOCK_K": 64, "num_warps": 8, "num_stages": 2}
 
 
-def _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split, compute_dk=True):
+def _launch_dkdv_wide(do, q, k, v, lse2, lse_log2, delta, scale, cfg, prec, tl_acc, split, compute_dk=True):
     """dK and dV by :func:`_bwd_dkdv_wide_kernel`; returns them (G, M, d_qk), (G, M, d_v) in q's
-    dtype; without ``compute_dk`` dV alone (dK None), from ``lse2`` in natural log (``delta``
-    unused)."""
+    dtype; ``lse2`` in base 2 (``lse_log2``) or natural log; without ``compute_dk`` dV alone (dK
+    None; ``delta`` unused)."""
     B, N, d_qk = q.shape
     G, M, _ = k.shape
     d_v = v.shape[2]
@@ -1741,7 +1751,7 @@ def _launch_dkdv_wide(do, q, k, v, lse2, delta, scale, cfg, prec, tl_acc, split,
         N, M, d_qk, d_v, R, split_len,
         *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk_buf.stride(), *dv_buf.stride(),
         float(scale) * LOG2E, float(scale),
-        SPLIT=s, COMPUTE_DK=compute_dk, LSE_LOG2=compute_dk, FOLD=f, N_FOLD=N if f > 1 else 1,
+        SPLIT=s, COMPUTE_DK=compute_dk, LSE_LOG2=lse_log2, FOLD=f, N_FOLD=N if f > 1 else 1,
         BLOCK_K=wcfg["BLOCK_K"], BLOCK_Q=wcfg["BLOCK_Q"], BLOCK_D=cfg["BLOCK_D"], BLOCK_DV=_pow2(d_v),
         EVEN_Q=f > 1 or N % wcfg["BLOCK_Q"] == 0, EVEN_K=M % wcfg["BLOCK_K"] == 0, EVEN_D=d_qk == cfg["BLOCK_D"],
         EVEN_DV=d_v == _pow2(d_v), DOT_PRECISION=prec, ACC_DTYPE=tl_acc,

@@ -656,16 +656,16 @@ def cell_part_tiles(K: int, widest: int, ffma: bool) -> tuple[int, int]:
     return triton.cdiv(K, block), block
 
 
-def cell_max_registers(ffma: bool, draw_all: bool, next_embed: bool) -> int | None:
+def cell_max_registers(ffma: bool, draw_all: bool, folded: bool, heads: bool) -> int | None:
     """ptxas's register limit (``maxnreg``) for a cell launch, or None (its own choice). On FFMA dots
-    (fp32 "ieee") the folded first group's launch (it draws the step's noise, ``draw_all``, and
-    computes no next embedding) gets 240. Left to itself, ptxas fits bair's into 168 registers for 3
-    CTAs per SM and spills 20 B (Triton 3.9, sm_90a); at 240 it takes 234 and spills nothing (2 CTAs
-    per SM), nor does moving-mnist's or kth's, under 3.9 and 3.6. Not as a general limit: at 240 the
-    unfolded first groups, which take 244-252 by themselves, spill 12-24 B, and at 255 a dozen of
-    the other FFMA cells that spill nothing now spill 20-88 B (``python -m
-    hafsvg_kernels.sm90_report``)."""
-    return 240 if ffma and draw_all and not next_embed else None
+    (fp32 "ieee") the folded first group's one-cell launch (it reads the folded input, draws the
+    step's noise, ``draw_all``, and computes the group's heads) gets 240. Left to itself, ptxas
+    fits bair's into 168 registers for 3 CTAs per SM and spills 20 B (Triton 3.9, sm_90a); at 240
+    it takes 234 and spills nothing (2 CTAs per SM), nor does moving-mnist's or kth's, under 3.9
+    and 3.6. Not as a general limit: at 240 the unfolded first groups, which take 244-252 by
+    themselves, spill 12-24 B, and at 255 a dozen of the other FFMA cells that spill nothing now
+    spill 20-88 B (``python -m hafsvg_kernels.sm90_report``; one-layer cells, as it models them)."""
+    return 240 if ffma and draw_all and folded and heads else None
 
 
 def counter_shape(G: int, B: int, cfg: SplitConfig) -> tuple[int, int]:
@@ -731,7 +731,7 @@ class HeadIO(NamedTuple):
 
 
 def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision, draw_all=False, head_out=None,
-                 next_embed=None, bias=None, next_bias=None):  # fmt: skip
+                 next_embed=None, bias=None, next_bias=None, folded=False):  # fmt: skip
     """One cell launch. parts: (a, stride_a, K_a, a2, stride_a2, K_a2), the input's parts, which
     meet ``cell.w_ih`` (the embedding or the previous cell's h', or a folded embedding's input); e:
     any tensor of the step's dtype, for the unused pointers; heads: HeadIO; state: (h, c); cell:
@@ -741,7 +741,8 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
     top cell); next_embed: None or (x, zsrc, K_z, GaussianWeights, pre (B, H) fp32 scratch, e'
     (B, H)), the next group's embedding (with head_out): from x and zsrc's first K_z columns, into e';
     bias: None or this cell's b_ih + b_hh (4H,) fp32, summed by the launch before (``ONE_BIAS``; tensor
-    cores only); next_bias: None or (b_ih, b_hh, out (4H,) fp32), the next cell's biases to sum."""
+    cores only); next_bias: None or (b_ih, b_hh, out (4H,) fp32), the next cell's biases to sum;
+    folded: ``parts`` are the step's input against the folded W_ih."""
     a, stride_a, K_a, a2, stride_a2, K_a2 = parts
     fp32 = new[0].dtype == torch.float32
     cfg = split_config(B, H, fp32, precision != "ieee")
@@ -788,7 +789,7 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
         A2_VEC=part_vec(K_a2, stride_a2, merged), KA_EVEN=K_a % cfg.block_k == 0,
         H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None, NEXT_BIAS=next_bias is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        maxnreg=cell_max_registers(fp32 and precision == "ieee", draw_all, next_embed is not None),
+        maxnreg=cell_max_registers(fp32 and precision == "ieee", draw_all, folded, head_out is not None),
     )  # fmt: skip
 
 
@@ -916,4 +917,4 @@ def gaussian_forward(x, states, weights, zsrc, heads: HeadIO, e, h_out, c_out, g
             _cell_launch(B, H, inputs, e[j], first_heads if draws else heads, states[j][layer], w.cells[layer],
                          (h_out[j, layer], c_out[j, layer]), gates[j, layer] if save else e, save, precision,
                          draw_all=draws, head_out=head_out, next_embed=nxt, bias=None if sums is None else sums[k],
-                         next_bias=_next_sum(cells, sums, k + 1))  # fmt: skip
+                         next_bias=_next_sum(cells, sums, k + 1), folded=first and not embedded)  # fmt: skip

@@ -581,7 +581,7 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         act += B * (G_DIM + next_z) + B * H * 4 // e + B * H
     return Launch("_split_cell_kernel", "split", args, consts, cfg.num_warps, cfg.num_stages, grid, loops, 0,
                   (w + act) * e, label, guard=grid[1] if head_out else 1,
-                  maxnreg=ts.cell_max_registers(io.dtype == "fp32", draw_all, next_z > 0))  # fmt: skip
+                  maxnreg=ts.cell_max_registers(io.dtype == "fp32", draw_all, first, head_out))  # fmt: skip
 
 
 def _split_embed_launch(io, H, n_in, label, e, fp32, counts=0) -> Launch:
