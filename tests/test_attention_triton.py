@@ -28,6 +28,13 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a - ref).norm() / den).item()
 
 
+def assert_grads_close(grads, ref_grads, tol: float, dtype: torch.dtype) -> None:
+    """dq, dk, dv in ``dtype``, shaped as the reference's, each within ``tol`` of it (rel_err)."""
+    for name, g, r in zip("qkv", grads, ref_grads):
+        assert g.dtype == dtype and g.shape == r.shape, name
+        assert rel_err(g, r) <= tol, f"d{name}: {rel_err(g, r):.3e}"
+
+
 def make_inputs(B, Bk, Bv, N, M, d_qk, d_v, dtype=torch.float32, seed=0, device=DEV):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(B, N, d_qk, generator=g, dtype=torch.float64)
@@ -159,9 +166,7 @@ def test_single_pass_backward_float64(monkeypatch, split):
         m.setattr(ta, "_bwd_dkdv_kernel", dkdv)
         one = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
     assert dkdv.blocks == [(16, 8)]
-    for name, g, r in zip("qkv", one, ref_grads):
-        assert g.dtype == q.dtype and g.shape == r.shape
-        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+    assert_grads_close(one, ref_grads, 1e-10, q.dtype)
     monkeypatch.setattr(ta, "single_pass", lambda *a: False)
     two = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
     for g1, g2 in zip(one, two):
@@ -242,9 +247,7 @@ def test_one_key_block_float64(monkeypatch, case):
     kk = k.repeat_interleave(B // Bk, 0)
     assert rel_err(out, ref) <= 1e-12
     assert rel_err(lse, torch.logsumexp(-0.6 * q @ kk.transpose(1, 2), -1)) <= 1e-12
-    for name, g, r in zip("qkv", ta.backward(do, q, k, v, out, lse, -0.6, split=split), ref_grads):
-        assert g.dtype == q.dtype and g.shape == r.shape
-        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+    assert_grads_close(ta.backward(do, q, k, v, out, lse, -0.6, split=split), ref_grads, 1e-10, q.dtype)
     # one query block per batch (N == BLOCK_Q): the batch loop without a query-block loop inside
     # (dV over several value tiles: by the wide kernel where K and V have the same batches)
     bcfg = ta._bwd_config(N, M, d_qk, d_v)
@@ -274,9 +277,7 @@ def test_split_partial_sums(case, split):
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 1.0, do)
     grads = ta.backward(do, q, k, v, out, lse, 1.0, split=split)
-    for name, g, r in zip("qkv", grads, ref_grads):
-        assert g.dtype == q.dtype and g.shape == r.shape
-        assert rel_err(g, r) <= tol, f"d{name}: {rel_err(g, r):.3e}"
+    assert_grads_close(grads, ref_grads, tol, q.dtype)
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
@@ -307,9 +308,7 @@ def test_wide_dkdv_one_launch_float64(monkeypatch, split):
     _, ref_grads = reference(q, k, v, 0.7, do)
     grads = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
     assert grids == [(2 * split, 3)]  # 2 key/value batches x split, 3 blocks of 32 keys (interpreter tiles)
-    for name, g, r in zip("qkv", grads, ref_grads):
-        assert g.dtype == q.dtype and g.shape == r.shape
-        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
@@ -352,9 +351,7 @@ def test_wide_kernel_folds_query_batches_float64(monkeypatch, case):
     assert ta.query_fold(N, B // G, ta.wide_steps(d_v)) == fold
     one_block = M <= ta._bwd_config(N, M, d_qk, d_v)["BLOCK_K"]
     assert launches == {"wide": 1, "dkdv": 1 if one_block else 0}
-    for name, g, r in zip("qkv", grads, ref_grads):
-        assert g.dtype == q.dtype and g.shape == r.shape
-        assert rel_err(g, r) <= 1e-10, f"d{name}: {rel_err(g, r):.3e}"
+    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
 
 
 @pytest.mark.skipif(CUDA, reason="forces the FFMA configuration under the interpreter")
@@ -395,9 +392,7 @@ def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
     _, ref_grads = reference(q, k, v, 0.5, do)
     grads = ta.backward(do, q, k, v, out, lse, 0.5, split=3)
     assert flags == [(3, not ffma, True, False), (3, not ffma, False, True)]
-    for name, g, r in zip("qkv", grads, ref_grads):
-        assert g.dtype == q.dtype and g.shape == r.shape
-        assert rel_err(g, r) <= 1e-4, f"d{name}: {rel_err(g, r):.3e}"
+    assert_grads_close(grads, ref_grads, 1e-4, q.dtype)
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
