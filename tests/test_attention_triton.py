@@ -28,6 +28,19 @@ def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
     return ((a - ref).norm() / den).item()
 
 
+def lse_reference(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """logsumexp over the keys of scale * q k^T (k repeated over its query batches), in extended
+    precision with numpy (no BLAS), as float64. Not torch's float64 logsumexp of a bmm: two CI
+    runs saw 2.49e-11 against it in test_lse_and_float64, which every other run put at ~1e-16
+    (cause unknown); a third such failure, in test_one_key_block_float64, was not captured."""
+    import numpy as np
+
+    kk = k.repeat_interleave(q.shape[0] // k.shape[0], 0)
+    s = scale * q.numpy().astype(np.longdouble) @ kk.numpy().astype(np.longdouble).swapaxes(1, 2)
+    m = s.max(-1, keepdims=True)
+    return torch.from_numpy((m[..., 0] + np.log(np.exp(s - m).sum(-1))).astype(np.float64))
+
+
 def assert_grads_close(grads, ref_grads, tol: float, dtype: torch.dtype) -> None:
     """dq, dk, dv in ``dtype``, shaped as the reference's, each within ``tol`` of it (rel_err)."""
     for name, g, r in zip("qkv", grads, ref_grads):
@@ -90,19 +103,12 @@ def test_matches_reference_fp32(case):
                     "~1e-8); the interpreter keeps it fp64, and the backend refuses fp64 on CUDA")
 def test_lse_and_float64():
     """The private launchers in float64 (interpreter): output and lse to 1e-12, gradients to 1e-10."""
-    import numpy as np
-
     from hafsvg_kernels.attention import triton_attention as ta
 
     q, k, v = (t.detach() for t in make_inputs(6, 2, 6, 17, 100, 16, 64, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.5)
     assert lse.shape == (6, 17) and lse.dtype == torch.float64
-    # lse in extended precision with numpy (no BLAS): two CI runs saw 2.49e-11 here against
-    # torch's float64 logsumexp of a bmm, which every other run put at ~1e-16 (cause unknown)
-    s = 0.5 * q.numpy().astype(np.longdouble) @ k.repeat_interleave(3, 0).numpy().astype(np.longdouble).swapaxes(1, 2)
-    m = s.max(-1, keepdims=True)
-    ref_lse = torch.from_numpy((m[..., 0] + np.log(np.exp(s - m).sum(-1))).astype(np.float64))
-    assert rel_err(lse, ref_lse) <= 1e-12
+    assert rel_err(lse, lse_reference(q, k, 0.5)) <= 1e-12
     do = torch.randn_like(out)
     ref, ref_grads = reference(q, k, v, 0.5, do)
     assert rel_err(out, ref) <= 1e-12
@@ -244,9 +250,8 @@ def test_one_key_block_float64(monkeypatch, case):
     assert norm_p == [-(-d_v // cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"]]
     do = torch.randn_like(out)
     ref, ref_grads = reference(q, k, v, -0.6, do)
-    kk = k.repeat_interleave(B // Bk, 0)
     assert rel_err(out, ref) <= 1e-12
-    assert rel_err(lse, torch.logsumexp(-0.6 * q @ kk.transpose(1, 2), -1)) <= 1e-12
+    assert rel_err(lse, lse_reference(q, k, -0.6)) <= 1e-12
     assert_grads_close(ta.backward(do, q, k, v, out, lse, -0.6, split=split), ref_grads, 1e-10, q.dtype)
     # one query block per batch (N == BLOCK_Q): the batch loop without a query-block loop inside
     # (dV over several value tiles: by the wide kernel where K and V have the same batches)
