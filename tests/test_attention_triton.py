@@ -613,7 +613,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         for one, masked in ((N <= cfg["BLOCK_K"], False), (True, True)):
             flags = {"ONE_KEY_BLOCK": one, "MASK_KEYS": masked, "EVEN_K": even, "EVEN_Q": even, "EVEN_DV": even,
                      "NORM_P": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "PV_APART": ta._pv_apart(cfg, fma),
-                     "ROWSUM_MMA": not fma, "ROWSUM_N": 8}  # fmt: skip
+                     "ROWSUM_MMA": ta._rowsum_mma(cfg, fma), "ROWSUM_N": 8}  # fmt: skip
             build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
         cfg = ta._bwd_config(N, N, d_qk, d_v, fma)
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}

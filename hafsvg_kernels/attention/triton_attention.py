@@ -38,7 +38,8 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   and 32 FADD (dq, where dS = P * dP is then one FMUL per score). Warp-instructions per key step,
   bf16, DCGAN 32^2 (sm90_report, Triton 3.9): forward 276 -> 255, dq 243 -> 221; modeled forward
   545 -> 514 µs, dq 503 -> 473 µs, VGG 64^2's forward 8.04 -> 7.71 ms (SFU-bound now, as both are
-  under Triton 3.6). Tensor-core dots only (not the FFMA dots of fp32 "ieee"); not in the dK/dV
+  under Triton 3.6). Tensor-core dots only (not the FFMA dots of fp32 "ieee"), the row sums only
+  where P V is at most 64 channels wide (:func:`_rowsum_mma`); not in the dK/dV
   kernel, tensor-bound at DCGAN 32^2, where one more k-step of V dO^T would cost more tensor time
   than the FADDs it saves.
 * Batch folding: the key/value batch of query batch b is b // rk, b // rv, computed in the kernel
@@ -1248,6 +1249,17 @@ def _pv_apart(cfg: dict, fma: bool) -> bool:
     return not fma and cfg["BLOCK_Q"] * cfg["BLOCK_DV"] <= 32 * 32 * cfg["num_warps"]
 
 
+def _rowsum_mma(cfg: dict, fma: bool) -> bool:
+    """Whether the forward's row sums of P are P @ ones on the tensor cores (``ROWSUM_MMA``): on
+    tensor-core dots, where P V is at most 64 channels wide. At 128 (VGG 32^2's 64 x 128 tiles)
+    the forward is tensor-bound and the extra wgmma m64n8 cost more than the FADDs and shuffles
+    they save: modeled 578.6 -> 564.8 µs without them (issue-bound; Triton 3.6 605.8 -> 549.7,
+    tensor-bound), the row 0.7465 -> 0.75 of the floor; at 64 channels (DCGAN 32^2, VGG 64^2)
+    they save 545.1 -> 514.1 µs and 8.04 -> 7.71 ms (sm90_report, bf16, sm_90a). The one-key-block
+    forward does not use them."""
+    return not fma and cfg["BLOCK_DV"] <= 64
+
+
 def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     """Block sizes of the backward kernels: 64 x 64 score tiles (the backward holds P, dP and dS
     tiles plus a dQ or dK/dV accumulator at once, so it uses smaller tiles than the forward),
@@ -1490,7 +1502,7 @@ def forward(
         EVEN_Q=N % cfg["BLOCK_Q"] == 0 and not fma, EVEN_D=d_qk == cfg["BLOCK_D"] and not fma,
         EVEN_DV=d_v % cfg["BLOCK_DV"] == 0,
         NORM_P=fma or triton.cdiv(d_v, cfg["BLOCK_DV"]) * cfg["BLOCK_DV"] >= cfg["BLOCK_K"],
-        PV_APART=_pv_apart(cfg, fma), ROWSUM_MMA=not fma, ROWSUM_N=8,
+        PV_APART=_pv_apart(cfg, fma), ROWSUM_MMA=_rowsum_mma(cfg, fma), ROWSUM_N=8,
         **cfg,
     )  # fmt: skip
     return out, lse
