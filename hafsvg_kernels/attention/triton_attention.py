@@ -100,12 +100,13 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   batches (:func:`wide_dkdv`; 6-10 -> 3 exponentials per score at DCGAN 8^2, DCGAN 4^2 and VGG
   8^2), else per value tile. dO is read twice instead of three times (dq, dK, dV kernels). Modeled (sm90_report, bf16),
   backward ratio to the floor 0.47 -> 0.61 (DCGAN 8^2), 0.48 -> 0.63 (DCGAN 4^2, VGG 8^2).
-  Wider value tiles for the dV launch (to compute fewer exponentials) modeled slower: 128
-  channels 0.61 -> 0.59, 256 -> 0.54 at DCGAN 8^2 (spills, and larger fp32 split partials);
-  the rows are bandwidth-bound, not exp-bound. So did dK and dV fused per value tile (each
-  tile adding its share of dK and dQ, since dS = P * (dP - delta) is linear in dP; dO read once):
-  backward 0.61 -> 0.46 at DCGAN 8^2, 0.37 -> 0.31 at VGG 16^2, the fp32 shares of dK and dQ
-  moving more bytes than the second read of dO saves. At 256 keys the one-block backward
+  Wider value tiles for ``_bwd_dkdv_kernel``'s dV launch (to compute fewer exponentials) modeled
+  slower: 128 channels 0.61 -> 0.59, 256 -> 0.54 at DCGAN 8^2 (spills, and larger fp32 split
+  partials); the rows are bandwidth-bound, not exp-bound. So did dK and dV fused per value tile
+  (each tile adding its share of dK and dQ, since dS = P * (dP - delta) is linear in dP; dO read
+  once): backward 0.61 -> 0.46 at DCGAN 8^2, 0.37 -> 0.31 at VGG 16^2, the fp32 shares of dK
+  and dQ moving more bytes than the second read of dO saves. The wide kernel, holding dV
+  transposed, takes all 256 channels at 0.63 (its own tiles, without those spills). At 256 keys the one-block backward
   spilled (128-1472 B on 8 warps) and stays two-pass.
 * ``_bwd_dkdv_kernel``: one program per (key/value batch g, split s, key block, value tile),
   looping over the query batches that share batch g (and their query blocks):
@@ -1673,7 +1674,7 @@ def wide_steps(d_v: int) -> int:
     return 128 if d_v <= 256 else 64
 
 
-def query_fold(N: int, R: int, steps: int = 128) -> int:
+def query_fold(N: int, R: int, steps: int) -> int:
     """How many query batches of one key/value batch each step of :func:`_bwd_dkdv_wide_kernel`
     takes: f = steps / N where N is a power of two under ``steps`` and f divides R (f N queries
     per step), else 1. The one-key-block rows: DCGAN 8^2 (N 64, R 100, 128-query steps) 2, DCGAN
