@@ -15,8 +15,9 @@ two largest rows):
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
   the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
   kernel, then dK/dV) where both are possible; and in bf16 where the launcher runs
-  ``_bwd_dkdv_wide_kernel`` (dK and dV at VGG 16^2; dV alone over all channels at DCGAN 8^2,
-  DCGAN 4^2 and VGG 8^2), the two launches of ``_bwd_dkdv_kernel`` against it (``two-launches``);
+  ``_bwd_dkdv_wide_kernel`` (dK and dV at VGG 16^2 and DCGAN 16^2; dV alone over all channels at
+  DCGAN 8^2, DCGAN 4^2 and VGG 8^2), ``_bwd_dkdv_kernel``'s launches against it (``no-wide``: at
+  DCGAN 16^2 one, dK and dV fused, elsewhere two);
 * the recurrent step of sampling (prior then predictor): the row design at its tile candidates,
   and the split design at its tile candidates.
 
@@ -91,7 +92,7 @@ def _wide_dkdv_row(r) -> bool:
 
 def variants(dtype: str) -> list[tuple]:
     """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart or None)),
-    "bwd" (variant: (tile or None, one_pass, "two-launches" (no wide dK/dV kernel) or None)) or
+    "bwd" (variant: (tile or None, one_pass, "no-wide" (no wide dK/dV kernel) or None)) or
     "recurrent" (variant: (design, tiles or None)); None: the launcher's choice."""
     out = []
     for r in ALIGNER_ROWS:
@@ -106,7 +107,7 @@ def variants(dtype: str) -> list[tuple]:
         passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
         out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
         if dtype == "bf16" and _wide_dkdv_row(r):
-            out.append(("bwd", r.name, (None, "two-launches"), dtype))
+            out.append(("bwd", r.name, (None, "no-wide"), dtype))
     recurrent = [("split", None), ("row", None)] + RECURRENT[dtype]
     out += [("recurrent", "recurrent step", v, dtype) for v in recurrent]
     return out
@@ -142,7 +143,7 @@ def _patched(kind, variant):
                     patch(ta, "_dv_config", lambda cfg, *a, **k: cfg)
                     patch(ta, "_wide_dv", lambda *a, **k: False)
                     patch(ta, "_dkdv_stages", lambda kcfg, *a, **k: kcfg["num_stages"])
-            if flag == "two-launches":
+            if flag == "no-wide":
                 patch(ta, "wide_dkdv", lambda *a, **k: False)
             elif flag is not None and kind == "bwd":
                 orig = ta.single_pass

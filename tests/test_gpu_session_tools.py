@@ -54,10 +54,11 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     wide_rule = ta.wide_dkdv
     cfg = ta._bwd_config(256, 256, 32, 256)
     assert ta.wide_dkdv(256, 256, 256, 100, 100, cfg, torch.bfloat16)  # VGG 16^2: dK and dV in one launch
-    with sweep._patched("bwd", (None, "two-launches")):
+    with sweep._patched("bwd", (None, "no-wide")):
         assert not ta.wide_dkdv(256, 256, 256, 100, 100, cfg, torch.bfloat16)
     assert ta.wide_dkdv is wide_rule
-    assert ("bwd", "VGG 16x16", (None, "two-launches"), "bf16") in sweep.variants("bf16")
+    assert ("bwd", "VGG 16x16", (None, "no-wide"), "bf16") in sweep.variants("bf16")
+    assert ("bwd", "DCGAN 16x16", (None, "no-wide"), "bf16") in sweep.variants("bf16")  # d_v 128: fused otherwise
     assert not any(k == "fwd" and v[1] is not None for k, _, v, _ in sweep.variants("fp32"))
     assert (ta._fwd_config, ta._bwd_config, ta.single_pass, ta._dv_config) == (fwd0, bwd0, sp0, dv0)
     assert (ta._wide_dv, ta._dkdv_stages, ta._pv_apart) == (wide0, stages0, apart0)

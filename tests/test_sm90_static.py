@@ -340,6 +340,11 @@ def test_facts_of_todays_kernels(report):
     # ptxas no longer serializes its wgmma (C7515: the rescale of the accumulator between them)
     apart = [r for r in ROW_NAMES if _op(report, f"{r} fwd bf16")["kernels"][0]["constexprs"].get("PV_APART") == "True"]
     assert apart and all(not _op(report, f"{r} fwd bf16")["kernels"][0]["wgmma_serialized"] for r in apart), apart
+    # the wide dK/dV kernel issues dK's product before dV^T's: ptxas no longer serializes its wgmma
+    # (C7515, when dK = dS^T Q was left in flight across the loop's back edge)
+    wide = [(o["name"], k) for o in report["ops"] if o["dtype"] == "bf16" for k in o["kernels"]
+            if k["kernel"] == "_bwd_dkdv_wide_kernel" and k["constexprs"]["COMPUTE_DK"] == "True"]
+    assert wide and all(not k["wgmma_serialized"] for _, k in wide), [n for n, k in wide if k["wgmma_serialized"]]
     # the forward's main loop matched the source's loop nest at every row
     assert all(_op(report, f"{r} fwd bf16")["kernels"][0]["loop_nest_matched"] for r in ROW_NAMES)
     # the recurrent step at batch 1600, split over rows x hidden units: the prior's G = 4 groups in

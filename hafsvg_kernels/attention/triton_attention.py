@@ -994,12 +994,15 @@ def _bwd_dkdv_wide_block(
     p = tl.exp2(s * qk_scale - lse2[:, None])
     if MASKED:  # padded queries: P = 0, and no NaN from a zero row against an infinite key
         p = tl.where(q_ok[:, None], p, 0.0)
-    dvt += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    # dK's product before dV^T's: issued last, dK = dS^T Q (A operand from registers) was left in
+    # flight across the loop's back edge, and ptxas serialized all of the kernel's wgmma (C7515);
+    # see _dkdv_wide_config.
     if COMPUTE_DK:
         delta = tl.load(delta_base + lse_rows, mask=q_ok, other=0.0).to(ACC_DTYPE)
         dp = tl.dot(do, vt.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K)
         ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+    dvt += tl.dot(tl.trans(do), p.to(do.dtype), input_precision=DOT_PRECISION).to(ACC_DTYPE)
     return dk, dvt
 
 
@@ -1404,7 +1407,8 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     at VGG 32^2 instead of 1, at the same modeled times (66.6 and 1122 µs, tensor-bound; the
     chunks with 3 stages: 70.9 and 1162, issue-bound; sm90_report, bf16). The H200 timed 3
     stages faster than 2 at these rows (``_bwd_config``) with the one dot, before the sm_90
-    report existed; not yet timed again.
+    report existed; not yet timed again. DCGAN 16^2's dK and dV have since moved to
+    ``_bwd_dkdv_wide_kernel`` (:func:`wide_dkdv`); the chunks serve VGG 32^2's single pass.
 
     On FFMA dots (fp32 "ieee") 32-channel chunks. There one dot held rows of V and columns of
     dO^T over all 128 channels in each thread: 4616 B of spill stores and 12.6 warp-instructions
@@ -1657,10 +1661,10 @@ def backward(
         EVEN_DV=d_v % cfg["BLOCK_DV"] == 0, Q_IN_LOOP=fma, DELTA_MMA=not fma and q.dtype != torch.float16,
         DOT_PRECISION=prec, ACC_DTYPE=tl_acc, **cfg,
     )  # fmt: skip
-    if fused:
-        dk, dv = launch(Bk, rk, True, True)
-    elif wide_dkdv(N, M, d_v, rk, rv, cfg, q.dtype):
+    if wide_dkdv(N, M, d_v, rk, rv, cfg, q.dtype):
         dk, dv = _launch_dkdv_wide(do, q, k, v, lse2, True, delta, scale, cfg, prec, tl_acc, split)
+    elif fused:
+        dk, dv = launch(Bk, rk, True, True)
     else:
         dk, _ = launch(Bk, rk, True, False)
         _, dv = launch(Bv, rv, False, True)
@@ -1694,12 +1698,17 @@ def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, dtype: torc
     queries, once :func:`query_fold` folds them); under the interpreter any dtype and N, so that
     the float64 tests reach it at small sizes. With more keys than one block d_v up to 256 (dK
     and dV); in one key block dK and dQ keep their launch, and this one computes dV alone, d_v up
-    to 512. Of the aligner rows the sm90 report models: VGG 16^2 (dK and dV), and dV at DCGAN
-    8^2, DCGAN 4^2 and VGG 8^2 (6, 10 and 10 -> 3 exponentials per score, fwd + bwd)."""
+    to 512; also d_v 128 over one tile, where ``_bwd_dkdv_kernel`` would take dK and dV in one
+    launch (:func:`_dkdv_wide_config` says why). Of the aligner rows the sm90 report models: VGG
+    16^2 and DCGAN 16^2 (dK and dV), and dV at DCGAN 8^2, DCGAN 4^2 and VGG 8^2 (6, 10 and 10 -> 3
+    exponentials per score, fwd + bwd)."""
     steps = wide_steps(d_v)
     big = N * query_fold(N, rk, steps) >= steps and dtype.itemsize == 2 and cfg["BLOCK_D"] <= 64
-    widest = 512 if M <= cfg["BLOCK_K"] else 256
-    return rk == rv and cfg["BLOCK_DV"] < d_v <= widest and (big or interpreting())
+    if M <= cfg["BLOCK_K"]:  # dV alone: one key block's fused launch takes d_v over one tile
+        narrow, widest = cfg["BLOCK_DV"] + 1, 512
+    else:
+        narrow, widest = min(cfg["BLOCK_DV"] + 1, 128), 256
+    return rk == rv and narrow <= d_v <= widest and (big or interpreting())
 
 
 def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
@@ -1712,14 +1721,23 @@ def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
     dV^T), so no score is computed twice and dK = dS^T Q runs on wgmma. Measured on the sm_90
     code (sm90_report, bf16, VGG 16^2; the dK and dV launches before: 73.6 + 77.3 µs, tensor- and
     bandwidth-bound, 3 exponentials per score): 129.6 µs (tensor-bound), 1 exponential per score,
-    252 registers, no spills (Triton 3.6: 242, none), 1 CTA per SM. 32-key programs on 4 warps:
+    255 registers, no spills (Triton 3.6: 250, none), 1 CTA per SM. 32-key programs on 4 warps:
     150.6 µs (dK on mma.sync), and 1452 B of spills under Triton 3.6; 64 keys with 64-query steps
     on 8 warps laid the score tiles over both warpgroups (2 exponentials per score) and spilled;
     with the batch and query-block loops nested instead of flattened (one loop over the pairs),
-    36 B of spills. ptxas serializes this kernel's wgmma (C7515, as the report marks it), with
-    2 stages and with 3; with 1 it does not (255 registers), but then the 64 KB dO tile of each
-    step is not prefetched. Latency either way, which the model does not see:
-    ``benchmarks/sweep.py`` times this launch against the two launches (``two-launches``).
+    36 B of spills. Each step issues dK's product before dV^T's (``_bwd_dkdv_wide_block``): with
+    dK = dS^T Q last (its A operand in registers), Triton left it in flight across the loop's back
+    edge and ptxas serialized all of the kernel's wgmma, each waiting for the one before (C7515,
+    under Triton 3.9 and 3.6, with 2 stages and with 3); in this order it does not, and the loop
+    issues fewer instructions (VGG 16^2: 86.4 -> 77.6 µs issue-bound time, Triton 3.6 62.2; the
+    launch stays tensor-bound at 129.6 µs, but a serialized wgmma waits out its latency, which the
+    model does not count). ``benchmarks/sweep.py`` times this launch against ``_bwd_dkdv_kernel``'s
+    (``no-wide``).
+
+    The same tiles at d_v 128 where dK and dV would be one ``_bwd_dkdv_kernel`` launch (DCGAN
+    16^2, two passes): the same modeled 66.6 µs (tensor-bound), 179 registers instead of 242, 55.7
+    µs issue-bound time instead of 66.3, split 2 instead of 4 (half the fp32 partial sums), and no
+    spills under Triton 3.6, where the fused launch spilled 12 B (190 registers; sm90_report, bf16).
 
     512 channels (dV alone, one key block: DCGAN 4^2, VGG 8^2): 32-key programs (at most), 64-query
     steps on 4 warps, 2 stages of the 64 x 512 dO tile: 128 fp32 of dV^T per thread, 254
