@@ -317,6 +317,53 @@ def test_wide_dkdv_one_launch_float64(monkeypatch, split):
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+def test_wide_dkdv_where_dk_dv_were_fused_float64(monkeypatch):
+    """Two passes with d_v a power of two filling one value tile (128, as at DCGAN 16^2): dK and
+    dV by ``_bwd_dkdv_wide_kernel`` (no channel masks: EVEN_DV, EVEN_D), not by one fused
+    ``_bwd_dkdv_kernel`` launch; ragged queries and keys, against float64."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    launches = []
+
+    class Recorded:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return wide[grid]
+
+    class NoDkdv:
+        def __getitem__(self, grid):
+            raise AssertionError("dK / dV by _bwd_dkdv_kernel")
+
+    wide = ta._bwd_dkdv_wide_kernel
+    monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded())
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", NoDkdv())
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 80, 70, 32, 128, dtype=torch.float64))
+    assert ta._bwd_config(80, 70, 32, 128)["BLOCK_DV"] == 128  # one value tile: fused before
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.7, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.7)
+    assert len(launches) == 1
+    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
+
+
+def test_wide_dkdv_rule_on_a_gpu(monkeypatch):
+    """Where a GPU's two-pass backward takes ``_bwd_dkdv_wide_kernel`` (the launchers' tiles, not
+    the interpreter's): the aligner rows VGG 16^2 (d_v 256 over two tiles) and DCGAN 16^2 (d_v 128,
+    one tile), 16-bit only; not DCGAN 32^2 (d_v 64), where it models slower."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    monkeypatch.setattr(ta, "interpreting", lambda: False)
+
+    def wide(N, d_qk, d_v, dtype=torch.bfloat16):
+        return ta.wide_dkdv(N, N, d_v, 100, 100, ta._bwd_config(N, N, d_qk, d_v), dtype)
+
+    assert wide(256, 32, 256) and wide(256, 16, 128) and wide(256, 16, 128, torch.float16)
+    assert not wide(1024, 8, 64) and not wide(256, 16, 128, torch.float32)
+    assert not ta.wide_dkdv(256, 256, 128, 100, 50, ta._bwd_config(256, 256, 16, 128), torch.bfloat16)  # rk != rv
+
+
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
 @pytest.mark.parametrize(
     "case",
     [(16, 2, 32, 50, 20, 200, 2, 4), (16, 2, 72, 50, 20, 200, 2, 1), (16, 4, 16, 16, 16, 300, 2, 4),
