@@ -11,7 +11,8 @@ two largest rows):
   the key loop runs (more than 256 keys), P V into an accumulator of its own (``PV_APART``)
   against the compiler's fold into the rescaled output, at the launcher's tiles: ptxas serializes
   the folded form's wgmma (latency, which the static model does not see), and the apart form's
-  FFMA counts as tensor time there;
+  FFMA counts as tensor time there; and the running row sums of P as P @ ones on the tensor
+  cores (``ROWSUM_MMA``, ``rowsum-mma``) against ``tl.sum`` (``rowsum-sum``);
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
   the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
   kernel, then dK/dV) where both are possible; and in bf16 where the launcher runs
@@ -91,7 +92,8 @@ def _wide_dkdv_row(r) -> bool:
 
 
 def variants(dtype: str) -> list[tuple]:
-    """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart or None)),
+    """(kind, workload, variant, dtype): kind "fwd" (variant: (tile or None, pv_apart, "rowsum-mma",
+    "rowsum-sum" or None)),
     "bwd" (variant: (tile or None, one_pass, "no-wide" (no wide dK/dV kernel) or None)) or
     "recurrent" (variant: (design, tiles or None)); None: the launcher's choice."""
     out = []
@@ -102,7 +104,7 @@ def variants(dtype: str) -> list[tuple]:
         fwd = [None] + sorted({_fit(t, r.n) for t in FWD_TILES[dtype] if t[1] <= 128 or r.n <= 256})
         out += [("fwd", r.name, (t, None), dtype) for t in fwd]
         if dtype == "bf16" and r.n > 256:
-            out += [("fwd", r.name, (None, apart), dtype) for apart in (False, True)]
+            out += [("fwd", r.name, (None, f), dtype) for f in (False, True, "rowsum-mma", "rowsum-sum")]
         bwd = sorted({_fit(t, r.n) for t in BWD_TILES[dtype]})
         passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
         out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
@@ -128,7 +130,7 @@ def _patched(kind, variant):
     env = os.environ.get("HAFSVG_RECURRENT_SPLIT")
     try:
         if kind in ("fwd", "bwd"):
-            tile, flag = variant  # flag: one_pass (bwd) or pv_apart (fwd)
+            tile, flag = variant  # flag: one_pass or "no-wide" (bwd); pv_apart or "rowsum-*" (fwd)
             if tile is not None:
                 bq, bk, w, s = tile
                 base = ta._fwd_config if kind == "fwd" else ta._bwd_config
@@ -153,6 +155,8 @@ def _patched(kind, variant):
                     return _want and _orig(M, d_qk, d_v, rk, rv, cfg, True)
 
                 patch(ta, "single_pass", sp)
+            elif flag in ("rowsum-mma", "rowsum-sum"):  # the forward's row sums: P @ ones, or tl.sum
+                patch(ta, "_rowsum_mma", lambda cfg, fma, _want=flag == "rowsum-mma": _want and not fma)
             elif flag is not None:
                 patch(ta, "_pv_apart", lambda cfg, fma, _want=flag: _want and not fma)
         else:

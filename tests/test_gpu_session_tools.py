@@ -51,6 +51,13 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     with sweep._patched("fwd", (None, False)):
         assert not ta._pv_apart(ta._fwd_config(1024, 1024, 8, 64), False)  # forced folded at DCGAN 32^2
     assert ("fwd", "VGG 32x32", (None, True), "bf16") in sweep.variants("bf16")
+    rowsum0 = ta._rowsum_mma
+    assert not ta._rowsum_mma(cfg, False)  # VGG 32^2: 128 value channels, tl.sum
+    with sweep._patched("fwd", (None, "rowsum-mma")):
+        assert ta._rowsum_mma(cfg, False) and not ta._rowsum_mma(cfg, True)  # never on FFMA dots
+    with sweep._patched("fwd", (None, "rowsum-sum")):
+        assert not ta._rowsum_mma(ta._fwd_config(1024, 1024, 8, 64), False)  # DCGAN 32^2: P @ ones otherwise
+    assert ta._rowsum_mma is rowsum0 and ("fwd", "DCGAN 32x32", (None, "rowsum-sum"), "bf16") in sweep.variants("bf16")
     wide_rule = ta.wide_dkdv
     cfg = ta._bwd_config(256, 256, 32, 256)
     assert ta.wide_dkdv(256, 256, 256, 100, 100, cfg, torch.bfloat16)  # VGG 16^2: dK and dV in one launch
