@@ -1738,6 +1738,9 @@ def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
     16^2, two passes): the same modeled 66.6 µs (tensor-bound), 179 registers instead of 242, 55.7
     µs issue-bound time instead of 66.3, split 2 instead of 4 (half the fp32 partial sums), and no
     spills under Triton 3.6, where the fused launch spilled 12 B (190 registers; sm90_report, bf16).
+    Off the aligner rows, the same report's plans at d_v 128 gave the same modeled times as the
+    fused launch: N = M = 1024 and 4096 at d_qk 32 (175 registers against 244), and N = M = 256
+    at d_qk 64, where the fused launch spilled 20 B and this one nothing (212 registers).
 
     512 channels (dV alone, one key block: DCGAN 4^2, VGG 8^2): 32-key programs (at most), 64-query
     steps on 4 warps, 2 stages of the 64 x 512 dO tile: 128 fp32 of dV^T per thread, 254
