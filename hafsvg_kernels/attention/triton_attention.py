@@ -1694,19 +1694,21 @@ def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, dtype: torc
     and V of the same batches, d_v over one value tile, and on a GPU 16-bit inputs (tensor-core
     dots; the tiles of :func:`_dkdv_wide_config` are sized for them: in fp32 with TF32 the sm_90
     code spilled 2.1-4.1 KB at the one-key-block rows and, at d_qk 128, asked for more than the
-    232,448 B of shared memory a block may have), d_qk up to 64 and full steps (:func:`wide_steps`
-    queries, once :func:`query_fold` folds them); under the interpreter any dtype and N, so that
-    the float64 tests reach it at small sizes. With more keys than one block d_v up to 256 (dK
-    and dV); in one key block dK and dQ keep their launch, and this one computes dV alone, d_v up
-    to 512; also d_v 128 over one tile, where ``_bwd_dkdv_kernel`` would take dK and dV in one
-    launch (:func:`_dkdv_wide_config` says why). Of the aligner rows the sm90 report models: VGG
-    16^2 and DCGAN 16^2 (dK and dV), and dV at DCGAN 8^2, DCGAN 4^2 and VGG 8^2 (6, 10 and 10 -> 3
-    exponentials per score, fwd + bwd)."""
+    232,448 B of shared memory a block may have; on the FFMA dots of fp32 "ieee", whose operands
+    each thread holds over the whole inner dimension, VGG 8^2's dV spilled 0.8-14 KB at every
+    tile tried), d_qk up to 64 and full steps (:func:`wide_steps` queries, once
+    :func:`query_fold` folds them); under the interpreter any dtype and N, so that the float64
+    tests reach it at small sizes. With more keys than one block, dK and dV, d_v up to 256, from
+    128 on even where it fills one value tile (there ``_bwd_dkdv_kernel`` would take dK and dV
+    in one launch; :func:`_dkdv_wide_config` says why this one); in one key block dK and dQ keep
+    their launch, and this one computes dV alone, d_v over one tile up to 512. Of the aligner
+    rows the sm90 report models: VGG 16^2 and DCGAN 16^2 (dK and dV), and dV at DCGAN 8^2, DCGAN
+    4^2 and VGG 8^2 (6, 10 and 10 -> 3 exponentials per score, fwd + bwd)."""
     steps = wide_steps(d_v)
     big = N * query_fold(N, rk, steps) >= steps and dtype.itemsize == 2 and cfg["BLOCK_D"] <= 64
-    if M <= cfg["BLOCK_K"]:  # dV alone: one key block's fused launch takes d_v over one tile
+    if M <= cfg["BLOCK_K"]:  # dV alone: d_v within one tile stays in the one-key-block launch
         narrow, widest = cfg["BLOCK_DV"] + 1, 512
-    else:
+    else:  # dK and dV: over one tile, or from 128 channels even within one
         narrow, widest = min(cfg["BLOCK_DV"] + 1, 128), 256
     return rk == rv and narrow <= d_v <= widest and (big or interpreting())
 
