@@ -347,6 +347,41 @@ def test_wide_dkdv_where_dk_dv_were_fused_float64(monkeypatch):
     assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
 
 
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize(
+    "case", [(6, 2, 40, 50, 24, 300), (6, 2, 72, 100, 24, 256)], ids=["one-key-block-512", "key-blocks-256"]
+)
+@pytest.mark.parametrize("split", [1, 3])
+def test_dv_launch_ffma_tiles_float64(monkeypatch, case, split):
+    """The dV-alone launch at the tiles fp32's FFMA dots take from 256 value channels on a GPU
+    (``_dv_config``: 512-channel tiles of 16 x 16 score tiles, or one 256-channel tile of 32 x 32,
+    8 warps), forced under the interpreter: in one key block after the dK + dQ launch (d_v 300),
+    and over several key blocks of the dV launch's own size after the dq kernel and dK (d_v 256);
+    ragged queries, keys and channels, query batches split over programs; against float64."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    B, G, N, M, d_qk, d_v = case
+    dv_config, grids, kernel = ta._dv_config, [], ta._bwd_dkdv_kernel
+
+    class Recorded:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(ta, "_dv_config", lambda cfg, n, m, dv, fma: dv_config(cfg, n, m, dv, True))
+    monkeypatch.setattr(ta, "wide_dkdv", lambda *a, **k: False)  # the dV-alone launch, not the wide kernel
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Recorded())
+    q, k, v = (t.detach() for t in make_inputs(B, G, G, N, M, d_qk, d_v, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.7, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    dvc = dv_config(ta._bwd_config(N, M, d_qk, d_v), N, M, d_v, True)
+    assert (dvc["BLOCK_DV"], dvc["BLOCK_K"]) == ((512, 16) if d_v > 256 else (256, 32))
+    assert grids[-1] == (G * split, -(-M // dvc["BLOCK_K"]), -(-d_v // dvc["BLOCK_DV"]))  # the dV launch
+    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
+
+
 def test_wide_dkdv_rule_on_a_gpu(monkeypatch):
     """Where a GPU's two-pass backward takes ``_bwd_dkdv_wide_kernel`` (the launchers' tiles, not
     the interpreter's): the aligner rows VGG 16^2 (d_v 256 over two tiles) and DCGAN 16^2 (d_v 128,
@@ -694,7 +729,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                         Count=io, DQ="*fp32")  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1 if fma else 2})
         if even and not fma:  # the dV-alone launch's own tiles over several key blocks (_dv_config)
-            dvc = ta._dv_config(ta._bwd_config(256, 256, 32, 256), 256, 256, fma)
+            dvc = ta._dv_config(ta._bwd_config(256, 256, 32, 256), 256, 256, 256, fma)
             blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 2, "SUM_PARTIALS": True, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
                      "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
@@ -720,6 +755,19 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})
+    if fma:  # the dV-alone launch's wide FFMA tiles (_dv_config): DCGAN 8^2, VGG 8^2, VGG 16^2
+        for n, d_qk, d_v in ((64, 32, 256), (64, 64, 512), (256, 32, 256)):
+            cfg = ta._bwd_config(n, n, d_qk, d_v, True)
+            dvc = ta._dv_config(cfg, n, n, d_v, True)
+            blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}
+            flags = {"SPLIT": 4, "SUM_PARTIALS": False, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
+                     "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False,
+                     "LSE_LOG2": n > cfg["BLOCK_K"], "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": n == dvc["BLOCK_Q"],
+                     "BLOCK_DN": dvc["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
+                        DVO=io, Count="*fp32", DQ=io)  # fmt: skip
+            stages = ta._dkdv_stages(dvc, n, False, True, True)
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**dvc, "num_stages": stages})
 print("compiled")
 """
 

@@ -27,11 +27,11 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     fwd0, bwd0, sp0, dv0 = ta._fwd_config, ta._bwd_config, ta.single_pass, ta._dv_config
     wide0, stages0 = ta._wide_dv, ta._dkdv_stages
     wide = ta._bwd_config(256, 256, 32, 256)
-    assert ta._dv_config(wide, 256, 256, False)["BLOCK_DV"] == 128  # the launcher's dV-alone tiles
-    assert ta._dv_config(wide, 256, 256, False)["num_stages"] == 2
+    assert ta._dv_config(wide, 256, 256, 256, False)["BLOCK_DV"] == 128  # the launcher's dV-alone tiles
+    assert ta._dv_config(wide, 256, 256, 256, False)["num_stages"] == 2
     assert ta._dkdv_stages(ta._bwd_config(1024, 1024, 16, 128), 1024, True, True, False) == 2
     with sweep._patched("bwd", ((64, 64, 4, 3), None)):  # the candidate's tiles reach the dV launch too
-        assert ta._dv_config(ta._bwd_config(256, 256, 32, 256), 256, 256, False)["num_stages"] == 3
+        assert ta._dv_config(ta._bwd_config(256, 256, 32, 256), 256, 256, 256, False)["num_stages"] == 3
         assert not ta._wide_dv(ta._bwd_config(256, 256, 32, 256), 256, 256, False)
         assert ta._dkdv_stages(ta._bwd_config(1024, 1024, 16, 128), 1024, True, True, False) == 3  # and stages
     with sweep._patched("bwd", ((32, 64, 2, 3), True)):

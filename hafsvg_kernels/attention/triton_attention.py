@@ -1326,7 +1326,7 @@ def _wide_dv(cfg: dict, M: int, d_v: int, fma: bool) -> bool:
     return not fma and d_v > 128 and M > cfg["BLOCK_K"]
 
 
-def _dv_config(cfg: dict, M: int, d_v: int, fma: bool) -> dict:
+def _dv_config(cfg: dict, N: int, M: int, d_v: int, fma: bool) -> dict:
     """The tiles of the dV-alone launch (d_v over one tile: dK and dV in two launches). Each value
     tile recomputes the scores, so on the tensor cores with more keys than one block (the VGG 16^2
     row: 256 keys, d_v 256) it takes 128-channel tiles, 2 stages: 2 exponentials per score instead
@@ -1336,8 +1336,22 @@ def _dv_config(cfg: dict, M: int, d_v: int, fma: bool) -> dict:
     constant where d_qk fills its block (``EVEN_D``, ``backward``): 224 -> 168 registers, 3 CTAs
     per SM instead of 2, at the same modeled time (77.3 µs, tensor-bound); under Triton 3.6 255
     registers and 588 B of spills -> 252 and none (64-query blocks with EVEN_D: 608 B). At 64
-    keys or fewer (one key block) the wider tile modeled slower (see the module docstring), and
-    the FFMA tiles of fp32 keep theirs."""
+    keys or fewer (one key block) the wider tile modeled slower (see the module docstring).
+
+    On FFMA dots (fp32 "ieee", where ``_bwd_dkdv_wide_kernel`` spills: :func:`wide_dkdv`) from
+    256 value channels: one tile of 256 (32 x 32 score tiles) or tiles of 512 (16 x 16), on 8
+    warps, where 64-channel tiles (the backward's) recomputed the scores 4 or 8 times. The
+    accumulator takes 32 fp32 per thread, and each thread's operand rows over the inner dimension
+    (:func:`_dp_chunk`) stay few. sm90_report, fp32, dV launch, 64-channel tiles -> these: DCGAN
+    8^2 115.9 -> 87.8 µs, VGG 16^2 1671 -> 1278, VGG 8^2 314.9 -> 180.8, DCGAN 4^2 22.0 -> 20.2
+    (issue-bound, the last bandwidth-bound); 128-236 registers, no spills (Triton 3.6: 127-218,
+    none). Exponentials per score, fwd + bwd: 6 -> 3, 7 -> 4, 10 -> 3, 10 -> 3. Tried: 4 warps
+    (DCGAN 8^2 83.6 µs, but 236 B of spills under 3.6; at 512 channels 2-6 KB), 64-query blocks at
+    256 (3.6: 8 B), 32-key blocks at 512 (1.9 KB), 128-channel tiles (VGG 8^2 233.7 µs)."""
+    if fma and d_v >= 256:
+        dv, qk = (256, 32) if d_v <= 256 else (512, 16)
+        return {**cfg, "BLOCK_Q": min(qk, _pow2(N, lo=16)), "BLOCK_K": min(qk, _pow2(M, lo=16)), "BLOCK_DV": dv,
+                "DV_TILES": triton.cdiv(d_v, dv), "num_warps": 8}  # fmt: skip
     if not _wide_dv(cfg, M, d_v, fma):
         return cfg
     return {**cfg, "BLOCK_Q": min(32, cfg["BLOCK_Q"]), "BLOCK_DV": 128, "DV_TILES": triton.cdiv(d_v, 128),
@@ -1547,14 +1561,14 @@ def backward(
     cfg = _bwd_config(N, M, d_qk, d_v, fma)
     n_qblocks = triton.cdiv(N, cfg["BLOCK_Q"])
 
-    n_kblocks = triton.cdiv(M, cfg["BLOCK_K"])
     n_vtiles = triton.cdiv(d_v, cfg["BLOCK_DV"])
     # dK, and dQ where the dK/dV kernel computes it, on 8 channels where d_qk <= 8 (see the module
     # docstring); not on FFMA dots (fp32 "ieee"), nor under Triton 3.6, where ptxas spilled more.
     block_dn = cfg["BLOCK_D"] if fma or _TRITON_3_6 else _pow2(d_qk, lo=8)
 
     def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
-        kcfg = cfg if compute_dk else _dv_config(cfg, M, d_v, fma)
+        kcfg = cfg if compute_dk else _dv_config(cfg, N, M, d_v, fma)
+        n_kblocks = triton.cdiv(M, kcfg["BLOCK_K"])
         wide_dv = not compute_dk and _wide_dv(cfg, M, d_v, fma)
         tiles = 1 if compute_dk else kcfg["DV_TILES"]  # dK programs loop over the value chunks
         s, split_len = _split_lengths(R, groups * n_kblocks * tiles, split, q.device)
@@ -1573,12 +1587,13 @@ def backward(
         count = torch.zeros(groups * n_kblocks * tiles, device=q.device, dtype=torch.int32) if in_kernel else dk_arg
         # FFMA dots (fp32 "ieee") on 32 x 32 tiles: 4 warps instead of 2 where ptxas (sm_90) gave the
         # 2-warp kernel 32 registers and 13-16 KB of spill stores: dK+dV fused at DCGAN 32^2 / VGG
-        # 64^2 (d_v 64) and dV at VGG 8^2 (d_qk 64): 46.7M and 1.14M warp-instructions per program
-        # with 2, 22.4M and 0.60M with 4 (255 registers, 20-368 B of spill stores; sm90_report).
+        # 64^2 (d_v 64) and dV at VGG 8^2 (d_qk 64, before its own tiles, _dv_config): 46.7M and
+        # 1.14M warp-instructions per program with 2, 22.4M and 0.60M with 4 (255 registers, 20-368
+        # B of spill stores; sm90_report).
         # Elsewhere 4 warps cost more than they save (dV at d_qk 32, d_v 256: +14 % modeled time;
         # dK+dV at d_v 128: +5 %; dK alone: +17 % instructions) and 2 stay.
-        warps = cfg["num_warps"]
-        if fma and compute_dv and warps == 2 and cfg["BLOCK_DV"] <= 64 and (compute_dk or cfg["BLOCK_D"] >= 64):
+        warps = kcfg["num_warps"]
+        if fma and compute_dv and warps == 2 and kcfg["BLOCK_DV"] <= 64 and (compute_dk or kcfg["BLOCK_D"] >= 64):
             warps = 4
         stages = _dkdv_stages(kcfg, M, compute_dk, compute_dv, fma)
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
