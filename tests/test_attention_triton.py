@@ -755,6 +755,12 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
         build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})
+    if fma:  # the forward's 128-channel FFMA value tile with a key loop (_fwd_config: VGG 32^2)
+        cfg = ta._fwd_config(1024, 1024, 16, 128, True)
+        blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
+        flags = {"ONE_KEY_BLOCK": False, "MASK_KEYS": False, "EVEN_K": True, "EVEN_Q": True, "EVEN_DV": True,
+                 "NORM_P": True, "EVEN_D": True, "PV_APART": False, "ROWSUM_MMA": False, "ROWSUM_N": 8}  # fmt: skip
+        build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
     if fma:  # the dV-alone launch's wide FFMA tiles (_dv_config): DCGAN 8^2, VGG 8^2, VGG 16^2
         for n, d_qk, d_v in ((64, 32, 256), (64, 64, 512), (256, 32, 256)):
             cfg = ta._bwd_config(n, n, d_qk, d_v, True)

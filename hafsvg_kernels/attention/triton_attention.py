@@ -1224,17 +1224,24 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     4 warps: 96-112 registers, no spills, modeled DCGAN 8^2 0.37 -> 0.72, VGG 8^2 0.28 -> 0.75,
     DCGAN 16^2 0.59 -> 0.65, VGG 16^2 0.48 -> 0.72 (forward; 64 x 64 tiles spilled 88-92 B,
     32 x 256 tiles 11-13 KB). Not yet swept on a GPU.
+
+    ``fma`` with a key loop, d_v over 64 and d_qk <= 16 (VGG 32^2): one 128-channel value tile, 64
+    x 64 score tiles on 8 warps, 2 stages. Two 64-channel value tiles computed every score twice
+    (2.5 MUFU.EX2 per score with the rescale); this one once (1.25), modeled 11700 -> 9969 µs, the
+    row 0.741 -> 0.780 (sm90_report, fp32), 190 registers, no spills (Triton 3.6: 188, none). 64 x
+    32 tiles on 4 warps modeled 9835 µs at 254 registers, 32 x 64 on 4 warps 10110 at 218.
     """
     one_block = M <= 256 and not interpreting()  # all keys in one block: _fwd_one_key_block
+    fma_wide_v = fma and not one_block and d_v > 64 and d_qk <= 16  # 64 x 64 x 128-channel FFMA tiles
     if one_block:
         block_q = _pow2(N, hi=(32 if M <= 64 else 16) if fma else 64)
         block_k = _pow2(M)
     else:
         wide_v = d_v > 64 and not (fma or interpreting())  # a 128-channel value tile: 64 x 128 score tiles
         block_q = _pow2(N, hi=64 if interpreting() or fma or wide_v else 128)
-        block_k = _pow2(M, hi=(16 if d_qk >= 32 else 32) if fma else 128 if wide_v else 64)
+        block_k = _pow2(M, hi=64 if fma_wide_v else (16 if d_qk >= 32 else 32) if fma else 128 if wide_v else 64)
     wide_keys = one_block and M > 64 and not fma  # 64 x 256 tiles: 64-channel value chunks, 2 stages
-    block_dv = _pow2(d_v, hi=64 if fma or wide_keys else 128)
+    block_dv = _pow2(d_v, hi=64 if (fma and not fma_wide_v) or wide_keys else 128)
     two_groups = block_q >= 128 and block_dv <= 64 and not fma
     fma_wide = fma and one_block and block_q * block_k >= 2048  # 32 x 64 or 16 x 256 FFMA score tiles
     return {
@@ -1242,8 +1249,8 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
         "BLOCK_K": block_k,
         "BLOCK_D": _pow2(d_qk),
         "BLOCK_DV": block_dv,
-        "num_warps": 8 if two_groups else 4 if fma_wide else _warps(block_q),
-        "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32 or wide_keys) else 2,
+        "num_warps": 8 if two_groups or fma_wide_v else 4 if fma_wide else _warps(block_q),
+        "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32 or wide_keys or fma_wide_v) else 2,
     }
 
 
