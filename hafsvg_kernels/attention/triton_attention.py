@@ -1349,7 +1349,7 @@ def _dv_config(cfg: dict, N: int, M: int, d_v: int, fma: bool) -> dict:
     256 value channels: one tile of 256 (32 x 32 score tiles) or tiles of 512 (16 x 16), on 8
     warps, where 64-channel tiles (the backward's) recomputed the scores 4 or 8 times. The
     accumulator takes 32 fp32 per thread, and each thread's operand rows over the inner dimension
-    (:func:`_dp_chunk`) stay few. sm90_report, fp32, dV launch, 64-channel tiles -> these: DCGAN
+    (the step's 16 or 32 queries) stay few. sm90_report, fp32, dV launch, 64-channel tiles -> these: DCGAN
     8^2 115.9 -> 87.8 µs, VGG 16^2 1671 -> 1278, VGG 8^2 314.9 -> 180.8, DCGAN 4^2 22.0 -> 20.2
     (issue-bound, the last bandwidth-bound); 128-236 registers, no spills (Triton 3.6: 127-218,
     none). Exponentials per score, fwd + bwd: 6 -> 3, 7 -> 4, 10 -> 3, 10 -> 3. Tried: 4 warps
@@ -1597,7 +1597,8 @@ def backward(
         # 64^2 (d_v 64) and dV at VGG 8^2 (d_qk 64, before its own tiles, _dv_config): 46.7M and
         # 1.14M warp-instructions per program with 2, 22.4M and 0.60M with 4 (255 registers, 20-368
         # B of spill stores; sm90_report).
-        # Elsewhere 4 warps cost more than they save (dV at d_qk 32, d_v 256: +14 % modeled time;
+        # Elsewhere 4 warps cost more than they save (dV at d_qk 32, d_v 256, before its own tiles:
+        # +14 % modeled time;
         # dK+dV at d_v 128: +5 %; dK alone: +17 % instructions) and 2 stay.
         warps = kcfg["num_warps"]
         if fma and compute_dv and warps == 2 and kcfg["BLOCK_DV"] <= 64 and (compute_dk or kcfg["BLOCK_D"] >= 64):
