@@ -1598,8 +1598,7 @@ def backward(
         # 1.14M warp-instructions per program with 2, 22.4M and 0.60M with 4 (255 registers, 20-368
         # B of spill stores; sm90_report).
         # Elsewhere 4 warps cost more than they save (dV at d_qk 32, d_v 256, before its own tiles:
-        # +14 % modeled time;
-        # dK+dV at d_v 128: +5 %; dK alone: +17 % instructions) and 2 stay.
+        # +14 % modeled time; dK+dV at d_v 128: +5 %; dK alone: +17 % instructions) and 2 stay.
         warps = kcfg["num_warps"]
         if fma and compute_dv and warps == 2 and kcfg["BLOCK_DV"] <= 64 and (compute_dk or kcfg["BLOCK_D"] >= 64):
             warps = 4
