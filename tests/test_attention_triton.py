@@ -761,6 +761,18 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         flags = {"ONE_KEY_BLOCK": False, "MASK_KEYS": False, "EVEN_K": True, "EVEN_Q": True, "EVEN_DV": True,
                  "NORM_P": True, "EVEN_D": True, "PV_APART": False, "ROWSUM_MMA": False, "ROWSUM_N": 8}  # fmt: skip
         build(ta._fwd_kernel, dict(Q=io, K=io, V=io, Out=io, Lse="*fp32"), {**blocks, **common, **flags}, cfg)
+    if fma:  # one key block, d_qk 32 (DCGAN 8^2): dK + dQ on 32 x 64 FFMA tiles, 1 stage (_dkdv_stages)
+        cfg = ta._bwd_config(64, 64, 32, 256, True)
+        blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
+        flags = {"SPLIT": 15, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": False, "DQ_ATOMIC": False,
+                 "DQ_DIRECT": True, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False, "LSE_LOG2": False,
+                 "DP_CHUNK": cfg["BLOCK_DV"], "ONE_Q_BLOCK": 64 == cfg["BLOCK_Q"], "BLOCK_DN": cfg["BLOCK_D"],
+                 "EVEN_DN": False}  # fmt: skip
+        ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
+                    DVO=io, Count="*fp32", DQ=io)  # fmt: skip
+        stages = ta._dkdv_stages(cfg, 64, True, False, True)
+        assert (cfg["BLOCK_Q"], stages) == (32, 1), (cfg, stages)
+        build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**cfg, "num_stages": stages})
     if fma:  # the dV-alone launch's wide FFMA tiles (_dv_config): DCGAN 8^2, VGG 8^2, VGG 16^2
         for n, d_qk, d_v in ((64, 32, 256), (64, 64, 512), (256, 32, 256)):
             cfg = ta._bwd_config(n, n, d_qk, d_v, True)

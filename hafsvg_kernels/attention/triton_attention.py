@@ -1309,11 +1309,14 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     (0.31 of the floor; ``benchmarks/static_sweep.py bwd --dtype fp32``). Up to 64 keys, 16 x 64
     tiles on 4 warps, all keys in one block (no dq kernel, ``backward``): DCGAN 8^2 404 -> 0 B of
     spill stores, 0.37 -> 0.40 of the floor; VGG 8^2 1964 -> 68 B, 0.31 -> 0.38 (32 x 64 tiles:
-    0.46 with 52 B at DCGAN 8^2, 15 KB at VGG 8^2).
+    0.46 with 52 B at DCGAN 8^2, 15 KB at VGG 8^2). Since, 32 x 64 up to d_qk 32, its dK + dQ
+    launch on 1 stage (:func:`_dkdv_stages`): at DCGAN 8^2 148.3 -> 118.9 µs, 198 -> 142 registers,
+    no spills (Triton 3.6: 215, none; with 2 stages 255 and 12 B); VGG 8^2 (d_qk 64) keeps 16 x 64,
+    where 32 x 64 spilled 1968 B.
     """
     fma_tile = 16 if d_qk >= 64 else 32
     fma_one_block = fma and M <= 64 and not interpreting()  # 16 x M tiles, all keys in one block
-    block_q = _pow2(N, hi=16 if fma_one_block else fma_tile if fma else 64)
+    block_q = _pow2(N, hi=(32 if d_qk <= 32 else 16) if fma_one_block else fma_tile if fma else 64)
     block_k = _pow2(M, hi=64 if fma_one_block else fma_tile if fma else 64)
     block_dv = _pow2(d_v, hi=128) if d_v <= 128 or (M > 64 and not fma) else 64
     return {
@@ -1375,7 +1378,10 @@ def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bo
     DCGAN 16^2 and VGG 32^2; VGG 8^2 dK+dQ 28 B, dV 20 B (604.7 vs 608.6 µs for both). Triton 3.6
     agrees on the fused kernel (540 B -> none at DCGAN 32^2 and VGG 64^2) but spills the d_qk = 64
     dV launch with 1 stage (VGG 8^2 204 B, DCGAN 4^2 348 B; with 2, none and 12 B), so there it
-    keeps 2. Elsewhere 1 stage spilled where 2 did not (DCGAN 8^2 dK+dQ 24 B, VGG 16^2 dV 1160 B).
+    keeps 2. Elsewhere 1 stage spilled where 2 did not (DCGAN 8^2 dK+dQ 24 B on 16 x 64 tiles,
+    VGG 16^2 dV 1160 B). On the 32 x 64 tiles of DCGAN 8^2's dK + dQ (all keys in one block, d_qk
+    32: ``_bwd_config``) 1 stage: 142 registers and no spills, where 2 took 190 (Triton 3.6: 255
+    and 12 B of spills).
 
     Tensor cores: 2 stages, not 3, where V dO^T runs in a chunk loop: dK and dV fused at
     128-channel tiles (:func:`_dp_chunk`), and dK alone over several key blocks and value chunks
@@ -1383,7 +1389,8 @@ def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bo
     73.6 µs (issue- -> tensor-bound), and Triton 3.6's ptxas spilled 8 B there (none with 2;
     sm90_report, bf16). ``benchmarks/sweep.py`` replaces this rule by its candidates' stages."""
     if fma:
-        one = (compute_dk and compute_dv) or (kcfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
+        one_block_dk = compute_dk and M <= kcfg["BLOCK_K"]
+        one = (compute_dk and compute_dv) or one_block_dk or (kcfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
         return 1 if one else kcfg["num_stages"]
     dk_chunks = not compute_dv and M > kcfg["BLOCK_K"] and kcfg["DV_TILES"] > 1
     if compute_dk and (dk_chunks or (compute_dv and kcfg["BLOCK_DV"] >= 128)):
