@@ -285,65 +285,45 @@ def test_split_partial_sums(case, split):
     assert_grads_close(grads, ref_grads, tol, q.dtype)
 
 
+def record_grids(monkeypatch, module, name: str, forbid: str | None = None) -> list:
+    """Replace the jit kernel ``module.name`` by one that records each launch's grid (returned
+    list) and launches it; with ``forbid``, by one that fails any launch with that message."""
+    kernel, grids = getattr(module, name), []
+
+    class Launcher:
+        def __getitem__(self, grid):
+            assert forbid is None, forbid
+            grids.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(module, name, Launcher())
+    return grids
+
+
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize(
+    "case", [(150, 20, 200), (80, 32, 128)], ids=["over-one-value-tile", "filling-one-value-tile"]
+)
 @pytest.mark.parametrize("split", [1, 3])
-def test_wide_dkdv_one_launch_float64(monkeypatch, split):
-    """Two passes with d_v over one value tile (up to 256) and K, V of the same batches: dK and dV
-    in one launch of ``_bwd_dkdv_wide_kernel`` (dV held transposed), not a dK and a dV launch;
-    ragged queries, keys and channels (N 150: two full query blocks and a tail; M 70, d_qk 20,
-    d_v 200), 3 query batches per key/value batch, against float64."""
+def test_wide_dkdv_one_launch_float64(monkeypatch, case, split):
+    """Two passes with K, V of the same batches: dK and dV in one launch of
+    ``_bwd_dkdv_wide_kernel`` (dV held transposed), not by ``_bwd_dkdv_kernel``: d_v over one value
+    tile (200; before, a dK and a dV launch), and d_v a power of two filling one tile (128, as at
+    DCGAN 16^2: no channel masks, EVEN_DV, EVEN_D; before, one fused launch). Ragged queries and
+    keys (N 150: two full query blocks and a tail; M 70), 3 query batches per key/value batch,
+    against float64."""
     from hafsvg_kernels.attention import triton_attention as ta
 
-    grids, wide = [], ta._bwd_dkdv_wide_kernel
-
-    class Recorded:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return wide[grid]
-
-    class NoSplitLaunches:
-        def __getitem__(self, grid):
-            raise AssertionError("dK / dV in two launches")
-
-    monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded())
-    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", NoSplitLaunches())
-    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 150, 70, 20, 200, dtype=torch.float64))
+    N, d_qk, d_v = case
+    grids = record_grids(monkeypatch, ta, "_bwd_dkdv_wide_kernel")
+    record_grids(monkeypatch, ta, "_bwd_dkdv_kernel", forbid="dK / dV by _bwd_dkdv_kernel")
+    assert (ta._bwd_config(N, 70, d_qk, d_v)["BLOCK_DV"] == d_v) == (d_v == 128)  # fused before, at 128
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, N, 70, d_qk, d_v, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.7)
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 0.7, do)
     grads = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
     assert grids == [(2 * split, 3)]  # 2 key/value batches x split, 3 blocks of 32 keys (interpreter tiles)
-    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
-
-
-@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
-def test_wide_dkdv_where_dk_dv_were_fused_float64(monkeypatch):
-    """Two passes with d_v a power of two filling one value tile (128, as at DCGAN 16^2): dK and
-    dV by ``_bwd_dkdv_wide_kernel`` (no channel masks: EVEN_DV, EVEN_D), not by one fused
-    ``_bwd_dkdv_kernel`` launch; ragged queries and keys, against float64."""
-    from hafsvg_kernels.attention import triton_attention as ta
-
-    launches = []
-
-    class Recorded:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return wide[grid]
-
-    class NoDkdv:
-        def __getitem__(self, grid):
-            raise AssertionError("dK / dV by _bwd_dkdv_kernel")
-
-    wide = ta._bwd_dkdv_wide_kernel
-    monkeypatch.setattr(ta, "_bwd_dkdv_wide_kernel", Recorded())
-    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", NoDkdv())
-    q, k, v = (t.detach() for t in make_inputs(6, 2, 2, 80, 70, 32, 128, dtype=torch.float64))
-    assert ta._bwd_config(80, 70, 32, 128)["BLOCK_DV"] == 128  # one value tile: fused before
-    out, lse = ta.forward(q, k, v, 0.7)
-    do = torch.randn_like(out)
-    _, ref_grads = reference(q, k, v, 0.7, do)
-    grads = ta.backward(do, q, k, v, out, lse, 0.7)
-    assert len(launches) == 1
     assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
 
 
@@ -361,16 +341,10 @@ def test_dv_launch_ffma_tiles_float64(monkeypatch, case, split):
     from hafsvg_kernels.attention import triton_attention as ta
 
     B, G, N, M, d_qk, d_v = case
-    dv_config, grids, kernel = ta._dv_config, [], ta._bwd_dkdv_kernel
-
-    class Recorded:
-        def __getitem__(self, grid):
-            grids.append(grid)
-            return kernel[grid]
-
+    dv_config = ta._dv_config
     monkeypatch.setattr(ta, "_dv_config", lambda cfg, n, m, dv, fma: dv_config(cfg, n, m, dv, True))
     monkeypatch.setattr(ta, "wide_dkdv", lambda *a, **k: False)  # the dV-alone launch, not the wide kernel
-    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Recorded())
+    grids = record_grids(monkeypatch, ta, "_bwd_dkdv_kernel")
     q, k, v = (t.detach() for t in make_inputs(B, G, G, N, M, d_qk, d_v, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.7)
     do = torch.randn_like(out)

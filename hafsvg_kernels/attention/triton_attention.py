@@ -1736,10 +1736,10 @@ def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, dtype: torc
     steps = wide_steps(d_v)
     big = N * query_fold(N, rk, steps) >= steps and dtype.itemsize == 2 and cfg["BLOCK_D"] <= 64
     if M <= cfg["BLOCK_K"]:  # dV alone: d_v within one tile stays in the one-key-block launch
-        narrow, widest = cfg["BLOCK_DV"] + 1, 512
+        lo, hi = cfg["BLOCK_DV"] + 1, 512
     else:  # dK and dV: over one tile, or from 128 channels even within one
-        narrow, widest = min(cfg["BLOCK_DV"] + 1, 128), 256
-    return rk == rv and narrow <= d_v <= widest and (big or interpreting())
+        lo, hi = min(cfg["BLOCK_DV"] + 1, 128), 256
+    return rk == rv and lo <= d_v <= hi and (big or interpreting())
 
 
 def _dkdv_wide_config(N: int, M: int, cfg: dict, d_v: int) -> dict:
