@@ -972,8 +972,8 @@ COMPILE_CHECK = textwrap.dedent(
     cf = sp.split_config(B, H, True)
     smf = dict(BLOCK_B=cf.block_b, BLOCK_N=cf.block_n, BLOCK_K=cf.block_k, num_warps=cf.num_warps,
                num_stages=cf.num_stages, PRECISION="ieee")
-    ffma = (18, *sp.cell_part_tiles(18, sp.embed_chunk(cf, True), True), sp.part_vec(18, Zt, False), smf)
-    assert ffma[1:4] == ((3, 8) if fp32_dot_min_k() == 8 else (2, 16)) + (1,)
+    ffma = (18, *sp.cell_part_tiles(18, sp.embed_chunk(cf, True), True), sp.part_vec(18, Zt), smf)
+    assert ffma[1:4] == ((3, 8) if fp32_dot_min_k() == 8 else (2, 16)) + (2,)  # vectors of 2: K 18, Zt 8
     for k2, a2c, ba2, vec, meta in ((2 * Zg, a2c, ba2, 4, sm), ffma):
         ld = -(-(n_in + k2) // 8) * 8
         sp._split_cell_kernel.warmup(e(B, n_in), n_in, n_in, e(B, Zt), Zt, k2, *no_next,

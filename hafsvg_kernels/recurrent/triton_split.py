@@ -604,14 +604,15 @@ def output_config(B: int, N: int, fp32: bool = False, tf32: bool = False) -> Spl
     return cfg if fp32 or interpreting() else cfg._replace(num_warps=2)
 
 
-def part_vec(K: int, stride: int, wide: bool) -> int:
+def part_vec(K: int, stride: int) -> int:
     """How many columns of the narrow input part (part 2) load as one vector (:func:`_cols_below`):
-    ``wide``, the widest power of two, at most 8, that divides its width and its row stride; else 1.
-    Wide in the folded cells on the tensor cores (the folded bf16 step modeled 14.0 -> 13.8 µs at
-    moving-mnist, 15.0 -> 14.8 at kth) and in the embedding launches; not in the FFMA cells, which
-    sit at the register limit: there the wider loads made kth's groups spill more (fp32 folded
-    28 -> 80 B; sm_90a)."""
-    return math.gcd(K, stride, 8) if wide else 1
+    the widest power of two, at most 8, that divides its width and its row stride. On the tensor
+    cores the folded bf16 step modeled 14.0 -> 13.8 µs at moving-mnist, 15.0 -> 14.8 at kth. On
+    the FFMA cells (fp32 "ieee") the vectors once made kth's groups spill more (28 -> 80 B), before
+    :func:`cell_part_tiles`; now they take kth's fourth prior group (K = 18, vectors of 2) from
+    16 B of spills to none under Triton 3.6 (36.11 -> 35.97 µs), and change no other fp32 cell
+    launch by more than 0.1 µs, spilling nowhere (3.6 and 3.9; sm90_report, fp32 folded step)."""
+    return math.gcd(K, stride, 8)
 
 
 def merged_gates(fp32: bool, precision: str) -> bool:
@@ -786,7 +787,7 @@ def _cell_launch(B, H, parts, e, heads, state, cell, new, gates, save, precision
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_Z2=_head_block_z(2 * Zg), N_PARTS=grid_n,
         PARTS_UNROLLED=parts_unrolled(cfg, Zg, grid_n), BLOCK_ZH=heads_tile_z(Zg),
         A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2, LD_IN=cell.w_ih.stride(0),
-        A2_VEC=part_vec(K_a2, stride_a2, merged), KA_EVEN=K_a % cfg.block_k == 0,
+        A2_VEC=part_vec(K_a2, stride_a2), KA_EVEN=K_a % cfg.block_k == 0,
         H_EVEN=H % cfg.block_k == 0, MERGED=merged, ONE_BIAS=one_bias is not None, NEXT_BIAS=next_bias is not None,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         maxnreg=cell_max_registers(fp32 and precision == "ieee", draw_all, folded, head_out is not None),
@@ -808,7 +809,7 @@ def _embed_launch(x, w, e, counts, cfg: SplitConfig, fp32: bool, precision: str,
         x, n1, x[:, n1:], n_in - n1, w.embed_w, w.embed_b, e,
         e if counts is None else counts, n_counts, *(bias if bias is not None else (e, e, e)), B, H,
         LD_W=w.embed_w.stride(0), A_CHUNKS=a_chunks, BLOCK_A=block_a, A2_CHUNKS=a2_chunks, BLOCK_A2=block_a2,
-        STRIDE_A=x.stride(0), A2_VEC=part_vec(n_in - n1, x.stride(0), True),
+        STRIDE_A=x.stride(0), A2_VEC=part_vec(n_in - n1, x.stride(0)),
         BLOCK_COUNTS=max(1, triton.next_power_of_2(n_counts)), SUM_BIAS=bias is not None,
         BLOCK_B=cfg.block_b, BLOCK_N=cfg.block_n,
         PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -558,7 +558,7 @@ def _split_cell_launch(io, H, n_in, K2, first, Zg, Zt, label, extra_w, extra_act
         "PARTS_UNROLLED": ts.parts_unrolled(cfg, zg_arg, grid[1]), "Zg": zg_arg, "BLOCK_ZH": ts.heads_tile_z(zg_arg),
         "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2, "LD_IN": ld_in, "PRECISION": "ieee",
         "KA_EVEN": (n_in if first else H) % cfg.block_k == 0, "H_EVEN": H % cfg.block_k == 0,
-        "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2 if first else H, merged),
+        "MERGED": merged, "A2_VEC": ts.part_vec(K2 if first else 0, stride_a2 if first else H),
         # b_ih + b_hh in fp32 on the tensor cores: fold_embedding's, or summed by the launch before
         "ONE_BIAS": merged, "NEXT_BIAS": next_bias,
     }  # fmt: skip
@@ -598,7 +598,7 @@ def _split_embed_launch(io, H, n_in, label, e, fp32, counts=0) -> Launch:
             "w_ptr": io, "b_ptr": io, "e_ptr": io, "count_ptr": Ptr("i32") if counts else io, "N_COUNTS": counts,
             "nb_ih": io, "nb_hh": io, "nb_out": io if fp32 else Ptr("fp32"), "B": B, "H": H}  # fmt: skip
     consts = {"LD_W": n_in, "A_CHUNKS": a_chunks, "BLOCK_A": block_a, "A2_CHUNKS": a2_chunks, "BLOCK_A2": block_a2,
-              "STRIDE_A": n_in, "A2_VEC": ts.part_vec(n_in - n1, n_in, True),
+              "STRIDE_A": n_in, "A2_VEC": ts.part_vec(n_in - n1, n_in),
               "BLOCK_COUNTS": max(1, 1 << (counts - 1).bit_length()) if counts else 1, "SUM_BIAS": not fp32,
               "BLOCK_B": cfg.block_b, "BLOCK_N": cfg.block_n, "PRECISION": "ieee"}  # fmt: skip
     moved = B * n_in + H * n_in + H + B * H + counts * 4 // e + (0 if fp32 else 8 * H + 4 * H * 4 // e)
