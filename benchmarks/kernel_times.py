@@ -6,8 +6,9 @@ model's predictions against a GPU.
         --static benchmarks/results/static-sm90-<date>.json --md model-vs-measured.md
 
 Workloads are those of ``python -m hafsvg_kernels.sm90_report``: every aligner row at the sampling
-batch (1600 queries, keys and values per clip, q/k/v as transposed views of NCHW projections,
-``out`` a channel slice of the decoder's buffer), forward and backward, and the recurrent step of
+batch (1600 queries, keys and values per clip, q/k/v as transposed views of NCHW projections),
+forward and backward as training runs them (a fresh output, which the aligner concatenates into
+[F_d; F_e; Z]; dO the channel slice of that buffer's gradient), and the recurrent step of
 the ``moving-mnist`` sizes at batch 1600 as sampling runs it (prior with noise drawn in the
 kernel, then the 2-layer predictor, under ``no_grad``), in bf16 and fp32. Each case is first run
 once in a pool of worker processes (Triton compiles in parallel, into its cache), then profiled
@@ -53,9 +54,9 @@ def _rand(dtype: str):
 
 def attention_inputs(name: str, dtype: str) -> dict:
     """q (B, N, d_qk), k (clips, N, d_qk), v (clips, N, C) as transposed views of NCHW projections
-    (requiring grad), dO (B, N, C) a channel slice of a (B, 2C, N) buffer, the scale, and
-    ``buffer()``: a new (B, 2C, N) [F_d; Z] buffer whose ``[:, C:]`` slice viewed as (B, N, C) is
-    ``out``."""
+    (requiring grad), dO (B, N, C) a channel slice of a (B, 2C, N) buffer (as the concatenation's
+    backward gives it), the scale, and ``out()``: a new (B, 2C, N) [F_d; Z] buffer's ``[:, C:]``
+    slice viewed as (B, N, C), where sampling writes the forward's output."""
     import torch
 
     row = next(r for r in ALIGNER_ROWS if r.name == name)
@@ -112,7 +113,9 @@ def recurrent_step(dtype: str):
 
 def _make(workload: str, dtype: str):
     """fn() running one call of the workload (attention: forward then backward, through autograd
-    as the model runs it)."""
+    as the model's aligner runs it in training: a fresh output, no ``out``; through a written
+    view, autograd's CopySlices would add copies of the buffer's gradient that the model does not
+    make: 0.1-4 ms per call in the H200's kernel_times.json of 2026-12-04)."""
     import torch
 
     from hafsvg_kernels import aligned_attention
@@ -122,7 +125,7 @@ def _make(workload: str, dtype: str):
     a = attention_inputs(workload, dtype)
 
     def attention():
-        out = aligned_attention(a["q"], a["k"], a["v"], scale=a["scale"], out=a["out"](), backend="triton")
+        out = aligned_attention(a["q"], a["k"], a["v"], scale=a["scale"], backend="triton")
         torch.autograd.grad(out, (a["q"], a["k"], a["v"]), a["do"])
 
     return attention
