@@ -6,8 +6,8 @@ in a subprocess without ``TRITON_INTERPRET`` (conftest sets it on CPU-only machi
 kernels cannot be compiled). The gate compares it with the recorded report
 ``benchmarks/results/static-sm90-<date>.json`` (the newest; under Triton 3.6, as CI also runs it,
 ``static-sm90-triton3.6/<date>.json``): no kernel spills more, no op or row is modeled further from
-its floor (2 % tolerance). The issue's targets are computed in the report's
-"targets" section, met or not, and are not asserted here.
+its floor (2 % tolerance). The issue's targets are computed in the report's "targets" section, met
+or not; each one met in the recorded report must stay met.
 """
 
 from __future__ import annotations
@@ -151,13 +151,23 @@ def test_no_regression_against_recorded_report(report, recorded_here):
     assert not worse, "\n".join(worse)
 
 
+def test_targets_met_when_recorded_stay_met(report, recorded_here):
+    """A target of the issue met in the recorded report (of this Triton) is met now: the gate's
+    2 % tolerance cannot take a row across a threshold (DCGAN 16^2 bf16 sits at 0.6006 of its floor)."""
+    now = {t["target"]: t for t in report["targets"]}
+    held = [t["target"] for t in recorded_here["targets"] if t["met"]]
+    assert held, "the recorded report meets no target"
+    lost = [f"{n}: {now[n]['detail'] if n in now else 'not computed'}" for n in held if not now.get(n, {}).get("met")]
+    assert not lost, "\n".join(lost)
+
+
 def test_recorded_report_is_complete(recorded):
     """The recorded report has every row, the targets section, the autotune candidates and nvcc."""
     assert {(r["row"], r["dtype"]) for r in recorded["rows"]} == {(r, d) for r in ROW_NAMES for d in ("bf16", "fp32")}
     names = [t["target"] for t in recorded["targets"]]
     assert any(n.startswith("no spills") for n in names) and any("CTAs" in n for n in names)
     assert any(n.startswith("modeled ratio to floor >= 0.6") for n in names)
-    assert any("exps per score" in n for n in names)
+    assert any("exps per score" in n for n in names) and any(n.startswith("wgmma") for n in names)
     assert any("autotune" in o["config"] for o in recorded["ops"])
     assert "nvcc" in recorded
 
@@ -381,5 +391,5 @@ def test_facts_of_todays_kernels(report):
             assert [k["semaphore_divisor"] for k in kernels] == [min(w, 2) for w in want]
             if dt == "bf16":
                 assert all(k["mma_kind"] == "wgmma" for k in kernels if k["kernel"] == "_split_cell_kernel")
-    # the issue's targets are computed (met or not) in the report, not asserted here
+    # the issue's targets are computed, met or not (those met when recorded stay met: above)
     assert {t["met"] for t in report["targets"]} <= {True, False}
