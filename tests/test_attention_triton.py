@@ -181,6 +181,41 @@ def test_single_pass_backward_float64(monkeypatch, split):
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
 @pytest.mark.parametrize(
+    "case", [(6, 2, 2, 24, 200), (6, 2, 3, 16, 64)], ids=["dv-over-one-tile", "v-of-other-batches"]
+)
+@pytest.mark.parametrize("split", [1, 3])
+def test_single_pass_dk_and_dv_apart_float64(monkeypatch, case, split):
+    """One pass with dK and dV in two launches (as fp32's FFMA dots run VGG 16^2: d_qk 32, d_v 256
+    over 64-channel tiles): dK's launch adds dQ atomically, dV's follows, no dq kernel. Forced here
+    (the launcher takes it on FFMA dots only), with d_v over one value tile, or V of other batches
+    than K (3 query batches per key batch, 2 per value batch); ragged queries (N 100), keys (M
+    150: two full 64-key blocks and a tail) and channels (d_qk 24, 16), against the float64
+    reference and the two-pass backward."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    B, Bk, Bv, d_qk, d_v = case
+    N, M = 100, 150
+    q, k, v = (t.detach() for t in make_inputs(B, Bk, Bv, N, M, d_qk, d_v, dtype=torch.float64))
+    cfg = ta._bwd_config(N, M, d_qk, d_v)
+    assert B // Bk != B // Bv or d_v > cfg["BLOCK_DV"]  # dK and dV apart
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.7, do)
+    with monkeypatch.context() as m:
+        m.setattr(ta, "single_pass", lambda *a: True)
+        record_grids(m, ta, "_bwd_dq_kernel", forbid="the single-pass backward launched the dq kernel")
+        record_grids(m, ta, "_bwd_dkdv_wide_kernel", forbid="the single-pass backward launched the wide kernel")
+        launches = record_grids(m, ta, "_bwd_dkdv_kernel")
+        one = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    assert len(launches) == 2  # dK (+ dQ), then dV
+    assert_grads_close(one, ref_grads, 1e-10, q.dtype)
+    two = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    for g1, g2 in zip(one, two):
+        assert rel_err(g1, g2) <= 1e-12
+
+
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize(
     "case",
     [
         (6, 2, 2, 17, 33, 8, 64, 1),
@@ -746,6 +781,18 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                     DVO=io, Count="*fp32", DQ=io)  # fmt: skip
         stages = ta._dkdv_stages(cfg, 64, True, False, True)
         assert (cfg["BLOCK_Q"], stages) == (32, 1), (cfg, stages)
+        build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**cfg, "num_stages": stages})
+    if fma:  # VGG 16^2's single pass, dK and dV apart: dK adds dQ atomically, 32-channel chunks, 1 stage
+        cfg = ta._bwd_config(256, 256, 32, 256, True)
+        blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
+        flags = {"SPLIT": 2, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": False, "DQ_ATOMIC": True,
+                 "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False, "LSE_LOG2": True,
+                 "DP_CHUNK": ta._dp_chunk(cfg["BLOCK_DV"], False, True, True), "ONE_Q_BLOCK": False,
+                 "BLOCK_DN": cfg["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
+        ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
+                    DVO=io, Count="*fp32", DQ="*fp32")  # fmt: skip
+        stages = ta._dkdv_stages(cfg, 256, True, False, True, True)
+        assert ta.single_pass(256, 32, 256, 100, 100, cfg, True) and (flags["DP_CHUNK"], stages) == (32, 1)
         build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**cfg, "num_stages": stages})
     if fma:  # the dV-alone launch's wide FFMA tiles (_dv_config): DCGAN 8^2, VGG 8^2, VGG 16^2
         for n, d_qk, d_v in ((64, 32, 256), (64, 64, 512), (256, 32, 256)):

@@ -39,7 +39,7 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
         assert (cfg["BLOCK_Q"], cfg["BLOCK_K"], cfg["num_warps"], cfg["num_stages"]) == (32, 64, 2, 3)
         assert cfg["DV_TILES"] == 1  # the rest of the launcher's config stays
         assert ta.single_pass(1024, 8, 64, 100, 100, cfg, False)
-        assert not ta.single_pass(1024, 32, 64, 100, 100, cfg, False)  # d_qk 32: one pass impossible
+        assert not ta.single_pass(1024, 64, 64, 100, 100, cfg, False)  # d_qk 64: one pass not offered
     with sweep._patched("fwd", ((64, 32, 4, 4), None)):
         cfg = ta._fwd_config(256, 256, 16, 128)
         assert (cfg["BLOCK_Q"], cfg["BLOCK_K"], cfg["num_warps"], cfg["num_stages"]) == (64, 32, 4, 4)

@@ -1368,8 +1368,9 @@ def _dv_config(cfg: dict, N: int, M: int, d_v: int, fma: bool) -> dict:
             "num_stages": 2}  # fmt: skip
 
 
-def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bool) -> int:
-    """Pipeline stages of a dK/dV launch with tiles ``kcfg`` (``_bwd_config``'s otherwise).
+def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bool, dq_atomic: bool = False) -> int:
+    """Pipeline stages of a dK/dV launch with tiles ``kcfg`` (``_bwd_config``'s otherwise);
+    ``dq_atomic``: the launch also adds dQ (the single pass, :func:`single_pass`).
 
     FFMA dots (fp32 "ieee"): 1 stage (K, V and dO tiles read into registers, not double-buffered
     in shared memory) where dK and dV are fused, and at d_qk = 64 (all keys in one block). With 2,
@@ -1388,9 +1389,10 @@ def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bo
     (VGG 16^2), where 3 stages' pipelining of the chunk loop cost instructions: modeled 78.7 ->
     73.6 µs (issue- -> tensor-bound), and Triton 3.6's ptxas spilled 8 B there (none with 2;
     sm90_report, bf16). ``benchmarks/sweep.py`` replaces this rule by its candidates' stages."""
-    if fma:
+    if fma:  # and dK alone with the atomic dQ (VGG 16^2, _dp_chunk): 1 stage, no spills (3.9, 3.6)
         one_block_dk = compute_dk and M <= kcfg["BLOCK_K"]
-        one = (compute_dk and compute_dv) or one_block_dk or (kcfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
+        one = (compute_dk and (compute_dv or dq_atomic)) or one_block_dk
+        one = one or (kcfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
         return 1 if one else kcfg["num_stages"]
     dk_chunks = not compute_dv and M > kcfg["BLOCK_K"] and kcfg["DV_TILES"] > 1
     if compute_dk and (dk_chunks or (compute_dv and kcfg["BLOCK_DV"] >= 128)):
@@ -1402,31 +1404,45 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     """Whether the backward runs in one pass over the scores (dQ added atomically by the dK/dV
     kernel's key blocks into a zeroed fp32 accumulator) instead of two (a dq kernel, then dK/dV).
 
-    Only where dK and dV are fused (K and V of the same batches, d_v in one tile) and d_qk <= 16,
-    where one pass computes each score's exponential and GEMMs once instead of twice. In bf16
-    also M >= 512 keys, and d_v >= 128 or M >= 4096, as measured on an H200 (``benchmarks/sweep.py``,
-    batch 1600, 64 x 64 tiles, 3 stages, µs, two passes vs one): VGG 32^2 (d_v 128) 3636 vs 3149,
-    VGG 64^2 (d_v 64) 35720 vs 35531; but DCGAN 32^2 (d_v 64, M = 1024) 2317 vs 2487, DCGAN 16^2
-    (M = 256) 442 vs 476: at d_v = 64 the second pass's dP = dO V^T costs about what the M / BLOCK_K
-    L2 atomic adds per dQ element cost (which the static model does not charge: it puts one pass
-    at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the zeroing and the
-    cast of the dQ accumulator and the delta pass outweigh it. The H200 ran Triton 3.6, whose
-    ptxas spills the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the two-pass dK/dV
-    kernel 256 B); under Triton 3.9 neither spills, and the model puts one pass at 0.672 of the
-    floor against 0.579 (sm90_report with this rule forced, bf16, fwd + bwd; with dK and the atomic
-    dQ on 8 channels, ``BLOCK_DN``): to be timed again there (``benchmarks/sweep.py`` times both)
-    before this rule changes. fp32 (FFMA dots, ``fma``), where
-    the static sm_90 model gains at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2
-    0.53 -> 0.70), keeps one pass; it is not yet measured. Under the interpreter every fused
-    d_qk <= 16 shape with more keys than one block runs it (one key block: ``DQ_DIRECT``), so that
-    the tests exercise it at small sizes."""
+    On the tensor cores only where dK and dV are fused (K and V of the same batches, d_v in one
+    tile) and d_qk <= 16, where one pass computes each score's exponential and GEMMs once instead of
+    twice; and M >= 512 keys, and d_v >= 128 or M >= 4096, as measured on an H200
+    (``benchmarks/sweep.py``, batch 1600, 64 x 64 tiles, 3 stages, µs, two passes vs one): VGG 32^2
+    (d_v 128) 3636 vs 3149, VGG 64^2 (d_v 64) 35720 vs 35531; but DCGAN 32^2 (d_v 64, M = 1024) 2317
+    vs 2487, DCGAN 16^2 (M = 256) 442 vs 476: at d_v = 64 the second pass's dP = dO V^T costs about
+    what the M / BLOCK_K L2 atomic adds per dQ element cost (which the static model does not charge:
+    it puts one pass at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the
+    zeroing and the cast of the dQ accumulator and the delta pass outweigh it. The H200 ran Triton
+    3.6, whose ptxas spills the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the two-pass
+    dK/dV kernel 256 B); under Triton 3.9 neither spills, and the model puts one pass at 0.672 of
+    the floor against 0.579 (sm90_report with this rule forced, bf16, fwd + bwd; with dK and the
+    atomic dQ on 8 channels, ``BLOCK_DN``): to be timed again there (``benchmarks/sweep.py`` times
+    both) before this rule changes.
+
+    fp32 (FFMA dots, ``fma``) takes one pass up to d_qk = 32, where the static sm_90 model gains
+    at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 -> 0.70), with dK and
+    dV apart too (VGG 16^2: d_qk 32, d_v 256 over 64-channel tiles; ``backward``): dK's launch
+    adds dQ, and the dq kernel, which recomputed dP = dO V^T over all 256 channels, goes. There
+    backward 4145 -> 3176 µs modeled (the row 0.571 -> 0.660 of the floor, 4 -> 3 exponentials per
+    score; Triton 3.6 alike), for 105 M fp32 atomic adds (8 per dQ element), which the model does
+    not charge: half of DCGAN 32^2's bf16 single pass, which the H200 ran within 7 % of two passes,
+    against a dq launch of 1417 µs modeled (the H200 ran fp32 compute kernels 1.8-5.7x slower than
+    modeled). Not yet measured. Under the interpreter every fused d_qk <= 16 shape with more keys
+    than one block runs it (one key block: ``DQ_DIRECT``), so that the tests exercise it at small
+    sizes; the tests force it where dK and dV are apart."""
+    if fma:
+        return d_qk <= 32
     fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1 and d_qk <= 16
-    return fused and (fma or interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
+    return fused and (interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
 
 
-def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
+def _dp_chunk(block_dv: int, fused: bool, fma: bool, dq_atomic: bool = False) -> int:
     """Channels per step of the dK/dV kernel's V dO^T: the value tile (BLOCK_DV; with dK alone
-    the chunk loop's step) in one dot, except where dK and dV are fused over 128 channels.
+    the chunk loop's step) in one dot, except where dK and dV are fused over 128 channels, and on
+    FFMA dots where dK alone adds dQ (``dq_atomic``: VGG 16^2 in fp32, :func:`single_pass`), 32
+    channels with 1 stage: 128 registers and no spills, where 64 took 255 and spilled 52 B (2
+    stages) or 150 and none under 3.9 but 40 B under 3.6 (1 stage), at the same modeled time
+    (1595-1604 µs; sm90_report, fp32).
 
     On the tensor cores (DCGAN 16^2, VGG 32^2) 64-channel chunks, with 2 pipeline stages instead
     of 3 (:func:`_dkdv_stages`): one dot over 128 channels kept V's 128 channels in registers beside the dV
@@ -1446,6 +1462,8 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool) -> int:
     with one pipeline stage (:func:`_dkdv_stages`). At 64 channels (DCGAN 32^2, VGG 64^2) the chunks
     removed 400 B of spills but modeled 7 % slower (0.59 -> 0.55), so one dot stays there (one
     stage removed them since)."""
+    if fma and dq_atomic and not fused:
+        return min(32, block_dv)
     if not fused or block_dv < 128:
         return block_dv
     return 32 if fma else 64
@@ -1609,7 +1627,7 @@ def backward(
         warps = kcfg["num_warps"]
         if fma and compute_dv and warps == 2 and kcfg["BLOCK_DV"] <= 64 and (compute_dk or kcfg["BLOCK_D"] >= 64):
             warps = 4
-        stages = _dkdv_stages(kcfg, M, compute_dk, compute_dv, fma)
+        stages = _dkdv_stages(kcfg, M, compute_dk, compute_dv, fma, dq_atomic)
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
             q, k, v, do, out, lse2, delta, dk_arg, dv_arg,
             dk_arg if dk_out is None else dk_out, dv_arg if dv_out is None else dv_out, count,
@@ -1636,7 +1654,7 @@ def backward(
             BLOCK_DN=block_dn, EVEN_DN=d_qk == block_dn and (compute_dk and compute_dv or wide_dv),
             EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
             LSE_LOG2=lse2 is not lse,
-            DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma),
+            DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma, dq_atomic),
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
             **{**kcfg, "num_warps": warps, "num_stages": stages},
         )  # fmt: skip
@@ -1675,7 +1693,11 @@ def backward(
             BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
         )  # fmt: skip
         dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
-        dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True)
+        if fused:
+            dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True)
+        else:  # dK with the atomic dQ, then dV (FFMA dots: VGG 16^2)
+            dk, _ = launch(Bk, rk, True, False, dq_acc, dq_atomic=True)
+            _, dv = launch(Bv, rv, False, True)
         return dq_acc.to(q.dtype), dk, dv
 
     # The dq kernel computes delta = rowsum(dO * O) and lse in base 2 and stores them for the dK/dV
