@@ -1423,7 +1423,7 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 -> 0.70), with dK and
     dV apart too (VGG 16^2: d_qk 32, d_v 256 over 64-channel tiles; ``backward``): dK's launch
     adds dQ, and the dq kernel, which recomputed dP = dO V^T over all 256 channels, goes. There
-    backward 4145 -> 3176 µs modeled (the row 0.571 -> 0.660 of the floor, 4 -> 3 exponentials per
+    backward 4145 -> 3176 µs modeled (the row 0.571 -> 0.692 of the floor, 4 -> 3 exponentials per
     score; Triton 3.6 alike), for 105 M fp32 atomic adds (8 per dQ element), which the model does
     not charge: half of DCGAN 32^2's bf16 single pass, which the H200 ran within 7 % of two passes,
     against a dq launch of 1417 µs modeled (the H200 ran fp32 compute kernels 1.8-5.7x slower than
