@@ -106,7 +106,10 @@ def variants(dtype: str) -> list[tuple]:
         if dtype == "bf16" and r.n > 256:
             out += [("fwd", r.name, (None, f), dtype) for f in (False, True, "rowsum-mma", "rowsum-sum")]
         bwd = sorted({_fit(t, r.n) for t in BWD_TILES[dtype]})
-        passes = (False, True) if r.d_qk <= 16 and r.c <= 128 else (False,)  # one pass possible
+        # one pass possible: d_qk <= 16 with dK and dV fused, and on FFMA dots (fp32) up to d_qk 32
+        # with them apart (VGG 16^2; single_pass), where more keys than one block
+        one = (r.d_qk <= 16 and r.c <= 128) or (dtype == "fp32" and r.d_qk <= 32 and r.n > 64)
+        passes = (False, True) if one else (False,)
         out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
         if dtype == "bf16" and _wide_dkdv_row(r):
             out.append(("bwd", r.name, (None, "no-wide"), dtype))
