@@ -507,7 +507,7 @@ def test_fused_dkdv_in_channel_chunks_float64(monkeypatch, case):
 
     chunks = []
 
-    def dp_chunk(block_dv, fused, fma):
+    def dp_chunk(block_dv, fused, fma, dq_atomic=False):
         chunks.append((block_dv, fused))
         return 16 if fused else block_dv
 
