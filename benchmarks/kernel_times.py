@@ -8,7 +8,8 @@ model's predictions against a GPU.
 Workloads are those of ``python -m hafsvg_kernels.sm90_report``: every aligner row at the sampling
 batch (1600 queries, keys and values per clip, q/k/v as transposed views of NCHW projections),
 forward and backward as training runs them (a fresh output, which the aligner concatenates into
-[F_d; F_e; Z]; dO the channel slice of that buffer's gradient), and the recurrent step of
+[F_d; F_e; Z]; dO a channel slice of a buffer, as the concatenation's backward gives it), and the
+recurrent step of
 the ``moving-mnist`` sizes at batch 1600 as sampling runs it (prior with noise drawn in the
 kernel, then the 2-layer predictor, under ``no_grad``), in bf16 and fp32. Each case is first run
 once in a pool of worker processes (Triton compiles in parallel, into its cache), then profiled

@@ -10,9 +10,10 @@ passes and implementations by their ids). Each SPEC §3 row (N = H·W, C = d_v, 
 
 for ``fwd`` and ``fwd+bwd``, with the implementations
 
-* ``triton``: :func:`hafsvg_kernels.aligned_attention` with ``backend="triton"``, inputs laid out
-  as in the model (q/k/v transposed views of NCHW projections; the forward writes into the Z
-  slice of a [F_d; F_e; Z] buffer through ``out``);
+* ``triton``: :func:`hafsvg_kernels.aligned_attention` with ``backend="triton"``, called as the
+  model's aligner calls it (q/k/v transposed views of NCHW projections; ``fwd`` writes into the Z
+  slice of a [F_d; F_e; Z] buffer through ``out``, as sampling does; ``fwd+bwd`` into a fresh
+  output, which training concatenates);
 * ``cuda``: the same call with ``backend="cuda"`` (the C++/CUDA extension, ``csrc/cuda``; JIT-built
   at first use where nvcc is present), to measure the CUDA ``auto`` order;
 * ``eager``: :func:`aligned_attention_ref` (chunked over the query batch);

@@ -67,7 +67,9 @@ def reference(q, k, v, scale, do):
 # (B, Bk, Bv, N, M, d_qk, d_v, scale): covers N, M in {1, 17, 64, 100, 128, 257}, d_qk in
 # {1, 8, 16, 32, 64}, d_v in {3, 64, 200, 256, 512}, sizes that are multiples of every block and
 # sizes that are not, B // Bk in {1, 3, 7}, V per sample (Bv = B) and per clip, rk != rv, Bk and
-# Bv not dividing each other, one and several d_v tiles, without the cartesian product.
+# Bv not dividing each other, one and several d_v tiles, without the cartesian product. The
+# launches named are the interpreter's (and the tensor cores'); fp32 with FFMA dots on a GPU takes
+# one pass, dK adding dQ, where K and V share batches and dK, dV are apart (single_pass).
 CASES = [
     (2, 2, 2, 1, 1, 1, 3, 1.0),  # one query, one key: dq = dk = 0
     (3, 1, 3, 17, 100, 8, 64, 1.0),  # K per clip (rk = 3), V per sample (rv = 1)
@@ -189,8 +191,10 @@ def test_single_pass_dk_and_dv_apart_float64(monkeypatch, case, split):
     over 64-channel tiles): dK's launch adds dQ atomically, dV's follows, no dq kernel. Forced here
     (the launcher takes it on FFMA dots only), with d_v over one value tile, or V of other batches
     than K (3 query batches per key batch, 2 per value batch); ragged queries (N 100), keys (M
-    150: two full 64-key blocks and a tail) and channels (d_qk 24, 16), against the float64
-    reference and the two-pass backward."""
+    150: two full 64-key blocks and a tail) and query/key channels (d_qk 24; and 16), against the
+    float64 reference and the two-pass backward. The interpreter runs V dO^T in BLOCK_DV chunks
+    and sums the split's partials in the kernel; the FFMA launch's 32-channel chunks and 1 stage
+    are compiled (_AOT_SCRIPT), not run."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     B, Bk, Bv, d_qk, d_v = case
@@ -308,7 +312,8 @@ def test_split_partial_sums(case, split):
     """dK/dV summed over programs that split a clip's query batches (partial sums in the
     accumulator dtype, added by the last program of each tile), in float64 under the interpreter
     (float32 on a GPU): one key block (dQ stored by the dK programs) and two passes (dq kernel,
-    then dK and dV apart over two 128-channel value tiles), with ragged sizes."""
+    then dK and dV apart over two 128-channel value tiles; on a GPU's FFMA dots one pass, dK
+    adding dQ), with ragged sizes."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     dtype, tol = (torch.float32, 1e-4) if CUDA else (torch.float64, 1e-10)

@@ -73,8 +73,12 @@ def recorded():
 @pytest.fixture(scope="module")
 def recorded_here(report, recorded):
     """The recorded report of the Triton that compiled ``report``: 3.9's, or 3.6's (CI runs this
-    module under both)."""
-    return recorded if report["triton"] == recorded["triton"] else json.loads(RECORDED_3_6.read_text())
+    module under both); a failure under any other."""
+    here = recorded if report["triton"] == recorded["triton"] else json.loads(RECORDED_3_6.read_text())
+    assert here["triton"] == report["triton"], (
+        f"no report recorded with Triton {report['triton']} (have {recorded['triton']}, {here['triton']}): record one"
+    )
+    return here
 
 
 def _kernel_key(k) -> str:
@@ -125,9 +129,6 @@ def test_report_covers_every_row_and_the_recurrent_step(report):
 
 def test_no_regression_against_recorded_report(report, recorded_here):
     recorded = recorded_here
-    assert recorded["triton"] == report["triton"], (
-        f"no report recorded with Triton {report['triton']} (have {recorded['triton']}): record one"
-    )
     rec_ops = {(o["name"], o["config"]): o for o in recorded["ops"]}
     worse = []
     for o in report["ops"]:

@@ -860,7 +860,7 @@ def _bwd_dkdv_kernel(
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV): chunks of the V dO^T loop of dK alone
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
-    DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK and COMPUTE_DV: the single-pass backward, dQ too
+    DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK (and COMPUTE_DV where fused): the single-pass backward, dQ too
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
     ONE_Q_BLOCK: tl.constexpr,  # N == BLOCK_Q: one query block per batch, no loop over query blocks
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
@@ -868,7 +868,7 @@ def _bwd_dkdv_kernel(
     EVEN_DN: tl.constexpr,  # D_QK == BLOCK_DN: no dK / dQ channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
-    DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer when fused at 128 channels (_dp_chunk)
+    DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer (_dp_chunk)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
@@ -1373,7 +1373,8 @@ def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bo
     ``dq_atomic``: the launch also adds dQ (the single pass, :func:`single_pass`).
 
     FFMA dots (fp32 "ieee"): 1 stage (K, V and dO tiles read into registers, not double-buffered
-    in shared memory) where dK and dV are fused, and at d_qk = 64 (all keys in one block). With 2,
+    in shared memory) where dK and dV are fused, where dK alone adds dQ (VGG 16^2, :func:`_dp_chunk`)
+    and at d_qk = 64 (all keys in one block). With 2,
     ptxas (sm_90) spilled there; with 1, nothing, at the same modeled time or less (sm90_report,
     Triton 3.9): the fused kernel 400 B at DCGAN 32^2 and VGG 64^2 (226.5 vs 227.2 ms), 44 B at
     DCGAN 16^2 and VGG 32^2; VGG 8^2 dK+dQ 28 B, dV 20 B (604.7 vs 608.6 µs for both). Triton 3.6
@@ -1389,7 +1390,7 @@ def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bo
     (VGG 16^2), where 3 stages' pipelining of the chunk loop cost instructions: modeled 78.7 ->
     73.6 µs (issue- -> tensor-bound), and Triton 3.6's ptxas spilled 8 B there (none with 2;
     sm90_report, bf16). ``benchmarks/sweep.py`` replaces this rule by its candidates' stages."""
-    if fma:  # and dK alone with the atomic dQ (VGG 16^2, _dp_chunk): 1 stage, no spills (3.9, 3.6)
+    if fma:
         one_block_dk = compute_dk and M <= kcfg["BLOCK_K"]
         one = (compute_dk and (compute_dv or dq_atomic)) or one_block_dk
         one = one or (kcfg["BLOCK_D"] >= 64 and (compute_dk or not _TRITON_3_6))
@@ -1419,21 +1420,24 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     atomic dQ on 8 channels, ``BLOCK_DN``): to be timed again there (``benchmarks/sweep.py`` times
     both) before this rule changes.
 
-    fp32 (FFMA dots, ``fma``) takes one pass up to d_qk = 32, where the static sm_90 model gains
-    at every such row (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 -> 0.70), with dK and
-    dV apart too (VGG 16^2: d_qk 32, d_v 256 over 64-channel tiles; ``backward``): dK's launch
-    adds dQ, and the dq kernel, which recomputed dP = dO V^T over all 256 channels, goes. There
-    backward 4145 -> 3176 µs modeled (the row 0.571 -> 0.692 of the floor, 4 -> 3 exponentials per
-    score; Triton 3.6 alike), for 105 M fp32 atomic adds (8 per dQ element), which the model does
-    not charge: half of DCGAN 32^2's bf16 single pass, which the H200 ran within 7 % of two passes,
-    against a dq launch of 1417 µs modeled (the H200 ran fp32 compute kernels 1.8-5.7x slower than
-    modeled). Not yet measured. Under the interpreter every fused d_qk <= 16 shape with more keys
-    than one block runs it (one key block: ``DQ_DIRECT``), so that the tests exercise it at small
-    sizes; the tests force it where dK and dV are apart."""
-    if fma:
-        return d_qk <= 32
-    fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1 and d_qk <= 16
-    return fused and (interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
+    fp32 (FFMA dots, ``fma``) takes one pass where the static sm_90 model gains at every such row of
+    the workloads: fused at d_qk <= 16 (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 ->
+    0.70), and, K and V of the same batches, with dK and dV apart up to d_qk 32 (VGG 16^2: d_qk 32,
+    d_v 256 over 64-channel tiles; ``backward``): dK's launch adds dQ, and the dq kernel, which
+    recomputed dP = dO V^T over all 256 channels, goes. Not modeled, so kept on two passes: fused at
+    d_qk 17-32, and V of other batches than K (the dK launch would take over the dQ of B x
+    query-block programs with its Bk x key-block ones). At VGG 16^2 backward 4145 -> 3176 µs modeled
+    (the row 0.571 -> 0.692 of the floor, 4 -> 3 exponentials per score; Triton 3.6 alike), for 105
+    M fp32 atomic adds (8 per dQ element), which the model does not charge: half of DCGAN 32^2's
+    bf16 single pass, which the H200 timed 7 % slower than two, against a dq launch of 1417 µs
+    modeled (the H200 ran fp32 compute kernels 1.8-5.7x slower than modeled). Not yet measured.
+    Under the interpreter every fused d_qk <= 16 shape with more keys than one block runs it (one
+    key block: ``DQ_DIRECT``), so that the tests exercise it at small sizes; the tests force it
+    where dK and dV are apart."""
+    fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1
+    if fma:  # fused up to d_qk 16 (DCGAN 32^2, 16^2, VGG 64^2, 32^2); dK and dV apart up to 32 (VGG 16^2)
+        return rk == rv and d_qk <= (16 if fused else 32)
+    return fused and d_qk <= 16 and (interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
 
 
 def _dp_chunk(block_dv: int, fused: bool, fma: bool, dq_atomic: bool = False) -> int:
