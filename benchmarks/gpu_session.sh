@@ -8,7 +8,8 @@
 # benchmarks/results/session), at most 8 files (what a device call brings back): session.log;
 # benchmarks.json (the steps' pytest-benchmark JSON merged); sweep-<dtype>.json where it ran;
 # kernel_times.json and model-vs-measured.md (benchmarks/kernel_times.py: device time per kernel,
-# set against the newest benchmarks/results/static-sm90-<date>.json); report/report.md and
+# set against the static report compiled by the same Triton version, else the newest
+# benchmarks/results/static-sm90-<date>.json); report/report.md and
 # report/speedups.png. Keep them as benchmarks/results/<gpu>-<date>/ and put the summary in the
 # README.
 #
@@ -71,7 +72,12 @@ parts=$(mktemp -d)
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
     "$py" -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" 2>&1
     if "$py" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then gpu=1; else gpu=0; fi
-    static=$(ls benchmarks/results/static-sm90-*.json 2>/dev/null | sort | tail -n 1)
+    # The static report to set the kernel times against: the one compiled by the GPU's own Triton
+    # (static-sm90-triton<major.minor>/, e.g. 3.6 on the lent machines), else the newest main one.
+    tv=$("$py" -c "import triton; print('.'.join(triton.__version__.split('.')[:2]))" 2>/dev/null)
+    static=$(ls benchmarks/results/static-sm90-triton"$tv"/*.json 2>/dev/null | sort | tail -n 1)
+    [ -n "$static" ] || static=$(ls benchmarks/results/static-sm90-*.json 2>/dev/null | sort | tail -n 1)
+    echo "static report: ${static:-none}"
 
     # The CUDA extension (nvcc, ~16 kernel variants) builds on 6 CPU cores while the GPU works.
     build_log="$parts/build.log"
@@ -125,7 +131,7 @@ merged = None
 for path in sys.argv[2:]:
     try:
         d = json.load(open(path))
-    except ValueError:
+    except (OSError, ValueError):  # a step that wrote nothing, or no step ran (the glob unexpanded)
         print(f"(no results in {path})")
         continue
     if merged is None:

@@ -150,3 +150,21 @@ def test_static_sweep_models_the_launcher_and_a_candidate():
     # other code: other registers (both are bandwidth-bound at this row, so the ratios can match)
     assert cand["config"]["BLOCK_DV"] == 32 and cand["kernels"][0][1] != own["kernels"][0][1]
     assert "| DCGAN 4x4 | launcher |" in __import__("static_sweep").markdown([own, cand])
+
+
+def test_gpu_session_sets_kernel_times_against_its_own_tritons_report(tmp_path):
+    """``benchmarks/gpu_session.sh`` with no step named (a CPU dry run of its frame, ~3 s): it picks
+    the static report compiled by the running Triton (``static-sm90-triton<major.minor>/``, as the
+    lent GPUs' Triton 3.6 needs), else the newest main report, and finishes without results."""
+    import subprocess
+
+    import triton
+
+    env = {**os.environ, "OUT": str(tmp_path), "HAFSVG_SESSION_STEPS": "none"}
+    run = subprocess.run(["bash", str(BENCH / "gpu_session.sh")], env=env, capture_output=True, text=True, timeout=120)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0 and "=== gpu_session done" in log and "Traceback" not in log, log
+    chosen = next(line for line in log.splitlines() if line.startswith("static report: "))
+    own = sorted((BENCH / "results" / f"static-sm90-triton{'.'.join(triton.__version__.split('.')[:2])}").glob("*.json"))
+    main = sorted((BENCH / "results").glob("static-sm90-*.json"))
+    assert chosen == f"static report: {(own or main)[-1].relative_to(BENCH.parent)}", chosen
