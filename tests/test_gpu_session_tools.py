@@ -165,6 +165,7 @@ def test_gpu_session_sets_kernel_times_against_its_own_tritons_report(tmp_path):
     log = run.stdout + run.stderr
     assert run.returncode == 0 and "=== gpu_session done" in log and "Traceback" not in log, log
     chosen = next(line for line in log.splitlines() if line.startswith("static report: "))
-    own = sorted((BENCH / "results" / f"static-sm90-triton{'.'.join(triton.__version__.split('.')[:2])}").glob("*.json"))
+    version = ".".join(triton.__version__.split(".")[:2])
+    own = sorted((BENCH / "results" / f"static-sm90-triton{version}").glob("*.json"))
     main = sorted((BENCH / "results").glob("static-sm90-*.json"))
     assert chosen == f"static report: {(own or main)[-1].relative_to(BENCH.parent)}", chosen
