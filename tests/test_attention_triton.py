@@ -726,7 +726,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": split, "SUM_PARTIALS": split > 1 and not fma, "COMPUTE_DK": dk, "COMPUTE_DV": dv,
                      "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
-                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"],
+                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"], "EVEN_Q": even,
                      "BLOCK_DN": ta._pow2(d_qk, lo=8), "EVEN_DN": d_qk == ta._pow2(d_qk, lo=8)}  # fmt: skip
             # FFMA dots: the fused dK/dV kernel runs with one pipeline stage (backward)
             kcfg = {**cfg, "num_stages": 1} if fma and dk and dv else cfg
@@ -737,7 +737,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": 1, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True,
                      "DQ_DIRECT": False,
                      "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
-                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma), "ONE_Q_BLOCK": False,
+                     "DP_CHUNK": ta._dp_chunk(wide["BLOCK_DV"], True, fma), "ONE_Q_BLOCK": False, "EVEN_Q": True,
                      "BLOCK_DN": 16, "EVEN_DN": True}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
                         Count=io, DQ="*fp32")  # fmt: skip
@@ -747,7 +747,8 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 2, "SUM_PARTIALS": True, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
                      "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
-                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False, "BLOCK_DN": 32, "EVEN_DN": True}  # fmt: skip
+                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False, "EVEN_Q": True, "BLOCK_DN": 32,
+                     "EVEN_DN": True}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*i32", DQ=io)  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, dvc)
@@ -780,8 +781,8 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         flags = {"SPLIT": 15, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": False, "DQ_ATOMIC": False,
                  "DQ_DIRECT": True, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False, "LSE_LOG2": False,
-                 "DP_CHUNK": cfg["BLOCK_DV"], "ONE_Q_BLOCK": 64 == cfg["BLOCK_Q"], "BLOCK_DN": cfg["BLOCK_D"],
-                 "EVEN_DN": False}  # fmt: skip
+                 "DP_CHUNK": cfg["BLOCK_DV"], "ONE_Q_BLOCK": 64 == cfg["BLOCK_Q"], "EVEN_Q": True,
+                 "BLOCK_DN": cfg["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
         ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                     DVO=io, Count="*fp32", DQ=io)  # fmt: skip
         stages = ta._dkdv_stages(cfg, 64, True, False, True)
@@ -792,7 +793,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
         blocks = {k: v for k, v in cfg.items() if k.startswith(("BLOCK", "DV_TILES"))}
         flags = {"SPLIT": 2, "SUM_PARTIALS": False, "COMPUTE_DK": True, "COMPUTE_DV": False, "DQ_ATOMIC": True,
                  "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False, "LSE_LOG2": True,
-                 "DP_CHUNK": ta._dp_chunk(cfg["BLOCK_DV"], False, True, True), "ONE_Q_BLOCK": False,
+                 "DP_CHUNK": ta._dp_chunk(cfg["BLOCK_DV"], False, True, True), "ONE_Q_BLOCK": False, "EVEN_Q": True,
                  "BLOCK_DN": cfg["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
         ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                     DVO=io, Count="*fp32", DQ="*fp32")  # fmt: skip
@@ -807,7 +808,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": 4, "SUM_PARTIALS": False, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
                      "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False,
                      "LSE_LOG2": n > cfg["BLOCK_K"], "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": n == dvc["BLOCK_Q"],
-                     "BLOCK_DN": dvc["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
+                     "EVEN_Q": True, "BLOCK_DN": dvc["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*fp32", DQ=io)  # fmt: skip
             stages = ta._dkdv_stages(dvc, n, False, True, True)

@@ -863,6 +863,7 @@ def _bwd_dkdv_kernel(
     DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK (and COMPUTE_DV where fused): the single-pass backward, dQ too
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
     ONE_Q_BLOCK: tl.constexpr,  # N == BLOCK_Q: one query block per batch, no loop over query blocks
+    EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no tail query block (its loop is not compiled)
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
     EVEN_D: tl.constexpr,  # D_QK == BLOCK_D: no query/key channel masks
     EVEN_DN: tl.constexpr,  # D_QK == BLOCK_DN: no dK / dQ channel masks
@@ -919,7 +920,7 @@ def _bwd_dkdv_kernel(
                     False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                     EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
                 )  # fmt: skip
-    if not ONE_Q_BLOCK and n_full < N:
+    if not (ONE_Q_BLOCK or EVEN_Q) and n_full < N:
         for b in range(b_start, b_end):
             k, k_n, v, v_base = _bwd_dkdv_kv(
                 K, V, b, RK, RV, skb, skm, skd, svb, svm, svd, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
@@ -1414,11 +1415,12 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     what the M / BLOCK_K L2 atomic adds per dQ element cost (which the static model does not charge:
     it puts one pass at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the
     zeroing and the cast of the dQ accumulator and the delta pass outweigh it. The H200 ran Triton
-    3.6, whose ptxas spills the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the two-pass
-    dK/dV kernel 256 B); under Triton 3.9 neither spills, and the model puts one pass at 0.672 of
-    the floor against 0.579 (sm90_report with this rule forced, bf16, fwd + bwd; with dK and the
-    atomic dQ on 8 channels, ``BLOCK_DN``): to be timed again there (``benchmarks/sweep.py`` times
-    both) before this rule changes.
+    3.6, whose ptxas then spilled the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the
+    two-pass dK/dV kernel 256 B), mostly in the tail query-block loop, which never ran there and is
+    no longer compiled (``EVEN_Q``): now neither spills, under 3.6 or 3.9, and the model puts one
+    pass at 0.699 of the floor against 0.602 for two (3.6: 0.704 against 0.622; sm90_report with
+    this rule forced, bf16, fwd + bwd): to be timed again (``benchmarks/sweep.py`` times both)
+    before this rule changes.
 
     fp32 (FFMA dots, ``fma``) takes one pass where the static sm_90 model gains at every such row of
     the workloads: fused at d_qk <= 16 (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 ->
@@ -1649,6 +1651,15 @@ def backward(
             # 3-4 CTAs per SM at DCGAN 8^2 and VGG 8^2 instead of 2, 16 at DCGAN 4^2 instead of 11,
             # and no spills under 3.6 (the fp32 DCGAN 4^2 dK+dQ 88 B and dV 12 B too; sm90_report).
             ONE_Q_BLOCK=N == kcfg["BLOCK_Q"],
+            # No tail-block loop where N is a multiple of BLOCK_Q, in the launches computing dK. Compiled
+            # there (never run), it held registers: under Triton 3.6 ptxas spilled, mostly in that loop,
+            # 256 B at DCGAN 32^2 (bf16 dK+dV, 255 registers -> 172), 432 B at VGG 64^2, 48 B at VGG 32^2,
+            # 64 B in fp32 VGG 8^2's dK + dQ: none now, and none in DCGAN 32^2's one-pass kernel (432 B).
+            # Under 3.9 (no spills either way) DCGAN 32^2's dK+dV models 600 -> 622 µs (210 -> 178
+            # registers, 12 more instructions per step, moves from uniform registers), fp32 VGG 8^2's dK
+            # + dQ 287 -> 289.5; the fp32 one-pass rows gain up to 0.4 % (sm90_report). Not in dV-alone
+            # launches, where ptxas then spilled 4 B under 3.6 (fp32 DCGAN 8^2, VGG 16^2).
+            EVEN_Q=N % kcfg["BLOCK_Q"] == 0 and compute_dk,
             EVEN_K=M % kcfg["BLOCK_K"] == 0,
             # EVEN_D only where dK and dV are fused (there it took VGG 32^2's spills 48 -> 32 B, bf16,
             # and the FFMA fused kernel's 68 -> 44 B) and in the wide dV launch (_dv_config); in the
