@@ -374,8 +374,12 @@ def _fwd_kernel(
     # the key loop each of P V's four k-steps waited for the one before (5 waits per step at DCGAN
     # 32^2, 2 apart) and 285 -> 276 warp-instructions per step, 116 -> 124 registers (bf16, 128 x
     # 64 tiles on 8 warps; sm90_report: forward 570 -> 545 µs at DCGAN 32^2, 8.33 -> 8.04 ms at VGG
-    # 64^2). Only where the second accumulator fits, at most 32 fp32 per thread (_pv_apart): at VGG
-    # 32^2's 128 x 128 tiles on 4 warps it spilled 600 B, and 8 B on the FFMA tiles of fp32.
+    # 64^2). Only where the second accumulator holds at most 32 fp32 per thread (_pv_apart): at VGG
+    # 32^2's 128 x 128 tiles on 4 warps it spilled 600 B, and 8 B on the FFMA tiles of fp32; at its
+    # 64 x 128 tiles since (64 per thread) it spills nothing (253 registers, wgmma not serialized)
+    # but models 564.8 -> 606.3 µs, tensor-bound: the model counts the acc * alpha + P V FFMAs as
+    # tensor time, not overlapped with the wgmma, and the serialization's latency not at all; the
+    # GPU sweep times both (benchmarks/sweep.py: the forward variant (None, True), P V apart).
     PV_APART: tl.constexpr,
     # The running row sums l of P on the tensor cores: each key block adds P @ ones (BLOCK_K x
     # ROWSUM_N), whose ROWSUM_N equal columns are the row sums of P in the operands' dtype (the very
