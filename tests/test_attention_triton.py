@@ -325,6 +325,38 @@ def test_split_partial_sums(case, split):
     assert_grads_close(grads, ref_grads, tol, q.dtype)
 
 
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize("N", [128, 150], ids=["queries-a-multiple-of-the-block", "tail-query-block"])
+def test_dkdv_tail_query_loop_only_where_it_runs_float64(monkeypatch, N):
+    """The dK/dV kernel compiles its tail query-block loop only where N is not a multiple of
+    BLOCK_Q (``EVEN_Q``, in the launches computing dK: under Triton 3.6 the loop, never run, made
+    ptxas spill). dK and dV apart (V of other batches than K: 3 query batches per key batch, 2 per
+    value batch), two passes, float64, against the reference; the flags each launch got."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    flags, kernel = [], ta._bwd_dkdv_kernel
+
+    class Flags:
+        def __getitem__(self, grid):
+            launch = kernel[grid]
+
+            def run(*args, **kwargs):
+                flags.append((kwargs["COMPUTE_DK"], kwargs["EVEN_Q"], kwargs["ONE_Q_BLOCK"]))
+                return launch(*args, **kwargs)
+
+            return run
+
+    q, k, v = (t.detach() for t in make_inputs(6, 2, 3, N, 70, 8, 40, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.7, do)
+    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Flags())
+    monkeypatch.setattr(ta, "single_pass", lambda *a: False)
+    assert_grads_close(ta.backward(do, q, k, v, out, lse, 0.7), ref_grads, 1e-10, q.dtype)
+    even = N % ta._bwd_config(N, 70, 8, 40)["BLOCK_Q"] == 0
+    assert sorted(flags) == [(False, False, False), (True, even, False)], flags
+
+
 def record_grids(monkeypatch, module, name: str, forbid: str | None = None) -> list:
     """Replace the jit kernel ``module.name`` by one that records each launch's grid (returned
     list) and launches it; with ``forbid``, by one that fails any launch with that message."""
