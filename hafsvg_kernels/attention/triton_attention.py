@@ -59,8 +59,10 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   atomic dQ adds 8 columns, not 16 of which 8 masked: 0.390 -> 0.361 warp-instructions per
   score), that backward 0.664 -> 0.713 of the floor. Not in the dq kernel, issue-bound, where the
   second read of K cost more instructions than the narrower product saved (503 -> 513 µs at DCGAN
-  32^2); not on FFMA dots (fp32 "ieee": 368 B of spills in the fused kernel) nor under Triton 3.6
-  (DCGAN 32^2's fused dK/dV spilled 388 B instead of 256, VGG 64^2's 516 instead of 432).
+  32^2); not on FFMA dots (fp32 "ieee": 368 B of spills in the fused kernel). Under Triton 3.6 it
+  spilled more (DCGAN 32^2's fused dK/dV 388 B instead of 256, VGG 64^2's 516 instead of 432)
+  while the dK/dV kernel compiled its tail query-block loop where it never runs; without it
+  (``EVEN_Q``) neither spills there, and VGG 64^2's backward models 11880 -> 11470 µs under 3.6.
 * Keys in one block (M <= BLOCK_K; on a GPU BLOCK_K = M up to 256 keys, the N = 16, 64 and 256
   levels): ``_fwd_one_key_block`` computes the program's softmax once and exactly (one
   exponential per score) and loops over the value channels in BLOCK_DV chunks, reusing the
@@ -1605,8 +1607,8 @@ def backward(
 
     n_vtiles = triton.cdiv(d_v, cfg["BLOCK_DV"])
     # dK, and dQ where the dK/dV kernel computes it, on 8 channels where d_qk <= 8 (see the module
-    # docstring); not on FFMA dots (fp32 "ieee"), nor under Triton 3.6, where ptxas spilled more.
-    block_dn = cfg["BLOCK_D"] if fma or _TRITON_3_6 else _pow2(d_qk, lo=8)
+    # docstring); not on FFMA dots (fp32 "ieee"), where ptxas spilled more.
+    block_dn = cfg["BLOCK_D"] if fma else _pow2(d_qk, lo=8)
 
     def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
         kcfg = cfg if compute_dk else _dv_config(cfg, N, M, d_v, fma)
