@@ -334,39 +334,36 @@ def test_dkdv_tail_query_loop_only_where_it_runs_float64(monkeypatch, N):
     value batch), two passes, float64, against the reference; the flags each launch got."""
     from hafsvg_kernels.attention import triton_attention as ta
 
-    flags, kernel = [], ta._bwd_dkdv_kernel
-
-    class Flags:
-        def __getitem__(self, grid):
-            launch = kernel[grid]
-
-            def run(*args, **kwargs):
-                flags.append((kwargs["COMPUTE_DK"], kwargs["EVEN_Q"], kwargs["ONE_Q_BLOCK"]))
-                return launch(*args, **kwargs)
-
-            return run
-
     q, k, v = (t.detach() for t in make_inputs(6, 2, 3, N, 70, 8, 40, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.7)
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 0.7, do)
-    monkeypatch.setattr(ta, "_bwd_dkdv_kernel", Flags())
+    launches = record_grids(monkeypatch, ta, "_bwd_dkdv_kernel", flags=("COMPUTE_DK", "EVEN_Q", "ONE_Q_BLOCK"))
     monkeypatch.setattr(ta, "single_pass", lambda *a: False)
     assert_grads_close(ta.backward(do, q, k, v, out, lse, 0.7), ref_grads, 1e-10, q.dtype)
     even = N % ta._bwd_config(N, 70, 8, 40)["BLOCK_Q"] == 0
-    assert sorted(flags) == [(False, False, False), (True, even, False)], flags
+    assert sorted(f for _, f in launches) == [(False, False, False), (True, even, False)], launches
 
 
-def record_grids(monkeypatch, module, name: str, forbid: str | None = None) -> list:
+def record_grids(monkeypatch, module, name: str, forbid: str | None = None, flags: tuple = ()) -> list:
     """Replace the jit kernel ``module.name`` by one that records each launch's grid (returned
-    list) and launches it; with ``forbid``, by one that fails any launch with that message."""
+    list) and launches it; with ``flags``, (grid, (the values of those keyword arguments)) per
+    launch; with ``forbid``, by one that fails any launch with that message."""
     kernel, grids = getattr(module, name), []
 
     class Launcher:
         def __getitem__(self, grid):
             assert forbid is None, forbid
-            grids.append(grid)
-            return kernel[grid]
+            if not flags:
+                grids.append(grid)
+                return kernel[grid]
+            launch = kernel[grid]
+
+            def run(*args, **kwargs):
+                grids.append((grid, tuple(kwargs[f] for f in flags)))
+                return launch(*args, **kwargs)
+
+            return run
 
     monkeypatch.setattr(module, name, Launcher())
     return grids
@@ -758,7 +755,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": split, "SUM_PARTIALS": split > 1 and not fma, "COMPUTE_DK": dk, "COMPUTE_DV": dv,
                      "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
-                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"], "EVEN_Q": even,
+                     "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"], "EVEN_Q": even and dk,
                      "BLOCK_DN": ta._pow2(d_qk, lo=8), "EVEN_DN": d_qk == ta._pow2(d_qk, lo=8)}  # fmt: skip
             # FFMA dots: the fused dK/dV kernel runs with one pipeline stage (backward)
             kcfg = {**cfg, "num_stages": 1} if fma and dk and dv else cfg
@@ -779,7 +776,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 2, "SUM_PARTIALS": True, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
                      "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True, "LSE_LOG2": True,
-                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False, "EVEN_Q": True, "BLOCK_DN": 32,
+                     "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": False, "EVEN_Q": False, "BLOCK_DN": 32,
                      "EVEN_DN": True}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*i32", DQ=io)  # fmt: skip
@@ -840,7 +837,7 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             flags = {"SPLIT": 4, "SUM_PARTIALS": False, "COMPUTE_DK": False, "COMPUTE_DV": True, "DQ_ATOMIC": False,
                      "DQ_DIRECT": False, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": False,
                      "LSE_LOG2": n > cfg["BLOCK_K"], "DP_CHUNK": dvc["BLOCK_DV"], "ONE_Q_BLOCK": n == dvc["BLOCK_Q"],
-                     "EVEN_Q": True, "BLOCK_DN": dvc["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
+                     "EVEN_Q": False, "BLOCK_DN": dvc["BLOCK_D"], "EVEN_DN": False}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*fp32", DQ=io)  # fmt: skip
             stages = ta._dkdv_stages(dvc, n, False, True, True)
