@@ -210,6 +210,11 @@ def test_sass_parser_loops_and_counts():
     assert sass.mma_flops("HGMMA.64x64x16.F32.BF16") == ("wgmma", 2 * 64 * 64 * 16 // 4)
     assert sass.mma_flops("HMMA.16816.F32.BF16") == ("mma.sync", 2 * 16 * 8 * 16)
     assert sass.mma_flops("FFMA.FTZ") == ("fma", 64)
+    # global atomics: counted with their bytes per lane (the vector form adds 4 fp32 at once)
+    assert sass.classify(sass.Instr(0, "REDG.E.ADD.F32x4.FTZ.RN.STRONG.GPU", "", False))["red_bytes"] == 32 * 16
+    ops = ("REDG.E.ADD.F32.FTZ.RN.STRONG.GPU", "ATOMG.E.ADD.STRONG.GPU", "REDG.E.ADD.BF16x2.RN.STRONG.GPU",
+           "ATOMG.E.ADD.F64.RN.STRONG.GPU")  # fmt: skip
+    assert [sass.atomic_width(op) for op in ops] == [4, 4, 4, 8]
 
     ex = sass.executed(ins, [sass.Trip(3, [sass.Trip(5)], main=True)])
     assert ex.matched and ex.main_iters == 3
@@ -369,6 +374,14 @@ def test_facts_of_todays_kernels(report):
     wide = [(o["name"], k) for o in report["ops"] if o["dtype"] == "bf16" for k in o["kernels"]
             if k["kernel"] == "_bwd_dkdv_wide_kernel" and k["constexprs"]["COMPUTE_DK"] == "True"]
     assert wide and all(not k["wgmma_serialized"] for _, k in wide), [n for n, k in wide if k["wgmma_serialized"]]
+    # the single-pass backward adds its dQ shares with 16-byte vector atomics (REDG.E.ADD.F32x4)
+    # where dQ's rows are the product's channels (EVEN_DN: the row stride a constant), not one fp32
+    # per lane; the bf16 rows that run it (VGG 64^2, 32^2) and the fp32 ones from d_qk 16 on
+    one_pass = [(o["name"], k) for o in report["ops"] for k in o["kernels"]
+                if k["constexprs"].get("DQ_ATOMIC") == "True" and k["constexprs"].get("EVEN_DN") == "True"]
+    assert {n for n, _ in one_pass} >= {"VGG 64x64 bwd bf16", "VGG 32x32 bwd bf16"}, [n for n, _ in one_pass]
+    assert all(k["main_loop"]["red_bytes_per_lane"] == 16 for _, k in one_pass), [
+        (n, k["main_loop"].get("red_bytes_per_lane")) for n, k in one_pass]
     # the forward's main loop matched the source's loop nest at every row
     assert all(_op(report, f"{r} fwd bf16")["kernels"][0]["loop_nest_matched"] for r in ROW_NAMES)
     # the recurrent step at batch 1600, split over rows x hidden units: the prior's G = 4 groups in

@@ -891,6 +891,14 @@ def _bwd_dkdv_kernel(
     offs_dn = tl.arange(0, BLOCK_DN)
     dn_ok = _below(offs_dn, D_QK, EVEN_DN)
     v_ok = _below(offs_v, D_V, EVEN_DV)
+    # dQ's row stride (DQ_ATOMIC / DQ_DIRECT: a contiguous (B, N, D_QK) fp32 buffer) as the constant
+    # BLOCK_DN where that is D_QK: the compiler then knows each row 16-byte aligned and adds it with
+    # 16-byte vector atomics (red.global.add.v4.f32; SASS REDG.E.ADD.F32x4), one per thread and
+    # step where the runtime stride (8, not a multiple of 16, so not specialised) gave four scalar
+    # ones. sm90_report, bf16, Triton 3.9: VGG 64^2's single-pass dK+dV+dQ 10.90 -> 10.46 ms
+    # (issue-bound), the same kernel at DCGAN 32^2 (not the launcher's choice there) 700.6 -> 672.7
+    # µs; 216 -> 211 registers. Triton 3.6 vectorises it alike.
+    dq_row = BLOCK_DN if EVEN_DN else D_QK
 
     dk = tl.zeros([BLOCK_K, BLOCK_DN], dtype=ACC_DTYPE)
     dv = tl.zeros([BLOCK_K, BLOCK_DV], dtype=ACC_DTYPE)
@@ -913,7 +921,7 @@ def _bwd_dkdv_kernel(
             dk, dv = _bwd_dkdv_block(
                 k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                 EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
@@ -922,7 +930,7 @@ def _bwd_dkdv_kernel(
                 dk, dv = _bwd_dkdv_block(
                     k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
                     n0 + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                     False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                     EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
                 )  # fmt: skip
@@ -935,7 +943,7 @@ def _bwd_dkdv_kernel(
             dk, dv = _bwd_dkdv_block(
                 k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
                 n_full + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * D_QK, D_QK, scale,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 True, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                 EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
@@ -1425,8 +1433,10 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     two-pass dK/dV kernel 256 B), mostly in the tail query-block loop, which never ran there and is
     no longer compiled (``EVEN_Q``): now neither spills, under 3.6 or 3.9, and the model puts one
     pass at 0.699 of the floor against 0.602 for two (3.6: 0.704 against 0.622; sm90_report with
-    this rule forced, bf16, fwd + bwd): to be timed again (``benchmarks/sweep.py`` times both)
-    before this rule changes.
+    this rule forced, bf16, fwd + bwd). The dQ adds have since become 16-byte vector atomics (one
+    REDG.E.ADD.F32x4 per thread and step instead of four scalar ones; ``dq_row`` in
+    ``_bwd_dkdv_kernel``), which the H200 run did not have either. To be timed again
+    (``benchmarks/sweep.py`` times both) before this rule changes.
 
     fp32 (FFMA dots, ``fma``) takes one pass where the static sm_90 model gains at every such row of
     the workloads: fused at d_qk <= 16 (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 ->

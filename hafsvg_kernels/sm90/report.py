@@ -117,6 +117,9 @@ def analyse_launch(launch: plans.Launch, dtype: str, cache: dict) -> dict:
             "mma_per_iter": _r(float(m.get("mma", 0))),
             "ffma_per_iter": _r(float(m.get("ffma", 0))),
         }
+        if m.get("red"):  # global atomics (the single-pass backward's dQ adds): bytes per lane each
+            red = float(m["red"])
+            rec["main_loop"].update(red_per_iter=_r(red), red_bytes_per_lane=_r(m["red_bytes"] / red / 32))
         if launch.scores_per_iter:
             s = launch.scores_per_iter
             w = comp.num_warps

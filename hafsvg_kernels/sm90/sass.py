@@ -138,7 +138,22 @@ def classify(ins: Instr) -> dict:
     if op.startswith(("STL", "LDL")):
         c["stl" if op.startswith("STL") else "ldl"] = 1
         c["local_bytes"] = 32 * local_width(op)
+    if op.startswith(("REDG", "ATOMG")):  # global atomics (not charged by the model; reported)
+        c["red"] = 1
+        c["red_bytes"] = 32 * atomic_width(op)
     return c
+
+
+_ATOMIC_TYPE = re.compile(r"\.(?:BF|F|U|S)(16|32|64)(?:x(\d))?(?:\.|$)")
+
+
+def atomic_width(opcode: str) -> int:
+    """Bytes per lane of a global atomic (``REDG.E.ADD.F32x4.FTZ.RN.STRONG.GPU``: 16;
+    ``REDG.E.ADD.F32.FTZ.RN.STRONG.GPU``: 4; ``ATOMG.E.ADD.64``: 8; no type suffix: 4)."""
+    m = _ATOMIC_TYPE.search(opcode)
+    if m:
+        return int(m.group(1)) // 8 * int(m.group(2) or 1)
+    return 8 if ".64" in opcode else 4
 
 
 def local_width(opcode: str) -> int:
