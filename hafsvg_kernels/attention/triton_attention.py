@@ -96,8 +96,14 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   loaded once, before the key loop, and the key loop holds no inner loop; otherwise d_v is
   looped in BLOCK_DV chunks for dO V^T.
 * Keys in one block (M <= BLOCK_K, the N = 16 and 64 levels): no dq kernel. The dK programs see
-  every key of their queries, so they compute delta from O and dO themselves and store
-  dQ = scale * dS K directly (``DQ_DIRECT``); dV follows in its own launch where it is not fused:
+  every key of their queries, so they compute delta themselves and store dQ = scale * dS K
+  directly (``DQ_DIRECT``). delta is the sum over the keys of P * dP (= rowsum(dO * O), as O =
+  P V; the softmax's own backward), from the P and dP tiles they hold anyway: O is not read at
+  all. Before, they read O (B x N x d_v, as many bytes as dO) for rowsum(dO * O): modeled
+  (sm90_report, Triton 3.9) the dK + dQ launch 36.1 -> 20.5 µs at DCGAN 8^2 (bf16, bandwidth-bound;
+  issue 16.6 -> 9.3), 18.0 -> 10.2 at DCGAN 4^2, 72.1 -> 40.8 at VGG 8^2; the backward 0.63 ->
+  0.87, 0.64 -> 0.88, 0.65 -> 0.90 of its floor; in fp32 (FFMA dots) 118.8 -> 114.3 µs (issue-bound),
+  35.7 -> 20.1 (bandwidth-bound), 289.5 -> 270.0 (issue-bound). dV follows in its own launch where it is not fused:
   over all value channels in one launch of ``_bwd_dkdv_wide_kernel`` where K and V have the same
   batches (:func:`wide_dkdv`; 6-10 -> 3 exponentials per score at DCGAN 8^2, DCGAN 4^2 and VGG
   8^2), else per value tile. dO is read twice instead of three times (dq, dK, dV kernels). Modeled (sm90_report, bf16),
@@ -689,10 +695,10 @@ def _bwd_dkdv_block(
     k_n,  # (BLOCK_K, BLOCK_DN) the same keys at dQ's channels (k itself unless NARROW; DQ_ATOMIC / DQ_DIRECT)
     v,  # (BLOCK_K, BLOCK_DV) values of this program (read only when fused)
     dk, dv,  # (BLOCK_K, BLOCK_DN), (BLOCK_K, BLOCK_DV) accumulators
-    q_base, do_base, o_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
+    q_base, do_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
     queries,  # (BLOCK_Q,) query indices of this block
     offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,  # offs_dn (BLOCK_DN,): dK's and dQ's channels
-    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod,
+    N, D_V, sqn, sqd, svm, svd, sdon, sdod,
     qk_scale,
     dq_base,  # DQ_ATOMIC / DQ_DIRECT: the query batch's rows of the (B, N, D_QK) contiguous dQ
     D_QK, scale,
@@ -705,7 +711,7 @@ def _bwd_dkdv_block(
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,
     DQ_ATOMIC: tl.constexpr,  # also add scale * dS K for these queries into dQ (single-pass backward)
-    DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from O and dO here, dQ stored
+    DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from P and dP here, dQ stored
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no channel masks in the V dO^T chunk loop
     LSE_LOG2: tl.constexpr,  # lse_base holds lse * log2(e), else the natural log
     DP_CHUNK: tl.constexpr,  # channels per step of V dO^T; fused: BLOCK_DV (one dot) or fewer
@@ -737,18 +743,8 @@ def _bwd_dkdv_block(
     if COMPUTE_DK:
         if COMPUTE_DV and DP_CHUNK == BLOCK_DV:
             dpt = tl.dot(v.to(do.dtype), tl.trans(do), input_precision=DOT_PRECISION).to(ACC_DTYPE)
-            if DQ_DIRECT:  # the value tile is all of D_V (fused): delta from this dO tile
-                o = tl.load(
-                    o_base + queries[:, None] * son + offs_v[None, :] * sod,
-                    mask=q_ok[:, None] & v_ok[None, :],
-                    other=0.0,
-                )  # (BLOCK_Q, BLOCK_DV)
-                delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
-            else:
-                delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         else:  # dK alone over the value chunks, or fused with V dO^T in chunks (see _dp_chunk)
             dpt = tl.zeros([BLOCK_K, BLOCK_Q], dtype=ACC_DTYPE)
-            delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
             for c0 in range(0, D_V, DP_CHUNK):  # a loop, not unrolled (see _bwd_dq_block)
                 offs_c = c0 + tl.arange(0, DP_CHUNK)
                 c_ok = _below(offs_c, D_V, EVEN_DV)
@@ -763,15 +759,13 @@ def _bwd_dkdv_block(
                     other=0.0,
                 )  # (DP_CHUNK, BLOCK_Q): dO^T
                 dpt += tl.dot(vc.to(do_t.dtype), do_t, input_precision=DOT_PRECISION).to(ACC_DTYPE)
-                if DQ_DIRECT:  # delta from the same chunks of dO^T and O^T
-                    o_t = tl.load(
-                        o_base + queries[None, :] * son + offs_c[:, None] * sod,
-                        mask=c_ok[:, None] & q_ok[None, :],
-                        other=0.0,
-                    )  # (DP_CHUNK, BLOCK_Q)
-                    delta += tl.sum(o_t.to(ACC_DTYPE) * do_t.to(ACC_DTYPE), 0)
-            if not DQ_DIRECT:
-                delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
+        if DQ_DIRECT:
+            # Every key of these queries is in this block, so delta = rowsum(dO * O) is also the
+            # sum over the keys of P * dP (O = P V), as the softmax's own backward forms it: no
+            # read of O. Padded keys have zero rows of V, so zero dP: they add nothing.
+            delta = tl.sum(pt * dpt, 0)
+        else:
+            delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         dst = pt * (dpt - delta[None, :])
         if NARROW:
             q = tl.load(
@@ -830,7 +824,6 @@ def _bwd_dkdv_kernel(
     K,  # (Bk, M, D_QK)
     V,  # (Bv, M, D_V)
     DO,  # (B, N, D_V)
-    O,  # (B, N, D_V) forward output, read when DQ_DIRECT (for delta)  # noqa: E741
     Lse,  # (B, N) contiguous: lse * log2(e) when LSE_LOG2 (the dq kernel's or the preprocess's), else natural log
     Delta,  # (B, N) contiguous, rowsum(dO * O) (from the dq kernel or the preprocess); unused when DQ_DIRECT
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums, in ACC_DTYPE, when SPLIT > 1); unused without COMPUTE_DK
@@ -849,7 +842,6 @@ def _bwd_dkdv_kernel(
     skb, skm, skd,
     svb, svm, svd,
     sdob, sdon, sdod,
-    sob, son, sod,
     sdks, sdkb, sdkm, sdkd,
     sdvs, sdvb, sdvm, sdvd,
     # scalars
@@ -919,18 +911,18 @@ def _bwd_dkdv_kernel(
         )  # fmt: skip
         if ONE_Q_BLOCK:  # the batch loop is the innermost loop: the one the compiler pipelines
             dk, dv = _bwd_dkdv_block(
-                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base, offs_q,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                 EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
         else:
             for n0 in range(0, n_full, BLOCK_Q):
                 dk, dv = _bwd_dkdv_block(
-                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
+                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base,
                     n0 + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
+                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                     False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                     EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
                 )  # fmt: skip
@@ -941,9 +933,9 @@ def _bwd_dkdv_kernel(
                 COMPUTE_DK, COMPUTE_DV, (DQ_ATOMIC or DQ_DIRECT) and narrow,
             )  # fmt: skip
             dk, dv = _bwd_dkdv_block(
-                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, O + b * sob, Lse + b * N, Delta + b * N, v_base,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base,
                 n_full + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 True, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
                 EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
@@ -1651,11 +1643,11 @@ def backward(
             warps = 4
         stages = _dkdv_stages(kcfg, M, compute_dk, compute_dv, fma, dq_atomic)
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
-            q, k, v, do, out, lse2, delta, dk_arg, dv_arg,
+            q, k, v, do, lse2, delta, dk_arg, dv_arg,
             dk_arg if dk_out is None else dk_out, dv_arg if dv_out is None else dv_out, count,
             dk_arg if dq is None else dq,
             N, M, d_qk, d_v, rk, rv, R, split_len,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *out.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
             *dk_arg.stride(), *dv_arg.stride(),
             float(scale) * LOG2E, float(scale),
             SPLIT=s, SUM_PARTIALS=in_kernel, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,

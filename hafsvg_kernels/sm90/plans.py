@@ -307,8 +307,8 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
             red = out_b + grad * e
         what = "dK+dV" if dk and dv else ("dK" if dk else "dV")
         moved = q_b + o_b + lse_b * (2 if dk else 1) + kv_b + out_b
-        if c.get("DQ_DIRECT"):  # reads O for delta (not delta), writes dQ
-            what, moved = what + "+dQ (+delta)", moved + o_b + q_b - lse_b
+        if c.get("DQ_DIRECT"):  # delta from P and dP (not read), writes dQ
+            what, moved = what + "+dQ (+delta)", moved + q_b - lse_b
         if c.get("DQ_ATOMIC"):  # dQ accumulated in fp32 (L2 atomics; written back once), then
             acc_b = q_b // e * 4  # zeroed before (torch.zeros) and cast to the dtype after
             what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
