@@ -425,6 +425,33 @@ def test_dv_launch_ffma_tiles_float64(monkeypatch, case, split):
     assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
 
 
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize("d_qk", [8, 5])
+def test_ffma_tiles_with_8_deep_dots_float64(monkeypatch, d_qk):
+    """fp32's FFMA tiles where d_qk <= 8 and the installed Triton compiles 8-deep fp32 dots (3.9,
+    not 3.6: ``fp32_dot_min_k``): the score products on BLOCK_D = 8 channels, not padded to 16;
+    the backward on 16 x 16 score tiles (one warp). Forced under the interpreter (the launchers'
+    ``fma`` tiles, which a GPU's fp32 takes), forward and the single-pass backward, ragged queries
+    (N 40), keys (M 70) and channels (d_qk 5), against float64."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    fwd_config, bwd_config = ta._fwd_config, ta._bwd_config
+    monkeypatch.setattr(ta, "fp32_dot_min_k", lambda: 8)
+    monkeypatch.setattr(ta, "_fwd_config", lambda N, M, dqk, dv, fma=False: fwd_config(N, M, dqk, dv, True))
+    monkeypatch.setattr(ta, "_bwd_config", lambda N, M, dqk, dv, fma=False: bwd_config(N, M, dqk, dv, True))
+    fwd = record_grids(monkeypatch, ta, "_fwd_kernel", flags=("BLOCK_D",))
+    bwd = record_grids(monkeypatch, ta, "_bwd_dkdv_kernel", flags=("BLOCK_D", "BLOCK_Q", "BLOCK_K", "DQ_ATOMIC"))
+    q, k, v = (t.detach() for t in make_inputs(4, 2, 2, 40, 70, d_qk, 24, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.7)
+    do = torch.randn_like(out)
+    ref_out, ref_grads = reference(q, k, v, 0.7, do)
+    grads = ta.backward(do, q, k, v, out, lse, 0.7)
+    assert [f for _, f in fwd] == [(8,)]
+    assert [f for _, f in bwd] == [(8, 16, 16, True)]  # one pass: dK, dV and dQ on 16 x 16 tiles
+    assert rel_err(out, ref_out) <= 1e-12
+    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
+
+
 def test_wide_dkdv_rule_on_a_gpu(monkeypatch):
     """Where a GPU's two-pass backward takes ``_bwd_dkdv_wide_kernel`` (the launchers' tiles, not
     the interpreter's): the aligner rows VGG 16^2 (d_v 256 over two tiles) and DCGAN 16^2 (d_v 128,

@@ -166,7 +166,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import fp32_dot_precision, interpreting
+from .._triton import fp32_dot_min_k, fp32_dot_precision, interpreting
 
 # ptxas spills in different FFMA configurations under Triton 3.6 and 3.9 (``backward``'s stages).
 _TRITON_3_6 = tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 7)
@@ -1237,6 +1237,13 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     (2.5 MUFU.EX2 per score with the rescale); this one once (1.25), modeled 11700 -> 9969 µs, the
     row 0.741 -> 0.780 (sm90_report, fp32), 190 registers, no spills (Triton 3.6: 188, none). 64 x
     32 tiles on 4 warps modeled 9835 µs at 254 registers, 32 x 64 on 4 warps 10110 at 218.
+
+    ``fma`` and d_qk <= 8 where the installed Triton compiles 8-deep fp32 dots (3.9, not 3.6:
+    ``fp32_dot_min_k``): BLOCK_D = 8, not 16. An FFMA dot costs one FFMA per score and channel,
+    padding included, so d_qk 8 padded to 16 cost 16 FFMA per score of the 81 in the key loop
+    (DCGAN 32^2, 64 x 32 tiles); now 8: 1633 -> 1490 instructions per thread and step, the
+    forward 5849 -> 5343 µs at DCGAN 32^2 and 92.7 -> 84.6 ms at VGG 64^2 (issue-bound; 0.697 ->
+    0.762 and 0.703 -> 0.770 of the floor), 168 -> 166 registers (sm90_report, fp32, Triton 3.9).
     """
     one_block = M <= 256 and not interpreting()  # all keys in one block: _fwd_one_key_block
     fma_wide_v = fma and not one_block and d_v > 64 and d_qk <= 16  # 64 x 64 x 128-channel FFMA tiles
@@ -1254,7 +1261,7 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
-        "BLOCK_D": _pow2(d_qk),
+        "BLOCK_D": _pow2(d_qk, lo=fp32_dot_min_k() if fma else 16),
         "BLOCK_DV": block_dv,
         "num_warps": 8 if two_groups or fma_wide_v else 4 if fma_wide else _warps(block_q),
         "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32 or wide_keys or fma_wide_v) else 2,
@@ -1320,16 +1327,26 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     launch on 1 stage (:func:`_dkdv_stages`): at DCGAN 8^2 148.3 -> 118.9 µs, 198 -> 142 registers,
     no spills (Triton 3.6: 215, none; with 2 stages 255 and 12 B); VGG 8^2 (d_qk 64) keeps 16 x 64,
     where 32 x 64 spilled 1968 B.
+
+    ``fma``, d_qk <= 8 and more than 64 keys, where the installed Triton compiles 8-deep fp32 dots
+    (``fp32_dot_min_k``: 3.9, not 3.6): the score products and dK / dQ on BLOCK_D = 8 channels, not
+    padded to 16 (one FFMA per score and channel saved in each of S^T, dK and dQ), on 16 x 16
+    score tiles (1 warp). The single pass at DCGAN 32^2 and VGG 64^2 (dK, dV and dQ fused, d_v 64):
+    14140 -> 12020 µs and 225.6 -> 191.9 ms (issue-bound), the backward 0.595 -> 0.698 and 0.607
+    -> 0.713 of the floor, 184 -> 245 registers, no spills (sm90_report, fp32, Triton 3.9). On the
+    32 x 32 tiles, BLOCK_D 8 spilled 472 B (255 registers), 16 x 32 1108 B, 32 x 16 1308 B; 16 x
+    16 tiles with BLOCK_D 16 model 14220 µs (no gain from the tiles alone). Not yet timed on a GPU.
     """
-    fma_tile = 16 if d_qk >= 64 else 32
     fma_one_block = fma and M <= 64 and not interpreting()  # 16 x M tiles, all keys in one block
+    fma_k8 = fma and d_qk <= 8 and not fma_one_block and fp32_dot_min_k() <= 8  # 8-deep dots, 16 x 16 tiles
+    fma_tile = 16 if d_qk >= 64 or fma_k8 else 32
     block_q = _pow2(N, hi=(32 if d_qk <= 32 else 16) if fma_one_block else fma_tile if fma else 64)
     block_k = _pow2(M, hi=64 if fma_one_block else fma_tile if fma else 64)
     block_dv = _pow2(d_v, hi=128) if d_v <= 128 or (M > 64 and not fma) else 64
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
-        "BLOCK_D": _pow2(d_qk),
+        "BLOCK_D": _pow2(d_qk, lo=8 if fma_k8 else 16),
         "BLOCK_DV": block_dv,
         "DV_TILES": triton.cdiv(d_v, block_dv),
         "num_warps": 4 if fma_one_block and block_k >= 64 else _warps(min(block_q, block_k)),
