@@ -1335,7 +1335,9 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     14140 -> 12020 µs and 225.6 -> 191.9 ms (issue-bound), the backward 0.595 -> 0.698 and 0.607
     -> 0.713 of the floor, 184 -> 245 registers, no spills (sm90_report, fp32, Triton 3.9). On the
     32 x 32 tiles, BLOCK_D 8 spilled 472 B (255 registers), 16 x 32 1108 B, 32 x 16 1308 B; 16 x
-    16 tiles with BLOCK_D 16 model 14220 µs (no gain from the tiles alone). Not yet timed on a GPU.
+    16 tiles with BLOCK_D 16 model 14220 µs (no gain from the tiles alone). The price the model
+    does not charge: with 16-key blocks each dQ element takes M / 16 atomic adds (64 at DCGAN
+    32^2, 32 before), as 16-byte vector atomics (4 fp32 each). Not yet timed on a GPU.
     """
     fma_one_block = fma and M <= 64 and not interpreting()  # 16 x M tiles, all keys in one block
     fma_k8 = fma and d_qk <= 8 and not fma_one_block and fp32_dot_min_k() <= 8  # 8-deep dots, 16 x 16 tiles
