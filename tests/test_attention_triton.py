@@ -430,9 +430,10 @@ def test_dv_launch_ffma_tiles_float64(monkeypatch, case, split):
 def test_ffma_tiles_with_8_deep_dots_float64(monkeypatch, d_qk):
     """fp32's FFMA tiles where d_qk <= 8 and the installed Triton compiles 8-deep fp32 dots (3.9,
     not 3.6: ``fp32_dot_min_k``): the score products on BLOCK_D = 8 channels, not padded to 16;
-    the backward on 16 x 16 score tiles (one warp). Forced under the interpreter (the launchers'
-    ``fma`` tiles, which a GPU's fp32 takes), forward and the single-pass backward, ragged queries
-    (N 40), keys (M 70) and channels (d_qk 5), against float64."""
+    the backward on 16 x 16 score tiles (one warp), where d_v <= 64 and N, M are multiples of 16.
+    Forced under the interpreter (the launchers' ``fma`` tiles, which a GPU's fp32 takes), forward
+    (N 48, M 80: a tail key block of 16 after two of 32) and the single-pass backward, and ragged
+    channels (d_qk 5), against float64; at M 70 the backward keeps 16 channels."""
     from hafsvg_kernels.attention import triton_attention as ta
 
     fwd_config, bwd_config = ta._fwd_config, ta._bwd_config
@@ -441,15 +442,17 @@ def test_ffma_tiles_with_8_deep_dots_float64(monkeypatch, d_qk):
     monkeypatch.setattr(ta, "_bwd_config", lambda N, M, dqk, dv, fma=False: bwd_config(N, M, dqk, dv, True))
     fwd = record_grids(monkeypatch, ta, "_fwd_kernel", flags=("BLOCK_D",))
     bwd = record_grids(monkeypatch, ta, "_bwd_dkdv_kernel", flags=("BLOCK_D", "BLOCK_Q", "BLOCK_K", "DQ_ATOMIC"))
-    q, k, v = (t.detach() for t in make_inputs(4, 2, 2, 40, 70, d_qk, 24, dtype=torch.float64))
-    out, lse = ta.forward(q, k, v, 0.7)
-    do = torch.randn_like(out)
-    ref_out, ref_grads = reference(q, k, v, 0.7, do)
-    grads = ta.backward(do, q, k, v, out, lse, 0.7)
-    assert [f for _, f in fwd] == [(8,)]
-    assert [f for _, f in bwd] == [(8, 16, 16, True)]  # one pass: dK, dV and dQ on 16 x 16 tiles
-    assert rel_err(out, ref_out) <= 1e-12
-    assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
+    for M, want in ((80, (8, 16, 16, True)), (70, (16, 32, 32, True))):
+        q, k, v = (t.detach() for t in make_inputs(4, 2, 2, 48, M, d_qk, 24, dtype=torch.float64))
+        out, lse = ta.forward(q, k, v, 0.7)
+        do = torch.randn_like(out)
+        ref_out, ref_grads = reference(q, k, v, 0.7, do)
+        grads = ta.backward(do, q, k, v, out, lse, 0.7)
+        assert rel_err(out, ref_out) <= 1e-12
+        assert_grads_close(grads, ref_grads, 1e-10, q.dtype)
+        assert [f for _, f in bwd] == [want]  # one pass: dK, dV and dQ (on 16 x 16 tiles at M 80)
+        bwd.clear()
+    assert [f for _, f in fwd] == [(8,), (8,)]
 
 
 def test_wide_dkdv_rule_on_a_gpu(monkeypatch):

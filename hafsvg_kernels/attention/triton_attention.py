@@ -1238,8 +1238,9 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     row 0.741 -> 0.780 (sm90_report, fp32), 190 registers, no spills (Triton 3.6: 188, none). 64 x
     32 tiles on 4 warps modeled 9835 µs at 254 registers, 32 x 64 on 4 warps 10110 at 218.
 
-    ``fma`` and d_qk <= 8 where the installed Triton compiles 8-deep fp32 dots (3.9, not 3.6:
-    ``fp32_dot_min_k``): BLOCK_D = 8, not 16. An FFMA dot costs one FFMA per score and channel,
+    ``fma``, d_qk <= 8 and a key loop (not all keys in one block, where the 16 x 256 tiles then
+    spilled 12 B at N = M = 256), where the installed Triton compiles 8-deep fp32 dots (3.9, not
+    3.6: ``fp32_dot_min_k``): BLOCK_D = 8, not 16. An FFMA dot costs one FFMA per score and channel,
     padding included, so d_qk 8 padded to 16 cost 16 FFMA per score of the 81 in the key loop
     (DCGAN 32^2, 64 x 32 tiles); now 8: 1633 -> 1490 instructions per thread and step, the
     forward 5849 -> 5343 µs at DCGAN 32^2 and 92.7 -> 84.6 ms at VGG 64^2 (issue-bound; 0.697 ->
@@ -1261,7 +1262,7 @@ def _fwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     return {
         "BLOCK_Q": block_q,
         "BLOCK_K": block_k,
-        "BLOCK_D": _pow2(d_qk, lo=fp32_dot_min_k() if fma else 16),
+        "BLOCK_D": _pow2(d_qk, lo=fp32_dot_min_k() if fma and not one_block else 16),
         "BLOCK_DV": block_dv,
         "num_warps": 8 if two_groups or fma_wide_v else 4 if fma_wide else _warps(block_q),
         "num_stages": 3 if block_q >= 64 and not (fma and d_qk >= 32 or wide_keys or fma_wide_v) else 2,
@@ -1328,19 +1329,24 @@ def _bwd_config(N: int, M: int, d_qk: int, d_v: int, fma: bool = False) -> dict:
     no spills (Triton 3.6: 215, none; with 2 stages 255 and 12 B); VGG 8^2 (d_qk 64) keeps 16 x 64,
     where 32 x 64 spilled 1968 B.
 
-    ``fma``, d_qk <= 8 and more than 64 keys, where the installed Triton compiles 8-deep fp32 dots
-    (``fp32_dot_min_k``: 3.9, not 3.6): the score products and dK / dQ on BLOCK_D = 8 channels, not
-    padded to 16 (one FFMA per score and channel saved in each of S^T, dK and dQ), on 16 x 16
-    score tiles (1 warp). The single pass at DCGAN 32^2 and VGG 64^2 (dK, dV and dQ fused, d_v 64):
-    14140 -> 12020 µs and 225.6 -> 191.9 ms (issue-bound), the backward 0.595 -> 0.698 and 0.607
-    -> 0.713 of the floor, 184 -> 245 registers, no spills (sm90_report, fp32, Triton 3.9). On the
-    32 x 32 tiles, BLOCK_D 8 spilled 472 B (255 registers), 16 x 32 1108 B, 32 x 16 1308 B; 16 x
-    16 tiles with BLOCK_D 16 model 14220 µs (no gain from the tiles alone). The price the model
-    does not charge: with 16-key blocks each dQ element takes M / 16 atomic adds (64 at DCGAN
-    32^2, 32 before), as 16-byte vector atomics (4 fp32 each). Not yet timed on a GPU.
+    ``fma``, d_qk <= 8, d_v <= 64, N and M multiples of 16 and more than 64 keys, where the
+    installed Triton compiles 8-deep fp32 dots (``fp32_dot_min_k``: 3.9, not 3.6; elsewhere these
+    tiles spilled: 44 B at N = M = 256 and d_v 128, 172-236 B with N = M not a multiple of 16, where
+    the 32 x 32 tiles spill 12 B; sm90_report's compiler, off the workload rows): the score products
+    and dK / dQ on BLOCK_D = 8 channels, not padded to 16 (one FFMA per score and channel saved in
+    each of S^T, dK and dQ), on 16 x 16 score tiles (1 warp). The single pass at DCGAN 32^2 and VGG
+    64^2 (dK, dV and dQ fused, d_v 64): 14140 -> 12020 µs and 225.6 -> 191.9 ms (issue-bound), the
+    backward 0.595 -> 0.698 and 0.607 -> 0.713 of the floor, 184 -> 245 registers, no spills
+    (sm90_report, fp32, Triton 3.9). On the 32 x 32 tiles, BLOCK_D 8 spilled 472 B (255 registers),
+    16 x 32 1108 B, 32 x 16 1308 B; 16 x 16 tiles with BLOCK_D 16 model 14220 µs (no gain from the
+    tiles alone). The price the model does not charge: with 16-key blocks each dQ element takes M /
+    16 atomic adds (64 at DCGAN 32^2, 32 before), as 16-byte vector atomics (4 fp32 each). Not yet
+    timed on a GPU.
     """
     fma_one_block = fma and M <= 64 and not interpreting()  # 16 x M tiles, all keys in one block
-    fma_k8 = fma and d_qk <= 8 and not fma_one_block and fp32_dot_min_k() <= 8  # 8-deep dots, 16 x 16 tiles
+    # 8-deep dots on 16 x 16 tiles: d_v <= 64 and whole tiles, where they compile without spills
+    fma_k8 = fma and d_qk <= 8 and d_v <= 64 and N % 16 == 0 and M % 16 == 0 and not fma_one_block
+    fma_k8 = fma_k8 and fp32_dot_min_k() <= 8
     fma_tile = 16 if d_qk >= 64 or fma_k8 else 32
     block_q = _pow2(N, hi=(32 if d_qk <= 32 else 16) if fma_one_block else fma_tile if fma else 64)
     block_k = _pow2(M, hi=64 if fma_one_block else fma_tile if fma else 64)
