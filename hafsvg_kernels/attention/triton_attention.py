@@ -888,8 +888,7 @@ def _bwd_dkdv_kernel(
     # 16-byte vector atomics (red.global.add.v4.f32; SASS REDG.E.ADD.F32x4), one per thread and
     # step where the runtime stride (8, not a multiple of 16, so not specialised) gave four scalar
     # ones. sm90_report, bf16, Triton 3.9: VGG 64^2's single-pass dK+dV+dQ 10.90 -> 10.46 ms
-    # (issue-bound), the same kernel at DCGAN 32^2 (not the launcher's choice there) 700.6 -> 672.7
-    # µs; 216 -> 211 registers. Triton 3.6 vectorises it alike.
+    # (issue-bound), at DCGAN 32^2 700.6 -> 672.7 µs; 216 -> 211 registers. Triton 3.6 vectorises it alike.
     dq_row = BLOCK_DN if EVEN_DN else D_QK
 
     dk = tl.zeros([BLOCK_K, BLOCK_DN], dtype=ACC_DTYPE)
@@ -1439,21 +1438,19 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
 
     On the tensor cores only where dK and dV are fused (K and V of the same batches, d_v in one
     tile) and d_qk <= 16, where one pass computes each score's exponential and GEMMs once instead of
-    twice; and M >= 512 keys, and d_v >= 128 or M >= 4096, as measured on an H200
-    (``benchmarks/sweep.py``, batch 1600, 64 x 64 tiles, 3 stages, µs, two passes vs one): VGG 32^2
-    (d_v 128) 3636 vs 3149, VGG 64^2 (d_v 64) 35720 vs 35531; but DCGAN 32^2 (d_v 64, M = 1024) 2317
-    vs 2487, DCGAN 16^2 (M = 256) 442 vs 476: at d_v = 64 the second pass's dP = dO V^T costs about
-    what the M / BLOCK_K L2 atomic adds per dQ element cost (which the static model does not charge:
-    it puts one pass at 0.61 of the floor at DCGAN 32^2 against 0.54 for two), and at few keys the
-    zeroing and the cast of the dQ accumulator and the delta pass outweigh it. The H200 ran Triton
-    3.6, whose ptxas then spilled the one-pass kernel at DCGAN 32^2 (432 B at 255 registers; the
-    two-pass dK/dV kernel 256 B), mostly in the tail query-block loop, which never ran there and is
-    no longer compiled (``EVEN_Q``): now neither spills, under 3.6 or 3.9, and the model puts one
-    pass at 0.699 of the floor against 0.602 for two (3.6: 0.704 against 0.622; sm90_report with
-    this rule forced, bf16, fwd + bwd). The dQ adds have since become 16-byte vector atomics (one
-    REDG.E.ADD.F32x4 per thread and step instead of four scalar ones; ``dq_row`` in
-    ``_bwd_dkdv_kernel``), which the H200 run did not have either. To be timed again
-    (``benchmarks/sweep.py`` times both) before this rule changes.
+    twice, and from M = 512 keys. Modeled (``sm90_report``, bf16, batch 1600, fwd + bwd, Triton 3.9;
+    3.6 alike): DCGAN 32^2 (d_v 64, M 1024) 0.602 of the floor in two passes, 0.714 in one (its
+    backward 1095 -> 843 µs, the delta pass and the dQ accumulator's zeroing and cast included; 3
+    -> 2 exponentials per score); DCGAN 16^2 (M 256) 0.601 in two, 0.550 in one (backward 139 ->
+    156 µs: the delta pass alone, reading O and dO, takes 64). The H200 timed (``benchmarks/
+    sweep.py``, µs, two passes vs one) VGG 32^2 3636 vs 3149, VGG 64^2 35720 vs 35531, DCGAN 16^2
+    442 vs 476, and DCGAN 32^2 2317 vs 2487, which kept DCGAN 32^2 on two passes until now; that
+    one-pass kernel, under Triton 3.6, spilled 432 B at 255 registers (mostly in a tail
+    query-block loop that never ran there and is no longer compiled, ``EVEN_Q``) and added dQ with
+    four scalar atomics per thread and step where it now issues one 16-byte ``REDG.E.ADD.F32x4``
+    (``dq_row`` in ``_bwd_dkdv_kernel``): neither of the two costs that measurement paid is left,
+    and the model charges no atomics (M / BLOCK_K = 16 adds per dQ element at DCGAN 32^2).
+    ``benchmarks/sweep.py`` times both passes at every such row; a GPU session settles it.
 
     fp32 (FFMA dots, ``fma``) takes one pass where the static sm_90 model gains at every such row of
     the workloads: fused at d_qk <= 16 (DCGAN 32^2 0.49 -> 0.61 of the floor, VGG 32^2 0.53 ->
@@ -1464,15 +1461,15 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     query-block programs with its Bk x key-block ones). At VGG 16^2 backward 4145 -> 3176 µs modeled
     (the row 0.571 -> 0.692 of the floor, 4 -> 3 exponentials per score; Triton 3.6 alike), for 105
     M fp32 atomic adds (8 per dQ element), which the model does not charge: half of DCGAN 32^2's
-    bf16 single pass, which the H200 timed 7 % slower than two, against a dq launch of 1417 µs
-    modeled (the H200 ran fp32 compute kernels 1.8-5.7x slower than modeled). Not yet measured.
+    bf16 single pass, which the H200 timed 7 % slower than two as it then compiled, against a dq
+    launch of 1417 µs modeled (the H200 ran fp32 compute kernels 1.8-5.7x slower than modeled). Not yet measured.
     Under the interpreter every fused d_qk <= 16 shape with more keys than one block runs it (one
     key block: ``DQ_DIRECT``), so that the tests exercise it at small sizes; the tests force it
     where dK and dV are apart."""
     fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1
     if fma:  # fused up to d_qk 16 (DCGAN 32^2, 16^2, VGG 64^2, 32^2); dK and dV apart up to 32 (VGG 16^2)
         return rk == rv and d_qk <= (16 if fused else 32)
-    return fused and d_qk <= 16 and (interpreting() or (M >= 512 and (d_v >= 128 or M >= 4096)))
+    return fused and d_qk <= 16 and (interpreting() or M >= 512)
 
 
 def _dp_chunk(block_dv: int, fused: bool, fma: bool, dq_atomic: bool = False) -> int:
