@@ -3,6 +3,7 @@ and at candidates around it, so that the launchers' choices rest on measured tim
 
     python benchmarks/sweep.py --out sweep.json          # on a GPU (benchmarks/gpu_session.sh)
     python benchmarks/sweep.py --show sweep.json         # the tables again, anywhere
+    python benchmarks/sweep.py --out passes.json --only bwd --rows "DCGAN 32x32" --launcher-tiles
 
 Workloads as in ``kernel_times.py`` (``--dtype`` bf16 or fp32, batch 1600; in fp32 without the
 two largest rows):
@@ -15,7 +16,8 @@ two largest rows):
   cores (``ROWSUM_MMA``, ``rowsum-mma``) against ``tl.sum`` (``rowsum-sum``);
 * attention backward (``triton_attention.backward`` called directly, without autograd's copies):
   the same knobs, and one pass (dQ added atomically by the dK/dV kernel) against two (a dq
-  kernel, then dK/dV) where both are possible; and in bf16 where the launcher runs
+  kernel, then dK/dV) where both are possible, at each tile candidate and at the launcher's
+  tiles; and in bf16 where the launcher runs
   ``_bwd_dkdv_wide_kernel`` (dK and dV at VGG 16^2 and DCGAN 16^2; dV alone over all channels at
   DCGAN 8^2, DCGAN 4^2 and VGG 8^2), ``_bwd_dkdv_kernel``'s launches against it (``no-wide``: at
   DCGAN 16^2 one, dK and dV fused, elsewhere two);
@@ -110,7 +112,10 @@ def variants(dtype: str) -> list[tuple]:
         # with them apart (VGG 16^2; single_pass), where more keys than one block
         one = (r.d_qk <= 16 and r.c <= 128) or (dtype == "fp32" and r.d_qk <= 32 and r.n > 64)
         passes = (False, True) if one else (False,)
-        out += [("bwd", r.name, (None, None), dtype)] + [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
+        out += [("bwd", r.name, (None, None), dtype)]
+        if one:  # the launcher's tiles with each pass count forced: the pass rule's own A/B
+            out += [("bwd", r.name, (None, p), dtype) for p in passes]
+        out += [("bwd", r.name, (t, p), dtype) for t in bwd for p in passes]
         if dtype == "bf16" and _wide_dkdv_row(r):
             out.append(("bwd", r.name, (None, "no-wide"), dtype))
     recurrent = [("split", None), ("row", None)] + RECURRENT[dtype]
@@ -231,17 +236,27 @@ def _warm(task):
     return _run(task, time_it=False)
 
 
-def measure(workers: int, only: str | None, dtype: str) -> dict:
+def tasks(dtype: str, only: str | None = None, rows=None, launcher_tiles: bool = False) -> list[tuple]:
+    """:func:`variants` of one kind (``only``), of the named workloads (``rows``), at the
+    launcher's tiles only (``launcher_tiles``)."""
+    return [
+        t for t in variants(dtype)
+        if (not only or only in t[0]) and (not rows or t[1] in rows)
+        and not (launcher_tiles and t[0] != "recurrent" and t[2][0] is not None)
+    ]  # fmt: skip
+
+
+def measure(workers: int, only: str | None, dtype: str, rows=None, launcher_tiles: bool = False) -> dict:
     import multiprocessing as mp
 
     import torch
 
-    tasks = [t for t in variants(dtype) if not only or only in t[0]]
+    tasks_ = tasks(dtype, only, rows, launcher_tiles)
     if workers > 1:
         with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-            list(pool.map(_warm, tasks, chunksize=1))
+            list(pool.map(_warm, tasks_, chunksize=1))
     results = []
-    for task in tasks:
+    for task in tasks_:
         r = _run(task, time_it=True)
         entry = {"kind": task[0], "workload": task[1], "variant": list(task[2]) if task[2] else None}
         entry["us" if isinstance(r, float) else "error"] = r
@@ -283,13 +298,23 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=("fwd", "bwd", "recurrent"), help="one kind of workload")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    p.add_argument("--rows", help="comma-separated workloads (e.g. 'DCGAN 32x32,recurrent step'; default: all)")
+    p.add_argument(
+        "--launcher-tiles",
+        action="store_true",
+        help="only the variants at the launcher's tiles (the pass count, PV_APART, ... forced)",
+    )
     a = p.parse_args(argv)
+    rows = [r.strip() for r in a.rows.split(",")] if a.rows else None
+    known = {r.name for r in ALIGNER_ROWS} | {"recurrent step"}
+    if rows and set(rows) - known:
+        p.error(f"unknown --rows {sorted(set(rows) - known)}; known: {sorted(known)}")
     if a.out:
         import torch
 
         if not torch.cuda.is_available():
             p.error("measuring needs a CUDA device")
-        res = measure(a.workers, a.only, a.dtype)
+        res = measure(a.workers, a.only, a.dtype, rows, a.launcher_tiles)
         Path(a.out).write_text(json.dumps(res, indent=1))
         print(show(res))
     elif a.show:

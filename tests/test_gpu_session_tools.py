@@ -84,6 +84,25 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
     assert triton_split.output_config is out0
 
 
+def test_sweep_times_the_pass_rule_at_the_launchers_tiles():
+    """The GPU session's "passes" step (``--only bwd --rows "DCGAN 32x32" --launcher-tiles``): the
+    launcher, then its own tiles with two passes and with one forced; the tiles untouched, the rule
+    restored after; unknown rows refused."""
+    ts = sweep.tasks("bf16", "bwd", ["DCGAN 32x32"], launcher_tiles=True)
+    assert [t[2] for t in ts] == [(None, None), (None, False), (None, True)]
+    vgg8 = sweep.tasks("bf16", "bwd", ["VGG 8x8"], launcher_tiles=True)
+    assert not [t for t in vgg8 if isinstance(t[2][1], bool)]  # one key block: no pass count to choose
+    cfg, rule = ta._bwd_config(1024, 1024, 8, 64), ta.single_pass
+    assert rule(1024, 8, 64, 100, 100, cfg, False)  # the launcher's choice: one pass
+    for one in (False, True):
+        with sweep._patched("bwd", (None, one)):
+            assert ta._bwd_config(1024, 1024, 8, 64) == cfg
+            assert ta.single_pass(1024, 8, 64, 100, 100, cfg, False) is one
+    assert ta.single_pass is rule
+    with pytest.raises(SystemExit):
+        sweep.main(["--rows", "DCGAN 33x33", "--show", "x.json"])
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_sweep_variants_are_valid_tiles(dtype):
     tasks = sweep.variants(dtype)
