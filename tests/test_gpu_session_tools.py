@@ -4,6 +4,7 @@ sets measured kernel times against the recorded static report."""
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ sys.path.insert(0, str(BENCH))
 
 import kernel_times  # noqa: E402
 import sweep  # noqa: E402
+import sweep_vs_model  # noqa: E402
 
 from hafsvg_kernels.attention import triton_attention as ta  # noqa: E402
 from hafsvg_kernels.recurrent import triton_lstm, triton_split  # noqa: E402
@@ -103,6 +105,46 @@ def test_sweep_times_the_pass_rule_at_the_launchers_tiles():
         sweep.main(["--rows", "DCGAN 33x33", "--show", "x.json"])
 
 
+def test_sweep_set_against_the_model_ranks_and_picks(tmp_path):
+    """``benchmarks/sweep_vs_model.py`` on a sweep of three DCGAN 32^2 forward tilings (compiled
+    for sm_90a in a subprocess without ``TRITON_INTERPRET``, as a GPU runs the launchers; ~10 s):
+    measured times in the model's order give rho 1 and a right pick, in the reverse order rho -1
+    and a missed one; a workload the model cannot tell apart is left out of the summary; a
+    missing file is one clear error."""
+    from hafsvg_kernels.sm90.compile import find_tool
+
+    if find_tool("cuobjdump") is None:  # the subprocess runs without TRITON_INTERPRET
+        pytest.skip("cuobjdump is missing")
+    tiles = [[128, 64, 8, 3], [64, 64, 4, 3], [64, 32, 4, 4]]
+    res = {"device": "test", "triton": "x", "dtype": "bf16", "batch": 1600,
+           "results": [{"kind": "fwd", "workload": "DCGAN 32x32", "variant": [t, None], "us": 1.0} for t in tiles]
+           + [{"kind": "recurrent", "workload": "recurrent step", "variant": ["split", None], "us": 1.0}]}  # fmt: skip
+    (tmp_path / "sweep.json").write_text(json.dumps(res))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, str(BENCH / "sweep_vs_model.py"), str(tmp_path / "sweep.json"),
+           "--json", str(tmp_path / "entries.json")]  # fmt: skip
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and "Median Spearman rho" in run.stdout, run.stdout + run.stderr
+    entries = json.loads((tmp_path / "entries.json").read_text())
+    assert [e["variant"][0] for e in entries] == tiles and len({e["modeled_s"] for e in entries}) == 3
+    same = [{**e, "us": e["modeled_s"] * 2e6} for e in entries]
+    cmp = sweep_vs_model.compare(same)
+    assert cmp["median_rho"] == pytest.approx(1.0) and cmp["picks_ok"] == 1
+    assert cmp["median_measured_over_modeled"] == pytest.approx(2.0)
+    slowest = max(e["modeled_s"] for e in entries)
+    reverse = [{**e, "us": (slowest * 3 - e["modeled_s"]) * 1e6} for e in entries]
+    cmp = sweep_vs_model.compare(reverse)
+    assert cmp["median_rho"] == pytest.approx(-1.0) and cmp["picks_ok"] == 0
+    assert "(missed)" in sweep_vs_model.markdown(res, cmp)
+    alike = [{**e, "modeled_s": 1e-3, "workload": "other"} for e in same]
+    cmp = sweep_vs_model.compare(same + alike)
+    assert cmp["ranked"] == 1 and "all modeled alike" in sweep_vs_model.markdown(res, cmp)
+    with pytest.raises(ValueError, match="tells apart"):
+        sweep_vs_model.compare(alike)
+    with pytest.raises(SystemExit):
+        sweep_vs_model.main([str(tmp_path / "missing.json")])
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 def test_sweep_variants_are_valid_tiles(dtype):
     tasks = sweep.variants(dtype)
@@ -133,8 +175,6 @@ def test_static_sweep_models_the_launcher_and_a_candidate():
     """``benchmarks/static_sweep.py`` (compiles for sm_90a, no GPU): the launcher's own config is
     modeled as the report models it, a candidate's overrides reach the kernels, and the launcher is
     restored after. One small row, two compiles; skips where the report's tools are missing."""
-    import subprocess
-
     from hafsvg_kernels.sm90.compile import find_tool
 
     try:
@@ -175,8 +215,6 @@ def test_gpu_session_sets_kernel_times_against_its_own_tritons_report(tmp_path):
     """``benchmarks/gpu_session.sh`` with no step named (a CPU dry run of its frame, ~3 s): it picks
     the static report compiled by the running Triton (``static-sm90-triton<major.minor>/``, as the
     lent GPUs' Triton 3.6 needs), else the newest main report, and finishes without results."""
-    import subprocess
-
     import triton
 
     env = {**os.environ, "OUT": str(tmp_path), "HAFSVG_SESSION_STEPS": "none"}
