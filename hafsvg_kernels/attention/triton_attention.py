@@ -1443,8 +1443,11 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     backward 1095 -> 843 µs, the delta pass and the dQ accumulator's zeroing and cast included; 3
     -> 2 exponentials per score); DCGAN 16^2 (M 256) 0.601 in two, 0.550 in one (backward 139 ->
     156 µs: the delta pass alone, reading O and dO, takes 64). The H200 timed (``benchmarks/
-    sweep.py``, µs, two passes vs one) VGG 32^2 3636 vs 3149, VGG 64^2 35720 vs 35531, DCGAN 16^2
-    442 vs 476, and DCGAN 32^2 2317 vs 2487, which kept DCGAN 32^2 on two passes until now; that
+    sweep.py``, 64 x 64 tiles, 3 stages, µs, two passes vs one) VGG 32^2 3636 vs 3149, VGG 64^2
+    35720 vs 35531, DCGAN 16^2 442 vs 476 (on 64 x 128 tiles and 8 warps one pass took 439, the
+    row's fastest, with spills), and DCGAN 32^2 2317 vs 2487, which kept DCGAN 32^2 on two passes
+    until now (the model favoured one pass at all six tilings timed both ways there, the GPU at
+    two of them: ``benchmarks/results/h200-2026-12-04/sweep-vs-model-triton3.6.json``); that
     one-pass kernel, under Triton 3.6, spilled 432 B at 255 registers (mostly in a tail
     query-block loop that never ran there and is no longer compiled, ``EVEN_Q``) and added dQ with
     four scalar atomics per thread and step where it now issues one 16-byte ``REDG.E.ADD.F32x4``
