@@ -291,6 +291,16 @@ def show(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def parse_rows(p: argparse.ArgumentParser, text: str | None) -> list[str] | None:
+    """``--rows`` as a list of workload names (None: all), or the parser's one-line error naming
+    the unknown ones."""
+    rows = [r.strip() for r in text.split(",")] if text else None
+    known = {r.name for r in ALIGNER_ROWS} | {"recurrent step"}
+    if rows and set(rows) - known:
+        p.error(f"unknown --rows {sorted(set(rows) - known)}; known: {sorted(known)}")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="measure on the GPU and write this JSON")
@@ -305,10 +315,7 @@ def main(argv=None) -> int:
         help="only the variants at the launcher's tiles (the pass count, PV_APART, ... forced)",
     )
     a = p.parse_args(argv)
-    rows = [r.strip() for r in a.rows.split(",")] if a.rows else None
-    known = {r.name for r in ALIGNER_ROWS} | {"recurrent step"}
-    if rows and set(rows) - known:
-        p.error(f"unknown --rows {sorted(set(rows) - known)}; known: {sorted(known)}")
+    rows = parse_rows(p, a.rows)
     if a.out:
         import torch
 

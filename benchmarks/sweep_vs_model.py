@@ -134,9 +134,13 @@ def main(argv=None) -> int:
     p.add_argument("--md", help="write the table here (else print it)")
     p.add_argument("--json", help="write the variants with their measured and modeled times here")
     a = p.parse_args(argv)
+    rows = sweep.parse_rows(p, a.rows)
+    from hafsvg_kernels.sm90.compile import missing
+
+    if missing():  # e.g. TRITON_INTERPRET set: the launchers would not record what a GPU runs
+        p.error(f"cannot compile for sm_90 here: {missing()}")
     try:
         res = json.loads(Path(a.sweep_json).read_text())
-        rows = [r.strip() for r in a.rows.split(",")] if a.rows else None
         entries = modeled(res, rows)
         cmp = compare(entries)
     except (OSError, ValueError, KeyError) as e:

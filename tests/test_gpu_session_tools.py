@@ -109,8 +109,8 @@ def test_sweep_set_against_the_model_ranks_and_picks(tmp_path):
     """``benchmarks/sweep_vs_model.py`` on a sweep of three DCGAN 32^2 forward tilings (compiled
     for sm_90a in a subprocess without ``TRITON_INTERPRET``, as a GPU runs the launchers; ~10 s):
     measured times in the model's order give rho 1 and a right pick, in the reverse order rho -1
-    and a missed one; a workload the model cannot tell apart is left out of the summary; a
-    missing file is one clear error."""
+    and a missed one; a workload the model cannot tell apart is left out of the summary; unknown
+    rows, a missing file and an interpreter-only environment are each one clear error."""
     from hafsvg_kernels.sm90.compile import find_tool
 
     if find_tool("cuobjdump") is None:  # the subprocess runs without TRITON_INTERPRET
@@ -141,8 +141,14 @@ def test_sweep_set_against_the_model_ranks_and_picks(tmp_path):
     assert cmp["ranked"] == 1 and "all modeled alike" in sweep_vs_model.markdown(res, cmp)
     with pytest.raises(ValueError, match="tells apart"):
         sweep_vs_model.compare(alike)
-    with pytest.raises(SystemExit):
-        sweep_vs_model.main([str(tmp_path / "missing.json")])
+    bad = subprocess.run([*cmd[:3], "--rows", "DCGAN 33x33"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown --rows ['DCGAN 33x33']" in bad.stderr, bad.stderr
+    gone = subprocess.run(
+        [*cmd[:2], str(tmp_path / "missing.json")], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert gone.returncode == 2 and "missing.json: FileNotFoundError" in gone.stderr, gone.stderr
+    with pytest.raises(SystemExit):  # under TRITON_INTERPRET (this process): refused before compiling
+        sweep_vs_model.main([str(tmp_path / "sweep.json")])
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
