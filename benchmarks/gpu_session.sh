@@ -6,8 +6,8 @@
 #
 # No install needed: the repo goes on PYTHONPATH. Results go to $OUT (default
 # benchmarks/results/session), at most 8 files (what a device call brings back): session.log;
-# benchmarks.json (the steps' pytest-benchmark JSON merged); sweep-passes.json (DCGAN 32^2's
-# backward in one pass against two); sweep-<dtype>.json where it ran;
+# benchmarks.json (the steps' pytest-benchmark JSON merged); sweep-passes.json (DCGAN 32^2's and
+# 16^2's backward in one pass against two); sweep-<dtype>.json where it ran;
 # kernel_times.json and model-vs-measured.md (benchmarks/kernel_times.py: device time per kernel,
 # set against the static report compiled by the same Triton version, else the newest
 # benchmarks/results/static-sm90-<date>.json); report/report.md and
@@ -97,10 +97,10 @@ print('cuda extension:', _ext.build_state('cuda'))" >"$build_log" 2>&1 &
                 --md "$out/model-vs-measured.md" && cat "$out/model-vs-measured.md"
         fi
     fi
-    # DCGAN 32^2's backward at the launcher's tiles in one pass and in two (the pass rule's open
-    # question: triton_attention.single_pass; 3 variants, ~30 s)
-    [ $gpu = 1 ] && step passes 35 130 "$py" benchmarks/sweep.py --workers 12 --only bwd --rows "DCGAN 32x32" \
-        --launcher-tiles --out "$out/sweep-passes.json"
+    # DCGAN 32^2's and 16^2's backward at the launcher's tiles in one pass and in two (the pass
+    # rule's open questions: triton_attention.single_pass, delta_in_pass; 7 variants, ~35 s)
+    [ $gpu = 1 ] && step passes 40 130 "$py" benchmarks/sweep.py --workers 12 --only bwd \
+        --rows "DCGAN 32x32,DCGAN 16x16" --launcher-tiles --out "$out/sweep-passes.json"
     # Launch configurations measured (benchmarks/sweep.py; ~2 min, only when named in HAFSVG_SESSION_STEPS)
     sweep_dtype=${HAFSVG_SWEEP_DTYPE:-bf16}
     [ $gpu = 1 ] && step sweep 110 150 "$py" benchmarks/sweep.py --workers 12 --dtype "$sweep_dtype" \

@@ -153,12 +153,13 @@ def _patched(kind, variant):
                     patch(ta, "_dv_config", lambda cfg, *a, **k: cfg)
                     patch(ta, "_wide_dv", lambda *a, **k: False)
                     patch(ta, "_dkdv_stages", lambda kcfg, *a, **k: kcfg["num_stages"])
+                    patch(ta, "_delta_pass_config", lambda cfg: cfg)
             if flag == "no-wide":
                 patch(ta, "wide_dkdv", lambda *a, **k: False)
             elif flag is not None and kind == "bwd":
                 orig = ta.single_pass
 
-                def sp(M, d_qk, d_v, rk, rv, cfg, fma, _orig=orig, _want=flag):
+                def sp(M, d_qk, d_v, rk, rv, cfg, fma, dtype=None, *, _orig=orig, _want=flag):
                     # the launcher's rule with fma=True is "one pass is possible here"
                     return _want and _orig(M, d_qk, d_v, rk, rv, cfg, True)
 

@@ -182,6 +182,74 @@ def test_single_pass_backward_float64(monkeypatch, split):
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
+@pytest.mark.parametrize("d_qk", [12, 16])
+@pytest.mark.parametrize("split", [1, 3])
+def test_one_launch_backward_computes_delta_float64(monkeypatch, d_qk, split):
+    """128 < M <= 256 keys, d_qk <= 16, dK and dV fused (DCGAN 16^2's shape class): one launch, the
+    single pass with delta = rowsum(dO * O) computed by its 128-key programs (``DELTA_O``), no
+    preprocess and no dq kernel; against the float64 reference with ragged queries and keys, and
+    against the two-pass backward."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    class Forbidden:
+        def __init__(self, what):
+            self.what = what
+
+        def __getitem__(self, grid):
+            raise AssertionError(f"the one-launch backward launched {self.what}")
+
+    launches = []
+
+    class Recorded:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            launch = self.fn[grid]
+
+            def run(*args, **kwargs):
+                launches.append((kwargs["DELTA_O"], kwargs["DQ_ATOMIC"], kwargs["BLOCK_K"], kwargs["LSE_LOG2"]))
+                return launch(*args, **kwargs)
+
+            return run
+
+    B, Bk, N, M, d_v = 6, 2, 70, 200, 40
+    q, k, v = (t.detach() for t in make_inputs(B, Bk, Bk, N, M, d_qk, d_v, dtype=torch.float64))
+    out, lse = ta.forward(q, k, v, 0.6)
+    do = torch.randn_like(out)
+    _, ref_grads = reference(q, k, v, 0.6, do)
+    with monkeypatch.context() as m:
+        m.setattr(ta, "_bwd_dq_kernel", Forbidden("the dq kernel"))
+        m.setattr(ta, "_bwd_preprocess", Forbidden("the delta preprocess"))
+        m.setattr(ta, "_bwd_dkdv_kernel", Recorded(ta._bwd_dkdv_kernel))
+        one = ta.backward(do, q, k, v, out, lse, 0.6, split=split)
+    assert launches == [(True, True, ta.DELTA_PASS_KEYS, False)]
+    assert_grads_close(one, ref_grads, 1e-10, q.dtype)
+    monkeypatch.setattr(ta, "single_pass", lambda *a: False)
+    two = ta.backward(do, q, k, v, out, lse, 0.6, split=split)
+    for g1, g2 in zip(one, two):
+        assert rel_err(g1, g2) <= 1e-12
+
+
+def test_delta_in_pass_rule(monkeypatch):
+    """On a GPU: 16-bit inputs, d_qk <= 16, dK and dV fused, 128 < M <= 256 (DCGAN 16^2); not fp32
+    (TF32 or FFMA dots), not at other key counts, not with V of other batches."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    monkeypatch.setattr(ta, "interpreting", lambda: False)
+    cfg = ta._bwd_config(256, 256, 16, 128)
+    assert ta.delta_in_pass(256, 16, 128, 100, 100, cfg, torch.bfloat16)
+    assert ta.delta_in_pass(256, 16, 128, 100, 100, cfg, torch.float16)
+    assert ta.single_pass(256, 16, 128, 100, 100, cfg, False, torch.bfloat16)
+    assert not ta.single_pass(256, 16, 128, 100, 100, cfg, False, torch.float32)  # two passes, as before
+    assert not ta.delta_in_pass(256, 16, 128, 100, 100, cfg, torch.float32)
+    assert not ta.delta_in_pass(256, 32, 128, 100, 100, cfg, torch.bfloat16)
+    assert not ta.delta_in_pass(256, 16, 128, 100, 1, cfg, torch.bfloat16)
+    for m in (128, 512, 1024):
+        assert not ta.delta_in_pass(m, 16, 128, 100, 100, ta._bwd_config(m, m, 16, 128), torch.bfloat16)
+
+
+@pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
 @pytest.mark.parametrize(
     "case", [(6, 2, 2, 24, 200), (6, 2, 3, 16, 64)], ids=["dv-over-one-tile", "v-of-other-batches"]
 )
@@ -538,7 +606,7 @@ def test_split_sum_in_kernel_or_after(monkeypatch, ffma):
             def run(*args, **kwargs):
                 flags.append((kwargs["SPLIT"], kwargs["SUM_PARTIALS"], kwargs["COMPUTE_DK"], kwargs["COMPUTE_DV"]))
                 launch(*args, **kwargs)
-                count = args[10]  # the tiles' counters: every program of every tile counted once
+                count = args[11]  # the tiles' counters: every program of every tile counted once
                 if kwargs["SUM_PARTIALS"]:
                     assert count.dtype == torch.int32 and count.numel() == grid[1] * grid[2] * grid[0] // 3
                     assert (count == kwargs["SPLIT"]).all(), count
@@ -751,6 +819,8 @@ FLOATS = ("qk_scale", "scale")
 
 
 def build(fn, ptrs, consts, cfg):
+    if fn is ta._bwd_dkdv_kernel:  # delta read (or from P and dP), except where a launch says DELTA_O
+        consts = {"DELTA_O": False, **consts}
     sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in FLOATS else "i32") for a in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts)
     opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
@@ -801,6 +871,17 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK=io, DV=io, DKO=io, DVO=io,
                         Count=io, DQ="*fp32")  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, {**wide, "num_stages": 1 if fma else 2})
+        if even and dt == "bf16":  # one launch computing delta (delta_in_pass: DCGAN 16^2's tiles)
+            cfg16 = ta._delta_pass_config(ta._bwd_config(256, 256, 16, 128))
+            blocks = {k: v for k, v in cfg16.items() if k.startswith(("BLOCK", "DV_TILES"))}
+            flags = {"SPLIT": 8, "SUM_PARTIALS": True, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True,
+                     "DQ_DIRECT": False, "DELTA_O": True, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True,
+                     "LSE_LOG2": False, "DP_CHUNK": ta._dp_chunk(128, True, False), "ONE_Q_BLOCK": False,
+                     "EVEN_Q": True, "BLOCK_DN": 16, "EVEN_DN": True}  # fmt: skip
+            ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
+                        DVO=io, Count="*i32", DQ="*fp32")  # fmt: skip
+            build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags},
+                  {**cfg16, "num_stages": ta._dkdv_stages(cfg16, 256, True, True, False, True)})  # fmt: skip
         if even and not fma:  # the dV-alone launch's own tiles over several key blocks (_dv_config)
             dvc = ta._dv_config(ta._bwd_config(256, 256, 32, 256), 256, 256, 256, fma)
             blocks = {k: v for k, v in dvc.items() if k.startswith(("BLOCK", "DV_TILES"))}

@@ -87,11 +87,13 @@ def test_sweep_variants_reach_the_launchers_and_are_undone():
 
 
 def test_sweep_times_the_pass_rule_at_the_launchers_tiles():
-    """The GPU session's "passes" step (``--only bwd --rows "DCGAN 32x32" --launcher-tiles``): the
-    launcher, then its own tiles with two passes and with one forced; the tiles untouched, the rule
-    restored after; unknown rows refused."""
-    ts = sweep.tasks("bf16", "bwd", ["DCGAN 32x32"], launcher_tiles=True)
-    assert [t[2] for t in ts] == [(None, None), (None, False), (None, True)]
+    """The GPU session's "passes" step (``--only bwd --rows "DCGAN 32x32,DCGAN 16x16"
+    --launcher-tiles``): the launcher, then its own tiles with two passes and with one forced; the
+    tiles untouched (DCGAN 16^2's one launch on its own, ``delta_in_pass``), the rule restored
+    after; a candidate's tiles replace the one launch's too; unknown rows refused."""
+    ts = sweep.tasks("bf16", "bwd", ["DCGAN 32x32", "DCGAN 16x16"], launcher_tiles=True)
+    passes = [(None, None), (None, False), (None, True)]
+    assert [t[2] for t in ts] == passes + passes + [(None, "no-wide")]  # 16^2: also no-wide
     vgg8 = sweep.tasks("bf16", "bwd", ["VGG 8x8"], launcher_tiles=True)
     assert not [t for t in vgg8 if isinstance(t[2][1], bool)]  # one key block: no pass count to choose
     cfg, rule = ta._bwd_config(1024, 1024, 8, 64), ta.single_pass
@@ -101,6 +103,15 @@ def test_sweep_times_the_pass_rule_at_the_launchers_tiles():
             assert ta._bwd_config(1024, 1024, 8, 64) == cfg
             assert ta.single_pass(1024, 8, 64, 100, 100, cfg, False) is one
     assert ta.single_pass is rule
+    cfg16 = ta._bwd_config(256, 256, 16, 128)
+    assert rule(256, 16, 128, 100, 100, cfg16, False, torch.bfloat16)  # one launch, delta in the pass
+    assert ta._delta_pass_config(cfg16)["BLOCK_K"] == ta.DELTA_PASS_KEYS
+    for one in (False, True):
+        with sweep._patched("bwd", (None, one)):
+            assert ta.single_pass(256, 16, 128, 100, 100, cfg16, False, torch.bfloat16) is one
+            assert ta._delta_pass_config(cfg16)["BLOCK_K"] == ta.DELTA_PASS_KEYS
+    with sweep._patched("bwd", ((64, 64, 4, 3), True)):
+        assert ta._delta_pass_config(cfg16) == cfg16
     with pytest.raises(SystemExit):
         sweep.main(["--rows", "DCGAN 33x33", "--show", "x.json"])
 

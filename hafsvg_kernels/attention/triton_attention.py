@@ -139,6 +139,12 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   more keys than one block, or fp32 on a GPU) dK programs are grouped by key batch and dV
   programs by value batch, in two launches of the same kernel. SPLIT is the one whose busiest SM
   has the least work (:func:`split_for_waves`).
+* One pass (:func:`single_pass`, d_qk <= 16, dK and dV fused): no dq kernel; the dK/dV programs
+  add dQ = scale * dS K atomically into a zeroed fp32 accumulator, each score's exponential and
+  dP computed once in the backward. delta comes from a preprocess launch reading O and dO
+  (``_bwd_preprocess``), except where two 128-key programs cover the keys (DCGAN 16^2,
+  :func:`delta_in_pass`): each computes it from the O tile and the dO tile it reads anyway
+  (``DELTA_O``), the whole backward one launch.
 * Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K``, ``EVEN_DV`` and
   ``EVEN_D`` (N % BLOCK_Q, M % BLOCK_K, d_v % BLOCK_DV == 0, d_qk == BLOCK_D) make the query,
   key and channel masks constant, so that the loads and stores compile without predicates; and
@@ -695,10 +701,10 @@ def _bwd_dkdv_block(
     k_n,  # (BLOCK_K, BLOCK_DN) the same keys at dQ's channels (k itself unless NARROW; DQ_ATOMIC / DQ_DIRECT)
     v,  # (BLOCK_K, BLOCK_DV) values of this program (read only when fused)
     dk, dv,  # (BLOCK_K, BLOCK_DN), (BLOCK_K, BLOCK_DV) accumulators
-    q_base, do_base, lse_base, delta_base, v_base,  # query-batch (and value-batch) base pointers
+    q_base, do_base, lse_base, delta_base, v_base, o_base,  # query-batch (and value-batch) base pointers
     queries,  # (BLOCK_Q,) query indices of this block
     offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,  # offs_dn (BLOCK_DN,): dK's and dQ's channels
-    N, D_V, sqn, sqd, svm, svd, sdon, sdod,
+    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod,
     qk_scale,
     dq_base,  # DQ_ATOMIC / DQ_DIRECT: the query batch's rows of the (B, N, D_QK) contiguous dQ
     D_QK, scale,
@@ -712,6 +718,7 @@ def _bwd_dkdv_block(
     COMPUTE_DV: tl.constexpr,
     DQ_ATOMIC: tl.constexpr,  # also add scale * dS K for these queries into dQ (single-pass backward)
     DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from P and dP here, dQ stored
+    DELTA_O: tl.constexpr,  # delta = rowsum(dO * O) here, from the O tile (fused, DQ_ATOMIC)
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no channel masks in the V dO^T chunk loop
     LSE_LOG2: tl.constexpr,  # lse_base holds lse * log2(e), else the natural log
     DP_CHUNK: tl.constexpr,  # channels per step of V dO^T; fused: BLOCK_DV (one dot) or fewer
@@ -764,6 +771,11 @@ def _bwd_dkdv_block(
             # sum over the keys of P * dP (O = P V), as the softmax's own backward forms it: no
             # read of O. Padded keys have zero rows of V, so zero dP: they add nothing.
             delta = tl.sum(pt * dpt, 0)
+        elif DELTA_O:  # each key-block program again (delta_in_pass: two per query block)
+            o = tl.load(
+                o_base + queries[:, None] * son + offs_v[None, :] * sod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
+            )  # (BLOCK_Q, BLOCK_DV): all of D_V (fused)
+            delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
         else:
             delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         dst = pt * (dpt - delta[None, :])
@@ -824,6 +836,7 @@ def _bwd_dkdv_kernel(
     K,  # (Bk, M, D_QK)
     V,  # (Bv, M, D_V)
     DO,  # (B, N, D_V)
+    O,  # (B, N, D_V) forward output: read when DELTA_O  # noqa: E741
     Lse,  # (B, N) contiguous: lse * log2(e) when LSE_LOG2 (the dq kernel's or the preprocess's), else natural log
     Delta,  # (B, N) contiguous, rowsum(dO * O) (from the dq kernel or the preprocess); unused when DQ_DIRECT
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums, in ACC_DTYPE, when SPLIT > 1); unused without COMPUTE_DK
@@ -842,6 +855,7 @@ def _bwd_dkdv_kernel(
     skb, skm, skd,
     svb, svm, svd,
     sdob, sdon, sdod,
+    sob, son, sod,
     sdks, sdkb, sdkm, sdkd,
     sdvs, sdvb, sdvm, sdvd,
     # scalars
@@ -860,6 +874,7 @@ def _bwd_dkdv_kernel(
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
     DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK (and COMPUTE_DV where fused): the single-pass backward, dQ too
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
+    DELTA_O: tl.constexpr,  # with DQ_ATOMIC, fused: delta = rowsum(dO * O) computed here (no preprocess)
     ONE_Q_BLOCK: tl.constexpr,  # N == BLOCK_Q: one query block per batch, no loop over query blocks
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no tail query block (its loop is not compiled)
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
@@ -910,20 +925,20 @@ def _bwd_dkdv_kernel(
         )  # fmt: skip
         if ONE_Q_BLOCK:  # the batch loop is the innermost loop: the one the compiler pipelines
             dk, dv = _bwd_dkdv_block(
-                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, offs_q,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, O + b * sob, offs_q,
                 offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                DELTA_O, EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
         else:
             for n0 in range(0, n_full, BLOCK_Q):
                 dk, dv = _bwd_dkdv_block(
-                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base,
+                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, O + b * sob,
                     n0 + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
+                    N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                     False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                    EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                    DELTA_O, EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
                 )  # fmt: skip
     if not (ONE_Q_BLOCK or EVEN_Q) and n_full < N:
         for b in range(b_start, b_end):
@@ -932,11 +947,11 @@ def _bwd_dkdv_kernel(
                 COMPUTE_DK, COMPUTE_DV, (DQ_ATOMIC or DQ_DIRECT) and narrow,
             )  # fmt: skip
             dk, dv = _bwd_dkdv_block(
-                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, O + b * sob,
                 n_full + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
-                N, D_V, sqn, sqd, svm, svd, sdon, sdod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
+                N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 True, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                DELTA_O, EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
@@ -1432,17 +1447,21 @@ def _dkdv_stages(kcfg: dict, M: int, compute_dk: bool, compute_dv: bool, fma: bo
     return kcfg["num_stages"]
 
 
-def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool) -> bool:
+def single_pass(
+    M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: bool, dtype: torch.dtype | None = None
+) -> bool:
     """Whether the backward runs in one pass over the scores (dQ added atomically by the dK/dV
     kernel's key blocks into a zeroed fp32 accumulator) instead of two (a dq kernel, then dK/dV).
 
     On the tensor cores only where dK and dV are fused (K and V of the same batches, d_v in one
     tile) and d_qk <= 16, where one pass computes each score's exponential and GEMMs once instead of
-    twice, and from M = 512 keys. Modeled (``sm90_report``, bf16, batch 1600, fwd + bwd, Triton 3.9;
-    3.6 alike): DCGAN 32^2 (d_v 64, M 1024) 0.602 of the floor in two passes, 0.714 in one (its
-    backward 1095 -> 843 µs, the delta pass and the dQ accumulator's zeroing and cast included; 3
-    -> 2 exponentials per score); DCGAN 16^2 (M 256) 0.601 in two, 0.550 in one (backward 139 ->
-    156 µs: the delta pass alone, reading O and dO, takes 64). The H200 timed (``benchmarks/
+    twice, from M = 512 keys, and at 128 < M <= 256 where the pass computes delta itself
+    (:func:`delta_in_pass`, which needs ``dtype``). Modeled (``sm90_report``, bf16, batch 1600, fwd
+    + bwd, Triton 3.9; 3.6 alike): DCGAN 32^2 (d_v 64, M 1024) 0.602 of the floor in two passes,
+    0.714 in one (its backward 1095 -> 843 µs, the delta pass and the dQ accumulator's zeroing and
+    cast included; 3 -> 2 exponentials per score); DCGAN 16^2 (M 256) 0.601 in two, 0.550 in one
+    after a delta pass (backward 139 -> 156 µs: the delta pass alone, reading O and dO, takes 64),
+    0.645 in one launch computing delta (:func:`delta_in_pass`). The H200 timed (``benchmarks/
     sweep.py``, 64 x 64 tiles, 3 stages, µs, two passes vs one) VGG 32^2 3636 vs 3149, VGG 64^2
     35720 vs 35531, DCGAN 16^2 442 vs 476 (on 64 x 128 tiles and 8 warps one pass took 439, the
     row's fastest, with spills), and DCGAN 32^2 2317 vs 2487, which kept DCGAN 32^2 on two passes
@@ -1472,7 +1491,42 @@ def single_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, fma: b
     fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1
     if fma:  # fused up to d_qk 16 (DCGAN 32^2, 16^2, VGG 64^2, 32^2); dK and dV apart up to 32 (VGG 16^2)
         return rk == rv and d_qk <= (16 if fused else 32)
+    if delta_in_pass(M, d_qk, d_v, rk, rv, cfg, dtype):  # DCGAN 16^2: delta in the pass, one launch
+        return True
     return fused and d_qk <= 16 and (interpreting() or M >= 512)
+
+
+#: keys per program of the single pass that computes delta itself (:func:`delta_in_pass`)
+DELTA_PASS_KEYS = 128
+
+
+def delta_in_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, dtype: torch.dtype) -> bool:
+    """Whether the backward is one launch: the single pass (:func:`single_pass`) with delta =
+    rowsum(dO * O) computed by its key-block programs from the O and dO tiles of each query block
+    (``DELTA_O``), instead of a preprocess launch reading O and dO before it, on
+    ``DELTA_PASS_KEYS``-key programs of 8 warps (two 64-key warpgroups sharing each query block's
+    loads and delta). Each key-block program computes delta again, so only where two of them
+    cover the keys: 16-bit inputs (tensor cores; fp32 with TF32 unmeasured, so two passes), dK and
+    dV fused, d_qk <= 16 and 128 < M <= 256; under the interpreter any dtype, so that the float64
+    tests run it.
+
+    Modeled (``sm90_report``, bf16, batch 1600, Triton 3.9): DCGAN 16^2 (M 256, d_v 128) in two
+    passes 179 µs fwd + bwd, 0.601 of the floor, 3 exponentials per score; one pass with the
+    preprocess 196 µs (the preprocess alone 64 µs, bandwidth-bound), on these tiles 198; this one
+    launch 167 µs, **0.645** (Triton 3.6: 0.603 -> 0.674), 2 exponentials per score (its issue
+    time 74 -> 107 µs: 474 -> 746 warp-instructions per 64-query step, Triton summing each row of
+    O * dO across the 32 lanes and 8 warps that hold it). On 64-key programs of 4 warps (4 computing each delta) ptxas
+    spilled 220 B and the row modeled 182 µs. With more key blocks the preprocess stays: delta in
+    the pass models DCGAN 32^2's backward 838 -> 1090 µs, VGG 32^2's 1376 -> 1540 (128-key
+    tiles: 8 programs per delta). Not yet timed on a GPU."""
+    fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1
+    tensor_cores = dtype in (torch.bfloat16, torch.float16) or (interpreting() and dtype is not None)
+    return tensor_cores and fused and d_qk <= 16 and DELTA_PASS_KEYS < M <= 2 * DELTA_PASS_KEYS
+
+
+def _delta_pass_config(cfg: dict) -> dict:
+    """The tiles of :func:`delta_in_pass`'s launch: ``DELTA_PASS_KEYS`` keys on 8 warps."""
+    return {**cfg, "BLOCK_K": DELTA_PASS_KEYS, "num_warps": 8}
 
 
 def _dp_chunk(block_dv: int, fused: bool, fma: bool, dq_atomic: bool = False) -> int:
@@ -1491,7 +1545,8 @@ def _dp_chunk(block_dv: int, fused: bool, fma: bool, dq_atomic: bool = False) ->
     chunks with 3 stages: 70.9 and 1162, issue-bound; sm90_report, bf16). The H200 timed 3
     stages faster than 2 at these rows (``_bwd_config``) with the one dot, before the sm_90
     report existed; not yet timed again. DCGAN 16^2's dK and dV have since moved to
-    ``_bwd_dkdv_wide_kernel`` (:func:`wide_dkdv`); the chunks serve VGG 32^2's single pass.
+    ``_bwd_dkdv_wide_kernel`` (:func:`wide_dkdv`), then to the one launch of :func:`delta_in_pass`
+    (128-key programs of 8 warps, chunks as here); the chunks also serve VGG 32^2's single pass.
 
     On FFMA dots (fp32 "ieee") 32-channel chunks. There one dot held rows of V and columns of
     dO^T over all 128 channels in each thread: 4616 B of spill stores and 12.6 warp-instructions
@@ -1637,8 +1692,10 @@ def backward(
     # docstring); not on FFMA dots (fp32 "ieee"), where ptxas spilled more.
     block_dn = cfg["BLOCK_D"] if fma else _pow2(d_qk, lo=8)
 
-    def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False):
+    def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False, delta_o=False):
         kcfg = cfg if compute_dk else _dv_config(cfg, N, M, d_v, fma)
+        if delta_o:  # two 64-key warpgroups per program (delta_in_pass)
+            kcfg = _delta_pass_config(cfg)
         n_kblocks = triton.cdiv(M, kcfg["BLOCK_K"])
         wide_dv = not compute_dk and _wide_dv(cfg, M, d_v, fma)
         tiles = 1 if compute_dk else kcfg["DV_TILES"]  # dK programs loop over the value chunks
@@ -1668,15 +1725,15 @@ def backward(
             warps = 4
         stages = _dkdv_stages(kcfg, M, compute_dk, compute_dv, fma, dq_atomic)
         _bwd_dkdv_kernel[(groups * s, n_kblocks, tiles)](
-            q, k, v, do, lse2, delta, dk_arg, dv_arg,
+            q, k, v, do, out, lse2, delta, dk_arg, dv_arg,
             dk_arg if dk_out is None else dk_out, dv_arg if dv_out is None else dv_out, count,
             dk_arg if dq is None else dq,
             N, M, d_qk, d_v, rk, rv, R, split_len,
-            *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+            *q.stride(), *k.stride(), *v.stride(), *do.stride(), *out.stride(),
             *dk_arg.stride(), *dv_arg.stride(),
             float(scale) * LOG2E, float(scale),
             SPLIT=s, SUM_PARTIALS=in_kernel, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
-            DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic,
+            DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic, DELTA_O=delta_o,
             # one query block per batch (N == BLOCK_Q: the one-key-block rows, and N = 16 in fp32):
             # the batch loop is the innermost loop, and the compiler pipelines it. Nested over a
             # query-block loop of one trip, neither loop was pipelined, and the dV-alone launches
@@ -1731,9 +1788,17 @@ def backward(
             _, dv = launch(Bv, rv, False, True)
         return dq, dk, dv
 
+    one_pass = single_pass(M, d_qk, d_v, rk, rv, cfg, fma, q.dtype)
+    if one_pass and delta_in_pass(M, d_qk, d_v, rk, rv, cfg, q.dtype):
+        # One launch: the single pass computing delta from O and dO itself; lse as it is (natural
+        # log), dQ added atomically into a zeroed fp32 (fp64) accumulator, cast after.
+        delta = lse2 = lse  # delta unused
+        dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
+        dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True, delta_o=True)
+        return dq_acc.to(q.dtype), dk, dv
     delta = torch.empty(B, N, device=q.device, dtype=acc)
     lse2 = torch.empty(B, N, device=q.device, dtype=acc)  # lse * log2(e): one multiply per row, not per score
-    if single_pass(M, d_qk, d_v, rk, rv, cfg, fma):
+    if one_pass:
         # delta first (its own bandwidth-bound launch), then one pass: dK, dV, and dQ added
         # atomically into a zeroed fp32 (fp64) accumulator, cast to q's dtype after.
         _bwd_preprocess[(B, n_qblocks)](
@@ -1801,8 +1866,9 @@ def wide_dkdv(N: int, M: int, d_v: int, rk: int, rv: int, cfg: dict, dtype: torc
     128 on even where it fills one value tile (there ``_bwd_dkdv_kernel`` would take dK and dV
     in one launch; :func:`_dkdv_wide_config` says why this one); in one key block dK and dQ keep
     their launch, and this one computes dV alone, d_v over one tile up to 512. Of the aligner
-    rows the sm90 report models: VGG 16^2 and DCGAN 16^2 (dK and dV), and dV at DCGAN 8^2, DCGAN
-    4^2 and VGG 8^2 (6, 10 and 10 -> 3 exponentials per score, fwd + bwd)."""
+    rows the sm90 report models: VGG 16^2 (dK and dV; DCGAN 16^2's two passes too, which bf16 runs
+    in one launch since, :func:`delta_in_pass`), and dV at DCGAN 8^2, DCGAN 4^2 and VGG 8^2 (6, 10
+    and 10 -> 3 exponentials per score, fwd + bwd)."""
     steps = wide_steps(d_v)
     big = N * query_fold(N, rk, steps) >= steps and dtype.itemsize == 2 and cfg["BLOCK_D"] <= 64
     if M <= cfg["BLOCK_K"]:  # dV alone: d_v within one tile stays in the one-key-block launch

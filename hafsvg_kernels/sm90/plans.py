@@ -312,6 +312,8 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
         if c.get("DQ_ATOMIC"):  # dQ accumulated in fp32 (L2 atomics; written back once), then
             acc_b = q_b // e * 4  # zeroed before (torch.zeros) and cast to the dtype after
             what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
+        if c.get("DELTA_O"):  # delta from O and dO here: reads O, not delta
+            what, moved = what + " (+delta)", moved + o_b - lse_b
         return f"{what} (split {s})", moved, red
     if name == "_bwd_dkdv_wide_kernel":  # reads Q, dO, lse, delta, K, V; writes dK and dV (fp32 partials with a split)
         s, dk = c.get("SPLIT", 1), c.get("COMPUTE_DK", True)
