@@ -692,11 +692,13 @@ def _nchw_tokens(B, C, H, W, g, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
-def test_strided_inputs_and_out_slice(grad):
+@pytest.mark.parametrize("hw", [(5, 7), (10, 15)], ids=["one-key-block", "delta-in-pass"])
+def test_strided_inputs_and_out_slice(grad, hw):
     """q/k/v as transposed NCHW views, out a channel slice of a concatenation buffer; the rest of
-    the buffer stays bitwise untouched, and gradients flow to q, k, v through the buffer."""
+    the buffer stays bitwise untouched, and gradients flow to q, k, v through the buffer. 35 keys:
+    one key block; 150: the one-launch backward reading the strided O and dO (delta_in_pass)."""
     g = torch.Generator().manual_seed(3)
-    B, S, C, H, W, d = 6, 3, 24, 5, 7, 8
+    (B, S, C, d), (H, W) = (6, 3, 24, 8), hw
     q = _nchw_tokens(B, d, H, W, g).requires_grad_(grad)
     k = _nchw_tokens(B // S, d, H, W, g).requires_grad_(grad)
     v = _nchw_tokens(B // S, C, H, W, g).requires_grad_(grad)
