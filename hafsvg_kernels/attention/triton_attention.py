@@ -1514,9 +1514,11 @@ def delta_in_pass(M: int, d_qk: int, d_v: int, rk: int, rv: int, cfg: dict, dtyp
     passes 179 µs fwd + bwd, 0.601 of the floor, 3 exponentials per score; one pass with the
     preprocess 196 µs (the preprocess alone 64 µs, bandwidth-bound), on these tiles 198; this one
     launch 167 µs, **0.645** (Triton 3.6: 0.603 -> 0.674), 2 exponentials per score (its issue
-    time 74 -> 107 µs: 474 -> 746 warp-instructions per 64-query step, Triton summing each row of
-    O * dO across the 32 lanes and 8 warps that hold it). On 64-key programs of 4 warps (4 computing each delta) ptxas
-    spilled 220 B and the row modeled 182 µs. With more key blocks the preprocess stays: delta in
+    time 74 -> 107 µs: 474 -> 746 warp-instructions per 64-query step; with the queries the
+    contiguous dimension of NCHW features, each thread loads 8 queries of a channel and a row's
+    128 channels lie over 4 lanes and all 8 warps: shuffles and a sum across the warps through
+    shared memory). On 64-key programs of 4 warps (4 computing each delta) ptxas spilled 220 B and
+    the row modeled 182 µs. With more key blocks the preprocess stays: delta in
     the pass models DCGAN 32^2's backward 838 -> 1090 µs, VGG 32^2's 1376 -> 1540 (128-key
     tiles: 8 programs per delta). Not yet timed on a GPU."""
     fused = rk == rv and triton.cdiv(d_v, cfg["BLOCK_DV"]) == 1
