@@ -191,39 +191,17 @@ def test_one_launch_backward_computes_delta_float64(monkeypatch, d_qk, split):
     against the two-pass backward."""
     from hafsvg_kernels.attention import triton_attention as ta
 
-    class Forbidden:
-        def __init__(self, what):
-            self.what = what
-
-        def __getitem__(self, grid):
-            raise AssertionError(f"the one-launch backward launched {self.what}")
-
-    launches = []
-
-    class Recorded:
-        def __init__(self, fn):
-            self.fn = fn
-
-        def __getitem__(self, grid):
-            launch = self.fn[grid]
-
-            def run(*args, **kwargs):
-                launches.append((kwargs["DELTA_O"], kwargs["DQ_ATOMIC"], kwargs["BLOCK_K"], kwargs["LSE_LOG2"]))
-                return launch(*args, **kwargs)
-
-            return run
-
     B, Bk, N, M, d_v = 6, 2, 70, 200, 40
     q, k, v = (t.detach() for t in make_inputs(B, Bk, Bk, N, M, d_qk, d_v, dtype=torch.float64))
     out, lse = ta.forward(q, k, v, 0.6)
     do = torch.randn_like(out)
     _, ref_grads = reference(q, k, v, 0.6, do)
     with monkeypatch.context() as m:
-        m.setattr(ta, "_bwd_dq_kernel", Forbidden("the dq kernel"))
-        m.setattr(ta, "_bwd_preprocess", Forbidden("the delta preprocess"))
-        m.setattr(ta, "_bwd_dkdv_kernel", Recorded(ta._bwd_dkdv_kernel))
+        record_grids(m, ta, "_bwd_dq_kernel", forbid="the one-launch backward launched the dq kernel")
+        record_grids(m, ta, "_bwd_preprocess", forbid="the one-launch backward launched the delta preprocess")
+        dkdv = record_grids(m, ta, "_bwd_dkdv_kernel", flags=("DELTA_O", "DQ_ATOMIC", "BLOCK_K", "LSE_LOG2"))
         one = ta.backward(do, q, k, v, out, lse, 0.6, split=split)
-    assert launches == [(True, True, ta.DELTA_PASS_KEYS, False)]
+    assert [f for _, f in dkdv] == [(True, True, ta.DELTA_PASS_KEYS, False)]
     assert_grads_close(one, ref_grads, 1e-10, q.dtype)
     monkeypatch.setattr(ta, "single_pass", lambda *a: False)
     two = ta.backward(do, q, k, v, out, lse, 0.6, split=split)
