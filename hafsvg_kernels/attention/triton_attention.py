@@ -1791,25 +1791,24 @@ def backward(
         return dq, dk, dv
 
     one_pass = single_pass(M, d_qk, d_v, rk, rv, cfg, fma, q.dtype)
-    if one_pass and delta_in_pass(M, d_qk, d_v, rk, rv, cfg, q.dtype):
-        # One launch: the single pass computing delta from O and dO itself; lse as it is (natural
-        # log), dQ added atomically into a zeroed fp32 (fp64) accumulator, cast after.
+    # delta_in_pass (fused, so one launch): the pass computes delta itself and reads lse as it is
+    delta_o = one_pass and delta_in_pass(M, d_qk, d_v, rk, rv, cfg, q.dtype)
+    if delta_o:
         delta = lse2 = lse  # delta unused
-        dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
-        dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True, delta_o=True)
-        return dq_acc.to(q.dtype), dk, dv
-    delta = torch.empty(B, N, device=q.device, dtype=acc)
-    lse2 = torch.empty(B, N, device=q.device, dtype=acc)  # lse * log2(e): one multiply per row, not per score
+    else:
+        delta = torch.empty(B, N, device=q.device, dtype=acc)
+        lse2 = torch.empty(B, N, device=q.device, dtype=acc)  # lse * log2(e): one multiply per row, not per score
     if one_pass:
-        # delta first (its own bandwidth-bound launch), then one pass: dK, dV, and dQ added
-        # atomically into a zeroed fp32 (fp64) accumulator, cast to q's dtype after.
-        _bwd_preprocess[(B, n_qblocks)](
-            out, do, lse, delta, lse2, N, d_v, *out.stride(), *do.stride(),
-            BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
-        )  # fmt: skip
+        # delta first (its own bandwidth-bound launch) unless the pass computes it, then one pass:
+        # dK, dV, and dQ added atomically into a zeroed fp32 (fp64) accumulator, cast to q's dtype after.
+        if not delta_o:
+            _bwd_preprocess[(B, n_qblocks)](
+                out, do, lse, delta, lse2, N, d_v, *out.stride(), *do.stride(),
+                BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
+            )  # fmt: skip
         dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
         if fused:
-            dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True)
+            dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True, delta_o=delta_o)
         else:  # dK with the atomic dQ, then dV (FFMA dots: VGG 16^2)
             dk, _ = launch(Bk, rk, True, False, dq_acc, dq_atomic=True)
             _, dv = launch(Bv, rv, False, True)
