@@ -136,47 +136,33 @@ def test_minus_delta_terms_are_exact():
 
 
 @pytest.mark.skipif(CUDA, reason="float64 runs under the interpreter only")
-@pytest.mark.parametrize("split", [1, 3])
-def test_single_pass_backward_float64(monkeypatch, split):
+@pytest.mark.parametrize("split, scale, d_v", [(1, 0.7, 64), (3, -0.45, 64), (3, 0.7, 96)])
+def test_single_pass_backward_float64(monkeypatch, split, scale, d_v):
     """d_qk <= 16 with dK and dV fused: one pass over the scores (the dK/dV kernel's key blocks add
-    dQ atomically, no dq kernel), against the float64 reference with ragged query and key blocks,
-    and against the two-pass backward. At d_qk = 8, dK and the atomic dQ on 8 channels (BLOCK_DN),
-    the score product on 16 (BLOCK_D)."""
+    dS K atomically, no dq kernel; the scale applied to the sum after), against the float64
+    reference with ragged query and key blocks (up to 64 value channels the tail query block reads
+    the preprocess's lse and delta side by side, ``ROW_STATS``, masked; at 96 apart), a negative
+    scale, and against the two-pass backward. At d_qk = 8, dK and the atomic dQ on 8 channels
+    (BLOCK_DN), the score product on 16 (BLOCK_D)."""
     from hafsvg_kernels.attention import triton_attention as ta
 
-    class Channels:  # the dK/dV launches' (BLOCK_D, BLOCK_DN)
-        def __init__(self, fn):
-            self.fn, self.blocks = fn, []
-
-        def __getitem__(self, grid):
-            launch = self.fn[grid]
-
-            def run(*args, **kwargs):
-                self.blocks.append((kwargs["BLOCK_D"], kwargs["BLOCK_DN"]))
-                return launch(*args, **kwargs)
-
-            return run
-
-    B, Bk, N, M, d_qk, d_v = 6, 2, 100, 257, 8, 64
+    B, Bk, N, M, d_qk = 6, 2, 100, 257, 8
     q, k, v = (t.detach() for t in make_inputs(B, Bk, Bk, N, M, d_qk, d_v, dtype=torch.float64))
     assert ta.single_pass(M, d_qk, d_v, B // Bk, B // Bk, ta._bwd_config(N, M, d_qk, d_v), fma=False)
-    out, lse = ta.forward(q, k, v, 0.7)
+    out, lse = ta.forward(q, k, v, scale)
     do = torch.randn_like(out)
-    _, ref_grads = reference(q, k, v, 0.7, do)
-
-    class NoDq:
-        def __getitem__(self, grid):
-            raise AssertionError("the single-pass backward launched the dq kernel")
-
-    dkdv = Channels(ta._bwd_dkdv_kernel)
+    _, ref_grads = reference(q, k, v, scale, do)
     with monkeypatch.context() as m:
-        m.setattr(ta, "_bwd_dq_kernel", NoDq())
-        m.setattr(ta, "_bwd_dkdv_kernel", dkdv)
-        one = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
-    assert dkdv.blocks == [(16, 8)]
+        record_grids(m, ta, "_bwd_dq_kernel", forbid="the single-pass backward launched the dq kernel")
+        pre = record_grids(m, ta, "_bwd_preprocess", flags=("ROW_STATS",))
+        dkdv = record_grids(m, ta, "_bwd_dkdv_kernel", flags=("BLOCK_D", "BLOCK_DN", "ROW_STATS"))
+        one = ta.backward(do, q, k, v, out, lse, scale, split=split)
+    # the score product on 16 channels, dK and dQ on 8; lse and delta side by side up to 64 channels
+    row_stats = d_v <= 64
+    assert [f for _, f in pre] == [(row_stats,)] and [f for _, f in dkdv] == [(16, 8, row_stats)]
     assert_grads_close(one, ref_grads, 1e-10, q.dtype)
     monkeypatch.setattr(ta, "single_pass", lambda *a: False)
-    two = ta.backward(do, q, k, v, out, lse, 0.7, split=split)
+    two = ta.backward(do, q, k, v, out, lse, scale, split=split)
     for g1, g2 in zip(one, two):
         assert rel_err(g1, g2) <= 1e-12
 
@@ -800,7 +786,9 @@ FLOATS = ("qk_scale", "scale")
 
 def build(fn, ptrs, consts, cfg):
     if fn is ta._bwd_dkdv_kernel:  # delta read (or from P and dP), except where a launch says DELTA_O
-        consts = {"DELTA_O": False, **consts}
+        consts = {"DELTA_O": False, "SCALE_DQ": consts.get("DQ_DIRECT", False), **consts}  # as the launcher
+    if fn in (ta._bwd_dkdv_kernel, ta._bwd_preprocess):  # lse and delta apart, except where a launch says
+        consts = {"ROW_STATS": False, **consts}
     sig = {a: "constexpr" if a in consts else ptrs.get(a, "fp32" if a in FLOATS else "i32") for a in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs=consts)
     opts = {"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]}
@@ -836,7 +824,8 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                      "DQ_ATOMIC": atomic, "DQ_DIRECT": direct,
                      "EVEN_K": even, "EVEN_DV": even, "EVEN_D": d_qk == cfg["BLOCK_D"], "LSE_LOG2": not direct,
                      "DP_CHUNK": chunk, "ONE_Q_BLOCK": N == cfg["BLOCK_Q"], "EVEN_Q": even and dk,
-                     "BLOCK_DN": ta._pow2(d_qk, lo=8), "EVEN_DN": d_qk == ta._pow2(d_qk, lo=8)}  # fmt: skip
+                     "BLOCK_DN": ta._pow2(d_qk, lo=8), "EVEN_DN": d_qk == ta._pow2(d_qk, lo=8),
+                     "ROW_STATS": atomic and ta._row_stats(cfg, dk and dv, fma)}  # fmt: skip
             # FFMA dots: the fused dK/dV kernel runs with one pipeline stage (backward)
             kcfg = {**cfg, "num_stages": 1} if fma and dk and dv else cfg
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags}, kcfg)
@@ -855,9 +844,9 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
             cfg16 = ta._delta_pass_config(ta._bwd_config(256, 256, 16, 128))
             blocks = {k: v for k, v in cfg16.items() if k.startswith(("BLOCK", "DV_TILES"))}
             flags = {"SPLIT": 8, "SUM_PARTIALS": True, "COMPUTE_DK": True, "COMPUTE_DV": True, "DQ_ATOMIC": True,
-                     "DQ_DIRECT": False, "DELTA_O": True, "EVEN_K": True, "EVEN_DV": True, "EVEN_D": True,
-                     "LSE_LOG2": False, "DP_CHUNK": ta._dp_chunk(128, True, False), "ONE_Q_BLOCK": False,
-                     "EVEN_Q": True, "BLOCK_DN": 16, "EVEN_DN": True}  # fmt: skip
+                     "DQ_DIRECT": False, "DELTA_O": True, "SCALE_DQ": True, "EVEN_K": True, "EVEN_DV": True,
+                     "EVEN_D": True, "LSE_LOG2": False, "DP_CHUNK": ta._dp_chunk(128, True, False),
+                     "ONE_Q_BLOCK": False, "EVEN_Q": True, "BLOCK_DN": 16, "EVEN_DN": True}  # fmt: skip
             ptrs = dict(Q=io, K=io, V=io, DO=io, O=io, Lse="*fp32", Delta="*fp32", DK="*fp32", DV="*fp32", DKO=io,
                         DVO=io, Count="*i32", DQ="*fp32")  # fmt: skip
             build(ta._bwd_dkdv_kernel, ptrs, {**blocks, **common, **flags},
@@ -889,7 +878,8 @@ for dt, fma in (("bf16", False), ("fp32", False), ("fp32", True)):
                 build(ta._bwd_dkdv_wide_kernel, ptrs, {**common, **flags}, w)
         pre = {"BLOCK_Q": cfg["BLOCK_Q"], "BLOCK_DV": cfg["BLOCK_DV"], "ACC_DTYPE": tl.float32}
         ptrs = dict(O=io, DO=io, Lse="*fp32", Delta="*fp32", Lse2="*fp32")
-        build(ta._bwd_preprocess, ptrs, pre, {"num_warps": 4, "num_stages": 2})
+        for row_stats in (False, True):
+            build(ta._bwd_preprocess, ptrs, {**pre, "ROW_STATS": row_stats}, {"num_warps": 4, "num_stages": 2})
     if fma:  # the forward's 128-channel FFMA value tile with a key loop (_fwd_config: VGG 32^2)
         cfg = ta._fwd_config(1024, 1024, 16, 128, True)
         blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}

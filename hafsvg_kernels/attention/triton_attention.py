@@ -140,9 +140,12 @@ Backward (FlashAttention-2 style, recomputing the scores from q, k and lse):
   programs by value batch, in two launches of the same kernel. SPLIT is the one whose busiest SM
   has the least work (:func:`split_for_waves`).
 * One pass (:func:`single_pass`, d_qk <= 16, dK and dV fused): no dq kernel; the dK/dV programs
-  add dQ = scale * dS K atomically into a zeroed fp32 accumulator, each score's exponential and
-  dP computed once in the backward. delta comes from a preprocess launch reading O and dO
-  (``_bwd_preprocess``), except where two 128-key programs cover the keys (DCGAN 16^2,
+  add dS K atomically into a zeroed fp32 accumulator, each score's exponential and dP computed
+  once in the backward; the scale multiplies the sum once, in the pass that casts it to q's dtype
+  (in each program it was 4 FMUL per thread and step on the m64n8 dQ tile: 355 -> 351
+  warp-instructions per step at DCGAN 32^2, bf16). delta comes from a preprocess launch reading O
+  and dO (``_bwd_preprocess``), stored beside each query's lse where the kernel then reads both
+  in one load (:func:`_row_stats`), except where two 128-key programs cover the keys (DCGAN 16^2,
   :func:`delta_in_pass`): each computes it from the O tile and the dO tile it reads anyway
   (``DELTA_O``), the whole backward one launch.
 * Masks only where a size is not a multiple of its block: ``EVEN_Q``, ``EVEN_K``, ``EVEN_DV`` and
@@ -668,13 +671,14 @@ def _bwd_preprocess(
     O,  # (B, N, D_V) forward output  # noqa: E741
     DO,  # (B, N, D_V)
     Lse,  # (B, N) contiguous, natural log
-    Delta,  # (B, N) contiguous, written: rowsum(dO * O)
-    Lse2,  # (B, N) contiguous, written: lse * log2(e)
+    Delta,  # (B, N) contiguous, written: rowsum(dO * O); unused with ROW_STATS
+    Lse2,  # (B, N) contiguous, written: lse * log2(e); ROW_STATS: (B, N, 2), (lse * log2(e), delta) per query
     N, D_V,
     sob, son, sod,
     sdob, sdon, sdod,
     BLOCK_Q: tl.constexpr,
     BLOCK_DV: tl.constexpr,
+    ROW_STATS: tl.constexpr,  # delta beside each lse in Lse2 (_row_stats)
     ACC_DTYPE: tl.constexpr,
 ):  # fmt: skip
     """Grid (B, cdiv(N, BLOCK_Q)): delta (and lse in base 2) for the single-pass backward, which
@@ -683,8 +687,7 @@ def _bwd_preprocess(
     b = tl.program_id(0).to(tl.int64)
     offs_q = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_ok = offs_q < N
-    lse = tl.load(Lse + b * N + offs_q, mask=q_ok, other=0.0).to(ACC_DTYPE)
-    tl.store(Lse2 + b * N + offs_q, lse * 1.4426950408889634, mask=q_ok)
+    lse2 = tl.load(Lse + b * N + offs_q, mask=q_ok, other=0.0).to(ACC_DTYPE) * 1.4426950408889634
     delta = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
     for c0 in range(0, D_V, BLOCK_DV):
         offs_v = c0 + tl.arange(0, BLOCK_DV)
@@ -692,7 +695,12 @@ def _bwd_preprocess(
         do = tl.load(DO + b * sdob + offs_q[:, None] * sdon + offs_v[None, :] * sdod, mask=mask, other=0.0)
         o = tl.load(O + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod, mask=mask, other=0.0)
         delta += tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
-    tl.store(Delta + b * N + offs_q, delta, mask=q_ok)
+    if ROW_STATS:
+        rows = (b * N + offs_q) * 2
+        tl.store(Lse2 + rows[:, None] + tl.arange(0, 2)[None, :], tl.join(lse2, delta), mask=q_ok[:, None])
+    else:
+        tl.store(Lse2 + b * N + offs_q, lse2, mask=q_ok)
+        tl.store(Delta + b * N + offs_q, delta, mask=q_ok)
 
 
 @triton.jit
@@ -716,11 +724,13 @@ def _bwd_dkdv_block(
     DV_TILES: tl.constexpr,
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,
-    DQ_ATOMIC: tl.constexpr,  # also add scale * dS K for these queries into dQ (single-pass backward)
+    DQ_ATOMIC: tl.constexpr,  # also add dS K (scale * dS K where SCALE_DQ) for these queries into dQ (single pass)
     DQ_DIRECT: tl.constexpr,  # the keys are one block: delta from P and dP here, dQ stored
     DELTA_O: tl.constexpr,  # delta = rowsum(dO * O) here, from the O tile (fused, DQ_ATOMIC)
+    SCALE_DQ: tl.constexpr,  # dQ's shares times the scale here (DQ_DIRECT; DQ_ATOMIC: see the kernel)
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no channel masks in the V dO^T chunk loop
     LSE_LOG2: tl.constexpr,  # lse_base holds lse * log2(e), else the natural log
+    ROW_STATS: tl.constexpr,  # lse_base holds (lse * log2(e), delta) per query, side by side (_row_stats)
     DP_CHUNK: tl.constexpr,  # channels per step of V dO^T; fused: BLOCK_DV (one dot) or fewer
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -733,7 +743,11 @@ def _bwd_dkdv_block(
     q = tl.load(
         q_base + queries[:, None] * sqn + offs_d[None, :] * sqd, mask=q_ok[:, None] & d_ok[None, :], other=0.0
     )  # (BLOCK_Q, BLOCK_D)
-    lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE)
+    if ROW_STATS:  # both in one (BLOCK_Q, 2) load; rows past N read zeros (their P is selected to 0 below)
+        stats = tl.load(lse_base + 2 * queries[:, None] + tl.arange(0, 2)[None, :], mask=q_ok[:, None], other=0.0)
+        lse2, delta = tl.split(stats.to(ACC_DTYPE))
+    else:
+        lse2 = tl.load(lse_base + queries, mask=q_ok, other=float("inf")).to(ACC_DTYPE)
     if not LSE_LOG2:  # the natural log (one key block: no dq kernel or preprocess wrote it in base 2)
         lse2 = lse2 * 1.4426950408889634
     st = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_K, BLOCK_Q)
@@ -776,7 +790,7 @@ def _bwd_dkdv_block(
                 o_base + queries[:, None] * son + offs_v[None, :] * sod, mask=q_ok[:, None] & v_ok[None, :], other=0.0
             )  # (BLOCK_Q, BLOCK_DV): all of D_V (fused)
             delta = tl.sum(o.to(ACC_DTYPE) * do.to(ACC_DTYPE), 1)
-        else:
+        elif not ROW_STATS:  # (ROW_STATS: loaded with lse)
             delta = tl.load(delta_base + queries, mask=q_ok, other=0.0).to(ACC_DTYPE)
         dst = pt * (dpt - delta[None, :])
         if NARROW:
@@ -786,9 +800,12 @@ def _bwd_dkdv_block(
         dk += tl.dot(dst.to(q.dtype), q, input_precision=DOT_PRECISION).to(ACC_DTYPE)
         if DQ_ATOMIC or DQ_DIRECT:
             # dQ[queries] = scale * dS K over this key block. DQ_ATOMIC: one share of several,
-            # added atomically (the other key blocks' programs add theirs); DQ_DIRECT: the only
-            # key block, so the whole of dQ, stored. Padded keys are zero rows of k: they add nothing.
-            dq = tl.dot(tl.trans(dst.to(k_n.dtype)), k_n, input_precision=DOT_PRECISION).to(ACC_DTYPE) * scale
+            # added atomically (the other key blocks' programs add theirs), unscaled unless
+            # SCALE_DQ (``backward`` scales the sum once); DQ_DIRECT: the only key block, so the
+            # whole of dQ, stored. Padded keys are zero rows of k: they add nothing.
+            dq = tl.dot(tl.trans(dst.to(k_n.dtype)), k_n, input_precision=DOT_PRECISION).to(ACC_DTYPE)
+            if SCALE_DQ:
+                dq = dq * scale
             dq_ptr = dq_base + queries[:, None] * D_QK + offs_dn[None, :]
             if DQ_ATOMIC:
                 tl.atomic_add(dq_ptr, dq, mask=q_ok[:, None] & dn_ok[None, :], sem="relaxed")
@@ -837,8 +854,9 @@ def _bwd_dkdv_kernel(
     V,  # (Bv, M, D_V)
     DO,  # (B, N, D_V)
     O,  # (B, N, D_V) forward output: read when DELTA_O  # noqa: E741
-    Lse,  # (B, N) contiguous: lse * log2(e) when LSE_LOG2 (the dq kernel's or the preprocess's), else natural log
-    Delta,  # (B, N) contiguous, rowsum(dO * O) (from the dq kernel or the preprocess); unused when DQ_DIRECT
+    Lse,  # (B, N) contiguous: lse * log2(e) when LSE_LOG2 (the dq kernel's or the preprocess's), else natural log;
+    # ROW_STATS: (B, N, 2) contiguous, (lse * log2(e), delta) per query (the preprocess's)
+    Delta,  # (B, N) contiguous, rowsum(dO * O) (the dq kernel's or the preprocess's); unused: DQ_DIRECT, ROW_STATS
     DK,  # (SPLIT, Bk, M, D_QK) output (partial sums, in ACC_DTYPE, when SPLIT > 1); unused without COMPUTE_DK
     DV,  # (SPLIT, Bv, M, D_V) output (partial sums, in ACC_DTYPE, when SPLIT > 1); unused without COMPUTE_DV
     DKO,  # (Bk, M, D_QK) with DK's batch/row/channel strides, q's dtype: the summed dK when SUM_PARTIALS
@@ -872,9 +890,14 @@ def _bwd_dkdv_kernel(
     DV_TILES: tl.constexpr,  # cdiv(D_V, BLOCK_DV): chunks of the V dO^T loop of dK alone
     COMPUTE_DK: tl.constexpr,
     COMPUTE_DV: tl.constexpr,  # with COMPUTE_DK only when RK == RV and D_V <= BLOCK_DV
-    DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK (and COMPUTE_DV where fused): the single-pass backward, dQ too
+    DQ_ATOMIC: tl.constexpr,  # with COMPUTE_DK (and COMPUTE_DV where fused): the single-pass backward, dS K into dQ
     DQ_DIRECT: tl.constexpr,  # with COMPUTE_DK, M <= BLOCK_K: dQ stored and delta computed here (no dq kernel)
     DELTA_O: tl.constexpr,  # with DQ_ATOMIC, fused: delta = rowsum(dO * O) computed here (no preprocess)
+    # dQ times the scale here: with DQ_DIRECT (stored), and with DQ_ATOMIC where DELTA_O; otherwise
+    # the atomic dQ is the sum of dS K, which ``backward`` scales once. In every share it took 4
+    # FMUL per thread and step on the m64n8 tile; in the DELTA_O launch (255 registers) Triton
+    # 3.6's ptxas spilled 8 B without it (none with; 3.9 none either way: 107.1 vs 106.5 µs).
+    SCALE_DQ: tl.constexpr,
     ONE_Q_BLOCK: tl.constexpr,  # N == BLOCK_Q: one query block per batch, no loop over query blocks
     EVEN_Q: tl.constexpr,  # N % BLOCK_Q == 0: no tail query block (its loop is not compiled)
     EVEN_K: tl.constexpr,  # M % BLOCK_K == 0: no key masks
@@ -882,6 +905,7 @@ def _bwd_dkdv_kernel(
     EVEN_DN: tl.constexpr,  # D_QK == BLOCK_DN: no dK / dQ channel masks
     EVEN_DV: tl.constexpr,  # D_V % BLOCK_DV == 0: no value-channel masks
     LSE_LOG2: tl.constexpr,  # Lse is in base 2 (saves a multiply per score column and step)
+    ROW_STATS: tl.constexpr,  # with LSE_LOG2: Lse holds delta beside each lse (see _row_stats)
     DP_CHUNK: tl.constexpr,  # channels per step of V dO^T: BLOCK_DV, or fewer (_dp_chunk)
     DOT_PRECISION: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
@@ -905,6 +929,7 @@ def _bwd_dkdv_kernel(
     # ones. sm90_report, bf16, Triton 3.9: VGG 64^2's single-pass dK+dV+dQ 10.90 -> 10.46 ms
     # (issue-bound), at DCGAN 32^2 700.6 -> 672.7 µs; 216 -> 211 registers. Triton 3.6 vectorises it alike.
     dq_row = BLOCK_DN if EVEN_DN else D_QK
+    lse_n = 2 * N if ROW_STATS else N  # elements of Lse per query batch
 
     dk = tl.zeros([BLOCK_K, BLOCK_DN], dtype=ACC_DTYPE)
     dv = tl.zeros([BLOCK_K, BLOCK_DV], dtype=ACC_DTYPE)
@@ -925,20 +950,20 @@ def _bwd_dkdv_kernel(
         )  # fmt: skip
         if ONE_Q_BLOCK:  # the batch loop is the innermost loop: the one the compiler pipelines
             dk, dv = _bwd_dkdv_block(
-                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, O + b * sob, offs_q,
-                offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * lse_n, Delta + b * N, v_base, O + b * sob,
+                offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
                 N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                DELTA_O, EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                DELTA_O, SCALE_DQ, EVEN_DV, LSE_LOG2, ROW_STATS, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
         else:
             for n0 in range(0, n_full, BLOCK_Q):
                 dk, dv = _bwd_dkdv_block(
-                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, O + b * sob,
+                    k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * lse_n, Delta + b * N, v_base, O + b * sob,
                     n0 + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
                     N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                     False, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                    DELTA_O, EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                    DELTA_O, SCALE_DQ, EVEN_DV, LSE_LOG2, ROW_STATS, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
                 )  # fmt: skip
     if not (ONE_Q_BLOCK or EVEN_Q) and n_full < N:
         for b in range(b_start, b_end):
@@ -947,11 +972,11 @@ def _bwd_dkdv_kernel(
                 COMPUTE_DK, COMPUTE_DV, (DQ_ATOMIC or DQ_DIRECT) and narrow,
             )  # fmt: skip
             dk, dv = _bwd_dkdv_block(
-                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * N, Delta + b * N, v_base, O + b * sob,
+                k, k_n, v, dk, dv, Q + b * sqb, DO + b * sdob, Lse + b * lse_n, Delta + b * N, v_base, O + b * sob,
                 n_full + offs_q, offs_k, k_ok, offs_d, d_ok, offs_dn, dn_ok, offs_v, v_ok,
                 N, D_V, sqn, sqd, svm, svd, sdon, sdod, son, sod, qk_scale, DQ + b * N * dq_row, dq_row, scale,
                 True, narrow, BLOCK_K, BLOCK_Q, BLOCK_DV, DV_TILES, COMPUTE_DK, COMPUTE_DV, DQ_ATOMIC, DQ_DIRECT,
-                DELTA_O, EVEN_DV, LSE_LOG2, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
+                DELTA_O, SCALE_DQ, EVEN_DV, LSE_LOG2, ROW_STATS, DP_CHUNK, DOT_PRECISION, ACC_DTYPE,
             )  # fmt: skip
 
     if COMPUTE_DK:
@@ -1531,6 +1556,28 @@ def _delta_pass_config(cfg: dict) -> dict:
     return {**cfg, "BLOCK_K": DELTA_PASS_KEYS, "num_warps": 8}
 
 
+def _row_stats(cfg: dict, fused: bool, fma: bool) -> bool:
+    """Whether the single pass's preprocess stores delta beside each query's base-2 lse, (B, N, 2),
+    for the fused dK/dV kernel to read both in one load (``ROW_STATS``): on the tensor cores, at
+    most 64 value channels.
+    A thread of the kernel's transposed (keys x queries) score tiles holds 16 query columns, in
+    pairs, so each step it read 8 lse pairs and 8 delta pairs from shared memory (LDS.64), now 8
+    (lse, delta) quadruples (LDS.128), with one cp.async per thread for both.
+
+    sm90_report, bf16, Triton 3.9, DCGAN 32^2 and VGG 64^2 (64 x 64 tiles, d_v 64): 351 -> 335
+    warp-instructions per step, 210 -> 246 registers (still 2 CTAs per SM), no spills; the
+    dK+dV+dQ launch 672.7 -> 635.3 µs at DCGAN 32^2 (issue-bound; its tensor time 618) and 10.46
+    -> 9.89 ms at VGG 64^2 (now tensor-bound), the rows 0.714 -> 0.734 and 0.822 -> 0.848 of the
+    floor (with the scale of dQ applied after the pass, ``SCALE_DQ``: its 4 instructions of the
+    20). Triton 3.6: 334 -> 299 instructions, 217 -> 246 registers, no spills; both launches stay
+    tensor-bound there (674.1 µs, 10.79 ms). Elsewhere the registers it holds spilled: with
+    128-channel value tiles (VGG 32^2 bf16 56 B at 255 registers; fp32 DCGAN 16^2 and VGG 32^2,
+    FFMA dots, 2596 B) and on the FFMA dots at 64 channels under Triton 3.6 (fp32 DCGAN 32^2 and
+    VGG 64^2: 187 -> 255 registers, 92 B; under 3.9 none, 12.02 -> 11.96 ms at DCGAN 32^2). There
+    lse and delta stay apart. Not yet timed on a GPU."""
+    return fused and not fma and cfg["BLOCK_DV"] <= 64
+
+
 def _dp_chunk(block_dv: int, fused: bool, fma: bool, dq_atomic: bool = False) -> int:
     """Channels per step of the dK/dV kernel's V dO^T: the value tile (BLOCK_DV; with dK alone
     the chunk loop's step) in one dot, except where dK and dV are fused over 128 channels, and on
@@ -1693,6 +1740,7 @@ def backward(
     # dK, and dQ where the dK/dV kernel computes it, on 8 channels where d_qk <= 8 (see the module
     # docstring); not on FFMA dots (fp32 "ieee"), where ptxas spilled more.
     block_dn = cfg["BLOCK_D"] if fma else _pow2(d_qk, lo=8)
+    row_stats = False  # the preprocess's lse and delta side by side (_row_stats)
 
     def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False, delta_o=False):
         kcfg = cfg if compute_dk else _dv_config(cfg, N, M, d_v, fma)
@@ -1736,6 +1784,7 @@ def backward(
             float(scale) * LOG2E, float(scale),
             SPLIT=s, SUM_PARTIALS=in_kernel, COMPUTE_DK=compute_dk, COMPUTE_DV=compute_dv,
             DQ_ATOMIC=dq is not None and dq_atomic, DQ_DIRECT=dq is not None and not dq_atomic, DELTA_O=delta_o,
+            SCALE_DQ=dq is not None and (delta_o or not dq_atomic),
             # one query block per batch (N == BLOCK_Q: the one-key-block rows, and N = 16 in fp32):
             # the batch loop is the innermost loop, and the compiler pipelines it. Nested over a
             # query-block loop of one trip, neither loop was pipelined, and the dV-alone launches
@@ -1760,7 +1809,7 @@ def backward(
             EVEN_D=d_qk == kcfg["BLOCK_D"] and (compute_dk and compute_dv or wide_dv),
             BLOCK_DN=block_dn, EVEN_DN=d_qk == block_dn and (compute_dk and compute_dv or wide_dv),
             EVEN_DV=d_v % kcfg["BLOCK_DV"] == 0,
-            LSE_LOG2=lse2 is not lse,
+            LSE_LOG2=lse2 is not lse, ROW_STATS=row_stats,
             DP_CHUNK=_dp_chunk(kcfg["BLOCK_DV"], compute_dk and compute_dv, fma, dq_atomic),
             DOT_PRECISION=prec, ACC_DTYPE=tl_acc,
             **{**kcfg, "num_warps": warps, "num_stages": stages},
@@ -1793,18 +1842,22 @@ def backward(
     one_pass = single_pass(M, d_qk, d_v, rk, rv, cfg, fma, q.dtype)
     # delta_in_pass (fused, so one launch): the pass computes delta itself and reads lse as it is
     delta_o = one_pass and delta_in_pass(M, d_qk, d_v, rk, rv, cfg, q.dtype)
+    row_stats = one_pass and not delta_o and _row_stats(cfg, fused, fma)
     if delta_o:
         delta = lse2 = lse  # delta unused
+    elif row_stats:  # (lse * log2(e), delta) per query, side by side; delta unused
+        delta = lse2 = torch.empty(B, N, 2, device=q.device, dtype=acc)
     else:
         delta = torch.empty(B, N, device=q.device, dtype=acc)
         lse2 = torch.empty(B, N, device=q.device, dtype=acc)  # lse * log2(e): one multiply per row, not per score
     if one_pass:
         # delta first (its own bandwidth-bound launch) unless the pass computes it, then one pass:
-        # dK, dV, and dQ added atomically into a zeroed fp32 (fp64) accumulator, cast to q's dtype after.
+        # dK, dV, and dS K added atomically into a zeroed fp32 (fp64) accumulator, which becomes
+        # dQ = scale * dS K in q's dtype after.
         if not delta_o:
             _bwd_preprocess[(B, n_qblocks)](
                 out, do, lse, delta, lse2, N, d_v, *out.stride(), *do.stride(),
-                BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ACC_DTYPE=tl_acc, num_warps=4,
+                BLOCK_Q=cfg["BLOCK_Q"], BLOCK_DV=cfg["BLOCK_DV"], ROW_STATS=row_stats, ACC_DTYPE=tl_acc, num_warps=4,
             )  # fmt: skip
         dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
         if fused:
@@ -1812,7 +1865,12 @@ def backward(
         else:  # dK with the atomic dQ, then dV (FFMA dots: VGG 16^2)
             dk, _ = launch(Bk, rk, True, False, dq_acc, dq_atomic=True)
             _, dv = launch(Bv, rv, False, True)
-        return dq_acc.to(q.dtype), dk, dv
+        if delta_o:  # the one launch scaled each share (SCALE_DQ)
+            return dq_acc.to(q.dtype), dk, dv
+        # the scale, once per element here rather than on each key block's share in the kernel (in
+        # place where the accumulator has q's dtype; else in the cast's one pass)
+        dq = dq_acc if dq_acc.dtype == q.dtype else torch.empty(B, N, d_qk, device=q.device, dtype=q.dtype)
+        return torch.mul(dq_acc, scale, out=dq), dk, dv
 
     # The dq kernel computes delta = rowsum(dO * O) and lse in base 2 and stores them for the dK/dV
     # kernel, which is launched after it on the same stream.

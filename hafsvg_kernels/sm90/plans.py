@@ -310,7 +310,7 @@ def _attention_label_bytes(launch: Launch, sizes: dict) -> tuple[str, float, flo
         if c.get("DQ_DIRECT"):  # delta from P and dP (not read), writes dQ
             what, moved = what + "+dQ (+delta)", moved + q_b - lse_b
         if c.get("DQ_ATOMIC"):  # dQ accumulated in fp32 (L2 atomics; written back once), then
-            acc_b = q_b // e * 4  # zeroed before (torch.zeros) and cast to the dtype after
+            acc_b = q_b // e * 4  # zeroed before (torch.zeros), scaled and cast to the dtype after
             what, moved, red = what + "+dQ", moved + acc_b, red + acc_b + acc_b + q_b
         if c.get("DELTA_O"):  # delta from O and dO here: reads O, not delta
             what, moved = what + " (+delta)", moved + o_b - lse_b
