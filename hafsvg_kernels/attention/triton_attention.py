@@ -1740,9 +1740,9 @@ def backward(
     # dK, and dQ where the dK/dV kernel computes it, on 8 channels where d_qk <= 8 (see the module
     # docstring); not on FFMA dots (fp32 "ieee"), where ptxas spilled more.
     block_dn = cfg["BLOCK_D"] if fma else _pow2(d_qk, lo=8)
-    row_stats = False  # the preprocess's lse and delta side by side (_row_stats)
 
-    def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False, delta_o=False):
+    def launch(groups: int, R: int, compute_dk: bool, compute_dv: bool, dq=None, dq_atomic=False, delta_o=False,
+               row_stats=False):
         kcfg = cfg if compute_dk else _dv_config(cfg, N, M, d_v, fma)
         if delta_o:  # two 64-key warpgroups per program (delta_in_pass)
             kcfg = _delta_pass_config(cfg)
@@ -1861,8 +1861,8 @@ def backward(
             )  # fmt: skip
         dq_acc = torch.zeros(B, N, d_qk, device=q.device, dtype=acc)
         if fused:
-            dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True, delta_o=delta_o)
-        else:  # dK with the atomic dQ, then dV (FFMA dots: VGG 16^2)
+            dk, dv = launch(Bk, rk, True, True, dq_acc, dq_atomic=True, delta_o=delta_o, row_stats=row_stats)
+        else:  # dK with the atomic dQ, then dV (FFMA dots: VGG 16^2; never row_stats, which needs fused)
             dk, _ = launch(Bk, rk, True, False, dq_acc, dq_atomic=True)
             _, dv = launch(Bv, rv, False, True)
         if delta_o:  # the one launch scaled each share (SCALE_DQ)
