@@ -5,6 +5,9 @@ Without CUDA the kernels run under the Triton interpreter on CPU tensors (``conf
 with "needs CUDA"). Errors are relative norms ‖out − ref‖ / ‖ref‖.
 """
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +119,43 @@ def test_lse_and_float64():
     assert rel_err(out, ref) <= 1e-12
     for g, r in zip(ta.backward(do, q, k, v, out, lse, 0.5), ref_grads):
         assert rel_err(g, r) <= 1e-10
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [torch.float32, pytest.param(torch.float64, marks=pytest.mark.skipif(CUDA, reason="fp64 on the interpreter only"))],
+    ids=["fp32", "fp64"],
+)
+def test_forward_integer_running_max_over_the_score_range(dtype):
+    """The forward keeps its running max integer-valued (rounded with 1.5 * 2^24) and builds the
+    rescale 2^(m_old - m_new) from bits, with no exponential. Scores are exact integers and halves
+    here, scale * log2 e = 1, so the kernel's fp32 scores are the reference's: rows around 0, at
+    -6e6 and -5e6 (where rounding with 1.5 * 2^23 keeps halves, and a rescale by 2^-1.5 would
+    come out 2^-1 or 2^-2), at 1.2e7 and -1.6e7 (beyond 2^23, integers already); blocks whose max
+    climbs by 1.5 (or 3) each, jumps by ~75, ~150 and ~1050 (alpha 0 below 2^-127, 2^-1023 in fp64)
+    or falls by as much (later blocks underflow), over full 64-key blocks and the masked tail."""
+    from hafsvg_kernels.attention import triton_attention as ta
+
+    M = 300  # 64-key blocks under the interpreter: four full and a masked tail of 44
+    j = torch.arange(M, dtype=torch.float64)
+    c = torch.where(j < 64, j % 7, torch.where(j < 128, 3 + j % 7, torch.where(j < 280, 151 + j % 11, 1200 + j % 5)))
+    k = torch.stack([torch.ones(M, dtype=torch.float64), c, 1.5 * (j // 64)], -1)[None]  # (1, M, 3)
+    rows = []  # (a, b, g): score = a + b * c + g * 1.5 * block, exact in fp32 (halves only below 2^23)
+    for a in (0.0, 3.5, -6e6, -5e6, 1.2e7, -1.6e7):
+        small = abs(a) < 2**23
+        rows += [(a, b, 0.0) for b in (1.0, -1.0, 0.5 if small else 2.0, 0.0)] + [(a, 0.0, 1.0 if small else 2.0)]
+    q = torch.tensor(rows, dtype=torch.float64)[None]  # (1, 30, 3)
+    v = torch.randn(1, M, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    scale = math.log(2.0)  # scale * log2 e == 1.0 exactly, in fp64 and fp32
+    out, lse = ta.forward(*(t.to(DEV, dtype) for t in (q, k, v)), scale)
+    # the reference in extended precision: fp64's scale * score at 8e6 is off by ~1e-9 already
+    s = (q[0] @ k[0].T).numpy().astype(np.longdouble)  # exact; in base 2
+    p = np.exp2(s - s.max(-1, keepdims=True))
+    ref = torch.from_numpy(((p @ v[0].numpy().astype(np.longdouble)) / p.sum(-1, keepdims=True)).astype(np.float64))
+    ref_lse = torch.from_numpy(((s.max(-1) + np.log2(p.sum(-1))) * np.log(np.longdouble(2))).astype(np.float64))
+    tol = 1e-13 if dtype == torch.float64 else 1e-6
+    assert rel_err(out[0], ref) <= tol, f"out: {rel_err(out[0], ref):.3e}"
+    assert rel_err(lse[0], ref_lse) <= tol, f"lse: {rel_err(lse[0], ref_lse):.3e}"
 
 
 def test_minus_delta_terms_are_exact():

@@ -29,8 +29,22 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   the main loops, before -> after, in one compile without the JIT's argument specialisation:
   forward 0.46 -> 0.33, dq 0.83 -> 0.44, dK/dV 0.73 -> 0.52; FSEL in the loops (per thread and
   step) 64 -> 0, 32 -> 0, 50 -> 0. As ``python -m hafsvg_kernels.sm90_report`` compiles them (with
-  it; the report of 2026-12-06): 0.25, 0.22 and 0.31; 1.06 MUFU.EX2 per score in the forward (the
-  alpha rescale adds 1 per row and thread that holds it), 1.0 in the backward.
+  it; the report of 2026-12-06): 0.25, 0.22 and 0.31; 1.0 MUFU.EX2 per score in the forward and
+  in the backward (the forward's rescale takes none, next point).
+* The forward's rescale without an exponential. The running max m_i is kept integer-valued: each
+  key block's row max (scaled) is rounded by adding and subtracting 1.5 * 2^24
+  (``_round_to_integer``; any m near the max gives the same softmax, p <= 4), so alpha =
+  2^(m_old - m_new) is an exact power of two, built in the exponent bits (``_exp2_of_integer``:
+  FMNMX, FADD, SHF). Per row and key block 7 instructions (FFMA, FADD, FMNMX, FADD and those 3)
+  where MUFU took 4 (FMUL, FMNMX, FADD, MUFU.EX2), and one exponential per score: MUFU.EX2 per
+  score 1.0625 -> 1.0 at 64 keys per block (each of a row's 4 threads computed its alpha), 1.03
+  -> 1.0 at 128, 1.25 -> 1.0 on fp32's FFMA tiles. Warp-instructions per key step (bf16,
+  sm90_report, Triton 3.9) 255 -> 262 at DCGAN 32^2 and VGG 64^2, 518 -> 525 at VGG 32^2;
+  modeled forward DCGAN 32^2 514.1 -> 526.4 µs (issue-bound), VGG 64^2 7711 -> 7666 µs (SFU-bound
+  -> issue-bound; under Triton 3.6 7711 -> 7259, the SFU time), VGG 32^2 564.8 -> 570.8. Exact
+  for every finite score: below 2^24 the rounded max is within 2 of the max, beyond it the max
+  is an integer already (1.5 * 2^23, whose binade has spacing 1 only up to 2^22, would leave
+  halves between -2^23 and -2^22: the fp32 case of the score-range test fails with it).
 * Sums on the tensor cores, not per score on the FMA pipes. The forward's running row sums l of P
   are P @ ones (``ROWSUM_MMA``), and the dq kernel adds -delta to dP inside the dP product, as
   delta's three exact bf16 terms times ones (``DELTA_MMA``, ``_minus_delta_terms``): a few more
@@ -227,6 +241,32 @@ def _minus_delta_terms(delta, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _round_to_integer(x, ACC_DTYPE: tl.constexpr):
+    """x rounded to an integer-valued float, for every finite x: two adds of 1.5 * 2^24 (2^53 in
+    fp64). Where |x| < 2^24 (2^53) the first add lands in a binade whose spacing is 1 or 2, so
+    the sum is an integer; beyond, x is one already. |result - x| <= 2 below 2^24."""
+    if ACC_DTYPE == tl.float64:
+        big = 13510798882111488.0  # 1.5 * 2^53
+    else:
+        big = 25165824.0  # 1.5 * 2^24
+    return (x + big) - big
+
+
+@triton.jit
+def _exp2_of_integer(d, ACC_DTYPE: tl.constexpr):
+    """2^d, exact, for integer-valued d <= 0 (0 at and below the exponent's bias, and for -inf),
+    on the FMA and integer pipes instead of MUFU.EX2: max(d, -127) + 1.5 * 2^23 + 127 puts the
+    integer d + 127 in the low mantissa bits (the binade of 2^23 has spacing 1), and shifting
+    them into the exponent field drops the rest. 3 instructions (FMNMX, FADD, SHF)."""
+    if ACC_DTYPE == tl.float64:
+        e = tl.maximum(d, -1023.0) + 6755399441056767.0  # 1.5 * 2^52 + 1023
+        return (e.to(tl.uint64, bitcast=True) << 52).to(tl.float64, bitcast=True)
+    else:
+        e = tl.maximum(d, -127.0) + 12583039.0  # 1.5 * 2^23 + 127
+        return (e.to(tl.uint32, bitcast=True) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _fwd_block(
     q,  # (BLOCK_Q, BLOCK_D) queries, sign-flipped when the scale is negative
     m_i, l_i, acc,  # (BLOCK_Q,), (BLOCK_Q,), (BLOCK_Q, BLOCK_DV) online-softmax state
@@ -255,16 +295,19 @@ def _fwd_block(
         kt = tl.load(k_base + keys[None, :] * skm + offs_d[:, None] * skd, mask=d_ok[:, None], other=0.0)
         vt = tl.load(v_base + keys[:, None] * svm + offs_v[None, :] * svd, mask=v_ok[None, :], other=0.0)
     s = tl.dot(q, kt, input_precision=DOT_PRECISION).to(ACC_DTYPE)  # (BLOCK_Q, BLOCK_K) unscaled scores
+    # The running max m_i is kept integer-valued (the block's max rounded; any m near the max
+    # gives the same softmax, p <= 4), so that alpha = 2^(m_i - m_new) is an exact power of two
+    # built without MUFU.EX2: one exponential per score in the forward (module docstring).
     if MASKED:
         s = tl.where(k_ok[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_new = tl.maximum(m_i, _round_to_integer(tl.max(s, 1), ACC_DTYPE))
         p = tl.exp2(s - m_new[:, None])
     else:
         # qk_scale >= 0, so max(s) * qk_scale = max(s * qk_scale), and the scale folds into the
         # exponent's argument: one FFMA per score (s * qk_scale - m) instead of FMUL + FADD.
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        m_new = tl.maximum(m_i, _round_to_integer(tl.max(s, 1) * qk_scale, ACC_DTYPE))
         p = tl.exp2(s * qk_scale - m_new[:, None])
-    alpha = tl.exp2(m_i - m_new)
+    alpha = _exp2_of_integer(m_i - m_new, ACC_DTYPE)
     if ROWSUM_MMA:  # every column of P @ ones is the row sum of P as the P V product sees it
         p = p.to(vt.dtype)
         ones = tl.full([keys.shape[0], ROWSUM_N], 1.0, vt.dtype)
@@ -438,14 +481,14 @@ def _fwd_kernel(
             MASK_KEYS, BLOCK_K, BLOCK_DV, EVEN_DV, NORM_P, DOT_PRECISION, ACC_DTYPE,
         )  # fmt: skip
     else:
-        m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max of the base-2 scores
+        m_i = tl.full([BLOCK_Q], float("-inf"), dtype=ACC_DTYPE)  # running max (base 2, integer-valued)
         if ROWSUM_MMA:  # running sum of exp2(score - m_i), in each of ROWSUM_N equal columns
             l_i = tl.zeros([BLOCK_Q, ROWSUM_N], dtype=ACC_DTYPE)
         else:
             l_i = tl.zeros([BLOCK_Q], dtype=ACC_DTYPE)
         acc = tl.zeros([BLOCK_Q, BLOCK_DV], dtype=ACC_DTYPE)
         # Full key blocks run without masks; the block holding key 0 makes m_i finite from the
-        # first step on (alpha = exp2(-inf) = 0 there).
+        # first step on (alpha = 2^-inf = 0 there: _exp2_of_integer clamps -inf to -127).
         m_full = M - M % BLOCK_K
         for m0 in range(0, m_full, BLOCK_K):
             m_i, l_i, acc = _fwd_block(
