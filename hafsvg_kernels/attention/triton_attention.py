@@ -507,7 +507,11 @@ def _fwd_kernel(
 
         if ROWSUM_MMA:
             l_i = tl.max(l_i, 1)
-        out = acc / l_i[:, None]
+        # 1 / l once per row, then one FMUL per element: acc / l compiled to the range-checked
+        # division per element (3 instructions each: 96 per thread at DCGAN 32^2's tiles, 192 at
+        # VGG 32^2's). Forward 526.4 -> 518.9 µs at DCGAN 32^2 (issue-bound), 570.8 -> 551.5 at
+        # VGG 32^2 (now tensor-bound) (sm90_report, bf16, Triton 3.9).
+        out = acc * (1.0 / l_i)[:, None]
         tl.store(
             Out + b * sob + offs_q[:, None] * son + offs_v[None, :] * sod,
             out.to(Out.dtype.element_ty),
