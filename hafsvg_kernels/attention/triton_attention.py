@@ -243,8 +243,8 @@ def _minus_delta_terms(delta, DTYPE: tl.constexpr):
 @triton.jit
 def _round_to_integer(x, ACC_DTYPE: tl.constexpr):
     """x rounded to an integer-valued float, for every finite x: two adds of 1.5 * 2^24 (2^53 in
-    fp64). Where |x| < 2^24 (2^53) the first add lands in a binade whose spacing is 1 or 2, so
-    the sum is an integer; beyond, x is one already. |result - x| <= 2 below 2^24."""
+    fp64). Where |x| < 2^24 (2^53) the first add lands in a binade whose floats are 1, 2 or 4
+    apart, so the sum is an integer; beyond, x is one already. |result - x| <= 2 below 2^24."""
     if ACC_DTYPE == tl.float64:
         big = 13510798882111488.0  # 1.5 * 2^53
     else:
