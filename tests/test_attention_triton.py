@@ -155,7 +155,8 @@ def test_forward_integer_running_max_over_the_score_range(dtype):
     ref_lse = torch.from_numpy(((s.max(-1) + np.log2(p.sum(-1))) * np.log(np.longdouble(2))).astype(np.float64))
     tol = 1e-13 if dtype == torch.float64 else 1e-6
     assert rel_err(out[0], ref) <= tol, f"out: {rel_err(out[0], ref):.3e}"
-    assert rel_err(lse[0], ref_lse) <= tol, f"lse: {rel_err(lse[0], ref_lse):.3e}"
+    # row by row: a norm over all rows would hide the rows near 0 behind those at 1e7
+    torch.testing.assert_close(lse[0].double().cpu(), ref_lse, rtol=tol, atol=tol)
 
 
 def test_minus_delta_terms_are_exact():
