@@ -16,7 +16,7 @@ memory; it writes the output tile and, from the first value tile, the per-row ``
   M - M % BLOCK_K, when BLOCK_K does not divide M) runs once after it with the key mask, and
   where BLOCK_K divides M (``EVEN_K``, in the forward and the dq kernel) its code is not compiled.
   It never ran there, but it held registers: bf16 forward 127 -> 116 at DCGAN 32^2 and VGG 64^2
-  (124 since, with ``PV_APART``), 243 -> 227 at VGG 32^2; fp32 forward 232 -> 168 (2 -> 3 CTAs
+  (128 now, with ``PV_APART`` and ``ROWSUM_MMA``), 243 -> 227 at VGG 32^2; fp32 forward 232 -> 168 (2 -> 3 CTAs
   per SM); dq 110 -> 98 at DCGAN 32^2 (sm90_report). The report's modeled times fell with it
   (DCGAN 32^2 bf16: forward 598 -> 570 µs, dq 537 -> 503), mostly because its model counts
   straight-line code once per program whether or not a branch skips it: it no longer counts a
